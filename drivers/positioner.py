@@ -1,0 +1,141 @@
+"""The motion-stage contract.
+
+A ``Positioner`` moves one receive antenna in the plane. Positions are metres in the stage's own
+frame, (0, 0) being the homed corner; ``testbed`` maps them into the movable-antenna region.
+``move_to`` returns at once with a ``MoveStatus`` so several stages can move together; wait on it.
+The shape follows bluesky's protocols (set/locate/read/stop with status objects).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from drivers.errors import StageError, StageTimeout
+
+
+class StageState(enum.Enum):
+    UNKNOWN = "unknown"  # just opened, not yet read
+    IDLE = "idle"
+    MOVING = "moving"
+    HOMING = "homing"
+    HOLD = "hold"
+    ALARM = "alarm"  # position unknown or limit hit: needs unlock/home
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    """Soft limits enforced in the driver, before any byte leaves."""
+
+    travel_m: tuple[float, float]  # usable travel along X and Y from the homed corner
+    max_speed_m_s: float
+    accel_m_s2: float
+
+    def contains(self, xy: tuple[float, float], tol_m: float = 1e-9) -> bool:
+        return all(-tol_m <= v <= t + tol_m for v, t in zip(xy, self.travel_m, strict=True))
+
+
+class MoveStatus:
+    """A completion handle for a started move (like bluesky's ``Status``).
+
+    The driver calls ``set_finished()`` or ``set_exception()`` from its own thread.
+    """
+
+    def __init__(self, description: str = "move") -> None:
+        self.description = description
+        self._done = threading.Event()
+        self._exception: BaseException | None = None
+        self._callbacks: list[Callable[[MoveStatus], None]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def success(self) -> bool:
+        return self._done.is_set() and self._exception is None
+
+    def exception(self) -> BaseException | None:
+        return self._exception
+
+    def set_finished(self) -> None:
+        self._finish(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._exception = exc
+            self._done.set()
+            callbacks = list(self._callbacks)
+        for cb in callbacks:
+            cb(self)
+
+    def add_callback(self, cb: Callable[[MoveStatus], None]) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(cb)
+                return
+        cb(self)
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Block until the move ends; re-raise its error. Raise ``StageTimeout`` past ``timeout_s``."""
+        if not self._done.wait(timeout_s):
+            raise StageTimeout(f"{self.description}: not finished after {timeout_s} s")
+        if self._exception is not None:
+            raise self._exception
+
+    @classmethod
+    def finished(cls, description: str = "move") -> MoveStatus:
+        status = cls(description)
+        status.set_finished()
+        return status
+
+
+def wait_all(statuses: list[MoveStatus], timeout_s: float) -> None:
+    """Wait for several moves under one deadline; raise the first error met."""
+    deadline = time.monotonic() + timeout_s
+    for status in statuses:
+        status.wait(max(0.0, deadline - time.monotonic()))
+
+
+@runtime_checkable
+class Positioner(Protocol):
+    """One XY stage carrying one receive antenna."""
+
+    name: str
+
+    @property
+    def limits(self) -> StageLimits: ...
+
+    @property
+    def state(self) -> StageState: ...
+
+    def home(self) -> MoveStatus: ...
+
+    def move_to(self, xy_m: tuple[float, float], speed_m_s: float | None = None) -> MoveStatus: ...
+
+    def position(self) -> tuple[float, float]: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+__all__ = [
+    "MoveStatus",
+    "Positioner",
+    "StageError",
+    "StageLimits",
+    "StageState",
+    "wait_all",
+]
