@@ -1,0 +1,92 @@
+"""The ``testbed`` command.
+
+Each subcommand lives in ``testbed/commands/<name>.py``, which defines
+``add_arguments(parser)`` and ``run(args) -> int``. Those modules keep heavy imports (torch,
+cvxpy, uhd) inside ``run`` so ``testbed --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from drivers.errors import TestbedError
+
+COMMANDS: dict[str, str] = {
+    "run": "run an experiment: plan, move antennas, federated rounds with OTA aggregation",
+    "measure": "run a channel measurement campaign over a grid of antenna positions",
+    "plan": "solve the allocation problem and compare it with every baseline",
+    "coordinator": "start the FL coordinator (parameter server) of a lab run",
+    "node": "start one FL edge node (client) of a lab run",
+    "check": "validate a config and probe each configured device",
+    "stage": "jog the antenna stages by hand: status, home, move X Y, stop",
+    "keys": "make CurveZMQ key pairs for the coordinator, nodes and radio servers",
+    "report": "write the plots and report.md of a run directory",
+}
+
+log = logging.getLogger("testbed")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {"t": record.created, "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        )
+
+
+def setup_logging(quiet: bool = False, as_json: bool = False, verbose: bool = False) -> None:
+    """One line per event at INFO on stderr (JSON lines with --json)."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
+    common.add_argument("--json", action="store_true", help="machine-readable output (JSON lines)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(
+        prog="testbed",
+        description="Movable-antenna, over-the-air federated LoRA fine-tuning testbed controller.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        _command_module(name).add_arguments(p)
+    return parser
+
+
+def _command_module(name: str):  # noqa: ANN202 - a module
+    return importlib.import_module(f"testbed.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.quiet, args.json, args.verbose)
+    try:
+        return int(_command_module(args.command).run(args) or 0)
+    except TestbedError as exc:
+        if args.json:
+            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        else:
+            print(f"testbed {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"testbed {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
