@@ -48,7 +48,7 @@ class StageSection(Section):
     port: str = Field("", description="pyserial URL: /dev/ttyUSB0, socket://host:port, or '' for sim")
     travel_m: PositiveFloat = Field(0.5, le=5.0, description="usable travel along X and Y")
     origin_m: tuple[FiniteFloat, FiniteFloat] = Field(
-        (0.0, 0.0), description="region coordinates of the stage's homed corner"
+        (-0.25, -0.25), description="region coordinates of the stage's homed corner"
     )
     max_speed_m_s: PositiveFloat = Field(0.05, le=2.0)
     accel_m_s2: PositiveFloat = Field(0.5, le=50.0)
@@ -317,7 +317,7 @@ def _describe(error: dict[str, Any]) -> str:
         "less_than": lambda: f"must be < {ctx.get('lt')}",
         "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
         "literal_error": lambda: f"must be one of {ctx.get('expected')}",
-        "extra_forbidden": lambda: "unknown key (check the spelling; allowed keys are listed in the docs)",
+        "extra_forbidden": lambda: f"unknown key; allowed here: {', '.join(_allowed_keys(error['loc']))}",
         "missing": lambda: "is required",
         "string_pattern_mismatch": lambda: f"must match {ctx.get('pattern')}",
         "finite_number": lambda: "must be a finite number",
@@ -328,6 +328,21 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return text
     return f"{text} (got {got!r})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section that holds the unknown key at ``loc``."""
+    model: Any = TestbedConfig
+    for part in loc[:-1]:
+        if isinstance(part, str) and "[" in part:
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part in fields:
+            annotation = fields[part].annotation
+            args = getattr(annotation, "__args__", ())
+            model = args[-1] if getattr(annotation, "__origin__", None) is dict else annotation
+        # a dict key (a stage name) keeps the value model chosen above
+    return sorted(getattr(model, "model_fields", {}))
 
 
 def _path(loc: tuple[Any, ...]) -> str:
