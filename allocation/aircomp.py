@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def effective_channels(
-    channels: np.ndarray, power_w: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
+def effective_channels(channels: np.ndarray, power_w: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The auxiliary channel h~_k = sqrt(P_k) / phi_k h_k (K x N): folds power into the gain."""
     scale = np.sqrt(np.asarray(power_w, dtype=float)) / np.asarray(weights, dtype=float)
     return np.asarray(channels) * scale[:, None]

@@ -84,9 +84,7 @@ class Radio(Protocol):
 
     def set_time_next_pps(self, time_s: float) -> None: ...
 
-    def transmit(
-        self, samples: np.ndarray, at_s: float, tolerate: Sequence[str] = ()
-    ) -> TxResult: ...
+    def transmit(self, samples: np.ndarray, at_s: float, tolerate: Sequence[str] = ()) -> TxResult: ...
 
     def receive(
         self,

@@ -24,9 +24,7 @@ def wavelength_m(carrier_hz: float) -> float:
     return SPEED_OF_LIGHT_M_S / carrier_hz
 
 
-def path_loss_linear(
-    distance_m: np.ndarray, exponent: float = 2.8, ref_loss_db: float = 40.0
-) -> np.ndarray:
+def path_loss_linear(distance_m: np.ndarray, exponent: float = 2.8, ref_loss_db: float = 40.0) -> np.ndarray:
     """Large-scale power gain beta = 10^(-(PL_1m + 10 n log10 d) / 10)."""
     distance_m = np.asarray(distance_m, dtype=float)
     return 10.0 ** (-(ref_loss_db + 10.0 * exponent * np.log10(distance_m)) / 10.0)
@@ -76,9 +74,9 @@ class FieldResponseChannel:
             share[0] = rician_k / (rician_k + 1.0)
         else:
             share = np.full(num_paths, 1.0 / num_paths)
-        unit = (rng.standard_normal((num_clients, num_paths)) + 1j * rng.standard_normal(
-            (num_clients, num_paths)
-        )) / np.sqrt(2.0)
+        unit = (
+            rng.standard_normal((num_clients, num_paths)) + 1j * rng.standard_normal((num_clients, num_paths))
+        ) / np.sqrt(2.0)
         gains = unit * np.sqrt(beta[:, None] * share[None, :])
         return cls.from_angles(gains, theta, phi, wavelength_m)
 

@@ -33,7 +33,12 @@ log = logging.getLogger("testbed")
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps(
-            {"t": record.created, "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+            {
+                "t": record.created,
+                "level": record.levelname,
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
         )
 
 
@@ -51,7 +56,9 @@ def setup_logging(quiet: bool = False, as_json: bool = False, verbose: bool = Fa
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars"
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output (JSON lines)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 

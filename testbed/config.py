@@ -100,9 +100,7 @@ class RadioSection(Section):
     @model_validator(mode="after")
     def _gain_under_cap(self) -> RadioSection:
         if self.tx_gain_db > self.max_tx_gain_db:
-            raise ValueError(
-                f"tx_gain_db={self.tx_gain_db} exceeds max_tx_gain_db={self.max_tx_gain_db}"
-            )
+            raise ValueError(f"tx_gain_db={self.tx_gain_db} exceeds max_tx_gain_db={self.max_tx_gain_db}")
         return self
 
 
@@ -290,6 +288,8 @@ class CampaignSection(Section):
 
 
 class TestbedConfig(Section):
+    __test__ = False  # not a pytest test class, despite the name
+
     run: RunSection = RunSection()
     lab: LabSection = LabSection()
     allocation: AllocationSection = AllocationSection()
@@ -300,9 +300,7 @@ class TestbedConfig(Section):
     def _cross_checks(self) -> TestbedConfig:
         k, u = self.allocation.clients_per_round, self.lab.clients.count
         if k > u:
-            raise ValueError(
-                f"allocation.clients_per_round={k} exceeds lab.clients.count={u}"
-            )
+            raise ValueError(f"allocation.clients_per_round={k} exceeds lab.clients.count={u}")
         return self
 
 
@@ -399,7 +397,9 @@ def validate(data: Any, source: str = "<config>") -> TestbedConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections (got {type(data).__name__})")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections (got {type(data).__name__})"
+        )
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise ConfigError(f"{source}: section names must be strings (got {bad_keys[0]!r})")

@@ -9,7 +9,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
     """The CONFIG positional and repeated ``--set a.b.c=value`` overrides."""
     parser.add_argument("config", nargs=None if required else "?", help="YAML config file")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="A.B.C=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="A.B.C=VALUE",
         help="override one config field (repeatable); the value is parsed as YAML",
     )
-

@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
                 break  # every sim client radio is the same in-process medium
     ok = all(p.ok for p in probes)
     if args.json:
-        print(json.dumps({"config": str(args.config), "valid": True, "ok": ok, "probes": [asdict(p) for p in probes]}))
+        print(
+            json.dumps(
+                {"config": str(args.config), "valid": True, "ok": ok, "probes": [asdict(p) for p in probes]}
+            )
+        )
     else:
         from rich.console import Console
         from rich.table import Table
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         if probes:
             table = Table("device", "backend", "status", "detail")
             for p in probes:
-                table.add_row(p.device, p.backend, "[green]ok[/green]" if p.ok else "[red]FAIL[/red]", p.detail)
+                table.add_row(
+                    p.device, p.backend, "[green]ok[/green]" if p.ok else "[red]FAIL[/red]", p.detail
+                )
             console.print(table)
     return 0 if ok else 1

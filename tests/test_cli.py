@@ -1,0 +1,69 @@
+"""The `testbed` command: help, check, and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testbed.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parent.parent
+DRYRUN = str(ROOT / "configs" / "dryrun.yaml")
+
+
+def test_help_lists_every_subcommand() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "testbed.cli", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0
+    for name in ["run", "measure", "plan", "coordinator", "node", "check", "stage", "keys", "report"]:
+        assert name in COMMANDS
+        assert f"    {name}" in out.stdout
+
+
+def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_check_validates_the_demo_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", DRYRUN, "--no-probe", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report == {"config": DRYRUN, "valid": True, "ok": True, "probes": []}
+
+
+def test_check_rejects_a_bad_config_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", DRYRUN, "--no-probe", "--set", "lab.stages.ma0.travel_m=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "testbed check: error:" in err and "lab.stages.ma0.travel_m: must be > 0.0 (got -1)" in err
+
+
+def test_check_missing_file_exit_2_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "missing.yaml", "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"] == "ConfigError" and "missing.yaml: no such config file" in out["message"]
+
+
+def test_check_reports_an_unreachable_serial_port(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "check",
+            DRYRUN,
+            "--json",
+            "--set",
+            "lab.stages.ma0.backend=grbl",
+            "--set",
+            "lab.stages.ma0.port=/dev/ttyNOPE0",
+        ]
+    )
+    assert code == 1
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    bad = [p for p in report["probes"] if not p["ok"]]
+    assert any(p["device"] == "stage ma0" and p["backend"] == "grbl" for p in bad)
+    assert report["ok"] is False
