@@ -262,6 +262,9 @@ class TransportSection(Section):
     round_deadline_s: PositiveFloat = 120.0
     max_message_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     max_clock_skew_s: PositiveFloat = Field(1e-6, description="refuse to start if radio times disagree more")
+    connect: str = Field("", description="the address nodes dial; '' = the bind address")
+    join_timeout_s: PositiveFloat = Field(120.0, description="how long the coordinator waits for every node")
+    ota_guard_s: NonNegFloat = Field(0.05, description="OTA slot time = radio time now + this guard")
 
 
 class FLSection(Section):
@@ -269,6 +272,7 @@ class FLSection(Section):
     aggregation: Literal["ota", "digital"] = "ota"
     airlink: Literal["symbol", "radio"] = "symbol"
     normalization: Literal["max", "mean"] = "max"
+    digital_reference: bool = Field(True, description="nodes also upload digitally: NMSE reference, fallback")
     model: ModelSection = ModelSection()
     lora: LoraSection = LoraSection()
     data: DataSection = DataSection()
