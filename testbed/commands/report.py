@@ -1,15 +1,27 @@
-"""`testbed report`: not built yet; see the open issue for it."""
+"""`testbed report RUN_DIR`: write the plots and report.md of a run directory."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("run_dir", type=Path, help="a run directory (runs/<name>-<time>/)")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("testbed report: not implemented yet (its issue is still open)", file=sys.stderr)
-    return 3
+    from testbed.records import RecordError
+    from testbed.report import write_report
+
+    if not (args.run_dir / "events.jsonl").is_file():
+        raise RecordError(f"{args.run_dir}: not a run directory (no events.jsonl)")
+    report = write_report(args.run_dir)
+    if args.json:
+        print(
+            json.dumps({"report": str(report), "plots": sorted(p.name for p in report.parent.glob("*.png"))})
+        )
+    elif not args.quiet:
+        print(report)
+    return 0

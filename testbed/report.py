@@ -1,0 +1,258 @@
+"""Plots and a one-page ``report.md`` from a run directory's records.
+
+Reads ``events.jsonl`` (``round`` events of experiments, ``plan`` events, ``point`` events of
+campaigns) and ``summary.json``; writes PNGs and ``report/report.md``. A plot whose data the run
+does not have is left out, and the report says so, rather than drawn empty.
+
+Round events carry (any may be missing): round, selected, dropped, train_loss, val_loss,
+val_ppl, nmse_db, nmse_fpa_db, nmse_theory_db, snr_db, positions_m, latency_model_s,
+latency_wall_s, energy_model_j, energy_measured_j, num_clients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from testbed.records import read_events
+
+log = logging.getLogger(__name__)
+
+
+def jain_index(counts: np.ndarray) -> float:
+    """Jain's fairness index of participation counts: 1 is perfectly even, 1/U is one client only."""
+    counts = np.asarray(counts, dtype=float)
+    if counts.size == 0 or not np.any(counts):
+        return 0.0
+    return float(counts.sum() ** 2 / (counts.size * np.sum(counts**2)))
+
+
+def _series(rounds: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+    if not pairs:
+        return np.array([]), np.array([])
+    x, y = zip(*pairs, strict=True)
+    return np.asarray(x), np.asarray(y, dtype=float)
+
+
+def _new_figure(title: str):  # noqa: ANN202 - matplotlib objects
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_learning(rounds: list[dict[str, Any]], out: Path) -> Path | None:
+    x_loss, loss = _series(rounds, "train_loss")
+    x_ppl, ppl = _series(rounds, "val_ppl")
+    if not loss.size and not ppl.size:
+        return None
+    fig, ax = _new_figure("Learning: train loss and validation perplexity")
+    if loss.size:
+        ax.plot(x_loss, loss, "o-", label="train loss", color="tab:blue")
+    ax.set_xlabel("round")
+    ax.set_ylabel("train loss")
+    if ppl.size:
+        ax2 = ax.twinx()
+        ax2.plot(x_ppl, ppl, "s--", label="validation perplexity", color="tab:red")
+        ax2.set_ylabel("validation perplexity")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    return _save(fig, out / "learning.png")
+
+
+def _plot_nmse(rounds: list[dict[str, Any]], out: Path) -> Path | None:
+    curves = [
+        ("nmse_db", "movable antennas (optimized)", "o-"),
+        ("nmse_fpa_db", "fixed half-wavelength array", "s--"),
+        ("nmse_theory_db", "theory (MODEL.md sec. 3)", ":"),
+    ]
+    series = [(label, style, *_series(rounds, key)) for key, label, style in curves]
+    if not any(y.size for _, _, _, y in series):
+        return None
+    fig, ax = _new_figure("Aggregation NMSE per round")
+    for label, style, x, y in series:
+        if y.size:
+            ax.plot(x, y, style, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("NMSE (dB)")
+    ax.legend()
+    return _save(fig, out / "nmse.png")
+
+
+def _plot_cost(rounds: list[dict[str, Any]], out: Path) -> Path | None:
+    keys = ["latency_model_s", "latency_wall_s", "energy_model_j", "energy_measured_j"]
+    if not any(_series(rounds, k)[1].size for k in keys):
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=110)
+    for key, label in [("latency_model_s", "modeled"), ("latency_wall_s", "measured (wall)")]:
+        x, y = _series(rounds, key)
+        if y.size:
+            ax1.plot(x, np.cumsum(y), "o-", label=label)
+    ax1.set(title="Cumulative latency", xlabel="round", ylabel="s")
+    for key, label in [("energy_model_j", "modeled"), ("energy_measured_j", "measured (NVML)")]:
+        x, y = _series(rounds, key)
+        if y.size:
+            ax2.plot(x, np.cumsum(y), "o-", label=label)
+    ax2.set(title="Cumulative energy", xlabel="round", ylabel="J")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    return _save(fig, out / "cost.png")
+
+
+def participation_counts(rounds: list[dict[str, Any]], num_clients: int) -> np.ndarray:
+    counts = np.zeros(num_clients, dtype=int)
+    for r in rounds:
+        dropped = set(r.get("dropped") or [])
+        for k in r.get("selected") or []:
+            if k not in dropped and 0 <= k < num_clients:
+                counts[k] += 1
+    return counts
+
+
+def _plot_participation(counts: np.ndarray, out: Path) -> Path | None:
+    if counts.size == 0 or not counts.any():
+        return None
+    fig, ax = _new_figure(f"Participation per client (Jain's index {jain_index(counts):.3f})")
+    ax.bar(np.arange(counts.size), counts, color="tab:green")
+    ax.set_xlabel("client")
+    ax.set_ylabel("rounds delivered")
+    ax.set_xticks(np.arange(counts.size))
+    return _save(fig, out / "participation.png")
+
+
+def _plot_positions(
+    rounds: list[dict[str, Any]], region_m: float | None, channel_map: dict[str, Any] | None, out: Path
+) -> Path | None:
+    tracks = [np.asarray(r["positions_m"], dtype=float) for r in rounds if r.get("positions_m") is not None]
+    if not tracks and channel_map is None:
+        return None
+    fig, ax = _new_figure("Receive-antenna positions over the region")
+    if channel_map is not None:
+        mesh = ax.pcolormesh(
+            channel_map["x_m"], channel_map["y_m"], channel_map["gain_db"], shading="auto", cmap="viridis"
+        )
+        fig.colorbar(mesh, ax=ax, label=channel_map.get("label", "channel gain (dB)"))
+    if tracks:
+        stacked = np.stack(tracks)  # (rounds, N, 2)
+        for n in range(stacked.shape[1]):
+            ax.plot(stacked[:, n, 0], stacked[:, n, 1], "-", alpha=0.5)
+            ax.plot(stacked[-1, n, 0], stacked[-1, n, 1], "o", label=f"antenna {n}")
+        ax.legend(fontsize="small")
+    if region_m:
+        half = region_m / 2
+        ax.plot([-half, half, half, -half, -half], [-half, -half, half, half, -half], "k--", lw=1)
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.set_aspect("equal")
+    return _save(fig, out / "positions.png")
+
+
+def _plot_baselines(plan: dict[str, Any] | None, out: Path) -> Path | None:
+    if not plan or not plan.get("baselines"):
+        return None
+    names = ["optimized"] + list(plan["baselines"])
+    rows = [plan.get("optimized", {})] + list(plan["baselines"].values())
+    mse = [r.get("mse_db") for r in rows]
+    energy = [r.get("energy_j") for r in rows]
+    if all(v is None for v in mse + energy):
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=110)
+    idx = np.arange(len(names))
+    ax1.bar(idx, [np.nan if v is None else v for v in mse], color="tab:purple")
+    ax1.set(title="Predicted aggregation MSE", ylabel="dB")
+    ax2.bar(idx, [np.nan if v is None else v for v in energy], color="tab:orange")
+    ax2.set(title="Predicted total energy", ylabel="J")
+    for ax in (ax1, ax2):
+        ax.set_xticks(idx, names, rotation=35, ha="right", fontsize="small")
+        ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, out / "baselines.png")
+
+
+def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None) -> Path:
+    """Write every plot the run's data allows, plus ``report/report.md``; return the latter."""
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    docs = read_events(run_dir / "events.jsonl")
+    rounds = [d["data"] for d in docs if d.get("kind") == "round"]
+    rounds.sort(key=lambda r: r.get("round", 0))
+    # A resumed run may have recorded a round twice: keep the last record of each.
+    rounds = list({r.get("round"): r for r in rounds}.values())
+    plans = [d["data"] for d in docs if d.get("kind") == "plan"]
+    start = next((d for d in docs if d.get("doc") == "start"), {})
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    num_clients = int(start.get("num_clients") or summary.get("num_clients") or 0)
+    region_m = start.get("region_m") or summary.get("region_m")
+    if channel_map is None:
+        channel_map = _load_channel_map(run_dir)
+
+    counts = participation_counts(rounds, num_clients) if num_clients else np.array([])
+    figures = {
+        "Learning": _plot_learning(rounds, out),
+        "Aggregation NMSE": _plot_nmse(rounds, out),
+        "Latency and energy": _plot_cost(rounds, out),
+        "Participation": _plot_participation(counts, out),
+        "Antenna positions": _plot_positions(rounds, region_m, channel_map, out),
+        "Against the baselines": _plot_baselines(plans[-1] if plans else None, out),
+    }
+    lines = [f"# Report: {run_dir.name}", ""]
+    stop = next((d for d in reversed(docs) if d.get("doc") == "stop"), None)
+    lines.append(f"Status: **{stop['status'] if stop else 'incomplete (no stop record)'}**")
+    if stop and stop.get("reason"):
+        lines.append(f"({stop['reason']})")
+    lines.append("")
+    if summary:
+        lines += ["| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in summary.items() if not isinstance(v, dict | list)]
+        lines.append("")
+    if counts.size and counts.any():
+        lines.append(f"Participation per client: {counts.tolist()} (Jain's index {jain_index(counts):.3f})")
+        lines.append("")
+    for title, path in figures.items():
+        lines.append(f"## {title}")
+        lines.append(f"![{title}]({path.name})" if path else "_No data for this plot in this run._")
+        lines.append("")
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    log.info("report written to %s", report)
+    return report
+
+
+def _load_channel_map(run_dir: Path) -> dict[str, Any] | None:
+    """A campaign's gain map, if the run saved one as ``channel_map.npz``."""
+    path = run_dir / "channel_map.npz"
+    if not path.exists():
+        return None
+    data = np.load(path)
+    return {"x_m": data["x_m"], "y_m": data["y_m"], "gain_db": data["gain_db"]}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
