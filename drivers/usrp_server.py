@@ -1,0 +1,373 @@
+"""The radio server: one process owns a radio (a USRP, or sim radios) and serves the radio contract.
+
+    /usr/bin/python3 -m drivers.usrp_server --args "type=b200" --bind tcp://0.0.0.0:5600 \\
+        --secret-key keys/radio0.key_secret --allow keys/allowed
+    python -m drivers.usrp_server --backend sim --radios tx0,tx1,rx:4 --bind tcp://127.0.0.1:5600 --insecure
+
+It runs under the system Python (Debian's python3-uhd needs NumPy 1.x) and in the venv, so it
+uses only NumPy, pyzmq, uhd and the standard library. A ROUTER socket takes requests from any
+number of ``RemoteRadio`` clients and answers them one at a time (the device is one). The wire
+format is ``drivers/radio_wire.py``: JSON headers plus raw complex64 frames, never pickle.
+Security: CURVE with an allow list of client keys (``drivers/zmq_security.py``); plain text only
+on loopback; ZeroMQ drops any peer whose message exceeds ``--max-message-bytes``. A malformed
+request gets an error reply, and a radio that fails to open is reported to every caller (and
+retried) rather than ending the server, so the client sees the real cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from drivers import radio_wire as wire
+from drivers.errors import ConfigError, ProtocolError, RadioError, RadioLimitError, TestbedError
+from drivers.radio import Radio
+from drivers.zmq_security import (
+    cap_inbound_size,
+    require_loopback_for_insecure,
+    secure_server,
+    start_authenticator,
+)
+
+Opener = Callable[[], Radio]
+
+
+class _Slot:
+    """One served radio: opened on first use; an open failure is kept and retried later."""
+
+    def __init__(self, name: str, opener: Opener, retry_s: float) -> None:
+        self.name = name
+        self.opener = opener
+        self.retry_s = retry_s
+        self.radio: Radio | None = None
+        self.error: Exception | None = None
+        self.failed_at = -float("inf")
+
+    def get(self) -> Radio:
+        if self.radio is not None:
+            return self.radio
+        if self.error is not None and time.monotonic() - self.failed_at < self.retry_s:
+            raise self.error
+        try:
+            self.radio = self.opener()
+            self.error = None
+        except TestbedError as exc:
+            self.error, self.failed_at = exc, time.monotonic()
+            raise
+        except Exception as exc:  # a driver bug or a library error: report it, keep serving
+            self.error = RadioError(f"radio {self.name!r} failed to open: {type(exc).__name__}: {exc}")
+            self.failed_at = time.monotonic()
+            raise self.error from exc
+        return self.radio
+
+    def close(self) -> None:
+        if self.radio is not None:
+            try:
+                self.radio.close()
+            finally:
+                self.radio = None
+
+
+def _arg(args: dict[str, Any], key: str, kinds: tuple[type, ...], default: Any = ...) -> Any:
+    """One request argument, type-checked; ``ProtocolError`` names the field and what it got."""
+    if key not in args:
+        if default is ...:
+            raise ProtocolError(f"missing argument {key!r}")
+        return default
+    value = args[key]
+    if isinstance(value, bool) and bool not in kinds:
+        raise ProtocolError(f"argument {key!r} must be {'/'.join(k.__name__ for k in kinds)} (got a bool)")
+    if not isinstance(value, kinds):
+        raise ProtocolError(
+            f"argument {key!r} must be {'/'.join(k.__name__ for k in kinds)} (got {type(value).__name__})"
+        )
+    return value
+
+
+def _str_list(args: dict[str, Any], key: str) -> list[str]:
+    value = _arg(args, key, (list,), [])
+    if not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"argument {key!r} must be a list of strings")
+    return value
+
+
+class RadioServer:
+    """Serves named radios over one ROUTER socket (see the module docstring)."""
+
+    def __init__(
+        self,
+        openers: dict[str, Opener],
+        bind: str,
+        secret_key: str | None = None,
+        allow_dir: str | None = None,
+        insecure: bool = False,
+        max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+        retry_open_s: float = 2.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not openers:
+            raise ConfigError("the radio server needs at least one radio to serve")
+        self.slots = {name: _Slot(name, opener, retry_open_s) for name, opener in openers.items()}
+        self.default = next(iter(self.slots))
+        self.max_message_bytes = int(max_message_bytes)
+        self._context = context or zmq.Context()
+        self._own_context = context is None
+        self._auth = None
+        self.socket = self._context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        try:
+            if insecure:
+                require_loopback_for_insecure(bind)
+            else:
+                if not secret_key or not allow_dir:
+                    raise ConfigError(
+                        "the radio server needs --secret-key and --allow (CURVE), or --insecure on loopback"
+                    )
+                self._auth = start_authenticator(self._context, allow_dir)
+                secure_server(self.socket, secret_key)
+            cap_inbound_size(self.socket, self.max_message_bytes)
+            self.socket.bind(bind)
+        except BaseException:
+            self._shutdown_socket()
+            raise
+        self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stop = threading.Event()
+        self.requests_served = 0
+
+    # --- the loop ---
+    def serve_forever(self, poll_ms: int = 100) -> None:
+        while not self._stop.is_set():
+            self.serve_once(poll_ms)
+
+    def serve_once(self, poll_ms: int = 100) -> bool:
+        """Answer at most one request; False if none came within ``poll_ms``."""
+        if not self.socket.poll(poll_ms, zmq.POLLIN):
+            return False
+        frames = self.socket.recv_multipart()
+        if len(frames) < 2:
+            return True  # nothing but an identity: ignore
+        envelope, body = [frames[0]], frames[1:]
+        if body and body[0] == b"":  # a REQ client's empty delimiter: keep it for the reply
+            envelope.append(b"")
+            body = body[1:]
+        reply = self.handle(body)
+        # A client that is gone or stuck will time out on its side: never block on it.
+        with contextlib.suppress(zmq.Again):
+            self.socket.send_multipart(envelope + reply, flags=zmq.NOBLOCK)
+        self.requests_served += 1
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- one request ---
+    def handle(self, body: list[bytes]) -> list[bytes]:
+        """Frames of one request -> frames of its reply. Never raises."""
+        request_id: Any = None
+        try:
+            if not body or len(body) > 2:
+                raise ProtocolError(
+                    f"a request is a header frame plus at most one IQ frame (got {len(body)})"
+                )
+            header = wire.decode_header(body[0])
+            request_id = header.get("id")
+            op = header.get("op")
+            if op not in wire.OPS:
+                raise ProtocolError(f"unknown op {op!r}; allowed: {list(wire.OPS)}")
+            args = header.get("args", {})
+            if not isinstance(args, dict):
+                raise ProtocolError("args must be a JSON object")
+            name = header.get("radio") or self.default
+            if name not in self.slots:
+                raise ProtocolError(f"no radio named {name!r} here; this server has {sorted(self.slots)}")
+            payload = body[1] if len(body) == 2 else None
+            result, iq = self._dispatch(op, self.slots[name], args, payload)
+            reply: dict[str, Any] = {"v": wire.VERSION, "id": request_id, "ok": True, "result": result}
+            frames = []
+            if iq is not None:
+                reply["iq"], raw = wire.iq_to_frame(iq)
+                frames = [raw]
+            return [wire.encode_header(reply), *frames]
+        except Exception as exc:  # every failure becomes an error reply; the server keeps serving
+            if not isinstance(exc, TestbedError):
+                exc = RadioError(f"server error: {type(exc).__name__}: {exc}")
+            error = {"v": wire.VERSION, "id": request_id, "ok": False, "error": wire.error_to_dict(exc)}
+            return [wire.encode_header(error)]
+
+    def _dispatch(
+        self, op: str, slot: _Slot, args: dict[str, Any], payload: bytes | None
+    ) -> tuple[dict[str, Any], Any]:
+        if payload is not None and op != "transmit":
+            raise ProtocolError(f"op {op!r} takes no IQ frame")
+        radio = slot.get()
+        if op == "hello":
+            return {
+                "name": radio.name,
+                "radios": sorted(self.slots),
+                "num_rx_channels": int(radio.num_rx_channels),
+                "settings": wire.settings_to_dict(radio.settings),
+                "max_message_bytes": self.max_message_bytes,
+                "backend": type(radio).__name__,
+            }, None
+        if op == "configure":
+            radio.configure(wire.settings_from_dict(_arg(args, "settings", (dict,))))
+            return {"settings": wire.settings_to_dict(radio.settings)}, None
+        if op == "time_now":
+            return {"time_s": float(radio.time_now())}, None
+        if op in ("set_time_next_pps", "set_time_unknown_pps"):
+            method = getattr(radio, op, None)
+            if method is None:
+                raise RadioError(f"radio {slot.name!r} ({type(radio).__name__}) has no {op}")
+            method(float(_arg(args, "time_s", (int, float))))
+            return {}, None
+        if op == "transmit":
+            if payload is None:
+                raise ProtocolError("transmit needs an IQ frame after the header")
+            samples = wire.frame_to_iq(args.get("shape"), payload, self.max_message_bytes)
+            at_s = float(_arg(args, "at_s", (int, float)))
+            return wire.tx_result_to_dict(radio.transmit(samples, at_s, _str_list(args, "tolerate"))), None
+        if op == "receive":
+            num = _arg(args, "num_samples", (int,))
+            channels = _arg(args, "channels", (list, type(None)), None)
+            if channels is not None and not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in channels
+            ):
+                raise ProtocolError("channels must be a list of ints or null")
+            width = radio.num_rx_channels if channels is None else len(channels)
+            if num * max(width, 1) * wire.IQ_DTYPE.itemsize > self.max_message_bytes:
+                raise RadioLimitError(
+                    f"a capture of {num} samples x {width} channels exceeds the server's message cap "
+                    f"of {self.max_message_bytes} bytes; capture in pieces"
+                )
+            result = radio.receive(
+                num,
+                float(_arg(args, "at_s", (int, float))),
+                channels=channels,
+                timeout_s=float(_arg(args, "timeout_s", (int, float), 1.0)),
+                tolerate=_str_list(args, "tolerate"),
+            )
+            return wire.rx_result_meta(result), result.samples
+        if op == "sensors":
+            return {"sensors": dict(radio.sensors())}, None
+        raise ProtocolError(f"unknown op {op!r}")  # unreachable: checked against wire.OPS
+
+    # --- shutdown ---
+    def _shutdown_socket(self) -> None:
+        self.socket.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context:
+            self._context.term()
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            try:
+                slot.close()
+            except Exception as exc:  # closing the rest matters more than one failure
+                print(f"usrp_server: closing {slot.name}: {exc}", file=sys.stderr)
+        self._shutdown_socket()
+
+
+# --- command line ----------------------------------------------------------------------------------
+def _channels(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"channel list {text!r} must be comma-separated ints, e.g. 0,1") from None
+
+
+def usrp_openers(args: argparse.Namespace) -> dict[str, Opener]:
+    def open_usrp() -> Radio:
+        from drivers.usrp import UsrpRadio  # keeps uhd out of the sim-only path
+
+        return UsrpRadio(
+            args.args,
+            name=args.name,
+            rx_channels=_channels(args.rx_channels),
+            tx_channels=_channels(args.tx_channels) or [0],
+            lock_timeout_s=args.lock_timeout_s,
+        )
+
+    return {args.name: open_usrp}
+
+
+def sim_openers(args: argparse.Namespace) -> dict[str, Opener]:
+    """``--radios tx0,tx1,rx:4``: sim radios (name[:rx channels]) sharing one medium."""
+    from sim.radio import build_sim_radios  # lazy: the usrp path must not need sim/
+
+    specs: list[tuple[str, int]] = []
+    for item in args.radios.split(","):
+        name, _, chans = item.strip().partition(":")
+        if not name:
+            raise ConfigError(f"--radios {args.radios!r}: empty radio name")
+        try:
+            specs.append((name, int(chans) if chans else 1))
+        except ValueError:
+            raise ConfigError(f"--radios {args.radios!r}: {item!r} should be name or name:channels") from None
+    radios = build_sim_radios(specs, medium_address=args.medium or None, seed=args.seed)
+    return {r.name: (lambda r=r: r) for r in radios}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m drivers.usrp_server", description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=("usrp", "sim"), default="usrp")
+    p.add_argument("--args", default="", help="UHD device args, e.g. 'type=b200,serial=31A7F0B'")
+    p.add_argument("--name", default="usrp", help="the radio's name (usrp backend)")
+    p.add_argument("--rx-channels", default="", help="device RX channels, e.g. 0,1 (default: all)")
+    p.add_argument("--tx-channels", default="0", help="device TX channels (default: 0)")
+    p.add_argument("--lock-timeout-s", type=float, default=5.0, help="wait for ref_locked this long")
+    p.add_argument("--radios", default="radio", help="sim backend: name[:rx_channels],... on one medium")
+    p.add_argument("--medium", default="", help="sim backend: ZeroMQ address of a medium server")
+    p.add_argument("--seed", type=int, default=0, help="sim backend: the medium's seed")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5600")
+    p.add_argument("--secret-key", default="", help="this server's NAME.key_secret (CURVE)")
+    p.add_argument("--allow", default="", help="folder of the public keys of allowed clients")
+    p.add_argument("--insecure", action="store_true", help="no CURVE; loopback addresses only")
+    p.add_argument("--max-message-bytes", type=int, default=wire.DEFAULT_MAX_MESSAGE_BYTES)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        openers = sim_openers(args) if args.backend == "sim" else usrp_openers(args)
+        server = RadioServer(
+            openers,
+            args.bind,
+            secret_key=args.secret_key or None,
+            allow_dir=args.allow or None,
+            insecure=args.insecure,
+            max_message_bytes=args.max_message_bytes,
+        )
+    except (TestbedError, zmq.ZMQError) as exc:
+        print(f"usrp_server: {exc}", file=sys.stderr)
+        return 2
+    # Open now so a missing device shows in the log at once; callers get the same error.
+    for slot in server.slots.values():
+        try:
+            slot.get()
+        except TestbedError as exc:
+            print(f"usrp_server: {exc} (serving the error; retrying on requests)", file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    print(f"READY {server.endpoint}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
