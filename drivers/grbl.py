@@ -1,0 +1,761 @@
+"""GRBL 1.1 XY stage driver over any pyserial URL (gnea/grbl ``doc/markdown/interface.md``).
+
+Wire discipline:
+- Opening a port resets an Arduino, so we wait for the ``Grbl 1.1x ['$' for help]`` banner (and
+  send a soft reset if it does not come), then read ``$$`` and check it against the config.
+- One line at a time, then wait for ``ok`` or ``error:N``. ``ok`` only means *queued*: completion
+  comes from a following ``G4 P0.01`` (GRBL answers it once the planner is empty), with ``?``
+  status polling at most every ``status_poll_s`` (>= 0.2 s, i.e. <= 5 Hz) as a watchdog.
+- A reader thread owns all input: ``ok``/``error``/``ALARM`` go to the command waiting for them,
+  status reports update the cached state, the banner marks a reset. Real-time bytes (``?``,
+  ``!``, ``~``, ``0x18``, ``0x85``) go out at once, whatever command is pending.
+- ``stop()``: feed hold, wait for ``Hold:0`` (brakes without losing steps), then soft reset to
+  flush the planner; the position is kept. Any timeout or garbled reply ends the same way, so
+  the link is back in step (everything before the new banner is discarded).
+
+Positions in the API are metres in the stage frame; on the wire they are mm (G21) in GRBL's
+machine frame, which must run from 0 at the homing switches over ``[0, $130] x [0, $131]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from drivers.errors import (
+    StageAlarm,
+    StageCommandError,
+    StageError,
+    StageLimitError,
+    StageNotHomed,
+    StageTimeout,
+)
+from drivers.positioner import MoveStatus, StageLimits, StageState
+from drivers.serial_link import LineLink, StageLinkError, open_port
+
+log = logging.getLogger(__name__)
+
+# GRBL's own tables: doc/csv/error_codes_en_US.csv and alarm_codes_en_US.csv (code: short, meaning).
+GRBL_ERRORS: dict[int, tuple[str, str]] = {
+    1: ("Expected command letter", "G-code words consist of a letter and a value. Letter was not found."),
+    2: ("Bad number format", "Missing the expected G-code word value or numeric value format is not valid."),
+    3: ("Invalid statement", "Grbl '$' system command was not recognized or supported."),
+    4: ("Value < 0", "Negative value received for an expected positive value."),
+    5: ("Setting disabled", "Homing cycle failure. Homing is not enabled via settings."),
+    6: ("Value < 3 usec", "Minimum step pulse time must be greater than 3usec."),
+    7: ("EEPROM read fail. Using defaults", "An EEPROM read failed. Auto-restoring affected EEPROM to default values."),
+    8: ("Not idle", "Grbl '$' command cannot be used unless Grbl is IDLE. Ensures smooth operation during a job."),
+    9: ("G-code lock", "G-code commands are locked out during alarm or jog state."),
+    10: ("Homing not enabled", "Soft limits cannot be enabled without homing also enabled."),
+    11: ("Line overflow", "Max characters per line exceeded. Received command line was not executed."),
+    12: ("Step rate > 30kHz", "Grbl '$' setting value cause the step rate to exceed the maximum supported."),
+    13: ("Check Door", "Safety door detected as opened and door state initiated."),
+    14: ("Line length exceeded", "Build info or startup line exceeded EEPROM line length limit. Line not stored."),
+    15: ("Travel exceeded", "Jog target exceeds machine travel. Jog command has been ignored."),
+    16: ("Invalid jog command", "Jog command has no '=' or contains prohibited g-code."),
+    17: ("Setting disabled", "Laser mode requires PWM output."),
+    20: ("Unsupported command", "Unsupported or invalid g-code command found in block."),
+    21: ("Modal group violation", "More than one g-code command from same modal group found in block."),
+    22: ("Undefined feed rate", "Feed rate has not yet been set or is undefined."),
+    23: ("Invalid gcode ID:23", "G-code command in block requires an integer value."),
+    24: ("Invalid gcode ID:24", "More than one g-code command that requires axis words found in block."),
+    25: ("Invalid gcode ID:25", "Repeated g-code word found in block."),
+    26: ("Invalid gcode ID:26", "No axis words found in block for g-code command or current modal state which requires them."),
+    27: ("Invalid gcode ID:27", "Line number value is invalid."),
+    28: ("Invalid gcode ID:28", "G-code command is missing a required value word."),
+    29: ("Invalid gcode ID:29", "G59.x work coordinate systems are not supported."),
+    30: ("Invalid gcode ID:30", "G53 only allowed with G0 and G1 motion modes."),
+    31: ("Invalid gcode ID:31", "Axis words found in block when no command or current modal state uses them."),
+    32: ("Invalid gcode ID:32", "G2 and G3 arcs require at least one in-plane axis word."),
+    33: ("Invalid gcode ID:33", "Motion command target is invalid."),
+    34: ("Invalid gcode ID:34", "Arc radius value is invalid."),
+    35: ("Invalid gcode ID:35", "G2 and G3 arcs require at least one in-plane offset word."),
+    36: ("Invalid gcode ID:36", "Unused value words found in block."),
+    37: ("Invalid gcode ID:37", "G43.1 dynamic tool length offset is not assigned to configured tool length axis."),
+    38: ("Invalid gcode ID:38", "Tool number greater than max supported value."),
+}  # fmt: skip
+GRBL_ALARMS: dict[int, tuple[str, str]] = {
+    1: ("Hard limit", "Hard limit has been triggered. Machine position is likely lost due to sudden halt. Re-homing is highly recommended."),
+    2: ("Soft limit", "Soft limit alarm. G-code motion target exceeds machine travel. Machine position retained. Alarm may be safely unlocked."),
+    3: ("Abort during cycle", "Reset while in motion. Machine position is likely lost due to sudden halt. Re-homing is highly recommended."),
+    4: ("Probe fail", "Probe fail. Probe is not in the expected initial state before starting probe cycle when G38.2 and G38.3 is not triggered and G38.4 and G38.5 is triggered."),
+    5: ("Probe fail", "Probe fail. Probe did not contact the workpiece within the programmed travel for G38.2 and G38.4."),
+    6: ("Homing fail", "Homing fail. The active homing cycle was reset."),
+    7: ("Homing fail", "Homing fail. Safety door was opened during homing cycle."),
+    8: ("Homing fail", "Homing fail. Pull off travel failed to clear limit switch. Try increasing pull-off setting or check wiring."),
+    9: ("Homing fail", "Homing fail. Could not find limit switch within search distances. Try increasing max travel, decreasing pull-off distance, or check wiring."),
+}  # fmt: skip
+ALARMS_LOSING_POSITION = {1, 3, 6, 7, 8, 9}  # after these the machine must be homed again
+CRITICAL_ALARMS = {1, 2}  # GRBL serves nothing but '?' and reset until a soft reset
+
+RT_STATUS, RT_HOLD, RT_RESUME, RT_RESET, RT_JOG_CANCEL = b"?", b"!", b"~", b"\x18", b"\x85"
+MIN_STATUS_POLL_S = 0.2  # GRBL's advice: status queries at 5 Hz at most
+BOOT_TIMEOUT_S = 2.5  # an Arduino bootloader takes ~1-2 s before GRBL prints its banner
+
+_STATES = {"Idle", "Run", "Hold", "Jog", "Alarm", "Door", "Check", "Home", "Sleep"}
+
+
+def describe_error(code: int) -> str:
+    short, meaning = GRBL_ERRORS.get(code, ("Unknown error", "Not in GRBL 1.1's error table."))
+    return f"error:{code} ({short}: {meaning})"
+
+
+def describe_alarm(code: int) -> str:
+    short, meaning = GRBL_ALARMS.get(code, ("Unknown alarm", "Not in GRBL 1.1's alarm table."))
+    return f"ALARM:{code} ({short}: {meaning})"
+
+
+@dataclass(frozen=True)
+class GrblStatus:
+    """One parsed status report ``<State|MPos:...|...>``; fields absent from it are None."""
+
+    state: str
+    substate: int | None = None
+    mpos_mm: tuple[float, ...] | None = None
+    wpos_mm: tuple[float, ...] | None = None
+    wco_mm: tuple[float, ...] | None = None
+    buffer: tuple[int, int] | None = None  # (planner blocks free, rx bytes free)
+    line_number: int | None = None
+    feed_mm_min: float | None = None
+    spindle_rpm: float | None = None
+    pins: str | None = None
+    overrides: tuple[int, int, int] | None = None  # feed, rapid, spindle (%)
+    accessories: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def machine_pos_mm(self, wco_mm: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        """MPos, or WPos + WCO when the report carries work coordinates (``$10`` bit 0 clear)."""
+        if self.mpos_mm is not None:
+            return self.mpos_mm
+        wco = self.wco_mm or wco_mm
+        if self.wpos_mm is not None and wco is not None:
+            return tuple(w + o for w, o in zip(self.wpos_mm, wco, strict=True))
+        return None
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"bad {what} value {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"bad {what} value {text!r}")
+    return values
+
+
+def parse_status(line: str) -> GrblStatus:
+    """Parse a GRBL 1.1 status report; fields may come in any order. Raise ValueError if malformed."""
+    if not (line.startswith("<") and line.endswith(">")):
+        raise ValueError(f"not a status report: {line!r}")
+    fields = line[1:-1].split("|")
+    head = fields[0]
+    name, _, sub = head.partition(":")
+    if name not in _STATES:
+        raise ValueError(f"unknown machine state {head!r} in {line!r}")
+    values: dict[str, object] = {"state": name, "substate": int(sub) if sub else None}
+    extra: dict[str, str] = {}
+    for item in fields[1:]:
+        key, sep, val = item.partition(":")
+        if not sep:
+            raise ValueError(f"status field without ':' ({item!r}) in {line!r}")
+        if key == "MPos":
+            values["mpos_mm"] = _floats(val, key)
+        elif key == "WPos":
+            values["wpos_mm"] = _floats(val, key)
+        elif key == "WCO":
+            values["wco_mm"] = _floats(val, key)
+        elif key == "Bf":
+            blocks, rx = (int(v) for v in val.split(","))
+            values["buffer"] = (blocks, rx)
+        elif key == "Ln":
+            values["line_number"] = int(val)
+        elif key == "FS":
+            feed, rpm = _floats(val, key)
+            values["feed_mm_min"], values["spindle_rpm"] = feed, rpm
+        elif key == "F":
+            values["feed_mm_min"] = _floats(val, key)[0]
+        elif key == "Pn":
+            values["pins"] = val
+        elif key == "Ov":
+            ov = tuple(int(v) for v in val.split(","))
+            if len(ov) != 3:
+                raise ValueError(f"Ov needs three values, got {val!r}")
+            values["overrides"] = ov
+        elif key == "A":
+            values["accessories"] = val
+        else:
+            extra[key] = val
+    if "mpos_mm" not in values and "wpos_mm" not in values:
+        raise ValueError(f"status report has neither MPos nor WPos: {line!r}")
+    return GrblStatus(**values, extra=extra)  # type: ignore[arg-type]
+
+
+def parse_setting(line: str) -> tuple[int, float] | None:
+    """``$110=3000.000`` -> (110, 3000.0); None if the line is not a setting."""
+    if not line.startswith("$") or "=" not in line:
+        return None
+    key, _, value = line[1:].partition("=")
+    try:
+        return int(key), float(value.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3f}"
+
+
+class GrblStage:
+    """One antenna on one GRBL-driven XY stage (the ``Positioner`` contract)."""
+
+    def __init__(
+        self,
+        port: str,
+        limits: StageLimits,
+        *,
+        name: str = "grbl",
+        command_timeout_s: float = 2.0,
+        homing_timeout_s: float = 120.0,
+        settle_s: float = 0.0,
+        status_poll_s: float = MIN_STATUS_POLL_S,
+        boot_timeout_s: float = BOOT_TIMEOUT_S,
+        check_settings: bool = True,
+    ) -> None:
+        if status_poll_s < MIN_STATUS_POLL_S:
+            raise ValueError(
+                f"status_poll_s must be >= {MIN_STATUS_POLL_S} s (GRBL: <= 5 Hz), got {status_poll_s}"
+            )
+        self.name = name
+        self.port_url = port
+        self._limits = limits
+        self.command_timeout_s = command_timeout_s
+        self.homing_timeout_s = homing_timeout_s
+        self.settle_s = settle_s
+        self.status_poll_s = status_poll_s
+        self.settings: dict[int, float] = {}
+        self.banner: str | None = None
+        self.last_command: str | None = None
+        self.last_status: GrblStatus | None = None
+        self.alarm_code: int | None = None
+        self.homed = False
+        self._state = StageState.UNKNOWN
+        self._critical = False
+        self._wco: tuple[float, ...] = (0.0, 0.0, 0.0)
+        self._acks: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._info: list[str] = []
+        self._garbage: list[str] = []
+        self._cmd_lock = threading.Lock()
+        self._status_cond = threading.Condition()
+        self._status_seq = 0
+        self._banner_seq = 0
+        self._stop_requested = threading.Event()
+        self._move_thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._link = LineLink(open_port(port), name=port)
+        self._reader = threading.Thread(target=self._read_loop, name=f"grbl-reader-{name}", daemon=True)
+        self._reader.start()
+        try:
+            self._startup(boot_timeout_s, check_settings)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- Positioner contract -------------------------------------------------------------------
+    @property
+    def limits(self) -> StageLimits:
+        return self._limits
+
+    @property
+    def state(self) -> StageState:
+        return self._state
+
+    def home(self) -> MoveStatus:
+        status = MoveStatus(f"{self.name}: home")
+        self._begin_motion(status)
+        self._start_thread(status, self._home_body)
+        return status
+
+    def move_to(self, xy_m: tuple[float, float], speed_m_s: float | None = None) -> MoveStatus:
+        line, distance_mm, speed = self._plan_move(xy_m, speed_m_s)
+        status = MoveStatus(f"{self.name}: move to ({xy_m[0]:.4f}, {xy_m[1]:.4f}) m")
+        self._begin_motion(status)
+        self._start_thread(status, lambda: self._move_body(line, distance_mm, speed))
+        return status
+
+    def position(self) -> tuple[float, float]:
+        report = self.query_status()
+        pos = report.machine_pos_mm(self._wco)
+        if pos is None:
+            raise StageError(f"{self.name} on {self.port_url}: status report carried no position")
+        if not self.homed and self.settings.get(22):
+            log.debug("%s: position read while not homed; it may not be the true position", self.name)
+        return pos[0] / 1000.0, pos[1] / 1000.0
+
+    def stop(self) -> None:
+        """Halt now: feed hold, wait until braked (Hold:0), soft reset to flush; keep the position."""
+        if self._state == StageState.DISCONNECTED or self._closed.is_set():
+            return
+        self._stop_requested.set()
+        try:
+            self._halt()
+        finally:
+            thread = self._move_thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=self.command_timeout_s + 1.0)
+            self._stop_requested.clear()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._link.close()
+        self._reader.join(timeout=1.0)
+        if self._state != StageState.DISCONNECTED:
+            self._state = StageState.UNKNOWN
+
+    def __enter__(self) -> GrblStage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- more GRBL commands ---------------------------------------------------------------------
+    def unlock(self) -> None:
+        """``$X``: leave the alarm state without homing (only where the position was retained)."""
+        self._ensure_not_critical()
+        self.command("$X")
+        self.alarm_code = None
+        self._refresh_state()
+
+    def jog(self, dxy_m: tuple[float, float], speed_m_s: float) -> None:
+        """Relative jog (``$J=G91 ...``), checked against the soft limits first; returns when queued."""
+        here = self.position()
+        target = (here[0] + dxy_m[0], here[1] + dxy_m[1])
+        self._check_target(target, speed_m_s)
+        feed = speed_m_s * 60_000.0
+        self.command(f"$J=G91 G21 X{_fmt(dxy_m[0] * 1e3)} Y{_fmt(dxy_m[1] * 1e3)} F{feed:.1f}")
+        self._state = StageState.MOVING
+
+    def jog_cancel(self) -> None:
+        self._link.write_raw(RT_JOG_CANCEL)
+
+    def feed_hold(self) -> None:
+        self._link.write_raw(RT_HOLD)
+
+    def resume(self) -> None:
+        self._link.write_raw(RT_RESUME)
+
+    def soft_reset(self) -> None:
+        """Send 0x18 and wait for the banner: flushes everything, resynchronises the link."""
+        seq = self._banner_seq
+        self._link.write_raw(RT_RESET)
+        self._wait_banner(seq, self.command_timeout_s)
+        self._critical = False
+
+    def command(self, line: str, timeout_s: float | None = None) -> list[str]:
+        """Send one line, wait for ``ok``; return the ``[...]``/``$`` lines that came before it."""
+        return self._command(line, self.command_timeout_s if timeout_s is None else timeout_s)
+
+    def query_status(self, timeout_s: float | None = None) -> GrblStatus:
+        """Send ``?`` and return the next status report."""
+        timeout = self.command_timeout_s if timeout_s is None else timeout_s
+        with self._status_cond:
+            seq = self._status_seq
+        self._link.write_raw(RT_STATUS)
+        with self._status_cond:
+            if not self._status_cond.wait_for(
+                lambda: self._status_seq > seq or self._closed.is_set(), timeout
+            ):
+                raise StageTimeout(
+                    f"{self.name} on {self.port_url}: no status report within {timeout} s "
+                    f"(last command {self.last_command!r})"
+                )
+            if self.last_status is None:
+                raise StageError(f"{self.name} on {self.port_url}: port closed")
+            return self.last_status
+
+    # --- start-up --------------------------------------------------------------------------------
+    def _startup(self, boot_timeout_s: float, check: bool) -> None:
+        if not self._wait_banner(0, boot_timeout_s, raise_=False):
+            # No banner: the board did not reset on open (socket://, no DTR). Reset it ourselves.
+            self.soft_reset()
+        lines = self._command("$$", self.command_timeout_s)
+        for line in lines:
+            parsed = parse_setting(line)
+            if parsed:
+                self.settings[parsed[0]] = parsed[1]
+        self._refresh_state()
+        # GRBL with homing on is Idle only after $H (or a deliberate $X); without homing it counts
+        # from wherever it woke up, and nothing better exists.
+        self.homed = self._state != StageState.ALARM or not self.settings.get(22)
+        if check:
+            self._check_settings()
+
+    def _check_settings(self) -> None:
+        s, where = self.settings, f"{self.name} on {self.port_url}"
+        missing = [k for k in (13, 110, 111, 130, 131) if k not in s]
+        if missing:
+            raise StageError(f"{where}: $$ did not list settings {missing}; is this GRBL 1.1?")
+        if s[13]:
+            raise StageError(f"{where}: $13=1 reports inches; set $13=0 (mm) for this driver")
+        for axis, key in (("X", 130), ("Y", 131)):
+            need_mm = self._limits.travel_m[0 if axis == "X" else 1] * 1e3
+            if s.get(20) and need_mm > s[key] + 1e-6:
+                raise StageError(
+                    f"{where}: config travel_m={need_mm / 1e3:g} m exceeds the firmware's {axis} travel "
+                    f"${key}={s[key]:g} mm; lower travel_m or raise ${key}"
+                )
+        for axis, key in (("X", 110), ("Y", 111)):
+            rate_mm_min = self._limits.max_speed_m_s * 60_000.0
+            if rate_mm_min > s[key] + 1e-6:
+                raise StageError(
+                    f"{where}: config max_speed_m_s={self._limits.max_speed_m_s:g} exceeds the firmware's "
+                    f"{axis} max rate ${key}={s[key]:g} mm/min; lower max_speed_m_s or raise ${key}"
+                )
+        if not s.get(22):
+            log.warning("%s: homing is disabled ($22=0); positions are relative to power-up", where)
+
+    # --- reader thread ---------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                line = self._link.read_line(0.1)
+            except StageLinkError as exc:
+                if not self._closed.is_set():
+                    self._lost(exc)
+                return
+            if line is not None:
+                try:
+                    self._dispatch(line)
+                except Exception:  # a bug here must not kill the only reader
+                    log.exception("%s: failed to handle %r", self.name, line)
+
+    def _lost(self, exc: StageLinkError) -> None:
+        self._state = StageState.DISCONNECTED
+        self._acks.put(("lost", exc))
+        with self._status_cond:
+            self._status_cond.notify_all()
+        log.error("%s: %s", self.name, exc)
+
+    def _dispatch(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if line == "ok":
+            self._acks.put(("ok", None))
+        elif line.startswith("error:"):
+            code = int(line[6:]) if line[6:].isdigit() else -1
+            self._acks.put(("error", code))
+        elif line.startswith("<") and line.endswith(">"):
+            try:
+                report = parse_status(line)
+            except ValueError as exc:
+                self._garbled(f"{line} ({exc})")
+                return
+            self._on_status(report)
+        elif line.startswith("ALARM:"):
+            code = int(line[6:]) if line[6:].isdigit() else -1
+            self._on_alarm(code)
+        elif line.startswith("Grbl "):
+            self.banner = line
+            self._critical = False
+            self._acks.put(("reset", line))
+            with self._status_cond:
+                self._banner_seq += 1
+                self._status_cond.notify_all()
+        elif line.startswith("[MSG:"):
+            log.info("%s: %s", self.name, line)
+            if "Reset to continue" in line:
+                self._critical = True
+            elif "to unlock" in line:
+                self._state = StageState.ALARM
+        elif line.startswith("[") or line.startswith("$"):
+            self._info.append(line)
+        else:
+            self._garbled(line)
+
+    def _garbled(self, line: str) -> None:
+        log.warning("%s: garbled line from %s: %r", self.name, self.port_url, line)
+        self._garbage.append(line)
+
+    def _on_status(self, report: GrblStatus) -> None:
+        if report.wco_mm is not None:
+            self._wco = report.wco_mm
+        mapping = {
+            "Idle": StageState.IDLE, "Run": StageState.MOVING, "Jog": StageState.MOVING,
+            "Hold": StageState.HOLD, "Door": StageState.HOLD, "Home": StageState.HOMING,
+            "Alarm": StageState.ALARM, "Check": StageState.IDLE, "Sleep": StageState.IDLE,
+        }  # fmt: skip
+        if self._state != StageState.DISCONNECTED:
+            self._state = mapping[report.state]
+        with self._status_cond:
+            self.last_status = report
+            self._status_seq += 1
+            self._status_cond.notify_all()
+
+    def _on_alarm(self, code: int) -> None:
+        self.alarm_code = code
+        self._state = StageState.ALARM
+        if code in ALARMS_LOSING_POSITION:
+            self.homed = False
+        if code in CRITICAL_ALARMS:
+            self._critical = True
+        log.error("%s: %s", self.name, describe_alarm(code))
+        self._acks.put(("alarm", code))
+
+    # --- commands --------------------------------------------------------------------------------
+    def _command(self, line: str, timeout_s: float, watchdog: bool = False) -> list[str]:
+        """Send ``line`` and wait for its reply; with ``watchdog``, poll ``?`` while waiting."""
+        where = f"{self.name} on {self.port_url}"
+        if self._state == StageState.DISCONNECTED:
+            raise StageLinkError(f"{where}: link lost; reopen the stage (last command {self.last_command!r})")
+        with self._cmd_lock:
+            while True:  # anything queued before we send is stale (it belongs to an older reset)
+                try:
+                    self._acks.get_nowait()
+                except queue.Empty:
+                    break
+            self._info.clear()
+            garbage_before = len(self._garbage)
+            self.last_command = line
+            self._link.write_line(line)
+            deadline = time.monotonic() + timeout_s
+            last_query = last_heard = time.monotonic()
+            seen_seq = self._status_seq
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise StageTimeout(f"{where}: no reply to {line!r} within {timeout_s:g} s")
+                wait = deadline - now
+                if watchdog:
+                    wait = min(wait, max(0.0, last_query + self.status_poll_s - now))
+                try:
+                    kind, value = self._acks.get(timeout=wait)
+                except queue.Empty:
+                    now = time.monotonic()
+                    if watchdog and now >= last_query + self.status_poll_s:
+                        if self._status_seq != seen_seq:
+                            seen_seq, last_heard = self._status_seq, now
+                        elif now - last_heard > self.command_timeout_s:
+                            raise StageTimeout(
+                                f"{where}: no status report within {self.command_timeout_s:g} s "
+                                f"while waiting for the reply to {line!r}"
+                            ) from None
+                        self._link.write_raw(RT_STATUS)
+                        last_query = now
+                    continue
+                if kind != "ok" and self._stop_requested.is_set():
+                    raise StageError(f"{where}: {line!r} cancelled by stop()")
+                if kind == "ok":
+                    if len(self._garbage) > garbage_before:
+                        raise StageError(
+                            f"{where}: garbled reply {self._garbage[-1]!r} while waiting for the reply to "
+                            f"{line!r}; the link is noisy or out of step"
+                        )
+                    return list(self._info)
+                if kind == "error":
+                    code = int(value)  # type: ignore[arg-type]
+                    raise StageCommandError(f"{where}: {line!r} rejected: {describe_error(code)}", code=code)
+                if kind == "alarm":
+                    code = int(value)  # type: ignore[arg-type]
+                    raise StageAlarm(f"{where}: {describe_alarm(code)} (during {line!r})", code=code)
+                if kind == "reset":
+                    if self._stop_requested.is_set():
+                        raise StageError(f"{where}: {line!r} cancelled by stop()")
+                    raise StageError(f"{where}: controller reset while waiting for the reply to {line!r}")
+                if kind == "lost":
+                    raise StageLinkError(
+                        f"{where}: link lost while waiting for the reply to {line!r} ({value})"
+                    )
+
+    def _wait_banner(self, seq: int, timeout_s: float, raise_: bool = True) -> bool:
+        with self._status_cond:
+            ok = self._status_cond.wait_for(
+                lambda: self._banner_seq > seq or self._state == StageState.DISCONNECTED, timeout_s
+            )
+        if self._state == StageState.DISCONNECTED:
+            raise StageLinkError(
+                f"{self.name} on {self.port_url}: link lost while waiting for the GRBL banner"
+            )
+        if not ok and raise_:
+            raise StageTimeout(
+                f"{self.name} on {self.port_url}: no 'Grbl 1.1' banner within {timeout_s:g} s "
+                f"(last command {self.last_command!r}); is it GRBL at 115200 baud?"
+            )
+        return ok
+
+    def _refresh_state(self) -> None:
+        try:
+            self.query_status()
+        except StageTimeout:
+            self._state = StageState.UNKNOWN
+            raise
+
+    def _ensure_not_critical(self) -> None:
+        if self._critical:
+            self.soft_reset()
+
+    # --- motion ------------------------------------------------------------------------------
+    def _check_target(self, xy_m: tuple[float, float], speed_m_s: float) -> None:
+        lim = self._limits
+        where = f"{self.name}"
+        if len(xy_m) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in xy_m):
+            raise StageLimitError(f"{where}: target must be two finite numbers in metres (got {xy_m!r})")
+        for axis, v, t in zip("XY", xy_m, lim.travel_m, strict=True):
+            if not (-1e-9 <= v <= t + 1e-9):
+                raise StageLimitError(
+                    f"{where}: travel limit: {axis}={v:.6g} m is outside [0, {t:g}] m; nothing was sent"
+                )
+        if not (math.isfinite(speed_m_s) and 0 < speed_m_s <= lim.max_speed_m_s + 1e-12):
+            raise StageLimitError(
+                f"{where}: speed limit: {speed_m_s:.6g} m/s is outside (0, {lim.max_speed_m_s:g}] m/s; "
+                "nothing was sent"
+            )
+
+    def _plan_move(self, xy_m: tuple[float, float], speed_m_s: float | None) -> tuple[str, float, float]:
+        speed = self._limits.max_speed_m_s if speed_m_s is None else float(speed_m_s)
+        self._check_target(xy_m, speed)
+        self._check_ready()
+        x_mm, y_mm = xy_m[0] * 1e3, xy_m[1] * 1e3
+        line = f"G90 G21 G1 X{_fmt(x_mm)} Y{_fmt(y_mm)} F{speed * 60_000.0:.1f}"
+        last = self.last_status.machine_pos_mm(self._wco) if self.last_status else None
+        distance = (
+            math.dist(last[:2], (x_mm, y_mm))
+            if last
+            else math.hypot(*(t * 1e3 for t in self._limits.travel_m))
+        )
+        return line, distance, speed
+
+    def _check_ready(self) -> None:
+        where = f"{self.name} on {self.port_url}"
+        if self._state == StageState.DISCONNECTED:
+            raise StageLinkError(f"{where}: link lost; reopen the stage")
+        if not self.homed:
+            raise StageNotHomed(
+                f"{where}: position unknown (not homed since power-up or alarm); home() first"
+            )
+        if self._state == StageState.ALARM:
+            raise StageAlarm(
+                f"{where}: in alarm ({describe_alarm(self.alarm_code) if self.alarm_code else 'locked'}); "
+                "unlock() or home() first",
+                code=self.alarm_code,
+            )
+
+    def _begin_motion(self, status: MoveStatus) -> None:
+        thread = self._move_thread
+        if thread is not None and thread.is_alive():
+            raise StageError(
+                f"{self.name}: still moving ({status.description} refused); wait or stop() first"
+            )
+
+    def _start_thread(self, status: MoveStatus, body) -> None:  # noqa: ANN001 - a callable
+        def run() -> None:
+            try:
+                body()
+            except StageError as exc:
+                status.set_exception(exc)
+            except Exception as exc:  # unexpected: still finish the status, never hang a waiter
+                status.set_exception(StageError(f"{self.name}: {status.description} failed: {exc!r}"))
+            else:
+                status.set_finished()
+
+        self._move_thread = threading.Thread(target=run, name=f"grbl-move-{self.name}", daemon=True)
+        self._move_thread.start()
+
+    def _move_body(self, line: str, distance_mm: float, speed_m_s: float) -> None:
+        self._state = StageState.MOVING
+        accel = self._limits.accel_m_s2
+        model_s = _trapezoid_s(distance_mm / 1e3, speed_m_s, accel)
+        try:
+            self._command(line, self.command_timeout_s)
+            # ok = queued; G4 P0.01's ok comes once the planner has run dry, i.e. the move is done.
+            self._command("G4 P0.01", 1.5 * model_s + self.command_timeout_s + 1.0, watchdog=True)
+        except StageError as exc:
+            self._recover(exc)
+            raise
+        if self.settle_s:
+            time.sleep(self.settle_s)
+        self._state = StageState.IDLE
+
+    def _home_body(self) -> None:
+        where = f"{self.name} on {self.port_url}"
+        if self._state == StageState.DISCONNECTED:
+            raise StageLinkError(f"{where}: link lost; reopen the stage")
+        self._ensure_not_critical()
+        if not self.settings.get(22):
+            raise StageCommandError(f"{where}: homing is disabled on the controller ($22=0)", code=5)
+        self._state = StageState.HOMING
+        try:
+            self._command("$H", self.homing_timeout_s, watchdog=True)
+        except StageTimeout as exc:
+            self._recover(exc)
+            raise StageTimeout(
+                f"{where}: homing did not finish within homing_timeout_s={self.homing_timeout_s:g} s; "
+                "it was aborted (reset) and the stage is in alarm: check the limit switches"
+            ) from exc
+        except StageError as exc:
+            self._recover(exc)
+            raise
+        self.homed = True
+        self.alarm_code = None
+        self._state = StageState.IDLE
+
+    def _recover(self, exc: StageError) -> None:
+        """After a failed command: bring the stage to rest and the link back in step."""
+        if self._stop_requested.is_set() or self._state == StageState.DISCONNECTED:
+            return
+        if isinstance(exc, StageAlarm) and exc.code in CRITICAL_ALARMS:
+            return  # already halted by the controller; home() resets and re-homes
+        try:
+            self._halt()
+        except StageError as again:
+            log.error("%s: could not bring the stage to rest after %s: %s", self.name, exc, again)
+            if self._state != StageState.DISCONNECTED:
+                self._state = StageState.UNKNOWN
+
+    def _halt(self) -> None:
+        """Feed hold, wait for Hold:0/Idle/Alarm, soft reset, read the state."""
+        self._link.write_raw(RT_HOLD)
+        deadline = time.monotonic() + self.command_timeout_s
+        pause = 0.02
+        while time.monotonic() < deadline:
+            try:
+                report = self.query_status(max(0.05, deadline - time.monotonic()))
+            except StageTimeout:
+                break
+            if (
+                report.state in ("Idle", "Alarm", "Home")  # a hold does nothing while homing
+                or (report.state == "Hold" and report.substate == 0)
+                or (report.state == "Door" and report.substate in (0, 1))
+            ):
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, MIN_STATUS_POLL_S)
+        self.soft_reset()
+        self._refresh_state()
+
+
+def _trapezoid_s(distance_m: float, speed_m_s: float, accel_m_s2: float) -> float:
+    """Rest-to-rest move time, for timeouts (same formula the emulator's motion model uses)."""
+    if distance_m <= 0:
+        return 0.0
+    d_ramp = speed_m_s * speed_m_s / accel_m_s2
+    if distance_m >= d_ramp:
+        return distance_m / speed_m_s + speed_m_s / accel_m_s2
+    return 2.0 * math.sqrt(distance_m / accel_m_s2)
+
+
+__all__ = [
+    "GRBL_ALARMS",
+    "GRBL_ERRORS",
+    "GrblStage",
+    "GrblStatus",
+    "describe_alarm",
+    "describe_error",
+    "parse_setting",
+    "parse_status",
+]

@@ -1,0 +1,119 @@
+"""Line-oriented serial I/O with timeouts, shared by the GRBL and Zaber drivers.
+
+``open_port(url)`` opens any pyserial URL: a device path (``/dev/ttyUSB0``), ``socket://host:port``,
+or the emulators' ``grblsim://name`` / ``zabersim://name`` (their handler is installed on demand).
+``LineLink`` reads whole lines (``\\r\\n`` or ``\\n``) with a deadline and writes lines or raw bytes
+under a lock, so a real-time byte (a feed hold) can go out while another thread waits for a reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+import time
+
+import serial
+
+from drivers.errors import StageError
+
+EMULATOR_SCHEMES = ("grblsim://", "zabersim://")
+MAX_LINE_BYTES = 4096  # a reply longer than this is noise, not a reply
+
+
+class StageLinkError(StageError):
+    """The serial link failed (unplugged, port vanished, socket closed)."""
+
+
+def open_port(url: str, baudrate: int = 115200, read_timeout_s: float = 0.05) -> serial.SerialBase:
+    """Open ``url`` at ``baudrate`` 8N1; raise ``StageLinkError`` naming the port if it fails."""
+    if url.lower().startswith(EMULATOR_SCHEMES):
+        importlib.import_module("sim.serial_url").install()
+    try:
+        return serial.serial_for_url(
+            url,
+            baudrate=baudrate,
+            bytesize=8,
+            parity="N",
+            stopbits=1,
+            timeout=read_timeout_s,
+            write_timeout=2.0,
+        )
+    except (serial.SerialException, ValueError, OSError) as exc:
+        raise StageLinkError(f"cannot open stage port {url!r}: {exc}") from exc
+
+
+class LineLink:
+    """Whole lines in, lines or raw bytes out, over one pyserial port."""
+
+    def __init__(self, port: serial.SerialBase, name: str | None = None) -> None:
+        self.port = port
+        self.name = name or str(getattr(port, "portstr", port))
+        self._buf = bytearray()
+        self._write_lock = threading.Lock()
+        self.closed = False
+
+    def write_line(self, text: str, terminator: bytes = b"\n") -> None:
+        self.write_raw(text.encode("ascii") + terminator)
+
+    def write_raw(self, data: bytes) -> None:
+        with self._write_lock:
+            if self.closed:
+                raise StageLinkError(f"{self.name}: port is closed")
+            try:
+                self.port.write(data)
+                self.port.flush()
+            except (serial.SerialException, OSError) as exc:
+                raise StageLinkError(f"{self.name}: write failed, link lost? ({exc})") from exc
+
+    def read_line(self, timeout_s: float) -> str | None:
+        """The next line without its terminator, or None if none completes within ``timeout_s``.
+
+        Bytes that are not ASCII come back as U+FFFD, so noise shows up instead of vanishing.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self._split()
+            if line is not None:
+                return line
+            if self.closed:
+                raise StageLinkError(f"{self.name}: port is closed")
+            if time.monotonic() >= deadline:
+                return None
+            try:
+                waiting = self.port.in_waiting
+                chunk = self.port.read(max(1, min(waiting, 4096)))
+            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+                # TypeError/AttributeError: pyserial's posix port raises these when closed under it.
+                raise StageLinkError(f"{self.name}: read failed, link lost? ({exc})") from exc
+            if chunk:
+                self._buf += chunk
+                if len(self._buf) > MAX_LINE_BYTES and b"\n" not in self._buf:
+                    junk = bytes(self._buf)
+                    self._buf.clear()
+                    return junk.decode("ascii", errors="replace")
+
+    def _split(self) -> str | None:
+        idx = self._buf.find(b"\n")
+        if idx < 0:
+            return None
+        raw = bytes(self._buf[:idx])
+        del self._buf[: idx + 1]
+        return raw.rstrip(b"\r").decode("ascii", errors="replace")
+
+    def clear_input(self) -> None:
+        """Drop buffered and pending input (stale replies)."""
+        self._buf.clear()
+        with contextlib.suppress(serial.SerialException, OSError):
+            self.port.reset_input_buffer()
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self.closed:
+                return
+            self.closed = True
+            with contextlib.suppress(serial.SerialException, OSError):
+                self.port.close()
+
+
+__all__ = ["LineLink", "StageLinkError", "open_port"]

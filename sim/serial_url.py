@@ -1,0 +1,467 @@
+"""Serve the stage emulators as serial ports: pyserial URLs and a TCP server.
+
+``install()`` registers two URL schemes with pyserial (through ``protocol_handler_packages``):
+
+    serial.serial_for_url("grblsim://ma0?scale=50")    # GRBL emulator named "ma0"
+    serial.serial_for_url("zabersim://ma1?scale=50")   # Zaber ASCII emulator named "ma1"
+
+A name stands for one emulated controller, kept in a registry, so reopening the URL reaches the
+same device (as reopening ``/dev/ttyUSB0`` reaches the same board). The first open creates it
+from the query options (``scale``, ``travel_mm``, ``homing``; ``register()`` puts a prepared
+device in place instead). Opening resets the device like an Arduino's DTR auto-reset does,
+unless ``reset_on_open=0``.
+
+``EmulatorTcpServer`` serves a device on ``127.0.0.1:<port>`` for pyserial's ``socket://``, so
+other processes (or a GUI sender such as UGS/bCNC) can talk to it;
+``python -m sim.serial_url grbl --port 23000 --scale 1`` runs one from the shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+import types
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import serial
+from serial.serialutil import PortNotOpenError, SerialBase, SerialException
+
+from sim.motion import Clock
+
+_HANDLER_PACKAGE = "sim._serial_url_handlers"
+
+
+class EmulatedDevice(Protocol):
+    connected: bool
+
+    def write(self, data: bytes) -> int: ...
+    def read(self, size: int = 1, timeout_s: float | None = 0.0) -> bytes: ...
+    def in_waiting(self) -> int: ...
+    def reset_input(self) -> None: ...
+    def power_cycle(self) -> None: ...
+
+
+class LinkDown(ConnectionError):
+    """The emulated cable is unplugged (a fault): reads and writes fail."""
+
+
+@dataclass
+class Faults:
+    """Faults to inject into an emulator, switched on per test; each is used up when it fires."""
+
+    drop_replies: int = 0  # swallow the next N replies (GRBL: 'ok'; Zaber: the '@' reply)
+    garbage: bytes = b""  # sent once, on a line of its own, ahead of the next reply
+    slow_reply_s: float = 0.0  # hold the next `slow_replies` replies back this long (wall s)
+    slow_replies: int = 0
+    disconnect_at: float | None = None  # unplug at this fraction of the next move
+    alarm_at: float | None = None  # GRBL: ALARM:1 (hard limit); Zaber: stall (FS) at this fraction
+    homing_never_ends: bool = False
+
+
+class EmulatorEndpoint:
+    """The byte side of an emulated controller.
+
+    Replies are queued with the wall time they may leave (a slow-reply fault delays them). There
+    is no thread: every call first brings the model to the clock's present (``_advance``) and a
+    blocked reader sleeps until the next scheduled event (``_next_model_event``).
+    """
+
+    def __init__(self, name: str, time_scale: float) -> None:
+        self.name = name
+        self.clock = Clock(time_scale)
+        self.faults = Faults()
+        self.connected = True
+        self.lines_received: list[str] = []  # every line the host sent, for tests
+        self._cond = threading.Condition(threading.RLock())
+        self._out: deque[tuple[float, bytes]] = deque()
+
+    # subclasses provide these three
+    def _advance(self) -> None:
+        raise NotImplementedError
+
+    def _receive(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _next_model_event(self) -> float | None:
+        return None
+
+    def write(self, data: bytes) -> int:
+        with self._cond:
+            self._check_link()
+            self._advance()
+            self._receive(bytes(data))
+            self._cond.notify_all()
+            return len(data)
+
+    def read(self, size: int = 1, timeout_s: float | None = 0.0) -> bytes:
+        """Up to ``size`` bytes; wait up to ``timeout_s`` (None: forever) for the first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                self._check_link()
+                self._advance()
+                data = self._take(size)
+                if data:
+                    return data
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return b""
+                wake = [self._out[0][0]] if self._out else []
+                model_t = self._next_model_event()
+                if model_t is not None and model_t != float("inf"):
+                    wake.append(self.clock.real_deadline(model_t))
+                wait = None if deadline is None else deadline - now
+                if wake:
+                    until = max(0.0005, min(wake) - now)
+                    wait = until if wait is None else min(wait, until)
+                self._cond.wait(wait)
+
+    def in_waiting(self) -> int:
+        with self._cond:
+            self._check_link()
+            self._advance()
+            now = time.monotonic()
+            return sum(len(b) for t, b in self._out if t <= now)
+
+    def reset_input(self) -> None:
+        """Drop replies already sent but not read (the host flushed its input buffer)."""
+        with self._cond:
+            now = time.monotonic()
+            self._out = deque((t, b) for t, b in self._out if t > now)
+
+    def unplug(self) -> None:
+        with self._cond:
+            self.connected = False
+            self._cond.notify_all()
+
+    def _check_link(self) -> None:
+        if not self.connected:
+            raise LinkDown(f"{self.name}: emulated cable unplugged")
+
+    def _take(self, size: int) -> bytes:
+        now = time.monotonic()
+        chunks = bytearray()
+        while self._out and self._out[0][0] <= now and len(chunks) < size:
+            t, b = self._out.popleft()
+            room = size - len(chunks)
+            chunks += b[:room]
+            if len(b) > room:
+                self._out.appendleft((t, b[room:]))
+        return bytes(chunks)
+
+    def _send(self, line: str, reply: bool = True) -> None:
+        """Queue one line (CR LF added). ``reply``: subject to the slow/garbage faults."""
+        release = time.monotonic()
+        f = self.faults
+        if reply and f.slow_replies > 0:
+            f.slow_replies -= 1
+            release += f.slow_reply_s
+        if reply and f.garbage:
+            self._out.append((release, f.garbage + b"\r\n"))
+            f.garbage = b""
+        self._out.append((release, line.encode("ascii") + b"\r\n"))
+
+    def _drop_reply(self) -> bool:
+        """True if the lost-reply fault eats this reply."""
+        if self.faults.drop_replies > 0:
+            self.faults.drop_replies -= 1
+            return True
+        return False
+
+
+_registry: dict[tuple[str, str], EmulatedDevice] = {}
+_registry_lock = threading.Lock()
+
+
+def register(scheme: str, name: str, device: EmulatedDevice) -> str:
+    """Put ``device`` behind ``<scheme>://<name>``; return that URL (without options)."""
+    if scheme not in _FACTORIES:
+        raise ValueError(f"unknown emulator scheme {scheme!r}; allowed: {sorted(_FACTORIES)}")
+    with _registry_lock:
+        _registry[(scheme, name)] = device
+    install()
+    return f"{scheme}://{name}"
+
+
+def unregister(scheme: str, name: str) -> None:
+    with _registry_lock:
+        _registry.pop((scheme, name), None)
+
+
+def device_for(scheme: str, name: str) -> EmulatedDevice | None:
+    with _registry_lock:
+        return _registry.get((scheme, name))
+
+
+def _make_grbl(name: str, opts: dict[str, str]) -> EmulatedDevice:
+    from sim.grbl_device import GrblDevice  # lazily: sim.grbl_device builds on this module
+
+    travel = float(opts.get("travel_mm", 500.0))
+    return GrblDevice(
+        time_scale=float(opts.get("scale", 1.0)),
+        travel_mm=(travel, travel),
+        homing=opts.get("homing", "1") != "0",
+        name=name,
+    )
+
+
+def _make_zaber(name: str, opts: dict[str, str]) -> EmulatedDevice:
+    from sim.zaber_device import ZaberDevice  # lazily: each scheme loads only its own emulator
+
+    travel = float(opts.get("travel_mm", 500.0))
+    return ZaberDevice(time_scale=float(opts.get("scale", 1.0)), travel_mm=(travel, travel), name=name)
+
+
+_FACTORIES = {"grblsim": _make_grbl, "zabersim": _make_zaber}
+_OPTIONS = {"scale", "travel_mm", "homing", "reset_on_open"}
+
+
+class EmulatorSerial(SerialBase):
+    """A pyserial port whose other end is an emulator in this process."""
+
+    scheme = ""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - pyserial's signature
+        self._device: EmulatedDevice | None = None
+        super().__init__(*args, **kwargs)
+
+    def open(self) -> None:
+        if self.is_open:
+            raise SerialException("Port is already open.")
+        if self._port is None:
+            raise SerialException("Port must be configured before it can be used.")
+        self._device, reset = self._from_url(self.portstr)
+        if reset:
+            self._device.power_cycle()
+        self.is_open = True
+
+    def close(self) -> None:
+        self.is_open = False
+        self._device = None
+
+    def _reconfigure_port(self) -> None:
+        pass  # baud rate, framing: a real link needs them, the emulator does not
+
+    def _from_url(self, url: str) -> tuple[EmulatedDevice, bool]:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != self.scheme:
+            raise SerialException(f"expected a {self.scheme}:// URL, got {url!r}")
+        name = parts.netloc + parts.path
+        if not name:
+            raise SerialException(f"{url!r}: name the emulated device, e.g. {self.scheme}://ma0")
+        opts: dict[str, str] = {}
+        for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+            if key not in _OPTIONS:
+                raise SerialException(f"{url!r}: unknown option {key!r}; allowed: {sorted(_OPTIONS)}")
+            opts[key] = values[0]
+        with _registry_lock:
+            device = _registry.get((self.scheme, name))
+            if device is None:
+                try:
+                    device = _FACTORIES[self.scheme](name, opts)
+                except ValueError as exc:
+                    raise SerialException(f"{url!r}: bad option value ({exc})") from exc
+                _registry[(self.scheme, name)] = device
+        return device, opts.get("reset_on_open", "1") != "0"
+
+    def _dev(self) -> EmulatedDevice:
+        if not self.is_open or self._device is None:
+            raise PortNotOpenError()
+        return self._device
+
+    @property
+    def in_waiting(self) -> int:
+        try:
+            return self._dev().in_waiting()
+        except LinkDown as exc:
+            raise SerialException(str(exc)) from exc
+
+    def read(self, size: int = 1) -> bytes:
+        dev = self._dev()
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        data = bytearray()
+        try:
+            while len(data) < size:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                chunk = dev.read(size - len(data), left)
+                data += chunk
+                if not chunk and (deadline is None or time.monotonic() >= deadline):
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        except LinkDown as exc:
+            if data:
+                return bytes(data)
+            raise SerialException(f"{self.portstr}: {exc}") from exc
+        return bytes(data)
+
+    def write(self, data: bytes) -> int:
+        dev = self._dev()
+        try:
+            return dev.write(bytes(data))
+        except LinkDown as exc:
+            raise SerialException(f"{self.portstr}: {exc}") from exc
+
+    def reset_input_buffer(self) -> None:
+        self._dev().reset_input()
+
+    def reset_output_buffer(self) -> None:
+        self._dev()
+
+    @property
+    def out_waiting(self) -> int:
+        return 0
+
+    @property
+    def cts(self) -> bool:
+        return True
+
+    @property
+    def dsr(self) -> bool:
+        return True
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return True
+
+    def _update_dtr_state(self) -> None:
+        pass
+
+    def _update_rts_state(self) -> None:
+        pass
+
+    def _update_break_state(self) -> None:
+        pass
+
+
+class GrblSimSerial(EmulatorSerial):
+    scheme = "grblsim"
+
+
+class ZaberSimSerial(EmulatorSerial):
+    scheme = "zabersim"
+
+
+def install() -> None:
+    """Make ``serial.serial_for_url`` understand ``grblsim://`` and ``zabersim://``.
+
+    pyserial imports ``<package>.protocol_<scheme>`` for each package it is told about; the two
+    handler modules are built here and placed in ``sys.modules`` so no stub files are needed.
+    """
+    if _HANDLER_PACKAGE in sys.modules:
+        return
+    package = types.ModuleType(_HANDLER_PACKAGE)
+    package.__path__ = []  # a package, so pyserial's relative import resolves
+    sys.modules[_HANDLER_PACKAGE] = package
+    for scheme, cls in (("grblsim", GrblSimSerial), ("zabersim", ZaberSimSerial)):
+        module = types.ModuleType(f"{_HANDLER_PACKAGE}.protocol_{scheme}")
+        module.Serial = cls  # type: ignore[attr-defined]
+        sys.modules[module.__name__] = module
+    if _HANDLER_PACKAGE not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(_HANDLER_PACKAGE)
+
+
+class EmulatorTcpServer:
+    """Serve one emulator on a loopback TCP port (one client at a time) for ``socket://``."""
+
+    def __init__(self, device: EmulatedDevice, host: str = "127.0.0.1", port: int = 0,
+                 reset_on_connect: bool = True) -> None:  # fmt: skip
+        self.device = device
+        self.reset_on_connect = reset_on_connect
+        self._sock = socket.create_server((host, port))
+        self._sock.settimeout(0.1)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"emulator-tcp-{self.port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"socket://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._sock.close()
+
+    def __enter__(self) -> EmulatorTcpServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                if self.reset_on_connect:
+                    self.device.power_cycle()
+                self._pump(conn)
+
+    def _pump(self, conn: socket.socket) -> None:
+        done = threading.Event()
+
+        def inbound() -> None:  # socket -> device, on its own thread so replies flow at once
+            try:
+                while not done.is_set():
+                    try:
+                        data = conn.recv(4096)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        break  # client closed
+                    self.device.write(data)
+            except (LinkDown, OSError):
+                pass
+            done.set()
+
+        conn.settimeout(0.1)
+        reader = threading.Thread(target=inbound, name=f"emulator-tcp-in-{self.port}", daemon=True)
+        reader.start()
+        try:
+            while not done.is_set() and not self._stop.is_set():
+                data = self.device.read(4096, 0.05)
+                if data:
+                    conn.sendall(data)
+        except (LinkDown, OSError):
+            pass
+        done.set()
+        reader.join(timeout=1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve a stage emulator on a TCP port (socket://).")
+    parser.add_argument("kind", choices=["grbl", "zaber"])
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
+    parser.add_argument("--scale", type=float, default=1.0, help="clock speed-up over real time")
+    parser.add_argument("--travel-mm", type=float, default=500.0)
+    args = parser.parse_args(argv)
+    opts = {"scale": str(args.scale), "travel_mm": str(args.travel_mm)}
+    device = _make_grbl("tcp", opts) if args.kind == "grbl" else _make_zaber("tcp", opts)
+    server = EmulatorTcpServer(device, port=args.port)
+    print(f"{args.kind} emulator at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
