@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from drivers.errors import RadioError
-from drivers.radio import TIMING_CODES, RadioSettings, RxResult, TxResult
-from sim.medium import Medium
+from drivers.radio import TIMING_CODES, Radio, RadioSettings, RxResult, TxResult
+from sim.medium import IdealLinks, Impairments, Medium
 
 
 def _check_tolerate(tolerate: Sequence[str]) -> tuple[str, ...]:
@@ -90,6 +90,10 @@ class SimRadio:
         self._open()
         self._medium.set_time_next_pps(self.name, time_s)
 
+    def set_time_unknown_pps(self, time_s: float) -> None:
+        """One medium, one PPS: the same as ``set_time_next_pps``."""
+        self.set_time_next_pps(time_s)
+
     def transmit(self, samples: np.ndarray, at_s: float, tolerate: Sequence[str] = ()) -> TxResult:
         self._open()
         return self._medium.schedule(self.name, samples, at_s, _check_tolerate(tolerate))
@@ -127,4 +131,60 @@ class SimRadio:
         self.close()
 
 
-__all__ = ["SimRadio"]
+def ideal_medium(seed: int = 0, rate_sps: float = 1e6) -> Medium:
+    """A cabled, noiseless air: every link has gain 1 end to end at the default settings
+    (TX gain 0 dB, RX gain 30 dB), no impairments. For contract tests and radio-server tests."""
+    defaults = RadioSettings()
+    return Medium(
+        IdealLinks(1.0),
+        np.random.default_rng(seed),
+        rate_sps=rate_sps,
+        noise_power_w=0.0,
+        impairments=Impairments.none(),
+        tx_gain_ref_db=defaults.tx_gain_db,
+        rx_gain_ref_db=defaults.rx_gain_db,
+    )
+
+
+def build_sim_radios(
+    specs: Sequence[tuple[str, int]],
+    medium_address: str | None = None,
+    seed: int = 0,
+    medium: Medium | None = None,
+) -> list[Radio]:
+    """Radios named in ``specs`` as (name, rx channels) on one air.
+
+    Without ``medium_address``: SimRadios on ``medium`` (default ``ideal_medium(seed)``); a
+    one-channel radio is a client node (channel row = its index among the one-channel specs),
+    a wider one a receiver. With ``medium_address``: ``RemoteRadio`` proxies to the radios of
+    that medium server (``sim.medium_server``), which must already host those names.
+    """
+    if medium_address:
+        from drivers.remote_radio import RemoteRadio  # lazy: in-process sim needs no ZeroMQ
+
+        proxies: list[Radio] = []
+        for name, channels in specs:
+            proxy = RemoteRadio(medium_address, radio=name)
+            if proxy.num_rx_channels != channels:
+                proxy.close()
+                raise RadioError(
+                    f"medium server {medium_address}: radio {name!r} has {proxy.num_rx_channels} "
+                    f"RX channels, not the {channels} asked for"
+                )
+            proxies.append(proxy)
+        return proxies
+    air = medium if medium is not None else ideal_medium(seed)
+    radios: list[Radio] = []
+    clients = 0
+    for name, channels in specs:
+        if channels < 1:
+            raise ValueError(f"radio {name!r}: rx channels must be >= 1 (got {channels})")
+        if channels == 1:
+            radios.append(SimRadio.client(air, clients, name=name))
+            clients += 1
+        else:
+            radios.append(SimRadio.receiver(air, channels, np.zeros((channels, 2)), name=name))
+    return radios
+
+
+__all__ = ["SimRadio", "build_sim_radios", "ideal_medium"]
