@@ -289,6 +289,11 @@ class CampaignSection(Section):
     captures_per_point: int = Field(1, ge=1)
     save_iq: bool = True
     table_format: Literal["parquet", "csv"] = "parquet"
+    sounder: Literal["radio", "symbol"] = Field(
+        "radio",
+        description="radio: pilots through the radios (IQ saved as SigMF); "
+        "symbol: the symbol-level sim air, no waveform (all-sim labs only)",
+    )
 
 
 class TestbedConfig(Section):
