@@ -9,13 +9,14 @@ The shape follows bluesky's protocols (set/locate/read/stop with status objects)
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from drivers.errors import StageError, StageTimeout
+from drivers.errors import StageError, StageLimitError, StageTimeout
 
 
 class StageState(enum.Enum):
@@ -38,6 +39,25 @@ class StageLimits:
 
     def contains(self, xy: tuple[float, float], tol_m: float = 1e-9) -> bool:
         return all(-tol_m <= v <= t + tol_m for v, t in zip(xy, self.travel_m, strict=True))
+
+    def check_move(self, xy_m: tuple[float, float], speed_m_s: float, who: str = "stage") -> None:
+        """Raise ``StageLimitError`` naming the broken limit (travel or speed) of a planned move."""
+        try:
+            ok = len(xy_m) == 2 and all(math.isfinite(float(v)) for v in xy_m)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise StageLimitError(f"{who}: target must be two finite numbers in metres (got {xy_m!r})")
+        for axis, v, t in zip("XY", xy_m, self.travel_m, strict=True):
+            if not -1e-9 <= v <= t + 1e-9:
+                raise StageLimitError(
+                    f"{who}: travel limit: {axis}={v:.6g} m is outside [0, {t:g}] m; nothing was sent"
+                )
+        if not (math.isfinite(speed_m_s) and 0 < speed_m_s <= self.max_speed_m_s * (1 + 1e-9)):
+            raise StageLimitError(
+                f"{who}: speed limit: {speed_m_s:.6g} m/s is outside (0, {self.max_speed_m_s:g}] m/s; "
+                "nothing was sent"
+            )
 
 
 class MoveStatus:
@@ -101,6 +121,25 @@ class MoveStatus:
         return status
 
 
+def run_in_thread(description: str, body: Callable[[], None]) -> tuple[MoveStatus, threading.Thread]:
+    """Run ``body`` on a daemon thread; its return finishes the status, its exception fails it."""
+    status = MoveStatus(description)
+
+    def run() -> None:
+        try:
+            body()
+        except StageError as exc:
+            status.set_exception(exc)
+        except Exception as exc:  # unexpected: still finish the status so no waiter hangs
+            status.set_exception(StageError(f"{description} failed: {exc!r}"))
+        else:
+            status.set_finished()
+
+    thread = threading.Thread(target=run, name=description, daemon=True)
+    thread.start()
+    return status, thread
+
+
 def wait_all(statuses: list[MoveStatus], timeout_s: float) -> None:
     """Wait for several moves under one deadline; raise the first error met."""
     deadline = time.monotonic() + timeout_s
@@ -137,5 +176,6 @@ __all__ = [
     "StageError",
     "StageLimits",
     "StageState",
+    "run_in_thread",
     "wait_all",
 ]
