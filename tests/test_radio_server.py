@@ -1,0 +1,266 @@
+"""The radio server and RemoteRadio: the radio contract through ZeroMQ, security, bad input, death.
+
+The server runs as a real subprocess (``python -m drivers.usrp_server --backend sim``) hosting
+sim radios on one ideal medium; the radio contract's own checks (tests/test_radio_contract.py)
+run through ``RemoteRadio`` with CURVE off and on. Then: a client whose key is not on the allow
+list is refused, oversized and malformed requests get dropped or answered without harm, and a
+killed server is a ``RadioError`` within the client's timeout, never a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from radio_server_proc import SYSTEM_PYTHON, ServerProcess
+from test_radio_contract import CONTRACT_CHECKS, RadioBench, check_multi_radio_sum, check_timed_alignment
+
+from drivers import radio_wire as wire
+from drivers.errors import ConfigError, RadioError, RadioLimitError
+from drivers.remote_radio import RemoteRadio
+from drivers.usrp_server import RadioServer
+from drivers.zmq_security import make_keypair
+from sim.radio import build_sim_radios, ideal_medium
+
+SIM_ARGS = ["--backend", "sim", "--radios", "tx0,tx1,rx:2", "--bind", "tcp://127.0.0.1:*"]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("keys")
+    _, server_secret = make_keypair(root / "server", "radio0")
+    client_public, client_secret = make_keypair(root / "client", "controller")
+    _, stranger_secret = make_keypair(root / "stranger", "stranger")
+    allow = root / "allow"
+    allow.mkdir()
+    shutil.copy(client_public, allow / client_public.name)
+    return {
+        "server_secret": server_secret,
+        "server_public": root / "server" / "radio0.key",
+        "client_secret": client_secret,
+        "stranger_secret": stranger_secret,
+        "allow": allow,
+    }
+
+
+@pytest.fixture(scope="module", params=["insecure", "curve"])
+def served(request: pytest.FixtureRequest, keys: dict[str, Path]) -> Iterator[tuple[ServerProcess, dict]]:
+    if request.param == "insecure":
+        proc, client = ServerProcess([*SIM_ARGS, "--insecure"]), {}
+    else:
+        proc = ServerProcess(
+            [*SIM_ARGS, "--secret-key", str(keys["server_secret"]), "--allow", str(keys["allow"])]
+        )
+        client = {"secret_key_file": keys["client_secret"], "server_public_key_file": keys["server_public"]}
+    yield proc, client
+    assert proc.stop() == 0  # SIGTERM: a clean shutdown
+
+
+def remote_bench(endpoint: str, **client: object) -> RadioBench:
+    radios = [RemoteRadio(endpoint, radio=name, rpc_timeout_s=5.0, **client) for name in ("tx0", "tx1", "rx")]
+
+    def close() -> None:
+        for r in radios:
+            r.close()
+
+    return RadioBench(radios[:2], radios[2], [1.0, 1.0], radios[2].settings.rate_sps, close)
+
+
+@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+def test_radio_contract_through_the_server(
+    served: tuple[ServerProcess, dict], check: Callable[[RadioBench], None]
+) -> None:
+    proc, client = served
+    bench = remote_bench(proc.endpoint, **client)
+    try:
+        assert bench.rx.num_rx_channels == 2 and bench.tx[0].name == "tx0"
+        check(bench)
+    finally:
+        bench.close()
+
+
+def test_client_not_on_the_allow_list_is_refused(served: tuple[ServerProcess, dict], keys: dict) -> None:
+    proc, client = served
+    if not client:
+        pytest.skip("CURVE is off for this server")
+    start = time.monotonic()
+    with pytest.raises(RadioError, match="allow list"):
+        RemoteRadio(
+            proc.endpoint,
+            secret_key_file=keys["stranger_secret"],
+            server_public_key_file=keys["server_public"],
+            rpc_timeout_s=0.5,
+        )
+    assert time.monotonic() - start < 2.0
+    with pytest.raises(RadioError):  # plain text to a CURVE server gets nowhere either
+        RemoteRadio(proc.endpoint, rpc_timeout_s=0.5)
+    # The refused peers did not disturb the server.
+    with RemoteRadio(proc.endpoint, radio="rx", rpc_timeout_s=5.0, **client) as ok:
+        assert ok.time_now() >= 0.0
+
+
+def raw_request(endpoint: str, frames: list[bytes], timeout_ms: int = 2000) -> list[bytes] | None:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(frames)
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        return sock.recv_multipart()
+    finally:
+        sock.close(linger=0)
+
+
+def header(op: str, **args: object) -> bytes:
+    return json.dumps({"v": 1, "id": 7, "op": op, "radio": "rx", "args": args}).encode()
+
+
+@pytest.fixture(scope="module")
+def small_server() -> Iterator[ServerProcess]:
+    """An insecure sim server with a 64 KiB message cap."""
+    proc = ServerProcess([*SIM_ARGS, "--insecure", "--max-message-bytes", "65536"])
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("frames", "match"),
+    [
+        ([b"\xff\xfe not json"], "not UTF-8 JSON"),
+        ([b"[1, 2]"], "must be a JSON object"),
+        ([b'{"v": 99, "op": "hello"}'], "wire version 99"),
+        ([header("reboot")], "unknown op 'reboot'"),
+        ([header("receive", num_samples="many", at_s=1.0)], "'num_samples' must be int"),
+        ([header("receive", num_samples=True, at_s=1.0)], "got a bool"),
+        ([header("transmit", at_s=1.0, shape=[1, 4])], "needs an IQ frame"),
+        ([header("transmit", at_s=1.0, shape=[1, 4]), b"\0" * 31], "holds 31 bytes but shape"),
+        ([header("transmit", at_s=1.0, shape="x"), b""], "iq shape must be"),
+        ([header("configure", settings={"tx_gain_db": 1, "colour": "red"})], "unknown settings"),
+        ([header("time_now"), b"x", b"y"], "at most one IQ frame"),
+        ([json.dumps({"v": 1, "id": 1, "op": "hello", "radio": "ghost"}).encode()], "no radio named 'ghost'"),
+        ([header("receive", num_samples=10**6, at_s=1.0)], "exceeds the server's message cap"),
+    ],
+)
+def test_malformed_requests_get_an_error_reply(
+    small_server: ServerProcess, frames: list[bytes], match: str
+) -> None:
+    reply = raw_request(small_server.endpoint, frames)
+    assert reply is not None, "the server must answer, not crash or hang"
+    head = json.loads(reply[0])
+    assert head["ok"] is False
+    assert head["error"]["type"] in ("ProtocolError", "RadioLimitError", "RadioError")
+    assert match in head["error"]["message"]
+
+
+def test_oversized_frame_drops_that_peer_only(small_server: ServerProcess) -> None:
+    big = [header("transmit", at_s=1.0, shape=[1, 10_000]), b"\0" * 80_000]
+    assert raw_request(small_server.endpoint, big, timeout_ms=300) is None  # ZeroMQ cut it off
+    with RemoteRadio(small_server.endpoint, radio="tx0", max_message_bytes=65536) as radio:
+        with pytest.raises(RadioLimitError, match="exceed the message cap of 65536"):
+            radio.transmit(np.zeros(10_000, np.complex64), at_s=radio.time_now() + 0.01)
+        result = radio.transmit(np.ones(100, np.complex64), at_s=radio.time_now() + 0.01)
+        assert result.num_samples == 100  # the server still serves
+    assert small_server.proc.poll() is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_killed_server_is_a_radio_error_within_the_timeout_and_a_restart_is_picked_up() -> None:
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    proc = ServerProcess(["--backend", "sim", "--radios", "tx0,rx:2", "--bind", bind, "--insecure"])
+    radio = RemoteRadio(bind, radio="rx", rpc_timeout_s=0.5)
+    try:
+        t = radio.time_now()
+        proc.kill()
+        for call in (radio.time_now, lambda: radio.receive(100, at_s=t + 0.01, timeout_s=0.1)):
+            start = time.monotonic()
+            with pytest.raises(RadioError, match=f"radio server {bind}"):
+                call()
+            assert time.monotonic() - start < 0.5 + 0.1 + 0.01 + 1.0 + 1.0  # rpc + op allowance
+        proc = ServerProcess(["--backend", "sim", "--radios", "tx0,rx:2", "--bind", bind, "--insecure"])
+        assert radio.time_now() >= 0.0  # the same client reconnects to the new server
+    finally:
+        radio.close()
+        proc.stop()
+
+
+def test_no_server_and_insecure_off_loopback_are_clear_errors() -> None:
+    start = time.monotonic()
+    with pytest.raises(RadioError, match="could not connect to 'hello' within 0.3 s; is the server running"):
+        RemoteRadio(f"tcp://127.0.0.1:{free_port()}", rpc_timeout_s=0.3)
+    assert time.monotonic() - start < 1.5
+    with pytest.raises(ConfigError, match="loopback only"):
+        RemoteRadio("tcp://192.0.2.7:5600")
+    with pytest.raises(ConfigError, match="loopback only"):
+        RadioServer(
+            {"r": lambda: build_sim_radios([("r", 1)], medium=ideal_medium())[0]},
+            "tcp://0.0.0.0:0",
+            insecure=True,
+        )
+    with pytest.raises(ConfigError, match="--secret-key and --allow"):
+        RadioServer(
+            {"r": lambda: build_sim_radios([("r", 1)], medium=ideal_medium())[0]}, "tcp://127.0.0.1:0"
+        )
+
+
+def test_in_process_server_serves_and_closed_client_refuses() -> None:
+    radios = build_sim_radios([("tx0", 1), ("tx1", 1), ("rx", 4)], medium=ideal_medium(5))
+    server = RadioServer({r.name: (lambda r=r: r) for r in radios}, "tcp://127.0.0.1:*", insecure=True)
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_ms": 20}, daemon=True)
+    thread.start()
+    try:
+        bench = remote_bench(server.endpoint)
+        check_multi_radio_sum(bench)
+        assert bench.rx.num_rx_channels == 4 and bench.rx.sensors()["backend"] == "sim"
+        bench.close()
+        with pytest.raises(RadioError, match="is closed"):
+            bench.rx.time_now()
+        assert server.requests_served > 5
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+        server.close()
+
+
+@pytest.mark.skipif(shutil.which(SYSTEM_PYTHON) is None, reason="no system python")
+def test_system_python_server_speaks_the_same_wire() -> None:
+    """The server under the system Python (NumPy 1.x, pyzmq 24) against this venv's client."""
+    try:
+        proc = ServerProcess([*SIM_ARGS, "--insecure"], python=SYSTEM_PYTHON)
+    except RuntimeError as exc:
+        pytest.skip(f"the system Python cannot run the server here: {exc}")
+    try:
+        bench = remote_bench(proc.endpoint)
+        check_timed_alignment(bench)
+        check_multi_radio_sum(bench)
+        bench.close()
+    finally:
+        assert proc.stop() == 0
+
+
+def test_wire_roundtrip_keeps_errors_and_iq() -> None:
+    from drivers.errors import RadioTimingError
+
+    err = wire.error_from_dict(wire.error_to_dict(RadioTimingError("late!", "late", 3.25)), "srv")
+    assert isinstance(err, RadioTimingError) and (err.code, err.time_s) == ("late", 3.25)
+    assert "srv: late!" in str(err)
+    x = (np.arange(6) + 1j).astype(np.complex64).reshape(2, 3)
+    shape, raw = wire.iq_to_frame(x)
+    np.testing.assert_array_equal(wire.frame_to_iq(shape, raw, 1024), x)
+    with pytest.raises(Exception, match="over the cap"):
+        wire.frame_to_iq([2, 1000], b"", 1024)
