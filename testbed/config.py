@@ -96,6 +96,13 @@ class RadioSection(Section):
     time_source: Literal["internal", "external", "gpsdo"] = "internal"
     tx_antenna: str = "TX/RX"
     rx_antenna: str = "RX2"
+    client_key: str = Field(
+        "", description="CURVE: this caller's NAME.key_secret; '' = plain text (loopback only)"
+    )
+    server_key: str = Field("", description="CURVE: the radio server's public NAME.key")
+    rpc_timeout_s: PositiveFloat = Field(
+        5.0, description="a radio-server call fails with RadioError after this, beyond the op's own wait"
+    )
 
     @model_validator(mode="after")
     def _gain_under_cap(self) -> RadioSection:
