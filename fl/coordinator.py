@@ -1,0 +1,600 @@
+"""The FL coordinator (parameter server): a ROUTER socket, rounds, OTA slots, checkpoints.
+
+One round, as messages::
+
+    coordinator                                   node k (selected)
+      PLAN (adapter, steps, batch, lr, clock, b_k, slot) ->
+                                                  train locally
+      <- STATS (per-group mean/var, metrics)          [ota]   | <- DIGITAL (update) [digital]
+      SHARED_STATS (mu, v, b_k, slot, symbols) ->
+      <- DIGITAL (reference copy, if asked)
+      <- OTA (the burst, or "sent on my own radio")
+      feed the AirTransmitter at the slot, collect through the combiner, de-normalise
+      RESULT (val loss, who was dropped) -> every node
+
+A node that misses heartbeats or the deadline is dropped from the round and the aggregate is
+re-weighted over the nodes that delivered; it may say HELLO again and rejoin from the next
+round. After every round the global adapter (safetensors), the round state, the RNG state
+and the metrics so far are checkpointed; ``resume=True`` continues after the last complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+import zmq
+
+from drivers import zmq_security
+from drivers.errors import FLError
+from fl import ota
+from fl.aggregation import DigitalFedAvg, OverTheAir, apply_update, default_combiner, payload_names
+from fl.keys import KeyLayout
+from fl.protocol import COORDINATOR, Message, MsgType, SocketLoop, node_identity, pairs_to_complex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundPlan:
+    """What the planner decides for one round (the allocation plan, as the FL layer needs it)."""
+
+    round: int
+    selected: list[int]
+    local_steps: int
+    lr: float
+    batch: dict[int, int]
+    clock_hz: dict[int, float]
+    weights: dict[int, float]  # phi_k, the aggregation weight of each selected client
+    combiner: np.ndarray | None = None  # m (N,); None: the normalised sum of the channels
+    power_w: dict[int, float] | None = None  # P_k; None: lab.clients.tx_power_w
+    b_k: dict[int, complex] | None = None  # the planner's precoding; recomputed if anyone drops
+    extra: dict[str, Any] = field(default_factory=dict)  # predictions etc., recorded as they are
+
+
+# planner(round, channels (U x N, or None without an air), available node ids) -> RoundPlan
+Planner = Callable[[int, "np.ndarray | None", list[int]], RoundPlan]
+
+
+@dataclass
+class NodeInfo:
+    node: int
+    identity: bytes
+    capabilities: dict[str, Any]
+    alive: bool = True
+    clock_offset_s: float | None = None
+    participation: int = 0
+
+
+class RadioTimeSkew(FLError):
+    """The nodes' radio times at a PPS edge disagree beyond fl.transport.max_clock_skew_s."""
+
+
+class Coordinator:
+    """Runs the rounds. ``config`` is a ``TestbedConfig`` (read by attribute only)."""
+
+    def __init__(
+        self,
+        config: Any,
+        run_dir: str | Path,
+        planner: Planner,
+        air: Any = None,
+        rng: np.random.Generator | None = None,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        resume: bool = False,
+        radio_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.fl = config.fl
+        self.num_clients = int(config.lab.clients.count)
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.planner = planner
+        self.air = air
+        self.rng = rng if rng is not None else np.random.default_rng([config.run.seed, 3])
+        self.on_round = on_round
+        self.on_event = on_event
+        self.radio_clock = radio_clock or time.time
+        self.run_id = f"{config.run.name}-{int(time.time())}"
+        self.nodes: dict[int, NodeInfo] = {}
+        self.metrics: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.start_round = 1
+        self._round = 0
+        self._msgs: dict[tuple[MsgType, int], Message] = {}
+        self._clock_reference_s: float | None = None
+        self._resume_participation: dict[int, int] = {}
+        self.initial_val_loss = float("nan")
+        self.ctx = zmq.Context()
+        self._auth = None
+        self.loop: SocketLoop | None = None
+        self.endpoint = ""
+
+        from fl.training import adapter_state, build_workload
+
+        self.work = build_workload(self.fl, config.run.seed, self.num_clients, None)
+        self.global_adapter = adapter_state(self.work.model)
+        self.version = 0
+        self.payload = payload_names(list(self.global_adapter), self.fl.lora.mode)
+        if resume:
+            self._load_checkpoint()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def bind(self) -> str:
+        t = self.fl.transport
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 500)
+        zmq_security.cap_inbound_size(sock, t.max_message_bytes)
+        if t.insecure:
+            zmq_security.require_loopback_for_insecure(t.bind)
+        else:
+            keys = KeyLayout(Path(t.keys_dir))
+            self._auth = zmq_security.start_authenticator(self.ctx, keys.coordinator_allow)
+            zmq_security.secure_server(sock, keys.secret("coordinator"))
+        sock.bind(t.bind)
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.loop = SocketLoop(sock, True, t.heartbeat_s, COORDINATOR, t.max_message_bytes).start()
+        self._event("bound", endpoint=self.endpoint, curve=not t.insecure)
+        return self.endpoint
+
+    def close(self, say_bye: bool = True) -> None:
+        if self.loop is not None:
+            for info in self.nodes.values():
+                if info.alive and say_bye:
+                    self._send(info, Message(MsgType.BYE, self._round, COORDINATOR, {}))
+            self.loop.close()
+            self.loop = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        self.ctx.term()
+
+    def run(self) -> list[dict[str, Any]]:
+        """Wait for the nodes, check their radio clocks, run the rounds; the per-round metrics."""
+        if self.loop is None:
+            self.bind()
+        try:
+            self._wait_for_nodes()
+            self._check_radio_times()
+            if not self.metrics:
+                from fl.training import evaluate
+
+                self.initial_val_loss = evaluate(
+                    self.work.model, self.work.validation, device=self.work.device
+                )
+                self._event("initial_eval", val_loss=self.initial_val_loss)
+            for r in range(self.start_round, self.fl.rounds + 1):
+                self._run_round(r)
+            self._event("finished", rounds=self.fl.rounds)
+        except FLError:
+            self.close(say_bye=True)  # a refusal: tell the nodes to go home
+            raise
+        except BaseException:
+            self.close(say_bye=False)  # a crash: the nodes wait and rejoin a resumed coordinator
+            raise
+        self.close(say_bye=True)
+        return self.metrics
+
+    # --- messages -------------------------------------------------------------------------------
+    def _event(self, event: str, **data: Any) -> None:
+        record = {"t": time.time(), "event": event, "round": self._round, **data}
+        with (self.run_dir / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+        log.info("%s %s", event, {k: v for k, v in data.items() if k != "metrics"})
+        if self.on_event is not None:
+            self.on_event(record)
+
+    def _send(self, info: NodeInfo, msg: Message) -> None:
+        assert self.loop is not None
+        self.loop.send(msg, info.identity)
+
+    def _reject(self, identity: bytes, code: str, reason: str) -> None:
+        self.rejected.append({"identity": identity.decode(errors="replace"), "code": code, "reason": reason})
+        self._event("rejected", identity=identity.decode(errors="replace"), code=code, reason=reason)
+        assert self.loop is not None
+        self.loop.send(
+            Message(MsgType.ERROR, self._round, COORDINATOR, {"code": code, "reason": reason}), identity
+        )
+
+    def _pump(self, timeout_s: float) -> None:
+        """Handle one inbound message (or none within ``timeout_s``) and check liveness."""
+        assert self.loop is not None
+        if self.loop.error is not None:
+            raise FLError(f"the coordinator's socket thread died: {self.loop.error}")
+        try:
+            identity, msg = self.loop.inbox.get(timeout=max(timeout_s, 0.0))
+        except Exception:  # queue.Empty
+            identity, msg = None, None
+        if identity is not None:
+            self._handle(identity, msg)
+        window = self.fl.transport.heartbeat_s * self.fl.transport.heartbeat_misses
+        for info in self.nodes.values():
+            if info.alive and not self.loop.seen_within(info.identity, window):
+                self._lose(info, f"no heartbeat for {window:.2f} s")
+
+    def _lose(self, info: NodeInfo, why: str) -> None:
+        info.alive = False
+        assert self.loop is not None
+        self.loop.peers.discard(info.identity)
+        self._event("node_lost", node=info.node, why=why)
+
+    def _handle(self, identity: bytes, msg: Message | None) -> None:
+        node = next((i for i in self.nodes.values() if i.identity == identity), None)
+        if msg is None:  # ROUTER_MANDATORY: the peer is gone
+            if node is not None and node.alive:
+                self._lose(node, "unreachable")
+            return
+        if msg.type is MsgType.HELLO:
+            self._hello(identity, msg)
+            return
+        if node is None or not node.alive:
+            self._reject(
+                identity, "unknown_node", f"{msg.type} from a node that has not said HELLO; say HELLO"
+            )
+            return
+        if msg.node != node.node:
+            self._reject(
+                identity, "bad_node", f"message claims node {msg.node}, the sender is node {node.node}"
+            )
+            return
+        if msg.type is MsgType.TIME_REPORT:
+            self._time_report(node, msg)
+        elif msg.type is MsgType.BYE:
+            self._lose(node, "said BYE")
+        elif msg.type in (MsgType.STATS, MsgType.OTA, MsgType.DIGITAL):
+            if msg.round != self._round:
+                self._event("stale", node=node.node, type=str(msg.type), msg_round=msg.round)
+                return
+            key = (msg.type, node.node)
+            if msg.type is MsgType.DIGITAL and msg.body.get("purpose") == "reference":
+                key = (MsgType.DIGITAL, -1 - node.node)  # references are kept apart from updates
+            self._msgs[key] = msg
+        else:
+            self._reject(identity, "wrong_type", f"a node may not send {msg.type}")
+
+    def _hello(self, identity: bytes, msg: Message) -> None:
+        k = msg.node
+        if not 0 <= k < self.num_clients or identity != node_identity(k):
+            self._reject(
+                identity,
+                "bad_node",
+                f"node id {k} with identity {identity!r} is not a node of this lab "
+                f"(0..{self.num_clients - 1}, identity node-<id>)",
+            )
+            return
+        old = self.nodes.get(k)
+        rejoin = old is not None
+        info = NodeInfo(
+            k,
+            identity,
+            dict(msg.body["capabilities"]),
+            participation=old.participation if old else self._resume_participation.get(k, 0),
+        )
+        self.nodes[k] = info
+        assert self.loop is not None
+        self.loop.peers.add(identity)
+        self.loop.last_seen[identity] = time.monotonic()
+        self._send(
+            info,
+            Message(
+                MsgType.WELCOME,
+                self._round,
+                COORDINATOR,
+                {"run_id": self.run_id, "next_round": self._round + 1},
+            ),
+        )
+        self._event("rejoined" if rejoin else "joined", node=k, capabilities=info.capabilities)
+
+    def _time_report(self, info: NodeInfo, msg: Message) -> None:
+        info.clock_offset_s = float(msg.body["radio_time_s"]) - float(msg.body["pps_edge_unix_s"])
+        self._event("time_report", node=info.node, offset_s=info.clock_offset_s, source=msg.body["source"])
+        if self._clock_reference_s is not None:  # a rejoining node must agree with the rest
+            skew = abs(info.clock_offset_s - self._clock_reference_s)
+            if skew > self.fl.transport.max_clock_skew_s:
+                self._reject(info.identity, "clock_skew", f"radio time off by {skew:.3g} s")
+                self._lose(info, "radio clock skew")
+
+    # --- start-up -------------------------------------------------------------------------------
+    def _wait_for_nodes(self) -> None:
+        t = self.fl.transport
+        deadline = time.monotonic() + t.join_timeout_s
+        while time.monotonic() < deadline:
+            ready = [i for i in self.nodes.values() if i.alive and i.clock_offset_s is not None]
+            if len(ready) == self.num_clients:
+                return
+            self._pump(0.05)
+        have = sorted(i.node for i in self.nodes.values() if i.alive)
+        raise FLError(
+            f"only nodes {have} of {self.num_clients} joined within fl.transport.join_timeout_s="
+            f"{t.join_timeout_s} s; start the missing nodes or lower lab.clients.count"
+        )
+
+    def _check_radio_times(self) -> None:
+        offsets = {i.node: i.clock_offset_s for i in self.nodes.values() if i.alive}
+        values = [v for v in offsets.values() if v is not None]
+        spread = max(values) - min(values)
+        self._event("radio_times", offsets=offsets, spread_s=spread)
+        if spread > self.fl.transport.max_clock_skew_s:
+            raise RadioTimeSkew(
+                f"the nodes' radio times at a PPS edge disagree by {spread:.3g} s (offsets {offsets}), over "
+                f"fl.transport.max_clock_skew_s={self.fl.transport.max_clock_skew_s}; check the PPS and 10 MHz "
+                "cabling and re-sync the radios' time"
+            )
+        self._clock_reference_s = float(np.median(values))
+
+    # --- one round ------------------------------------------------------------------------------
+    def _alive(self) -> list[int]:
+        return sorted(i.node for i in self.nodes.values() if i.alive)
+
+    def _collect(self, kind: MsgType, nodes: Sequence[int], deadline: float, ref: bool = False) -> list[int]:
+        """Wait until every node in ``nodes`` delivered ``kind`` (or died, or the deadline passed)."""
+
+        def key(k: int) -> tuple[MsgType, int]:
+            return (kind, -1 - k) if ref else (kind, k)
+
+        while True:
+            pending = [k for k in nodes if key(k) not in self._msgs and self.nodes[k].alive]
+            if not pending or time.monotonic() >= deadline:
+                break
+            self._pump(min(0.05, max(deadline - time.monotonic(), 0.0)))
+        return [k for k in nodes if key(k) in self._msgs]
+
+    def _run_round(self, r: int) -> None:
+        t0 = time.monotonic()
+        self._round, self._msgs = r, {}
+        alive = self._alive()
+        if not alive:
+            raise FLError(f"round {r}: no node is alive")
+        channels = self.air.estimate_channels(list(range(self.num_clients))) if self.air is not None else None
+        plan = self.planner(r, channels, alive)
+        bad = [k for k in plan.selected if k not in alive]
+        if not plan.selected or bad:
+            raise FLError(
+                f"round {r}: the planner selected {plan.selected}; nodes {bad} are not available {alive}"
+            )
+        ota_mode = self.fl.aggregation == "ota"
+        if ota_mode and self.air is None:
+            raise FLError("fl.aggregation=ota needs an AirLink; none was given to the coordinator")
+        deadline_s = self.fl.transport.round_deadline_s
+        deadline = time.monotonic() + deadline_s
+        for k in plan.selected:
+            body = {
+                "version": self.version,
+                "local_steps": plan.local_steps,
+                "batch": int(plan.batch[k]),
+                "lr": float(plan.lr),
+                "clock_hz": float(plan.clock_hz[k]),
+                "selected": list(plan.selected),
+                "aggregation": self.fl.aggregation,
+                "lora_mode": self.fl.lora.mode,
+                "slot_s": 0.0,
+                "b_k": ota.complex_list(np.array([plan.b_k[k]]))[0] if plan.b_k else [0.0, 0.0],
+                "deadline_s": deadline_s,
+                "weight": float(plan.weights[k]),
+                "reference": bool(self.fl.digital_reference),
+            }
+            self._send(
+                self.nodes[k], Message(MsgType.PLAN, r, COORDINATOR, body, {"adapter": self.global_adapter})
+            )
+            self.nodes[k].participation += 1
+        self._event("plan_sent", selected=plan.selected, lr=plan.lr, extra=plan.extra)
+        t_plan = time.monotonic()
+
+        shapes = {n: self.global_adapter[n].shape for n in self.payload}
+        num_reals = int(sum(self.global_adapter[n].size for n in self.payload))
+        air_metrics: dict[str, Any] = {}
+        if ota_mode:
+            delivered = self._collect(MsgType.STATS, plan.selected, deadline)
+            if not delivered:
+                raise FLError(f"round {r}: no selected node delivered its statistics by the deadline")
+            estimate, delivered, air_metrics = self._ota_slot(
+                r, plan, delivered, channels, shapes, num_reals, deadline
+            )
+        else:
+            delivered = self._collect(MsgType.DIGITAL, plan.selected, deadline)
+            if not delivered:
+                raise FLError(f"round {r}: no selected node delivered its update by the deadline")
+            updates = {k: self._msgs[(MsgType.DIGITAL, k)].frames["update"] for k in delivered}
+            estimate = DigitalFedAvg().aggregate(updates, {k: plan.weights[k] for k in delivered}).update
+        t_agg = time.monotonic()
+        self.global_adapter = apply_update(self.global_adapter, estimate)
+        self.version = r
+        from fl.training import evaluate, load_adapter_state
+
+        load_adapter_state(self.work.model, self.global_adapter)
+        val_loss = evaluate(self.work.model, self.work.validation, device=self.work.device)
+        dropped = [k for k in plan.selected if k not in delivered]
+        node_metrics = {}
+        for k in delivered:
+            m = self._msgs.get((MsgType.STATS, k)) or self._msgs.get((MsgType.DIGITAL, k))
+            node_metrics[str(k)] = m.body["metrics"] if m is not None else {}
+        counts = np.array(
+            [self.nodes[k].participation if k in self.nodes else 0 for k in range(self.num_clients)]
+        )
+        record = {
+            "round": r,
+            "selected": plan.selected,
+            "delivered": delivered,
+            "dropped": dropped,
+            "aggregation": self.fl.aggregation,
+            "lora_mode": self.fl.lora.mode,
+            "lr": plan.lr,
+            "val_loss": val_loss,
+            "val_perplexity": math.exp(min(val_loss, 50.0)),
+            "val_loss_before": self.metrics[-1]["val_loss"] if self.metrics else self.initial_val_loss,
+            "train_loss": float(np.mean([nm.get("loss", np.nan) for nm in node_metrics.values()])),
+            "nodes": node_metrics,
+            **air_metrics,
+            "participation": counts.tolist(),
+            "jain_fairness": float(counts.sum() ** 2 / (len(counts) * np.sum(counts**2)))
+            if counts.any()
+            else 0.0,
+            "round_time_s": time.monotonic() - t0,
+            "wait_time_s": t_agg - t_plan,
+            "coordinator_time_s": (t_plan - t0) + (time.monotonic() - t_agg),
+            "plan": {k: v for k, v in plan.extra.items() if isinstance(v, (int, float, str, list, bool))},
+        }
+        self.metrics.append(record)
+        self._checkpoint(r)
+        self._event("round_done", dropped=dropped, val_loss=val_loss, metrics=record)
+        result = {"val_loss": val_loss, "dropped": dropped, "delivered": delivered}
+        for k in self._alive():
+            self._send(
+                self.nodes[k],
+                Message(MsgType.RESULT, r, COORDINATOR, {"metrics": result, "version": self.version}),
+            )
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _ota_slot(
+        self,
+        r: int,
+        plan: RoundPlan,
+        delivered: list[int],
+        channels: np.ndarray | None,
+        shapes: Mapping[str, tuple[int, ...]],
+        num_reals: int,
+        deadline: float,
+    ) -> tuple[dict[str, np.ndarray], list[int], dict[str, Any]]:
+        """Shared stats -> precoding -> bursts through the air -> de-normalised mean update."""
+        assert channels is not None
+        stats = [self._stats_of(k) for k in delivered]
+        weights = [float(plan.weights[k]) for k in delivered]
+        shared = ota.shared_stats(stats, weights, self.fl.normalization)
+        h = channels[delivered]
+        m = np.asarray(plan.combiner) if plan.combiner is not None else default_combiner(h)
+        p_default = float(self.config.lab.clients.tx_power_w)
+        power = [float((plan.power_w or {}).get(k, p_default)) for k in delivered]
+        pre = ota.precode(m, h, delivered, weights, power, self.air.noise_power_w)
+        b_k = dict(zip(delivered, pre.b_k, strict=True))
+        if plan.b_k and set(plan.b_k) == set(delivered):
+            b_k = {k: complex(plan.b_k[k]) for k in delivered}  # everyone delivered: the plan's own b_k
+        slot_s = float(self.radio_clock()) + self.fl.transport.ota_guard_s
+        n_sym = ota.num_symbols(num_reals)
+        for k in delivered:
+            body = {
+                "mean": shared.mean.tolist(),
+                "var": shared.var.tolist(),
+                "groups": list(shared.names),
+                "b_k": ota.complex_list(np.array([b_k[k]]))[0],
+                "slot_s": slot_s,
+                "num_symbols": n_sym,
+            }
+            self._send(self.nodes[k], Message(MsgType.SHARED_STATS, r, COORDINATOR, body))
+        self._event("shared_stats_sent", delivered=delivered, slot_s=slot_s, eta=pre.eta)
+        sent = self._collect(MsgType.OTA, delivered, deadline)
+        if self.fl.digital_reference:
+            self._collect(MsgType.DIGITAL, sent, min(deadline, time.monotonic() + 1.0), ref=True)
+        refs = {
+            k: self._msgs[(MsgType.DIGITAL, -1 - k)].frames["update"]
+            for k in sent
+            if (MsgType.DIGITAL, -1 - k) in self._msgs
+        }
+        metrics: dict[str, Any] = {
+            "eta": pre.eta,
+            "predicted_mse": pre.mse,
+            "num_symbols": n_sym,
+            "slot_s": slot_s,
+            "fallback": False,
+        }
+        if not sent:
+            raise FLError(f"round {r}: no node sent its OTA burst by the deadline")
+        total = float(sum(plan.weights[k] for k in sent))
+        try:
+            for k in sent:
+                msg = self._msgs[(MsgType.OTA, k)]
+                if not msg.body["sent_locally"]:
+                    symbols = pairs_to_complex(msg.frames["symbols"]["iq"])
+                    if symbols.size != n_sym:
+                        raise FLError(f"node {k} sent {symbols.size} symbols, the slot holds {n_sym}")
+                    scale = ota.from_complex_list([msg.body["b_k"]])[0]
+                    self.air.send(k, symbols, scale, slot_s)
+            estimate = OverTheAir.receive(self.air, pre, num_reals, slot_s, m, total, shared, shapes)
+        except Exception as exc:  # noqa: BLE001 - the air failed: fall back to the digital copies
+            if set(refs) != set(sent):
+                raise
+            self._event("ota_fallback", why=str(exc))
+            metrics["fallback"] = True
+            estimate = DigitalFedAvg().aggregate(refs, {k: plan.weights[k] for k in sent}).update
+        if set(refs) == set(sent) and not metrics["fallback"]:
+            reference = DigitalFedAvg().aggregate(refs, {k: plan.weights[k] for k in sent}).update
+            metrics["nmse"] = ota.nmse(estimate, reference)
+            signal = np.mean(
+                np.concatenate([(reference[n].astype(np.float64) ** 2).ravel() for n in reference])
+            )
+            err = np.mean(
+                np.concatenate(
+                    [((estimate[n] - reference[n]).astype(np.float64) ** 2).ravel() for n in reference]
+                )
+            )
+            metrics["effective_snr_db"] = float(10 * np.log10(signal / err)) if err > 0 else float("inf")
+        return estimate, sent, metrics
+
+    def _stats_of(self, k: int) -> ota.GroupStats:
+        body = self._msgs[(MsgType.STATS, k)].body
+        if list(body["groups"]) != self.payload:
+            raise FLError(f"node {k} reported statistics for groups that are not this run's payload")
+        return ota.GroupStats(
+            tuple(body["groups"]), np.asarray(body["mean"], float), np.asarray(body["var"], float)
+        )
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint(self, r: int) -> None:
+        """Write round ``r`` to a temporary folder, then rename: a crash leaves no half checkpoint."""
+        ckpt = self.run_dir / "checkpoints"
+        final, tmp = ckpt / f"round-{r:04d}", ckpt / f".round-{r:04d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        safetensors.numpy.save_file(
+            self.global_adapter,
+            str(tmp / "adapter.safetensors"),
+            metadata={"round": str(r), "lora_mode": self.fl.lora.mode},
+        )
+        state = {
+            "round": r,
+            "version": self.version,
+            "rng_state": self.rng.bit_generator.state,
+            "participation": {str(k): i.participation for k, i in self.nodes.items()},
+            "clock_reference_s": self._clock_reference_s,
+            "metrics": self.metrics,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, default=float), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (ckpt / "LATEST.tmp").write_text(final.name, encoding="utf-8")
+        os.replace(ckpt / "LATEST.tmp", ckpt / "LATEST")
+        with (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8") as f:
+            for rec in self.metrics:
+                f.write(json.dumps(rec, default=float) + "\n")
+
+    def _load_checkpoint(self) -> None:
+        ckpt = self.run_dir / "checkpoints"
+        latest = ckpt / "LATEST"
+        if not latest.is_file():
+            self._event("resume", from_round=0, note="no checkpoint yet; starting at round 1")
+            return
+        folder = ckpt / latest.read_text(encoding="utf-8").strip()
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        adapter = safetensors.numpy.load_file(str(folder / "adapter.safetensors"))
+        if set(adapter) != set(self.global_adapter):
+            raise FLError(f"{folder}: the checkpoint's adapter does not match this model's LoRA config")
+        self.global_adapter = adapter
+        self.version = int(state["version"])
+        self.rng.bit_generator.state = state["rng_state"]
+        self.metrics = list(state["metrics"])
+        self._resume_participation = {int(k): int(v) for k, v in state["participation"].items()}
+        self.start_round = int(state["round"]) + 1
+        self._round = int(state["round"])
+        self._event("resume", from_round=self.start_round, checkpoint=str(folder))

@@ -1,0 +1,341 @@
+"""An FL edge node: a DEALER with a stable identity that trains LoRA locally each round.
+
+The socket lives on its own thread (``SocketLoop``), which heartbeats the coordinator while
+training runs in the main thread. In the OTA slot the node hands its precoded, normalised
+symbols to a transmitter: by default ``CoordinatorRelay`` (a dry run: the symbols travel in an
+OTA message and the coordinator feeds its symbol-level air), or any local
+``fl.airlink.AirTransmitter`` (the node's own radio, e.g. ``testbed.radio_airlink``), in which
+case the OTA message only says "sent".
+
+Before round 1 the node reports its radio time at a PPS edge, from a ``RadioTimeSource``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from drivers import zmq_security
+from drivers.errors import FLError
+from fl import ota
+from fl.aggregation import payload_names
+from fl.airlink import AirTransmitter
+from fl.clocks import apply_clock, modeled_energy_j
+from fl.keys import KeyLayout, node_name
+from fl.protocol import Message, MsgType, SocketLoop, complex_to_pairs, node_identity
+
+log = logging.getLogger(__name__)
+
+
+class RadioTimeSource(Protocol):
+    def time_at_pps(self) -> tuple[float, float]:
+        """(host unix time of the last PPS edge, the radio's device time at that edge)."""
+        ...
+
+
+@dataclass
+class HostClock:
+    """Sim: the node's radio clock is the host clock plus ``offset_s`` (a fault to inject)."""
+
+    offset_s: float = 0.0
+
+    def time_at_pps(self) -> tuple[float, float]:
+        edge = math.floor(time.time())
+        return float(edge), edge + self.offset_s
+
+    def now(self) -> float:
+        return time.time() + self.offset_s
+
+
+class RadioClock:
+    """A real radio (``drivers.radio.Radio``): device time at the last whole second (PPS-locked)."""
+
+    def __init__(self, radio: Any) -> None:
+        self.radio = radio
+
+    def time_at_pps(self) -> tuple[float, float]:
+        t_radio, t_host = self.radio.time_now(), time.time()
+        frac = t_radio - math.floor(t_radio)
+        return float(round(t_host - frac)), float(math.floor(t_radio))
+
+
+class CoordinatorRelay:
+    """An ``AirTransmitter`` that ships the burst to the coordinator, whose air sends it."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def send(self, client: int, symbols: np.ndarray, scale: complex, at_s: float) -> None:
+        body = {"slot_s": at_s, "b_k": ota.complex_list(np.array([scale]))[0], "sent_locally": False}
+        frames = {"symbols": {"iq": complex_to_pairs(symbols)}}
+        self.node.send(Message(MsgType.OTA, self.node.round, client, body, frames))
+
+
+class Node:
+    """One node. ``config`` is a ``TestbedConfig``; ``run()`` returns when told BYE (0) or on failure."""
+
+    def __init__(
+        self,
+        config: Any,
+        node: int,
+        connect: str,
+        transmitter: AirTransmitter | None = None,
+        time_source: RadioTimeSource | None = None,
+        apply_clocks: bool = False,
+        workload: Any = None,
+    ) -> None:
+        self.config = config
+        self.fl = config.fl
+        self.node = int(node)
+        if not 0 <= self.node < config.lab.clients.count:
+            raise FLError(f"node id {node} is outside 0..{config.lab.clients.count - 1} (lab.clients.count)")
+        self.connect = connect
+        self.transmitter = transmitter
+        self.time_source = time_source or HostClock()
+        self.apply_clocks = apply_clocks
+        self.work = workload
+        self.round = 0
+        self.ctx = zmq.Context()
+        self.loop: SocketLoop | None = None
+        self.joined = False
+        self.stop = threading.Event()
+        self.history: list[dict[str, Any]] = []
+
+    # --- socket ---------------------------------------------------------------------------------
+    def _open(self) -> None:
+        t = self.fl.transport
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, node_identity(self.node))
+        sock.setsockopt(zmq.LINGER, 1000)
+        zmq_security.cap_inbound_size(sock, t.max_message_bytes)
+        if t.insecure:
+            zmq_security.require_loopback_for_insecure(self.connect)
+        else:
+            keys = KeyLayout(Path(t.keys_dir))
+            zmq_security.secure_client(sock, keys.secret(node_name(self.node)), keys.public("coordinator"))
+        sock.connect(self.connect)
+        self.loop = SocketLoop(sock, False, t.heartbeat_s, self.node, t.max_message_bytes).start()
+
+    def send(self, msg: Message) -> None:
+        assert self.loop is not None
+        self.loop.send(msg)
+
+    def _recv(self, timeout_s: float) -> Message | None:
+        assert self.loop is not None
+        if self.loop.error is not None:
+            raise FLError(f"node {self.node}: socket thread died: {self.loop.error}")
+        try:
+            _, msg = self.loop.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        return msg
+
+    def _coordinator_alive(self) -> bool:
+        assert self.loop is not None
+        t = self.fl.transport
+        return self.loop.seen_within(b"", t.heartbeat_s * t.heartbeat_misses)
+
+    # --- joining --------------------------------------------------------------------------------
+    def capabilities(self) -> dict[str, Any]:
+        import torch
+
+        gpu = torch.cuda.is_available()
+        return {
+            "gpu": torch.cuda.get_device_name(0) if gpu else None,
+            "memory_bytes": int(torch.cuda.get_device_properties(0).total_memory)
+            if gpu
+            else int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
+            "samples": len(self.work.train),
+            "radio": "local" if self.transmitter is not None else "via_coordinator",
+            "pid": os.getpid(),
+        }
+
+    def _join(self, deadline: float) -> bool:
+        """HELLO until WELCOME (resent every heartbeat), then report the radio time at a PPS edge."""
+        hello = Message(MsgType.HELLO, 0, self.node, {"capabilities": self.capabilities()})
+        next_hello = 0.0
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if time.monotonic() >= next_hello:
+                self.send(hello)
+                next_hello = time.monotonic() + self.fl.transport.heartbeat_s
+            msg = self._recv(0.05)
+            if msg is None:
+                continue
+            if msg.type is MsgType.WELCOME:
+                edge, radio_time = self.time_source.time_at_pps()
+                self.send(
+                    Message(
+                        MsgType.TIME_REPORT,
+                        0,
+                        self.node,
+                        {
+                            "pps_edge_unix_s": edge,
+                            "radio_time_s": radio_time,
+                            "source": type(self.time_source).__name__,
+                        },
+                    )
+                )
+                self.joined = True
+                log.info("node %d joined run %s", self.node, msg.body["run_id"])
+                return True
+            if msg.type is MsgType.BYE:
+                return False
+        return False
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.work is None:
+            from fl.training import build_workload
+
+            self.work = build_workload(
+                self.fl, self.config.run.seed, self.config.lab.clients.count, self.node
+            )
+        self._open()
+        try:
+            join_deadline = time.monotonic() + self.fl.transport.join_timeout_s
+            if not self._join(join_deadline):
+                log.warning("node %d: no coordinator at %s", self.node, self.connect)
+                return 1
+            while not self.stop.is_set():
+                msg = self._recv(0.05)
+                if msg is None:
+                    if not self._coordinator_alive():  # coordinator restarted or gone: rejoin
+                        log.warning("node %d: coordinator silent; saying HELLO again", self.node)
+                        if not self._join(time.monotonic() + self.fl.transport.join_timeout_s):
+                            return 1
+                    continue
+                if msg.type is MsgType.PLAN:
+                    self._round(msg)
+                elif msg.type is MsgType.BYE:
+                    return 0
+                elif msg.type is MsgType.ERROR:
+                    log.warning("node %d: refused: %s", self.node, msg.body)
+                    if msg.body["code"] == "unknown_node":
+                        self._join(time.monotonic() + self.fl.transport.join_timeout_s)
+                    elif msg.body["code"] == "clock_skew":
+                        return 2
+                elif msg.type is MsgType.RESULT:
+                    self.history.append({"round": msg.round, **msg.body["metrics"]})
+            return 0
+        finally:
+            assert self.loop is not None
+            self.loop.close()
+            self.ctx.term()
+
+    def _round(self, plan: Message) -> None:
+        from fl.training import adapter_state, load_adapter_state, local_train
+
+        self.round = r = plan.round
+        body = plan.body
+        load_adapter_state(self.work.model, plan.frames["adapter"])
+        before = {n: np.array(v, dtype=np.float32) for n, v in plan.frames["adapter"].items()}
+        clock = apply_clock(body["clock_hz"], allowed=self.apply_clocks)
+        seed = self.config.run.seed
+        rng = np.random.default_rng([seed, self.node, r])
+        metrics = local_train(
+            self.work.model,
+            self.work.train,
+            body["local_steps"],
+            body["batch"],
+            body["lr"],
+            rng,
+            torch_seed=(seed * 1_000_003 + r * 1009 + self.node) % (2**62),
+            weight_decay=self.fl.training.weight_decay,
+            device=self.work.device,
+        )
+        metrics["clock"] = clock.as_dict()
+        if metrics["energy_source"] == "modeled":
+            a = self.config.allocation
+            metrics["energy_j"] = modeled_energy_j(
+                body["local_steps"],
+                body["batch"],
+                body["clock_hz"],
+                a.cycles_per_sample,
+                a.switched_capacitance,
+            )
+        after = adapter_state(self.work.model)
+        names = payload_names(list(after), body["lora_mode"])
+        update = {n: (after[n].astype(np.float64) - before[n]).astype(np.float32) for n in names}
+        weight = float(body.get("weight", body["batch"]))
+        if body["aggregation"] == "digital":
+            self.send(
+                Message(
+                    MsgType.DIGITAL,
+                    r,
+                    self.node,
+                    {"weight": weight, "purpose": "update", "metrics": metrics},
+                    {"update": update},
+                )
+            )
+            return
+        stats = ota.group_stats(update, names)
+        self.send(
+            Message(
+                MsgType.STATS,
+                r,
+                self.node,
+                {
+                    "weight": weight,
+                    "groups": names,
+                    "mean": stats.mean.tolist(),
+                    "var": stats.var.tolist(),
+                    "metrics": metrics,
+                },
+            )
+        )
+        shared_msg = self._await(MsgType.SHARED_STATS, r, body["deadline_s"])
+        if shared_msg is None:
+            return
+        sb = shared_msg.body
+        shared = ota.GroupStats(
+            tuple(sb["groups"]), np.asarray(sb["mean"], float), np.asarray(sb["var"], float)
+        )
+        symbols = ota.pack(ota.normalize(update, shared))
+        scale = ota.from_complex_list([sb["b_k"]])[0]
+        if body.get("reference", False):  # the digital copy first: NMSE reference and fallback
+            self.send(
+                Message(
+                    MsgType.DIGITAL,
+                    r,
+                    self.node,
+                    {"weight": weight, "purpose": "reference", "metrics": {}},
+                    {"update": update},
+                )
+            )
+        if self.transmitter is None:
+            CoordinatorRelay(self).send(self.node, symbols, scale, sb["slot_s"])
+        else:
+            self.transmitter.send(self.node, symbols, scale, sb["slot_s"])
+            self.send(
+                Message(
+                    MsgType.OTA,
+                    r,
+                    self.node,
+                    {"slot_s": sb["slot_s"], "b_k": sb["b_k"], "sent_locally": True},
+                )
+            )
+
+    def _await(self, kind: MsgType, r: int, timeout_s: float) -> Message | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stop.is_set():
+            msg = self._recv(0.05)
+            if msg is None:
+                continue
+            if msg.type is kind and msg.round == r:
+                return msg
+            if msg.type is MsgType.BYE:
+                self.stop.set()
+            elif msg.type is MsgType.PLAN:  # a newer round began: this one is over for us
+                self._round(msg)
+                return None
+        return None

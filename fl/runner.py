@@ -1,0 +1,223 @@
+"""Run a whole federation on one host: the Python API the experiment code calls.
+
+    from fl.runner import run_federated
+    metrics = run_federated(config, run_dir, air=None, planner=None, on_round=None)
+
+- ``config``: a ``testbed.config.TestbedConfig``. Used: ``run.seed``/``run.name``,
+  ``lab.clients.count`` (U nodes, ids 0..U-1) and ``tx_power_w``, ``lab.medium``/``lab.array``
+  (the default air), ``allocation.clients_per_round``/``clock_max_hz`` (the default planner) and
+  ``cycles_per_sample``/``switched_capacitance`` (modeled energy), and all of ``fl``.
+- ``run_dir``: where ``events.jsonl``, ``metrics.jsonl``, ``checkpoints/round-NNNN/`` (adapter
+  safetensors + state.json), ``config.yaml``, ``keys/`` (made if CURVE is on and
+  ``fl.transport.keys_dir`` holds no keys) and ``logs/node-<i>.log`` go.
+- ``air``: an ``fl.airlink.AirLink`` living with the coordinator (nodes send their bursts in OTA
+  messages; the coordinator feeds them to ``air.send`` at the slot time, then ``air.collect``).
+  ``None`` builds ``sim.symbol_air.SymbolAir`` from the config, with the coordinator's RNG (so
+  its noise is part of the checkpointed RNG state). Ignored when ``fl.aggregation`` is digital.
+- ``planner(round, channels, available) -> fl.coordinator.RoundPlan``: ``round`` is 1-based,
+  ``channels`` is the air's estimate H (U x N complex; None without an air) at the antennas'
+  current positions, ``available`` the ids of the live nodes. It returns selection, local
+  steps, lr, per-node batch/clock/weight phi_k, and optionally the combiner m, powers P_k and
+  b_k (recomputed through ``allocation.aircomp`` if a node drops). Moving antennas belongs in
+  the planner (before it returns), since the coordinator estimates channels just before calling
+  it. ``None`` uses ``round_robin_planner(config)``.
+- ``on_round(record)``: called after each round with its metrics (the same dict as a line of
+  ``metrics.jsonl``): selected, delivered, dropped, val_loss, val_perplexity, train_loss,
+  per-node metrics (loss, tokens/s, peak memory, energy + its source, clock + its method),
+  eta, predicted_mse, nmse, effective_snr_db, participation, jain_fairness, timings.
+- ``resume=True`` continues ``run_dir`` after its last complete round.
+Returns the list of per-round records. ``LocalFederation`` is the same with the node processes
+exposed (``.processes``), and can run the nodes as threads (``node_mode="thread"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fl import ota
+from fl.aggregation import default_combiner
+from fl.coordinator import Coordinator, Planner, RoundPlan
+from fl.keys import KeyLayout, make_lab_keys
+from fl.training import cosine_lr
+
+log = logging.getLogger(__name__)
+
+
+def round_robin_planner(config: Any) -> Planner:
+    """Select K clients round robin over the live nodes; m = normalised channel sum; ZF b_k."""
+    fl, alloc = config.fl, config.allocation
+    power = float(config.lab.clients.tx_power_w)
+
+    def plan(r: int, channels: np.ndarray | None, available: list[int]) -> RoundPlan:
+        k = min(alloc.clients_per_round, len(available))
+        start = ((r - 1) * alloc.clients_per_round) % len(available)
+        selected = sorted(available[(start + i) % len(available)] for i in range(k))
+        batch = {c: fl.training.batch_size for c in selected}
+        weights = {c: float(batch[c]) for c in selected}
+        combiner, b_k, extra = None, None, {}
+        if channels is not None:
+            h = channels[selected]
+            combiner = default_combiner(h)
+            pre = ota.precode(combiner, h, selected, [weights[c] for c in selected], [power] * k, 1.0)
+            b_k = dict(zip(selected, pre.b_k, strict=True))
+            extra["eta"] = pre.eta
+        return RoundPlan(
+            round=r,
+            selected=selected,
+            local_steps=fl.training.local_steps,
+            lr=cosine_lr(r, fl.rounds, fl.training.lr, fl.training.lr_min),
+            batch=batch,
+            clock_hz={c: float(alloc.clock_max_hz) for c in selected},
+            weights=weights,
+            combiner=combiner,
+            b_k=b_k,
+            extra=extra,
+        )
+
+    return plan
+
+
+def build_symbol_air(config: Any, rng: np.random.Generator):  # noqa: ANN201 - SymbolAir
+    """The sim's symbol-level air for ``lab``: field-response channels, antennas on a line."""
+    from sim.channel import FieldResponseChannel, path_loss_linear
+    from sim.symbol_air import SymbolAir
+
+    lab, seed = config.lab, config.run.seed
+    draw = np.random.default_rng([seed, 5])  # the channel is fixed by the seed, not checkpointed
+    lo, hi = lab.clients.distance_m
+    distances = draw.uniform(lo, hi, lab.clients.count)
+    beta = path_loss_linear(distances, lab.medium.path_loss_exponent, lab.medium.ref_loss_db)
+    channel = FieldResponseChannel.draw(
+        draw, lab.clients.count, lab.medium.paths, lab.array.wavelength_m, beta, lab.medium.rician_k
+    )
+    n = lab.num_antennas
+    step = lab.array.region_m / n
+    positions = np.stack([(np.arange(n) - (n - 1) / 2) * step, np.zeros(n)], axis=1)
+    noise_w = 10 ** ((lab.medium.noise_power_dbm - 30) / 10) if lab.medium.impairments.awgn else 0.0
+    return SymbolAir(channel, positions, noise_w, rng)
+
+
+class LocalFederation:
+    """The coordinator in this process and U nodes on loopback (processes, or threads)."""
+
+    def __init__(
+        self,
+        config: Any,
+        run_dir: str | Path,
+        air: Any = None,
+        planner: Planner | None = None,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        resume: bool = False,
+        node_mode: str = "process",
+        bind: str = "tcp://127.0.0.1:*",
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = config.model_copy(deep=True)
+        t = config.fl.transport
+        t.bind = bind
+        if not t.insecure and not KeyLayout(Path(t.keys_dir)).secret("coordinator").is_file():
+            t.keys_dir = self.run_dir / "keys"
+            make_lab_keys(t.keys_dir, config.lab.clients.count)
+        self.config = config
+        self.rng = np.random.default_rng([config.run.seed, 3])
+        if air is None and config.fl.aggregation == "ota":
+            air = build_symbol_air(config, self.rng)
+        self.coordinator = Coordinator(
+            config,
+            self.run_dir,
+            planner or round_robin_planner(config),
+            air,
+            self.rng,
+            on_round,
+            on_event,
+            resume,
+        )
+        self.node_mode = node_mode
+        self.processes: dict[int, subprocess.Popen] = {}
+        self.threads: dict[int, threading.Thread] = {}
+        self.nodes: dict[int, Any] = {}
+
+    def start_nodes(self) -> None:
+        endpoint = self.coordinator.bind()
+        cfg_path = self.run_dir / "config.yaml"
+        cfg_path.write_text(
+            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        for k in range(self.config.lab.clients.count):
+            if self.node_mode == "thread":
+                from fl.node import Node
+
+                node = Node(self.config, k, endpoint)
+                self.nodes[k] = node
+                self.threads[k] = threading.Thread(target=node.run, name=f"node-{k}", daemon=True)
+                self.threads[k].start()
+                continue
+            env = {
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+            cmd = [
+                sys.executable,
+                "-m",
+                "testbed.cli",
+                "node",
+                str(cfg_path),
+                "--node-id",
+                str(k),
+                "--connect",
+                endpoint,
+                "--threads",
+                "1",
+            ]
+            with (self.run_dir / "logs" / f"node-{k}.log").open("ab") as out:
+                self.processes[k] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def kill_node(self, k: int) -> None:
+        """Fault injection: SIGKILL node ``k``'s process (no BYE, no goodbye)."""
+        self.processes[k].send_signal(signal.SIGKILL)
+
+    def run(self) -> list[dict[str, Any]]:
+        if not self.processes and not self.threads:
+            self.start_nodes()
+        try:
+            return self.coordinator.run()
+        finally:
+            self.stop_nodes()
+
+    def stop_nodes(self, timeout_s: float = 15.0) -> None:
+        for p in self.processes.values():
+            try:
+                p.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for t in self.threads.values():
+            t.join(timeout=timeout_s)
+
+
+def run_federated(
+    config: Any,
+    run_dir: str | Path,
+    air: Any = None,
+    planner: Planner | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
+) -> list[dict[str, Any]]:
+    """Coordinator in process + ``lab.clients.count`` node subprocesses on loopback; see the module doc."""
+    return LocalFederation(config, run_dir, air, planner, on_round, resume=resume).run()
