@@ -40,6 +40,16 @@ class StageLimits:
     def contains(self, xy: tuple[float, float], tol_m: float = 1e-9) -> bool:
         return all(-tol_m <= v <= t + tol_m for v, t in zip(xy, self.travel_m, strict=True))
 
+    def move_time_s(self, distance_m: float, speed_m_s: float | None = None) -> float:
+        """Rest-to-rest time of a straight move (trapezoid: accel, cruise, decel) - for timeouts."""
+        v = self.max_speed_m_s if speed_m_s is None else speed_m_s
+        d, a = abs(distance_m), self.accel_m_s2
+        if d == 0:
+            return 0.0
+        if d >= v * v / a:
+            return d / v + v / a
+        return 2.0 * math.sqrt(d / a)
+
     def check_move(self, xy_m: tuple[float, float], speed_m_s: float, who: str = "stage") -> None:
         """Raise ``StageLimitError`` naming the broken limit (travel or speed) of a planned move."""
         try:
