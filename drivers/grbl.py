@@ -30,11 +30,10 @@ from drivers.errors import (
     StageAlarm,
     StageCommandError,
     StageError,
-    StageLimitError,
     StageNotHomed,
     StageTimeout,
 )
-from drivers.positioner import MoveStatus, StageLimits, StageState
+from drivers.positioner import MoveStatus, StageLimits, StageState, run_in_thread
 from drivers.serial_link import LineLink, StageLinkError, open_port
 
 log = logging.getLogger(__name__)
@@ -274,16 +273,17 @@ class GrblStage:
         return self._state
 
     def home(self) -> MoveStatus:
-        status = MoveStatus(f"{self.name}: home")
-        self._begin_motion(status)
-        self._start_thread(status, self._home_body)
+        self._begin_motion("home")
+        status, self._move_thread = run_in_thread(f"{self.name}: home", self._home_body)
         return status
 
     def move_to(self, xy_m: tuple[float, float], speed_m_s: float | None = None) -> MoveStatus:
         line, distance_mm, speed = self._plan_move(xy_m, speed_m_s)
-        status = MoveStatus(f"{self.name}: move to ({xy_m[0]:.4f}, {xy_m[1]:.4f}) m")
-        self._begin_motion(status)
-        self._start_thread(status, lambda: self._move_body(line, distance_mm, speed))
+        what = f"move to ({xy_m[0]:.4f}, {xy_m[1]:.4f}) m"
+        self._begin_motion(what)
+        status, self._move_thread = run_in_thread(
+            f"{self.name}: {what}", lambda: self._move_body(line, distance_mm, speed)
+        )
         return status
 
     def position(self) -> tuple[float, float]:
@@ -601,20 +601,7 @@ class GrblStage:
 
     # --- motion ------------------------------------------------------------------------------
     def _check_target(self, xy_m: tuple[float, float], speed_m_s: float) -> None:
-        lim = self._limits
-        where = f"{self.name}"
-        if len(xy_m) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in xy_m):
-            raise StageLimitError(f"{where}: target must be two finite numbers in metres (got {xy_m!r})")
-        for axis, v, t in zip("XY", xy_m, lim.travel_m, strict=True):
-            if not (-1e-9 <= v <= t + 1e-9):
-                raise StageLimitError(
-                    f"{where}: travel limit: {axis}={v:.6g} m is outside [0, {t:g}] m; nothing was sent"
-                )
-        if not (math.isfinite(speed_m_s) and 0 < speed_m_s <= lim.max_speed_m_s + 1e-12):
-            raise StageLimitError(
-                f"{where}: speed limit: {speed_m_s:.6g} m/s is outside (0, {lim.max_speed_m_s:g}] m/s; "
-                "nothing was sent"
-            )
+        self._limits.check_move(xy_m, speed_m_s, self.name)
 
     def _plan_move(self, xy_m: tuple[float, float], speed_m_s: float | None) -> tuple[str, float, float]:
         speed = self._limits.max_speed_m_s if speed_m_s is None else float(speed_m_s)
@@ -652,24 +639,9 @@ class GrblStage:
                 f"{self.name}: still moving ({status.description} refused); wait or stop() first"
             )
 
-    def _start_thread(self, status: MoveStatus, body) -> None:  # noqa: ANN001 - a callable
-        def run() -> None:
-            try:
-                body()
-            except StageError as exc:
-                status.set_exception(exc)
-            except Exception as exc:  # unexpected: still finish the status, never hang a waiter
-                status.set_exception(StageError(f"{self.name}: {status.description} failed: {exc!r}"))
-            else:
-                status.set_finished()
-
-        self._move_thread = threading.Thread(target=run, name=f"grbl-move-{self.name}", daemon=True)
-        self._move_thread.start()
-
     def _move_body(self, line: str, distance_mm: float, speed_m_s: float) -> None:
         self._state = StageState.MOVING
-        accel = self._limits.accel_m_s2
-        model_s = _trapezoid_s(distance_mm / 1e3, speed_m_s, accel)
+        model_s = self._limits.move_time_s(distance_mm / 1e3, speed_m_s)
         try:
             self._command(line, self.command_timeout_s)
             # ok = queued; G4 P0.01's ok comes once the planner has run dry, i.e. the move is done.
@@ -737,16 +709,6 @@ class GrblStage:
             pause = min(pause * 2, MIN_STATUS_POLL_S)
         self.soft_reset()
         self._refresh_state()
-
-
-def _trapezoid_s(distance_m: float, speed_m_s: float, accel_m_s2: float) -> float:
-    """Rest-to-rest move time, for timeouts (same formula the emulator's motion model uses)."""
-    if distance_m <= 0:
-        return 0.0
-    d_ramp = speed_m_s * speed_m_s / accel_m_s2
-    if distance_m >= d_ramp:
-        return distance_m / speed_m_s + speed_m_s / accel_m_s2
-    return 2.0 * math.sqrt(distance_m / accel_m_s2)
 
 
 __all__ = [

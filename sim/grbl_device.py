@@ -93,6 +93,8 @@ class _Modal:
 class GrblDevice(EmulatorEndpoint):
     """One GRBL controller with an XY(Z) stage behind it."""
 
+    resets_on_open = True  # an Arduino Uno/Nano resets when DTR toggles on open
+
     def __init__(
         self,
         *,

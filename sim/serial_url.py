@@ -8,8 +8,8 @@
 A name stands for one emulated controller, kept in a registry, so reopening the URL reaches the
 same device (as reopening ``/dev/ttyUSB0`` reaches the same board). The first open creates it
 from the query options (``scale``, ``travel_mm``, ``homing``; ``register()`` puts a prepared
-device in place instead). Opening resets the device like an Arduino's DTR auto-reset does,
-unless ``reset_on_open=0``.
+device in place instead). Opening a ``grblsim://`` port resets the device, as an Arduino's DTR
+auto-reset does (``reset_on_open=0`` turns that off); a Zaber controller does not reset.
 
 ``EmulatorTcpServer`` serves a device on ``127.0.0.1:<port>`` for pyserial's ``socket://``, so
 other processes (or a GUI sender such as UGS/bCNC) can talk to it;
@@ -71,6 +71,8 @@ class EmulatorEndpoint:
     is no thread: every call first brings the model to the clock's present (``_advance``) and a
     blocked reader sleeps until the next scheduled event (``_next_model_event``).
     """
+
+    resets_on_open = False  # True where opening the port resets the board (Arduino DTR)
 
     def __init__(self, name: str, time_scale: float) -> None:
         self.name = name
@@ -268,7 +270,8 @@ class EmulatorSerial(SerialBase):
                 except ValueError as exc:
                     raise SerialException(f"{url!r}: bad option value ({exc})") from exc
                 _registry[(self.scheme, name)] = device
-        return device, opts.get("reset_on_open", "1") != "0"
+        default_reset = "1" if getattr(device, "resets_on_open", False) else "0"
+        return device, opts.get("reset_on_open", default_reset) != "0"
 
     def _dev(self) -> EmulatedDevice:
         if not self.is_open or self._device is None:
@@ -375,9 +378,12 @@ class EmulatorTcpServer:
     """Serve one emulator on a loopback TCP port (one client at a time) for ``socket://``."""
 
     def __init__(self, device: EmulatedDevice, host: str = "127.0.0.1", port: int = 0,
-                 reset_on_connect: bool = True) -> None:  # fmt: skip
+                 reset_on_connect: bool | None = None) -> None:  # fmt: skip
         self.device = device
-        self.reset_on_connect = reset_on_connect
+        # None: do what the real board does when a host connects (an Arduino resets, Zaber not).
+        self.reset_on_connect = (
+            getattr(device, "resets_on_open", False) if reset_on_connect is None else reset_on_connect
+        )
         self._sock = socket.create_server((host, port))
         self._sock.settimeout(0.1)
         self.host, self.port = self._sock.getsockname()[:2]
