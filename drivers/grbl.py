@@ -468,7 +468,7 @@ class GrblStage:
                 self._banner_seq += 1
                 self._status_cond.notify_all()
         elif line.startswith("[MSG:"):
-            log.info("%s: %s", self.name, line)
+            log.debug("%s: %s", self.name, line)
             if "Reset to continue" in line:
                 self._critical = True
             elif "to unlock" in line:
