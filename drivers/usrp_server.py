@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import select
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import zmq
 
@@ -367,6 +372,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.close()
     return 0
+
+
+# --- starting a server from another process --------------------------------------------------------
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with python3-uhd
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn_server(
+    argv: Sequence[str],
+    python: str = SYSTEM_PYTHON,
+    ready_timeout_s: float = 30.0,
+    stderr: int | IO[Any] | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m drivers.usrp_server ARGV``; return the process and its bound endpoint.
+
+    Waits for the ``READY <endpoint>`` line (so ``--bind tcp://127.0.0.1:*`` works). A server
+    that exits or stays silent is killed and reported as a ``RadioError`` with its log. Its
+    stderr goes to ``stderr`` if given, else to a temporary file (read only on failure).
+    """
+    if not Path(python).exists():
+        raise RadioError(f"no {python} to run the radio server (Debian: apt install python3-uhd python3-zmq)")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT), PYTHONUNBUFFERED="1")
+    # Its log goes to a file, not a pipe: a long-lived server must never block on a full pipe.
+    log = tempfile.TemporaryFile("w+") if stderr is None else None  # noqa: SIM115
+    proc = subprocess.Popen(
+        [python, "-m", "drivers.usrp_server", *argv],
+        cwd=PACKAGE_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log if log is not None else stderr,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        ready = select.select([proc.stdout], [], [], max(0.0, left))[0] if left > 0 else []
+        line = proc.stdout.readline() if ready else ""
+        if line.startswith("READY "):
+            if log is not None:
+                log.close()  # the child keeps its own handle
+            return proc, line.split()[1]
+        if not line:  # timed out, or the server exited
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            err = ""
+            if log is not None:
+                log.seek(0)
+                err = log.read().strip()
+            raise RadioError(
+                f"radio server {' '.join(argv)} did not start within {ready_timeout_s} s "
+                f"(exit status {proc.returncode}): {err[-2000:]}"
+            )
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL if it lingers; close its pipes; return the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return int(proc.returncode)
 
 
 if __name__ == "__main__":

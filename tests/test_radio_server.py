@@ -242,7 +242,7 @@ def test_system_python_server_speaks_the_same_wire() -> None:
     """The server under the system Python (NumPy 1.x, pyzmq 24) against this venv's client."""
     try:
         proc = ServerProcess([*SIM_ARGS, "--insecure"], python=SYSTEM_PYTHON)
-    except RuntimeError as exc:
+    except RadioError as exc:
         pytest.skip(f"the system Python cannot run the server here: {exc}")
     try:
         bench = remote_bench(proc.endpoint)
@@ -264,3 +264,31 @@ def test_wire_roundtrip_keeps_errors_and_iq() -> None:
     np.testing.assert_array_equal(wire.frame_to_iq(shape, raw, 1024), x)
     with pytest.raises(Exception, match="over the cap"):
         wire.frame_to_iq([2, 1000], b"", 1024)
+
+
+def test_open_radio_from_config_sections(small_server: ServerProcess) -> None:
+    from sim.medium import Medium
+    from testbed.config import RadioSection, TestbedConfig
+    from testbed.radios import open_radio, probe_radio
+
+    lab = TestbedConfig().lab
+    medium = Medium.from_config(lab, np.random.default_rng(0))
+    radio = open_radio(lab.clients.radio, "client1", medium=medium)
+    assert radio.name == "client1" and radio.settings.tx_gain_db == lab.clients.radio.tx_gain_db
+    with pytest.raises(ConfigError, match=r"no such node; it has \['client0'"):
+        open_radio(lab.clients.radio, "client99", medium=medium)
+    with pytest.raises(ConfigError, match="needs the lab's medium"):
+        open_radio(lab.clients.radio, "client0")
+    section = RadioSection(server=small_server.endpoint, tx_gain_db=12.0)
+    remote = open_radio(section, "tx1")
+    try:
+        assert isinstance(remote, RemoteRadio) and remote.settings.tx_gain_db == 12.0
+        assert remote.num_rx_channels == 1
+    finally:
+        remote.close()
+    with pytest.raises(ConfigError, match="not on loopback, so CURVE is required"):
+        open_radio(RadioSection(backend="usrp", server="tcp://10.0.0.11:5600"), "client0")
+    with pytest.raises(ConfigError, match="set both client_key"):
+        open_radio(RadioSection(server=small_server.endpoint, client_key="k.key_secret"), "tx1")
+    assert "tx0' at tcp://127.0.0.1" in probe_radio("rx", RadioSection(server=small_server.endpoint))
+    assert "simulated" in probe_radio("rx", RadioSection())

@@ -99,3 +99,14 @@ def test_no_device_attached_is_a_clear_radio_error_at_the_client() -> None:
         assert proc.proc.poll() is None
     finally:
         assert proc.stop() == 0
+
+
+def test_usrp_section_without_server_starts_one_and_reports_no_device() -> None:
+    from testbed.config import RadioSection
+    from testbed.radios import open_radio, probe_radio
+
+    section = RadioSection(backend="usrp", args="type=b200")
+    with pytest.raises(RadioError, match="No devices found"):
+        open_radio(section, "client0")
+    with pytest.raises(RadioError, match="could not open a USRP"):
+        probe_radio("client 0 radio", section)
