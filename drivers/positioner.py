@@ -91,7 +91,10 @@ class MoveStatus:
     def success(self) -> bool:
         return self._done.is_set() and self._exception is None
 
-    def exception(self) -> BaseException | None:
+    def exception(self, timeout: float | None = 0.0) -> BaseException | None:
+        """The move's error, or None (bluesky's Status signature: waits up to ``timeout`` first)."""
+        if timeout is None or timeout > 0:
+            self._done.wait(timeout)
         return self._exception
 
     def set_finished(self) -> None:
