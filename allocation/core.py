@@ -1,0 +1,418 @@
+"""The allocation loop: per-round designs (selection, positions, beamformer), then R, f and b.
+
+A ``Strategy`` names how each part is decided, so the full method and every baseline run
+through the same code under the same budgets:
+  selection  pdd | hybrid | random | greedy | round_robin   (None: the problem's)
+  positions  ma (optimised) | fixed (lambda/2 array) | random_best (best of N) | grid_search
+  resources  optimized (deadline clocks, batches by KKT + repair) | max_clock (f_max, fixed b)
+  aggregation ota | digital (error-free, TDMA airtime: the learning upper bound)
+
+``solve`` plans ``max_rounds`` rounds one after another (participation counts feed the
+fairness floor, and each round starts from the previous positions), then searches R: for every
+prefix it allocates clocks and batches and evaluates the bound, keeping the best feasible R.
+``plan_round`` re-plans a single round from the current channels and what is left of the budgets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from allocation import aircomp
+from allocation.beamformer import optimize_beamformer
+from allocation.plan import Plan, RoundPlan, complex_to_pairs
+from allocation.positions import (
+    is_feasible,
+    optimize_positions,
+    random_feasible_positions,
+)
+from allocation.problem import (
+    AllocationError,
+    Problem,
+    air_energy_j,
+    airtime_s,
+    compute_energy_j,
+    convergence_bound,
+    lambda_half_grid,
+    movement_time_s,
+    selection_bias,
+)
+from allocation.resources import allocate, integer_batches
+from allocation.selection import (
+    forced_by_floor,
+    greedy_select,
+    pdd_select,
+    random_select,
+    round_robin_select,
+)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str = "ma-ota"
+    selection: str | None = None
+    positions: str = "ma"
+    resources: str = "optimized"
+    aggregation: str = "ota"
+    random_placements: int = 50
+    fixed_batch: int | None = None
+
+
+@dataclass
+class RoundDesign:
+    selected: np.ndarray
+    positions_m: np.ndarray
+    combiner: np.ndarray  # unit norm
+    mse: float
+    tx_scalars: np.ndarray
+    airtime_s: float
+    air_energy_j: np.ndarray
+    traces: dict[str, list[float]] = field(default_factory=dict)
+
+
+# --- positions for a chosen set -----------------------------------------------------------------
+def best_random_placement(
+    problem: Problem, demand: np.ndarray, rng: np.random.Generator, count: int
+) -> tuple[np.ndarray, float]:
+    """Best of ``count`` random feasible placements, each with its optimised beamformer."""
+    best_pos, best_obj = None, math.inf
+    for _ in range(count):
+        pos = random_feasible_positions(
+            rng, problem.num_antennas, problem.half_region_m, problem.min_spacing_m
+        )
+        obj = optimize_beamformer(
+            problem.effective_channels(pos), demand, solver=problem.beamformer_solver
+        ).objective
+        if obj < best_obj:
+            best_pos, best_obj = pos, obj
+    assert best_pos is not None
+    return best_pos, best_obj
+
+
+def grid_coordinate_search(problem: Problem, demand: np.ndarray, sweeps: int = 2) -> tuple[np.ndarray, float]:
+    """Antennas on the lambda/2 lattice; move one antenna at a time to its best free point."""
+    half, d, step = (
+        problem.half_region_m,
+        problem.min_spacing_m,
+        max(problem.wavelength_m / 2, problem.min_spacing_m),
+    )
+    axis = np.arange(-half, half + 1e-12, step)
+    axis = axis - (axis[0] + axis[-1]) / 2.0  # centre the lattice in the region
+    lattice = np.array([(x, y) for x in axis for y in axis])
+    start = lambda_half_grid(problem.num_antennas, problem.wavelength_m, problem.region_m, d)
+    pos = np.array([lattice[np.argmin(np.linalg.norm(lattice - p, axis=1))] for p in start])
+    if not is_feasible(pos, half, d, 1e-9):
+        pos = start
+
+    def value(p: np.ndarray) -> float:
+        return optimize_beamformer(
+            problem.effective_channels(p), demand, solver=problem.beamformer_solver, max_steps=10
+        ).objective
+
+    best = value(pos)
+    for _ in range(sweeps):
+        improved = False
+        for n in range(problem.num_antennas):
+            others = np.delete(pos, n, axis=0)
+            for q in lattice:
+                if others.size and np.min(np.linalg.norm(others - q, axis=1)) < d * (1 - 1e-9):
+                    continue
+                cand = pos.copy()
+                cand[n] = q
+                v = value(cand)
+                if v < best * (1 - 1e-9):
+                    pos, best, improved = cand, v, True
+        if not improved:
+            break
+    return pos, best
+
+
+# --- one round ----------------------------------------------------------------------------------
+def _digital_airtime(
+    problem: Problem, selected: np.ndarray, positions_m: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """TDMA: each client sends q * bits at B log2(1 + SNR_k) with MRC; energy P_k * its time."""
+    h = np.asarray(problem.channel.response(positions_m))[selected]
+    snr = problem.power[selected] * np.sum(np.abs(h) ** 2, axis=1) / problem.noise_power_w
+    times = (
+        problem.payload_reals * problem.digital_bits_per_real / (problem.bandwidth_hz * np.log2(1.0 + snr))
+    )
+    return float(np.sum(times)) + problem.air_overhead_s, problem.power[selected] * times
+
+
+def design_round(
+    problem: Problem,
+    strategy: Strategy,
+    round_index: int,
+    counts: np.ndarray,
+    previous_m: np.ndarray | None,
+    rng: np.random.Generator,
+    cache: dict | None = None,
+    position_starts: int | None = None,
+) -> RoundDesign:
+    """Selection, positions and beamformer for one round (channels: ``problem.channel``)."""
+    cache = {} if cache is None else cache
+    u, k = problem.num_clients, problem.clients_per_round
+    half, d = problem.half_region_m, problem.min_spacing_m
+    method = strategy.selection or problem.selection
+    grid = lambda_half_grid(problem.num_antennas, problem.wavelength_m, problem.region_m, d)
+    movable = strategy.positions == "ma"
+    start = (
+        previous_m
+        if (previous_m is not None and movable and is_feasible(previous_m, half, d, 1e-7))
+        else grid
+    )
+    traces: dict[str, list[float]] = {}
+    forced = (
+        forced_by_floor(counts, round_index, problem.effective_floor, k)
+        if method == "hybrid"
+        else np.zeros(0, dtype=int)
+    )
+    pdd_positions = None
+    if method in ("pdd", "hybrid"):
+        key = ("pdd", tuple(forced), strategy.positions, None if previous_m is None else previous_m.tobytes())
+        if key not in cache:
+            cache[key] = pdd_select(problem, k, start, rng, forced=forced, movable=movable)
+        res = cache[key]
+        selected = res.selected
+        pdd_positions = res.positions_m
+        traces = {"pdd_objective": list(res.objective_trace), "pdd_violation": list(res.violation_trace)}
+    elif method == "greedy":
+        selected = greedy_select(problem, k, start, forced)
+    elif method == "random":
+        selected = random_select(rng, u, k)
+    elif method == "round_robin":
+        selected = round_robin_select(u, k, round_index)
+    else:
+        raise AllocationError(f"unknown selection {method!r}")
+    demand = np.zeros(u)
+    demand[selected] = 1.0
+
+    pkey = ("pos", strategy.positions, tuple(selected), None if previous_m is None else previous_m.tobytes())
+    if pkey not in cache:
+        if strategy.positions == "ma":
+            starts = [start] + ([pdd_positions] if pdd_positions is not None else [])
+            n_starts = problem.position_starts if position_starts is None else position_starts
+            if not any(np.array_equal(s, grid) for s in starts):
+                starts.append(grid)
+            while len(starts) < n_starts:
+                starts.append(random_feasible_positions(rng, problem.num_antennas, half, d))
+            best = None
+            for s in starts[: max(n_starts, 1)]:
+                r = optimize_positions(problem, s, demand, iterations=15)
+                if best is None or r.objective < best.objective:
+                    best = r
+            assert best is not None
+            pos = best.positions_m
+            traces["position_objective"] = list(best.trace)
+        elif strategy.positions == "fixed":
+            pos = grid
+        elif strategy.positions == "random_best":
+            pos, _ = best_random_placement(problem, demand, rng, strategy.random_placements)
+        elif strategy.positions == "grid_search":
+            pos, _ = grid_coordinate_search(problem, demand)
+        else:
+            raise AllocationError(f"unknown positions strategy {strategy.positions!r}")
+        h_eff = problem.effective_channels(pos)
+        bf = optimize_beamformer(h_eff, demand, solver=problem.beamformer_solver, starts=3, rng=rng)
+        cache[pkey] = (pos, bf.combiner / np.linalg.norm(bf.combiner))
+    pos, m = cache[pkey]
+    h_raw = np.asarray(problem.channel.response(pos))[selected]
+    power, phi = problem.power[selected], problem.phi[selected]
+    if strategy.aggregation == "digital":
+        air, air_e = _digital_airtime(problem, selected, pos)
+        return RoundDesign(selected, pos, m, 0.0, np.zeros(len(selected), complex), air, air_e, traces)
+    eta = aircomp.power_scale(m, h_raw, power, phi)
+    scalars = aircomp.zero_forcing_scalars(m, h_raw, phi, eta)
+    mse = aircomp.aggregation_mse(m, h_raw, power, phi, problem.noise_power_w)
+    air = airtime_s(problem.payload_reals, problem.bandwidth_hz, problem.air_overhead_s)
+    air_e = air_energy_j(problem.payload_reals, problem.bandwidth_hz, np.abs(scalars) ** 2)
+    return RoundDesign(selected, pos, m, mse, scalars, air, air_e, traces)
+
+
+# --- the whole plan -----------------------------------------------------------------------------
+def plan_schedule(problem: Problem, strategy: Strategy, rng: np.random.Generator) -> list[RoundDesign]:
+    """Design ``max_rounds`` rounds in order (counts feed the floor; positions carry over)."""
+    counts = np.zeros(problem.num_clients, dtype=int)
+    prev = None if problem.initial_positions_m is None else np.asarray(problem.initial_positions_m, float)
+    cache: dict = {}
+    designs = []
+    for t in range(problem.max_rounds):
+        des = design_round(problem, strategy, t, counts, prev, rng, cache)
+        designs.append(des)
+        counts[des.selected] += 1
+        prev = des.positions_m
+    return designs
+
+
+def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t0: float) -> Plan:
+    """Outer search over R: allocate f and b for each prefix and keep the best bound."""
+    k = problem.clients_per_round
+    prev = None if problem.initial_positions_m is None else np.asarray(problem.initial_positions_m, float)
+    moves = []
+    for des in designs:
+        moves.append(movement_time_s(prev, des.positions_m, problem.stage_speed_m_s))
+        prev = des.positions_m
+    moves_arr = np.array(moves)
+    selections = [des.selected for des in designs]
+    air_e = [des.air_energy_j for des in designs]
+    airtimes = np.array([des.airtime_s for des in designs])
+    eps = np.array([des.mse / k**2 for des in designs])
+    bias = np.array([selection_bias(problem.phi, des.selected) for des in designs])
+    max_clock = strategy.resources == "max_clock"
+    fixed = strategy.fixed_batch or (problem.batch_max if max_clock else None)
+    bounds, energies, plans, best = [], [], [], None
+    for r in range(1, len(designs) + 1):
+        rp = allocate(
+            problem,
+            selections,
+            moves_arr,
+            air_e,
+            r,
+            fixed_batch=fixed,
+            max_clock=max_clock,
+            airtimes_s=airtimes,
+        )
+        plans.append(rp)
+        if not rp.feasible:
+            bounds.append(math.inf)
+            energies.append(math.inf)
+            continue
+        agg = np.array([np.sum(b) for b in rp.batches])
+        terms = convergence_bound(problem.bound, agg, eps[:r], bias[:r], problem.payload_reals)
+        bounds.append(terms["total"])
+        energies.append(rp.energy_j)
+        if best is None or terms["total"] < best[1]["total"]:
+            best = (r, terms)
+    plan = Plan(
+        method=strategy.name,
+        feasible=best is not None,
+        rounds=0,
+        bound_by_rounds=bounds,
+        energy_by_rounds=energies,
+    )
+    traces: dict[str, list[float]] = {}
+    for des in designs:
+        for key, values in des.traces.items():
+            traces.setdefault(key, []).extend(values)
+    plan.traces = traces
+    if best is None:
+        plan.notes.append("no R fits the budgets: " + (plans[0].reason if plans else ""))
+        plan.solve_s = time.perf_counter() - t0
+        return plan
+    r, terms = best
+    rp = plans[r - 1]
+    tau, cyc = problem.local_steps, problem.cycles
+    for t in range(r):
+        des = designs[t]
+        s = des.selected
+        b, f = rp.batches[t], rp.clocks_hz[t]
+        comp_s = float(np.max(tau * cyc[s] * b / f))
+        e = float(
+            np.sum(compute_energy_j(problem.switched_capacitance, tau, cyc[s], b, f))
+            + np.sum(des.air_energy_j)
+        )
+        plan.round_plans.append(
+            RoundPlan(
+                round_index=t,
+                selected=[int(v) for v in s],
+                positions_m=des.positions_m.tolist(),
+                combiner=complex_to_pairs(des.combiner),
+                tx_scalars=complex_to_pairs(des.tx_scalars),
+                clocks_hz=[float(v) for v in f],
+                batches=[int(v) for v in b],
+                mse=float(des.mse),
+                ota_error=float(eps[t]),
+                move_s=float(moves_arr[t]),
+                compute_s=comp_s,
+                air_s=float(airtimes[t]),
+                energy_j=e,
+            )
+        )
+    plan.rounds = r
+    plan.latency_s = float(sum(p.compute_s + p.air_s + p.move_s for p in plan.round_plans))
+    plan.compute_energy_j = rp.compute_energy_j
+    plan.air_energy_j = rp.air_energy_j
+    plan.energy_j = rp.energy_j
+    plan.mean_mse = float(np.mean(eps[:r] * k**2))
+    plan.bound = terms
+    if (
+        problem.fairness_floor > problem.effective_floor
+        and (strategy.selection or problem.selection) == "hybrid"
+    ):
+        plan.notes.append(
+            f"fairness_floor {problem.fairness_floor:g} > K/U = {problem.effective_floor:g}: enforced K/U"
+        )
+    plan.solve_s = time.perf_counter() - t0
+    return plan
+
+
+def solve_with(problem: Problem, strategy: Strategy, rng: np.random.Generator | None = None) -> Plan:
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(problem.seed) if rng is None else rng
+    designs = plan_schedule(problem, strategy, rng)
+    return evaluate(problem, strategy, designs, t0)
+
+
+# --- per-round re-planning ----------------------------------------------------------------------
+def plan_round(
+    problem: Problem,
+    round_index: int,
+    counts: np.ndarray,
+    previous_positions_m: np.ndarray | None,
+    remaining_latency_s: float,
+    remaining_energy_j: float,
+    remaining_rounds: int,
+    rng: np.random.Generator,
+    strategy: Strategy | None = None,
+) -> RoundPlan:
+    """Plan one round from the current channels (``problem.channel``) and what is left.
+
+    The round gets an equal share of the remaining latency and energy; the movement from
+    ``previous_positions_m`` counts against its latency. Fast: one position start besides the
+    previous positions, and the PDD warm-started from them.
+    """
+    strategy = strategy or Strategy()
+    if remaining_rounds < 1:
+        raise AllocationError(f"remaining_rounds must be >= 1 (got {remaining_rounds})")
+    prev = None if previous_positions_m is None else np.asarray(previous_positions_m, dtype=float)
+    des = design_round(problem, strategy, round_index, np.asarray(counts), prev, rng, position_starts=2)
+    move = movement_time_s(prev, des.positions_m, problem.stage_speed_m_s)
+    share_t = remaining_latency_s / remaining_rounds
+    deadline = share_t - des.airtime_s - move
+    s = des.selected
+    tau, cyc, fmax = problem.local_steps, problem.cycles[s], problem.clock_max[s]
+    if deadline <= 0:
+        raise AllocationError(
+            f"round {round_index}: {share_t:.4g} s left per round cannot cover air {des.airtime_s:.4g} s "
+            f"and movement {move:.4g} s"
+        )
+    cap = np.minimum(problem.batch_max, np.floor(fmax * deadline / (tau * cyc) + 1e-9))
+    a = problem.switched_capacitance * (tau * cyc) ** 3 / deadline**2
+    energy = remaining_energy_j / remaining_rounds - float(np.sum(des.air_energy_j))
+    if np.any(cap < 1) or np.sum(a) > energy:
+        raise AllocationError(
+            f"round {round_index}: the remaining budgets ({remaining_latency_s:.4g} s, "
+            f"{remaining_energy_j:.4g} J over {remaining_rounds} rounds) cannot pay batch 1"
+        )
+    b = integer_batches(a, cap, energy)
+    f = tau * cyc * b / deadline
+    comp_e = float(np.sum(compute_energy_j(problem.switched_capacitance, tau, cyc, b, f)))
+    return RoundPlan(
+        round_index=round_index,
+        selected=[int(v) for v in s],
+        positions_m=des.positions_m.tolist(),
+        combiner=complex_to_pairs(des.combiner),
+        tx_scalars=complex_to_pairs(des.tx_scalars),
+        clocks_hz=[float(v) for v in f],
+        batches=[int(v) for v in b],
+        mse=float(des.mse),
+        ota_error=float(des.mse / problem.clients_per_round**2),
+        move_s=move,
+        compute_s=deadline,
+        air_s=des.airtime_s,
+        energy_j=comp_e + float(np.sum(des.air_energy_j)),
+    )

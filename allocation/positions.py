@@ -1,0 +1,291 @@
+"""Antenna positions (MODEL.md 7c): the MM step with a curvature bound, and a QP fallback.
+
+The position block maximises the dual-weighted gain G(r) = sum_k mu_k |h~_k(r)^H m|^2, with m and
+the multipliers mu from the beamformer step just before it (so positions follow the beamformer's
+re-optimisation). A quadratic minorant with curvature delta gives the closed-form step
+r <- r + grad G / delta (Ma, Zhu and Zhang). When that step leaves the box or breaks the spacing,
+a small QP projects it onto the box and the spacing constraints linearised at the current point,
+(r_n^0 - r_m^0)^T (r_n - r_m) / ||r_n^0 - r_m^0|| >= D, an inner approximation of the true set,
+so every iterate is feasible. A backtracking line search on the segment (which stays in that
+convex set) keeps the true objective J = ||m||^2 / min_k (|h~_k^H m|^2 / x_k) from getting worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from allocation.beamformer import BeamformerResult, optimize_beamformer
+from allocation.problem import AllocationError, Problem
+
+_FEAS_TOL = 1e-9
+
+
+@dataclass
+class PositionResult:
+    positions_m: np.ndarray
+    beamformer: BeamformerResult
+    objective: float  # ||m||^2 at the end (MSE / sigma^2)
+    trace: list[float] = field(default_factory=list)  # J after every block (r step, m step)
+    feasible: list[bool] = field(default_factory=list)  # every position iterate's feasibility
+    qp_steps: int = 0
+
+
+def spacing_violation(positions_m: np.ndarray, half_m: float, spacing_m: float) -> float:
+    """Largest violation (m) of the box |x|, |y| <= half and of ||r_n - r_m|| >= D (0 if feasible)."""
+    pos = np.asarray(positions_m, dtype=float)
+    box = float(np.max(np.abs(pos)) - half_m)
+    worst = max(box, 0.0)
+    if pos.shape[0] > 1 and spacing_m > 0:
+        diff = pos[:, None, :] - pos[None, :, :]
+        dist = np.linalg.norm(diff, axis=-1)
+        iu = np.triu_indices(pos.shape[0], 1)
+        worst = max(worst, float(spacing_m - np.min(dist[iu])))
+    return max(worst, 0.0)
+
+
+def is_feasible(positions_m: np.ndarray, half_m: float, spacing_m: float, tol: float = 1e-9) -> bool:
+    return spacing_violation(positions_m, half_m, spacing_m) <= tol
+
+
+def random_feasible_positions(
+    rng: np.random.Generator, num_antennas: int, half_m: float, spacing_m: float, tries: int = 2000
+) -> np.ndarray:
+    """Uniform points in the box, one antenna at a time, rejecting any closer than D."""
+    for _ in range(50):
+        pts: list[np.ndarray] = []
+        for _ in range(tries):
+            p = rng.uniform(-half_m, half_m, 2)
+            if all(np.linalg.norm(p - q) >= spacing_m * (1 + 1e-9) for q in pts):
+                pts.append(p)
+                if len(pts) == num_antennas:
+                    return np.array(pts)
+    raise AllocationError(
+        f"could not place {num_antennas} antennas at spacing {spacing_m:.4g} m in the region: "
+        "the region is too crowded"
+    )
+
+
+def objective(channels: np.ndarray, combiner: np.ndarray, demand: np.ndarray) -> float:
+    """J = ||m||^2 / min_k (|h~_k^H m|^2 / x_k) over active clients (the scale-free MSE / sigma^2)."""
+    active = demand > 1e-9
+    g = np.abs(np.conj(channels[active]) @ combiner) ** 2
+    ratio = float(np.min(g / demand[active]))
+    if ratio <= 0:
+        return float("inf")
+    return float(np.sum(np.abs(combiner) ** 2) / ratio)
+
+
+def curvature_bound(problem: Problem, combiner: np.ndarray, weights: np.ndarray) -> float:
+    """delta with G(r') >= G(r) + grad^T (r' - r) - delta / 2 ||r' - r||^2 for all r'.
+
+    For a field-response channel (paths with wavenumbers |k| <= k0 and gains sigma), with
+    S_k = sum_l |sigma_kl| the Hessian of |h_k^H m|^2 is bounded by
+    2 k0^2 S_k^2 (||m||^2 + ||m||_1 max_n |m_n|). For other channels S_k is estimated from the
+    largest entry (and the line search keeps the objective monotone regardless).
+    """
+    scale = np.sqrt(problem.power) / problem.phi
+    ch = problem.channel
+    gains = getattr(ch, "gains", None)
+    if gains is not None and getattr(ch, "kx", None) is not None:
+        s_k = np.sum(np.abs(np.asarray(gains)), axis=1) * scale
+        k0 = float(np.max(np.hypot(np.asarray(ch.kx), np.asarray(ch.ky))))
+    else:
+        h = problem.effective_channels(np.zeros((problem.num_antennas, 2)))
+        s_k = 3.0 * np.max(np.abs(h), axis=1)
+        k0 = 2.0 * np.pi / problem.wavelength_m
+    m = np.abs(combiner)
+    per_client = 2.0 * k0**2 * s_k**2 * (np.sum(m**2) + np.sum(m) * np.max(m))
+    return float(np.sum(weights * per_client)) + 1e-300
+
+
+def weighted_gain_gradient(
+    problem: Problem, positions_m: np.ndarray, combiner: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """grad_r sum_k w_k |h~_k(r)^H m|^2 (N x 2)."""
+    h = problem.effective_channels(positions_m)
+    dh = problem.effective_gradient(positions_m)  # (U, N, 2)
+    a = np.conj(h) @ combiner  # (U,)
+    # d(h_k^H m)/dr_n = conj(dh[k, n, :]) m_n ;  d|a|^2 = 2 Re(conj(a) da)
+    da = np.conj(dh) * combiner[None, :, None]
+    grad = 2.0 * np.real(np.conj(a)[:, None, None] * da)
+    return np.tensordot(weights, grad, axes=1)
+
+
+class _ProjectionQP:
+    """min ||r - target||^2 s.t. box and linearised spacing; DPP, built once per N."""
+
+    def __init__(self, n: int) -> None:
+        import cvxpy as cp
+
+        self.n = n
+        self.pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        self.r = cp.Variable(2 * n)
+        self.target = cp.Parameter(2 * n)
+        self.half = cp.Parameter(nonneg=True)
+        cons = [cp.abs(self.r) <= self.half]
+        if self.pairs:
+            self.lin = cp.Parameter((len(self.pairs), 2 * n))
+            self.rhs = cp.Parameter(len(self.pairs))
+            cons.append(self.lin @ self.r >= self.rhs)
+        self.prob = cp.Problem(cp.Minimize(cp.sum_squares(self.r - self.target)), cons)
+
+    def __call__(
+        self, current: np.ndarray, target: np.ndarray, half_m: float, spacing_m: float
+    ) -> np.ndarray:
+        n = self.n
+        self.target.value = target.reshape(-1)
+        self.half.value = half_m
+        if self.pairs:
+            lin = np.zeros((len(self.pairs), 2 * n))
+            for p, (i, j) in enumerate(self.pairs):
+                d = current[i] - current[j]
+                u = d / max(np.linalg.norm(d), 1e-15)
+                lin[p, 2 * i : 2 * i + 2] = u
+                lin[p, 2 * j : 2 * j + 2] = -u
+            self.lin.value = lin
+            self.rhs.value = np.full(len(self.pairs), spacing_m)
+        self.prob.solve(solver="CLARABEL")
+        if self.r.value is None:
+            return current.copy()
+        out = np.asarray(self.r.value).reshape(n, 2)
+        return np.clip(out, -half_m, half_m)
+
+
+_QP_CACHE: dict[int, _ProjectionQP] = {}
+
+
+def _projection(n: int) -> _ProjectionQP:
+    if n not in _QP_CACHE:
+        _QP_CACHE[n] = _ProjectionQP(n)
+    return _QP_CACHE[n]
+
+
+def position_step(
+    problem: Problem,
+    positions_m: np.ndarray,
+    current: BeamformerResult,
+    demand: np.ndarray,
+    max_backtracks: int = 8,
+    sca_steps: int = 10,
+) -> tuple[np.ndarray, BeamformerResult, bool]:
+    """One MM step (with QP fallback and backtracking); returns (positions, beamformer, used_qp).
+
+    The direction is the gradient of the dual-weighted gain, which (envelope theorem) is the
+    gradient of the beamformer's optimal value in r; so a candidate is judged with m re-optimised
+    (SCA warm-started at the current m). The returned positions are feasible and the returned
+    beamformer's objective is <= ``current.objective``.
+    """
+    half, d = problem.half_region_m, problem.min_spacing_m
+    r0 = np.asarray(positions_m, dtype=float)
+    combiner = current.combiner
+    w = np.where(demand > 1e-9, np.maximum(current.duals, 0.0), 0.0)
+    if not np.any(w > 0):  # no multipliers: weight the active clients equally
+        w = (demand > 1e-9).astype(float)
+    w = w / np.sum(w)
+    grad = weighted_gain_gradient(problem, r0, combiner, w)
+    delta = curvature_bound(problem, combiner, w)
+    step = grad / delta
+    # The global bound is loose: try a longer step first (capped at lambda/4 per antenna), then
+    # fall back towards the guaranteed MM step r + grad / delta by halving.
+    longest = float(np.max(np.linalg.norm(step, axis=1)))
+    if longest <= 0:
+        return r0, current, False
+    stretch = max(1.0, min(256.0, problem.wavelength_m / 4.0 / longest))
+    target = r0 + stretch * step
+    used_qp = False
+    if not is_feasible(target, half, d, _FEAS_TOL):
+        clipped = np.clip(target, -half, half)  # the box alone is a cheap exact projection
+        if is_feasible(clipped, half, d, _FEAS_TOL):
+            target = clipped
+        else:
+            target = _projection(problem.num_antennas)(r0, target, half, d)
+            used_qp = True
+    theta = 1.0
+    for _ in range(max_backtracks + int(np.log2(stretch)) + 1):
+        cand = r0 + theta * (target - r0)
+        if is_feasible(cand, half, d, 1e-9):
+            bf = optimize_beamformer(
+                problem.effective_channels(cand),
+                demand,
+                start=combiner,
+                solver=problem.beamformer_solver,
+                max_steps=sca_steps,
+            )
+            if bf.objective < current.objective * (1 - 1e-9):
+                return cand, bf, used_qp
+        theta /= 2.0
+    return r0, current, used_qp
+
+
+def optimize_positions(
+    problem: Problem,
+    start_m: np.ndarray,
+    demand: np.ndarray | None = None,
+    iterations: int = 20,
+    tol: float = 1e-4,
+    combiner: np.ndarray | None = None,
+) -> PositionResult:
+    """Alternate the beamformer (SCA, warm-started) and the dual-weighted position step."""
+    x = np.ones(problem.num_clients) if demand is None else np.asarray(demand, dtype=float)
+    r = np.asarray(start_m, dtype=float).copy()
+    if not is_feasible(r, problem.half_region_m, problem.min_spacing_m, 1e-7):
+        raise AllocationError("the start positions break the box or the spacing constraint")
+    bf = optimize_beamformer(
+        problem.effective_channels(r), x, start=combiner, solver=problem.beamformer_solver
+    )
+    trace = [bf.objective]
+    feasible = [True]
+    qp_steps = 0
+    for _ in range(iterations):
+        r_new, bf_new, used_qp = position_step(problem, r, bf, x)
+        qp_steps += int(used_qp)
+        feasible.append(is_feasible(r_new, problem.half_region_m, problem.min_spacing_m, 1e-9))
+        if r_new is r:
+            break
+        # Polish m at the new positions (warm start: never worse).
+        bf_pol = optimize_beamformer(
+            problem.effective_channels(r_new), x, start=bf_new.combiner, solver=problem.beamformer_solver
+        )
+        bf_new = bf_pol if bf_pol.objective <= bf_new.objective else bf_new
+        r, bf = r_new, bf_new
+        trace.append(bf.objective)
+        if trace[-2] - trace[-1] <= tol * trace[-1]:
+            break
+    return PositionResult(r, bf, bf.objective, trace, feasible, qp_steps)
+
+
+def start_positions(
+    problem: Problem, rng: np.random.Generator, previous_m: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Starts: the previous positions (if any), the fixed lambda/2 array, then random placements."""
+    from allocation.problem import lambda_half_grid
+
+    half, d = problem.half_region_m, problem.min_spacing_m
+    starts: list[np.ndarray] = []
+    if previous_m is not None and is_feasible(previous_m, half, d, 1e-7):
+        starts.append(np.asarray(previous_m, dtype=float))
+    grid = lambda_half_grid(problem.num_antennas, problem.wavelength_m, problem.region_m, d)
+    if is_feasible(grid, half, d, 1e-7):
+        starts.append(grid)
+    while len(starts) < max(problem.position_starts, 1):
+        starts.append(random_feasible_positions(rng, problem.num_antennas, half, d))
+    return starts[: max(problem.position_starts, 1)]
+
+
+def optimize_positions_multistart(
+    problem: Problem,
+    rng: np.random.Generator,
+    demand: np.ndarray | None = None,
+    previous_m: np.ndarray | None = None,
+    iterations: int = 20,
+) -> PositionResult:
+    """Run ``optimize_positions`` from each start and keep the lowest objective."""
+    best: PositionResult | None = None
+    for start in start_positions(problem, rng, previous_m):
+        res = optimize_positions(problem, start, demand, iterations=iterations)
+        if best is None or res.objective < best.objective:
+            best = res
+    assert best is not None
+    return best
