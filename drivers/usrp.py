@@ -15,6 +15,7 @@ captures use a ``num_done`` ``StreamCMD`` with ``stream_now=False``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +49,7 @@ TX_EVENT_CODES: dict[str, str | None] = {
     # burst scheduled in the past ``late``, on every backend, so callers need not ask which.
     "time_error": "late",
 }
+ACK_MARGIN_S = 1.0  # how long after a burst's end its burst_ack may take before it is a timeout
 # Codes that mean the stream itself is broken, not a timing slip: never tolerated.
 FATAL_CODES = frozenset({"alignment", "bad_packet"})
 
@@ -281,6 +283,61 @@ class RxAssembler:
         return RxResult(samples=self.samples, start_time_s=start, warnings=dict(self.log.warnings))
 
 
+class BurstTracker:
+    """Bursts handed to the device whose outcome (UHD's async messages) is still to come.
+
+    UHD reports a burst's fate later, in order: ``burst_ack`` per channel when its end went out,
+    or ``time_error`` (late; the burst is dropped), ``underflow``, ``seq_error`` on the way.
+    ``transmit`` returns once the burst is handed over, so several radios can be scheduled
+    for one instant from one thread; their events are read on the radio's next call. Each
+    burst keeps its caller's ``TimingLog``: a tolerated code is counted, any other raises then.
+    """
+
+    def __init__(self, num_channels: int, radio: str = "usrp") -> None:
+        self.num_channels = num_channels
+        self.radio = radio
+        self.pending: list[tuple[float, float, TimingLog, set[int]]] = []  # at_s, deadline, log, acked
+        self.totals: dict[str, int] = {}
+
+    def add(self, at_s: float, ack_deadline: float, log: TimingLog) -> None:
+        self.pending.append((at_s, ack_deadline, log, set()))
+
+    def _finish(self, index: int) -> None:
+        _, _, log, _ = self.pending.pop(index)
+        for k, v in log.warnings.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+
+    def event(self, name: str, time_s: float | None, channel: int) -> None:
+        """One async message; raises the burst's ``RadioTimingError`` unless it tolerated it."""
+        code = tx_event_code(name)
+        if not self.pending:
+            if code is not None:  # an event for no burst we know: never swallow it
+                TimingLog((), self.radio, "transmit").report(
+                    code, time_s, f"UHD event {name} outside any burst"
+                )
+            return
+        at_s, _, log, acked = self.pending[0]
+        if name == "burst_ack":
+            acked.add(channel)
+            if len(acked) >= self.num_channels:
+                self._finish(0)
+            return
+        if code is None:
+            return
+        if code == "late":  # the device dropped the whole burst: no ack follows
+            self._finish(0)
+        log.report(
+            code, at_s if time_s is None else time_s, f"UHD event {name} for the burst at {at_s:.6f} s"
+        )
+
+    def check_overdue(self, now: float) -> None:
+        """A burst whose ack is overdue (by the host's clock) is a ``timeout``."""
+        while self.pending and self.pending[0][1] < now:
+            at_s, _, log, _ = self.pending[0]
+            self._finish(0)
+            log.report("timeout", at_s, "no burst_ack from the device in time")
+
+
 # --- waits ---------------------------------------------------------------------------------------
 def wait_until(
     predicate: Callable[[], bool],
@@ -339,6 +396,12 @@ class UsrpRadio:
     ``rx_channels``/``tx_channels`` pick the device channels this radio uses (default: every RX
     channel, TX channel 0). ``min_lead_s`` is the least time between now and a timed command;
     anything closer is refused as ``late`` before it reaches the device.
+
+    ``transmit`` returns once the burst is handed to the device (so one thread can schedule
+    several radios for one instant). The device's verdict on it (ack, late, underflow) is read
+    on this radio's next ``transmit``/``receive``/``sensors``/``flush_tx``, which raises an
+    untolerated one then; tolerated ones are counted in ``sensors()['warnings.<code>']``. With
+    ``wait_for_ack=True`` each ``transmit`` waits for its own verdict and reports it itself.
     """
 
     def __init__(
@@ -351,8 +414,10 @@ class UsrpRadio:
         lock_timeout_s: float = 5.0,
         min_lead_s: float = 0.002,
         otw_format: str = "sc16",
+        wait_for_ack: bool = False,
     ) -> None:
         self.name = name
+        self.wait_for_ack = wait_for_ack
         self.args = args
         self.lock_timeout_s = lock_timeout_s
         self.min_lead_s = min_lead_s
@@ -385,6 +450,7 @@ class UsrpRadio:
                 )
         self._rx_streamer: Any = None
         self._tx_streamer: Any = None
+        self._bursts = BurstTracker(len(self._tx_channels), name)
         self._max_rx = 0
         self._max_tx = 0
         self.tune_results: dict[str, dict[str, float]] = {}
@@ -527,11 +593,12 @@ class UsrpRadio:
     def transmit(self, samples: np.ndarray, at_s: float, tolerate: Sequence[str] = ()) -> TxResult:
         log = TimingLog(tolerate, self.name, "transmit")
         block = as_tx_block(samples, len(self._tx_channels), self.name)
+        self.poll_tx_events()  # an earlier burst's failure surfaces before this one goes out
         now = self.time_now()
-        if not check_schedule(at_s, now, self.min_lead_s, log):
-            return self._tx_done(at_s, block.shape[1], log)
-        uhd, streamer = self._uhd, self._tx_streamer
         n = block.shape[1]
+        if not check_schedule(at_s, now, self.min_lead_s, log):
+            return self._tx_done(at_s, n, log)
+        uhd, streamer = self._uhd, self._tx_streamer
         duration_s = n / self._settings.rate_sps
         # A timed burst fills the device buffer and then waits: send may block until at_s.
         send_timeout = (at_s - now) + duration_s + 0.5
@@ -547,14 +614,17 @@ class UsrpRadio:
             while sent_to < b:
                 sent = int(streamer.send(np.ascontiguousarray(block[:, sent_to:b]), md, send_timeout))
                 if sent == 0:
-                    log.report("timeout", at_s, "the device took no samples within the send timeout")
                     self._end_burst()
+                    log.report("timeout", at_s, "the device took no samples within the send timeout")
                     return self._tx_done(at_s, n, log)
                 sent_to += sent
                 md.start_of_burst = False
                 md.has_time_spec = False
-        self._collect_tx_events(log, at_s, deadline_s=time.monotonic() + (at_s - now) + duration_s + 1.0)
-        return self._tx_done(at_s, n, log)
+        ack_deadline = time.monotonic() + (at_s - now) + duration_s + ACK_MARGIN_S
+        self._bursts.add(at_s, ack_deadline, log)
+        if self.wait_for_ack:
+            self.flush_tx(ack_deadline - time.monotonic() + 0.1)
+        return TxResult(start_time_s=at_s, num_samples=n, warnings=dict(log.warnings))
 
     def _end_burst(self) -> None:
         md = self._uhd.types.TXMetadata()
@@ -562,26 +632,44 @@ class UsrpRadio:
         empty = np.zeros((len(self._tx_channels), 0), dtype=np.complex64)
         self._tx_streamer.send(empty, md, 0.1)
 
-    def _collect_tx_events(self, log: TimingLog, at_s: float, deadline_s: float) -> None:
-        """Read async messages until every channel's burst_ack, reporting what went wrong."""
+    def _read_tx_event(self, amd: Any, timeout_s: float) -> bool:
+        if not self._tx_streamer.recv_async_msg(amd, timeout_s):
+            return False
+        when = float(amd.time_spec.get_real_secs()) if amd.has_time_spec else None
+        self._bursts.event(enum_name(amd.event_code), when, int(amd.channel))
+        return True
+
+    def poll_tx_events(self) -> None:
+        """Read the async messages already here (no waiting); raise an untolerated burst error."""
+        if self._tx_streamer is None:
+            return
         amd = self._uhd.types.TXAsyncMetadata()
-        acked: set[int] = set()
-        while len(acked) < len(self._tx_channels):
-            remaining = deadline_s - time.monotonic()
-            if remaining <= 0:
-                log.report("timeout", at_s, "no burst_ack from the device")
-                return
-            if not self._tx_streamer.recv_async_msg(amd, min(remaining, 0.2)):
-                continue
-            event = enum_name(amd.event_code)
-            when = float(amd.time_spec.get_real_secs()) if amd.has_time_spec else at_s
-            code = tx_event_code(event)
-            if event == "burst_ack":
-                acked.add(int(amd.channel))
-            elif code is not None:
-                log.report(code, when, f"UHD event {event}")
-                if code == "late":
-                    return  # a late burst is dropped whole: no ack follows
+        try:
+            while self._read_tx_event(amd, 0.0):
+                pass
+            self._bursts.check_overdue(time.monotonic())
+        finally:
+            self._sync_totals()
+
+    def flush_tx(self, timeout_s: float = 5.0) -> None:
+        """Wait until every burst handed over has its verdict; raise the first untolerated one."""
+        amd = self._uhd.types.TXAsyncMetadata()
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        try:
+            while self._bursts.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._bursts.check_overdue(float("inf"))
+                    break
+                self._read_tx_event(amd, min(left, 0.1))
+                self._bursts.check_overdue(time.monotonic())
+        finally:
+            self._sync_totals()
+
+    def _sync_totals(self) -> None:
+        for k, v in self._bursts.totals.items():
+            self.warning_totals[k] = self.warning_totals.get(k, 0) + v
+        self._bursts.totals.clear()
 
     def _tx_done(self, at_s: float, n: int, log: TimingLog) -> TxResult:
         for k, v in log.warnings.items():
@@ -598,6 +686,7 @@ class UsrpRadio:
         tolerate: Sequence[str] = (),
     ) -> RxResult:
         log = TimingLog(tolerate, self.name, "receive")
+        self.poll_tx_events()
         picked = list(range(self.num_rx_channels)) if channels is None else [int(c) for c in channels]
         bad = [c for c in picked if not 0 <= c < self.num_rx_channels]
         if bad or not picked:
@@ -649,6 +738,7 @@ class UsrpRadio:
 
     # --- sensors ---
     def sensors(self) -> dict[str, bool | float | str]:
+        self.poll_tx_events()
         u = self._usrp
         out: dict[str, bool | float | str] = {"time_now_s": self.time_now(), "args": self.args}
         for mb in range(int(u.get_num_mboards())):
@@ -662,9 +752,14 @@ class UsrpRadio:
                 out[f"{key}.{field_name}"] = value
         out.update({f"actual.{k}": v for k, v in self.actual.items()})
         out.update({f"warnings.{k}": float(v) for k, v in self.warning_totals.items()})
+        out["tx_bursts_pending"] = float(len(self._bursts.pending))
         return out
 
     def close(self) -> None:
+        """Wait (briefly) for bursts in flight, then release the device."""
+        if self._tx_streamer is not None and self._bursts.pending:
+            with contextlib.suppress(RadioError):  # closing anyway; the verdicts are moot
+                self.flush_tx(min(5.0, max(0.1, self._bursts.pending[-1][1] - time.monotonic())))
         self._rx_streamer = None
         self._tx_streamer = None
         self._usrp = None

@@ -302,6 +302,7 @@ def usrp_openers(args: argparse.Namespace) -> dict[str, Opener]:
             rx_channels=_channels(args.rx_channels),
             tx_channels=_channels(args.tx_channels) or [0],
             lock_timeout_s=args.lock_timeout_s,
+            wait_for_ack=args.tx_wait_ack,
         )
 
     return {args.name: open_usrp}
@@ -332,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rx-channels", default="", help="device RX channels, e.g. 0,1 (default: all)")
     p.add_argument("--tx-channels", default="0", help="device TX channels (default: 0)")
     p.add_argument("--lock-timeout-s", type=float, default=5.0, help="wait for ref_locked this long")
+    p.add_argument(
+        "--tx-wait-ack",
+        action="store_true",
+        help="transmit waits for its burst's ack (default: returns once handed over; see UsrpRadio)",
+    )
     p.add_argument("--radios", default="radio", help="sim backend: name[:rx_channels],... on one medium")
     p.add_argument("--medium", default="", help="sim backend: ZeroMQ address of a medium server")
     p.add_argument("--seed", type=int, default=0, help="sim backend: the medium's seed")

@@ -24,6 +24,7 @@ from drivers.usrp import (
     RX_ERROR_CODES,
     TX_EVENT_CODES,
     UHD_API_USED,
+    BurstTracker,
     RxAssembler,
     TimingLog,
     UsrpRadio,
@@ -196,6 +197,7 @@ class Meta:
         self.error_code = Enum("none")
         self.event_code = Enum("user_payload")
         self.channel = 0
+        self.due = 0.0
         self.num_samps = 0
         self.stream_now = True
         self.mode = _[0] if _ else None
@@ -438,18 +440,23 @@ class FakeTx:
         if m.end_of_burst:
             b, dev._burst = dev._burst, None
             late = b["t"] < dev.now
-            dev.bursts.append((b["t"], np.concatenate(b["parts"], axis=1)))
+            samples = np.concatenate(b["parts"], axis=1)
+            dev.bursts.append((b["t"], samples))
+            end = b["t"] + samples.shape[1] / dev.rates["tx"]
             for name in ["time_error"] if late else [*dev.tx_inject, "burst_ack"]:
                 event = Meta()
                 event.event_code, event.has_time_spec, event.time_spec = Enum(name), True, TimeSpec(b["t"])
+                event.due = dev.now if late else end  # the device reports once the burst is over
                 dev._events.append(event)
         return buf.shape[1]
 
     def recv_async_msg(self, amd: Any, timeout: float = 0.1) -> bool:
-        if not self.dev._events:
-            self.dev.advance(timeout)
+        dev = self.dev
+        if not dev._events or dev._events[0].due > dev.now + timeout:
+            dev.advance(timeout)
             return False
-        e, m = self.dev._events.pop(0), raw(amd)
+        e, m = dev._events.pop(0), raw(amd)
+        dev.now = max(dev.now, e.due)
         m.event_code, m.has_time_spec, m.time_spec, m.channel = e.event_code, True, e.time_spec, 0
         return True
 
@@ -600,36 +607,81 @@ def test_capture_errors_carry_code_and_time_or_count_when_tolerated(fake_uhd: An
     assert out.samples[0, 150].real == (first + 150) % 10_000  # placed by its time stamp
 
 
-def test_timed_burst_goes_out_in_packets_and_reports_async_events(fake_uhd: Any) -> None:
+def test_timed_burst_goes_out_in_packets_without_waiting_for_its_end(fake_uhd: Any) -> None:
     radio, dev = open_radio(fake_uhd)
     x = (np.arange(200) * (1 + 1j)).astype(np.complex128)  # any complex dtype is accepted
     at_s = dev.now + 0.25
+    before = dev.now
     result = radio.transmit(x, at_s)
+    assert dev.now == before  # returned at once: another radio can be scheduled for at_s too
+    assert radio.sensors()["tx_bursts_pending"] == 1.0
     t, sent = dev.bursts[-1]
     assert t == pytest.approx(at_s) and result.start_time_s == at_s and result.num_samples == 200
     np.testing.assert_array_equal(sent[0], x.astype(np.complex64))
-    dev.tx_inject = ["underflow", "underflow_in_packet"]
-    assert radio.transmit(x, dev.now + 0.1, tolerate=["underflow"]).warnings == {"underflow": 2}
-    with pytest.raises(RadioTimingError) as info:
-        radio.transmit(x, dev.now + 0.1)
-    assert info.value.code == "underflow"
-    dev.tx_inject = []
+    radio.flush_tx(1.0)
+    assert radio.sensors()["tx_bursts_pending"] == 0.0
     with pytest.raises(RadioTimingError) as info:
         radio.transmit(x, dev.now - 1.0)
     assert info.value.code == "late" and info.value.time_s == dev.now
-    sent = len(dev.bursts)
+    sent_count = len(dev.bursts)
     assert radio.transmit(x, dev.now - 1.0, tolerate=["late"]).warnings == {"late": 1}
-    assert len(dev.bursts) == sent  # a tolerated late burst is dropped, as the device would
+    assert len(dev.bursts) == sent_count  # a tolerated late burst is dropped, as the device would
     with pytest.raises(RadioError, match=r"shaped \(1, n>0\)"):
         radio.transmit(np.zeros((2, 10), np.complex64), dev.now + 1)
 
 
+def test_device_verdicts_surface_on_the_next_call_or_at_once_with_wait_for_ack(fake_uhd: Any) -> None:
+    radio, dev = open_radio(fake_uhd)
+    x = np.ones(100, np.complex64)
+    dev.tx_inject = ["underflow", "underflow_in_packet"]
+    assert radio.transmit(x, dev.now + 0.1, tolerate=["underflow"]).warnings == {}
+    radio.flush_tx(1.0)
+    assert radio.sensors()["warnings.underflow"] == 2.0  # counted once the events were read
+    radio.transmit(x, dev.now + 0.1)  # not tolerated: it fails ...
+    dev.advance(0.2)  # (its air time passes)
+    with pytest.raises(RadioTimingError, match="UHD event underflow for the burst") as info:
+        radio.receive(10, dev.now + 0.1)  # ... on the radio's next call
+    assert info.value.code == "underflow"
+    with pytest.raises(RadioTimingError, match="underflow_in_packet"):
+        radio.flush_tx(1.0)  # its second event
+    radio.flush_tx(1.0)  # then its ack
+    assert radio.sensors()["tx_bursts_pending"] == 0.0
+    patient, dev2 = open_radio(fake_uhd, wait_for_ack=True)
+    dev2.tx_inject = ["underflow"]
+    assert patient.transmit(x, dev2.now + 0.1, tolerate=["underflow"]).warnings == {"underflow": 1}
+    with pytest.raises(RadioTimingError):
+        patient.transmit(x, dev2.now + 0.1)
+
+
 def test_device_reported_late_burst_is_late(fake_uhd: Any) -> None:
-    radio, dev = open_radio(fake_uhd, min_lead_s=0.0)
+    radio, dev = open_radio(fake_uhd, min_lead_s=0.0, wait_for_ack=True)
     radio.time_now = lambda: 0.0  # type: ignore[method-assign]  # the host thinks it has time
     with pytest.raises(RadioTimingError, match="UHD event time_error") as info:
         radio.transmit(np.ones(10, np.complex64), 5.0)
     assert info.value.code == "late" and info.value.time_s == 5.0
+    assert radio.sensors()["tx_bursts_pending"] == 0.0  # the dropped burst is no longer awaited
+
+
+def test_burst_tracker_attributes_events_in_order() -> None:
+    tracker = BurstTracker(2, "tx")
+    tracker.add(1.0, 10.0, TimingLog(["underflow"], "tx", "transmit"))
+    tracker.add(2.0, 20.0, TimingLog([], "tx", "transmit"))
+    tracker.event("underflow", 1.5, 0)
+    tracker.event("burst_ack", 1.6, 0)
+    assert len(tracker.pending) == 2  # one channel still to ack
+    tracker.event("burst_ack", 1.6, 1)
+    assert len(tracker.pending) == 1 and tracker.totals == {"underflow": 1}
+    with pytest.raises(RadioTimingError) as info:
+        tracker.event("time_error", 2.0, 0)
+    assert info.value.code == "late" and not tracker.pending
+    with pytest.raises(RadioTimingError, match="outside any burst"):
+        tracker.event("seq_error", 3.0, 0)
+    tracker.event("burst_ack", 3.0, 0)  # a stray ack is harmless
+    tracker.add(4.0, 5.0, TimingLog([], "tx", "transmit"))
+    tracker.check_overdue(4.9)
+    with pytest.raises(RadioTimingError, match="no burst_ack") as info:
+        tracker.check_overdue(5.1)
+    assert info.value.code == "timeout" and info.value.time_s == 4.0
 
 
 def test_time_alignment_at_a_pps_edge(fake_uhd: Any) -> None:
