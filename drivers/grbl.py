@@ -26,6 +26,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import serial
+
 from drivers.errors import (
     StageAlarm,
     StageCommandError,
@@ -213,7 +215,7 @@ class GrblStage:
 
     def __init__(
         self,
-        port: str,
+        port: str | serial.SerialBase,
         limits: StageLimits,
         *,
         name: str = "grbl",
@@ -229,7 +231,7 @@ class GrblStage:
                 f"status_poll_s must be >= {MIN_STATUS_POLL_S} s (GRBL: <= 5 Hz), got {status_poll_s}"
             )
         self.name = name
-        self.port_url = port
+        self.port_url = port if isinstance(port, str) else str(getattr(port, "portstr", None) or port)
         self._limits = limits
         self.command_timeout_s = command_timeout_s
         self.homing_timeout_s = homing_timeout_s
@@ -254,7 +256,7 @@ class GrblStage:
         self._stop_requested = threading.Event()
         self._move_thread: threading.Thread | None = None
         self._closed = threading.Event()
-        self._link = LineLink(open_port(port), name=port)
+        self._link = LineLink(open_port(port), name=self.port_url)
         self._reader = threading.Thread(target=self._read_loop, name=f"grbl-reader-{name}", daemon=True)
         self._reader.start()
         try:
@@ -632,12 +634,10 @@ class GrblStage:
                 code=self.alarm_code,
             )
 
-    def _begin_motion(self, status: MoveStatus) -> None:
+    def _begin_motion(self, what: str) -> None:
         thread = self._move_thread
         if thread is not None and thread.is_alive():
-            raise StageError(
-                f"{self.name}: still moving ({status.description} refused); wait or stop() first"
-            )
+            raise StageError(f"{self.name}: still moving ({what} refused); wait for it or stop() first")
 
     def _move_body(self, line: str, distance_mm: float, speed_m_s: float) -> None:
         self._state = StageState.MOVING

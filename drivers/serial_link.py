@@ -25,8 +25,18 @@ class StageLinkError(StageError):
     """The serial link failed (unplugged, port vanished, socket closed)."""
 
 
-def open_port(url: str, baudrate: int = 115200, read_timeout_s: float = 0.05) -> serial.SerialBase:
-    """Open ``url`` at ``baudrate`` 8N1; raise ``StageLinkError`` naming the port if it fails."""
+def open_port(
+    url: str | serial.SerialBase, baudrate: int = 115200, read_timeout_s: float = 0.05
+) -> serial.SerialBase:
+    """Open ``url`` at ``baudrate`` 8N1; raise ``StageLinkError`` naming the port if it fails.
+
+    An object that is already a port (anything with ``read``/``write``, e.g. a test transcript)
+    is used as it is.
+    """
+    if not isinstance(url, str):
+        if not (hasattr(url, "read") and hasattr(url, "write")):
+            raise StageLinkError(f"stage port must be a pyserial URL or an open port (got {url!r})")
+        return url
     if url.lower().startswith(EMULATOR_SCHEMES):
         importlib.import_module("sim.serial_url").install()
     try:

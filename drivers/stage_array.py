@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from drivers.errors import StageError, StageLimitError
@@ -346,4 +347,59 @@ class StageArray:
         self.close()
 
 
-__all__ = ["StageArray", "point_segment_distance", "segment_distance"]
+class StageAxis:
+    """One axis of one stage as a bluesky device: Movable, Locatable, Readable, Stoppable.
+
+    ``set(v)`` moves that axis to ``v`` metres (the other axis stays) and returns the move's
+    status; positions are in the stage frame plus ``origin_m`` (pass the stage's origin for
+    region coordinates). ``grid_scan(dets, StageAxis(s, 0), ..., StageAxis(s, 1), ...)`` rasters it.
+    """
+
+    def __init__(
+        self,
+        stage: Positioner,
+        axis: int,
+        *,
+        name: str | None = None,
+        origin_m: float = 0.0,
+        speed_m_s: float | None = None,
+    ) -> None:
+        if axis not in (0, 1):
+            raise ValueError(f"axis must be 0 (x) or 1 (y), got {axis!r}")
+        self.stage = stage
+        self.axis = axis
+        self.name = name or f"{stage.name}_{'xy'[axis]}"
+        self.parent = None
+        self.origin_m = float(origin_m)
+        self.speed_m_s = speed_m_s
+        self._setpoint: float | None = None
+
+    @property
+    def hints(self) -> dict[str, list[str]]:
+        return {"fields": [self.name]}
+
+    def set(self, value: float) -> MoveStatus:
+        here = list(self.stage.position())
+        here[self.axis] = float(value) - self.origin_m
+        self._setpoint = float(value)
+        return self.stage.move_to((here[0], here[1]), self.speed_m_s)
+
+    def _readback(self) -> float:
+        return self.stage.position()[self.axis] + self.origin_m
+
+    def locate(self) -> dict[str, float]:
+        readback = self._readback()
+        return {"setpoint": readback if self._setpoint is None else self._setpoint, "readback": readback}
+
+    def read(self) -> dict[str, dict[str, float]]:
+        return {self.name: {"value": self._readback(), "timestamp": time.time()}}
+
+    def describe(self) -> dict[str, dict[str, object]]:
+        source = f"stage:{self.stage.name}:{'xy'[self.axis]}"
+        return {self.name: {"source": source, "dtype": "number", "shape": [], "units": "m", "precision": 6}}
+
+    def stop(self, *, success: bool = True) -> None:
+        self.stage.stop()
+
+
+__all__ = ["StageArray", "StageAxis", "point_segment_distance", "segment_distance"]

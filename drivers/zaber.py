@@ -20,6 +20,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import serial
+
 from drivers.errors import StageAlarm, StageCommandError, StageError, StageNotHomed, StageTimeout
 from drivers.positioner import MoveStatus, StageLimits, StageState, run_in_thread
 from drivers.serial_link import LineLink, StageLinkError, open_port
@@ -85,7 +87,7 @@ class ZaberStage:
 
     def __init__(
         self,
-        port: str,
+        port: str | serial.SerialBase,
         limits: StageLimits,
         *,
         name: str = "zaber",
@@ -100,7 +102,7 @@ class ZaberStage:
         if not 1 <= address <= 99:
             raise ValueError(f"Zaber address must be 1..99 (got {address})")
         self.name = name
-        self.port_url = port
+        self.port_url = port if isinstance(port, str) else str(getattr(port, "portstr", None) or port)
         self.address = address
         self.microstep_m = microstep_m
         self.command_timeout_s = command_timeout_s
@@ -121,7 +123,7 @@ class ZaberStage:
         self._move_thread: threading.Thread | None = None
         self._closed = False
         self._axis_settings: dict[tuple[int, str], int] = {}
-        self._link = LineLink(open_port(port, baudrate=baudrate), name=port)
+        self._link = LineLink(open_port(port, baudrate=baudrate), name=self.port_url)
         try:
             self._startup()
         except BaseException:

@@ -121,7 +121,9 @@ class GrblDevice(EmulatorEndpoint):
         self._rx = bytearray()
         self._pending: deque[str] = deque()  # lines waiting for the planner / a sync
         self._queue: deque[_Block] = deque()
-        self._pos = (float(start_mm[0]), float(start_mm[1]), 0.0)
+        self._pos = (0.0, 0.0, 0.0)  # GRBL's step count: zero at power-up
+        # Where the carriage really is, minus what GRBL believes: it knows only after homing.
+        self._offset = (float(start_mm[0]), float(start_mm[1]), 0.0)
         self._wco = (0.0, 0.0, 0.0)
         self._hold: LinearMove | None = None  # braking move of a feed hold / door
         self._held_block: _Block | None = None
@@ -198,6 +200,10 @@ class GrblDevice(EmulatorEndpoint):
 
     # --- internals: state -------------------------------------------------------------------------
     def _power_up(self) -> None:
+        if hasattr(self, "_queue"):  # a restart: the carriage stays where it is, the count restarts
+            pos = self._current_pos()
+            self._offset = tuple(o + p for o, p in zip(self._offset, pos, strict=True))  # type: ignore[assignment]
+            self._pos = (0.0, 0.0, 0.0)
         self._out.clear()
         self._rx.clear()
         self._pending.clear()
@@ -290,7 +296,8 @@ class GrblDevice(EmulatorEndpoint):
             seek = self.settings[25] / 60.0
             locate = self.settings[24] / 60.0
             pull = self.settings[27]
-            block.move = LinearMove.plan(self._pos, (0.0, 0.0, 0.0), seek, self._accel(), t0)
+            switches = tuple(-o for o in self._offset)  # the physical corner, in GRBL's count
+            block.move = LinearMove.plan(self._pos, switches, seek, self._accel(), t0)
             block.t_end = block.move.t_end + 2 * pull / max(locate, 1e-9)
             return
         speed = min(block.feed_mm_min, self._max_rate(self._pos, block.target)) / 60.0
@@ -309,6 +316,7 @@ class GrblDevice(EmulatorEndpoint):
         self._queue.popleft()
         if block.kind == "home":
             self._pos = (0.0, 0.0, 0.0)
+            self._offset = (0.0, 0.0, 0.0)
             self._homed = True
         elif block.move is not None:
             self._pos = block.move.end  # type: ignore[assignment]
@@ -354,7 +362,8 @@ class GrblDevice(EmulatorEndpoint):
 
     def _limit_crossing(self, move: LinearMove) -> float | None:
         """Model time at which the move leaves the travel box, if it does."""
-        box = [(0.0, self.settings[130 + i]) for i in range(3)]
+        # The switches sit at the physical ends of the travel.
+        box = [(-self._offset[i], self.settings[130 + i] - self._offset[i]) for i in range(3)]
         tol = 1e-6
         if all(lo - tol <= v <= hi + tol for v, (lo, hi) in zip(move.end, box, strict=True)):
             return None
