@@ -247,7 +247,8 @@ class RemoteRadio:
                 "timeout_s": float(timeout_s),
                 "tolerate": list(tolerate),
             },
-            extra_s=self._wait_until(at_s) + duration_s + float(timeout_s) + 1.0,
+            # The radio bounds the whole capture by timeout_s from the call (see UsrpRadio).
+            extra_s=float(timeout_s) + duration_s + 1.0,
         )
         if samples is None:
             raise RadioError(f"radio server {self.address}: receive reply carried no samples")

@@ -49,6 +49,7 @@ TX_EVENT_CODES: dict[str, str | None] = {
     # burst scheduled in the past ``late``, on every backend, so callers need not ask which.
     "time_error": "late",
 }
+RX_TRANSPORT_MARGIN_S = 0.1  # samples reach the host a little after their air time
 ACK_MARGIN_S = 1.0  # how long after a burst's end its burst_ack may take before it is a timeout
 # Codes that mean the stream itself is broken, not a timing slip: never tolerated.
 FATAL_CODES = frozenset({"alignment", "bad_packet"})
@@ -198,9 +199,26 @@ def check_schedule(at_s: float, now_s: float, min_lead_s: float, log: TimingLog)
     return False
 
 
-def first_recv_timeout_s(at_s: float, now_s: float, timeout_s: float) -> float:
-    """The first ``recv`` waits for the capture to start, then ``timeout_s`` for its samples."""
-    return max(0.0, at_s - now_s) + timeout_s
+def check_capture_window(
+    at_s: float, num_samples: int, rate_sps: float, now_s: float, timeout_s: float, log: TimingLog
+) -> bool:
+    """``timeout_s`` bounds the whole capture from now, as on the sim: a window that ends later
+    cannot arrive within the wait, so it is a ``timeout`` at once (counted if tolerated: False)."""
+    end_s = at_s + num_samples / rate_sps
+    if end_s <= now_s + timeout_s:
+        return True
+    log.report(
+        "timeout",
+        now_s,
+        f"the window ends {end_s - now_s:.3f} s from now, beyond timeout_s={timeout_s}; pass a longer timeout_s",
+    )
+    return False
+
+
+def recv_timeouts_s(timeout_s: float, started: float, clock_now: float) -> float:
+    """The wait for the next ``recv``: what is left of ``timeout_s`` (counted from the call, so
+    the first ``recv`` covers the wait until ``at_s``) plus the transport's latency."""
+    return max(0.0, started + timeout_s - clock_now) + RX_TRANSPORT_MARGIN_S
 
 
 def tx_packets(num_samples: int, max_per_packet: int) -> list[tuple[int, int]]:
@@ -694,10 +712,14 @@ class UsrpRadio:
         num_samples = int(num_samples)
         if num_samples <= 0 or num_samples > 0x0FFFFFFF:
             raise RadioError(f"{self.name}: num_samples must be in 1..{0x0FFFFFFF} (got {num_samples})")
+        started = time.monotonic()
         now = self.time_now()
-        assembler = RxAssembler(self.num_rx_channels, num_samples, at_s, self._settings.rate_sps, log)
-        if not check_schedule(at_s, now, self.min_lead_s, log):
-            return self._rx_done(assembler, picked)  # tolerated late: nothing captured
+        rate = self._settings.rate_sps
+        assembler = RxAssembler(self.num_rx_channels, num_samples, at_s, rate, log)
+        if not check_schedule(at_s, now, self.min_lead_s, log) or not check_capture_window(
+            at_s, num_samples, rate, now, timeout_s, log
+        ):
+            return self._rx_done(assembler, picked)  # tolerated late/timeout: nothing captured
         uhd, streamer = self._uhd, self._rx_streamer
         cmd = uhd.types.StreamCMD(uhd.types.StreamMode.num_done)
         cmd.num_samps = num_samples
@@ -706,14 +728,13 @@ class UsrpRadio:
         buffer = np.zeros((self.num_rx_channels, self._max_rx), dtype=np.complex64)
         md = uhd.types.RXMetadata()
         streamer.issue_stream_cmd(cmd)
-        timeout = first_recv_timeout_s(at_s, now, timeout_s)
         try:
             while not assembler.done:
+                timeout = recv_timeouts_s(timeout_s, started, time.monotonic())
                 count = int(streamer.recv(buffer, md, timeout))
                 code = rx_code(enum_name(md.error_code), bool(md.out_of_sequence))
                 when = float(md.time_spec.get_real_secs()) if md.has_time_spec else None
                 assembler.feed(code, when, count, buffer)
-                timeout = timeout_s
         except RadioError:
             self._drain_rx()
             raise

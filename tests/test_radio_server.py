@@ -29,6 +29,9 @@ from drivers.usrp_server import RadioServer
 from drivers.zmq_security import make_keypair
 from sim.radio import build_sim_radios, ideal_medium
 
+# A call's bound is its timeout plus the op's own allowance; the slack below only absorbs a
+# loaded test machine. What these bounds catch is a hang (an unbounded wait), not slowness.
+SLACK_S = 10.0
 SIM_ARGS = ["--backend", "sim", "--radios", "tx0,tx1,rx:2", "--bind", "tcp://127.0.0.1:*"]
 
 
@@ -98,7 +101,7 @@ def test_client_not_on_the_allow_list_is_refused(served: tuple[ServerProcess, di
             server_public_key_file=keys["server_public"],
             rpc_timeout_s=0.5,
         )
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 0.5 + SLACK_S
     with pytest.raises(RadioError):  # plain text to a CURVE server gets nowhere either
         RemoteRadio(proc.endpoint, rpc_timeout_s=0.5)
     # The refused peers did not disturb the server.
@@ -189,7 +192,7 @@ def test_killed_server_is_a_radio_error_within_the_timeout_and_a_restart_is_pick
             start = time.monotonic()
             with pytest.raises(RadioError, match=f"radio server {bind}"):
                 call()
-            assert time.monotonic() - start < 0.5 + 0.1 + 0.01 + 1.0 + 1.0  # rpc + op allowance
+            assert time.monotonic() - start < 0.5 + 0.1 + 0.01 + 1.0 + 1.0 + SLACK_S  # rpc + op allowance
         proc = ServerProcess(["--backend", "sim", "--radios", "tx0,rx:2", "--bind", bind, "--insecure"])
         assert radio.time_now() >= 0.0  # the same client reconnects to the new server
     finally:
@@ -201,7 +204,7 @@ def test_no_server_and_insecure_off_loopback_are_clear_errors() -> None:
     start = time.monotonic()
     with pytest.raises(RadioError, match="could not connect to 'hello' within 0.3 s; is the server running"):
         RemoteRadio(f"tcp://127.0.0.1:{free_port()}", rpc_timeout_s=0.3)
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 0.3 + SLACK_S
     with pytest.raises(ConfigError, match="loopback only"):
         RemoteRadio("tcp://192.0.2.7:5600")
     with pytest.raises(ConfigError, match="loopback only"):

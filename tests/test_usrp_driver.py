@@ -28,8 +28,9 @@ from drivers.usrp import (
     RxAssembler,
     TimingLog,
     UsrpRadio,
+    check_capture_window,
     check_schedule,
-    first_recv_timeout_s,
+    recv_timeouts_s,
     rx_code,
     split_time,
     tx_event_code,
@@ -90,8 +91,14 @@ def test_scheduling_checks_and_time_split() -> None:
     assert info.value.code == "late" and info.value.time_s == 10.0  # the device time it was seen
     log = TimingLog(["late"], "r", "transmit")
     assert not check_schedule(9.0, 10.0, 0.002, log) and log.warnings == {"late": 1}
-    assert first_recv_timeout_s(12.0, 10.0, 0.5) == pytest.approx(2.5)
-    assert first_recv_timeout_s(9.0, 10.0, 0.5) == pytest.approx(0.5)
+    assert check_capture_window(12.0, 1000, 1e3, 10.0, 3.0, TimingLog([], "r", "receive"))
+    with pytest.raises(RadioTimingError, match="window ends 3.000 s from now, beyond timeout_s=2.5") as info:
+        check_capture_window(12.0, 1000, 1e3, 10.0, 2.5, TimingLog([], "r", "receive"))
+    assert info.value.code == "timeout"
+    assert recv_timeouts_s(2.0, started=100.0, clock_now=100.5) == pytest.approx(
+        1.5 + usrp.RX_TRANSPORT_MARGIN_S
+    )
+    assert recv_timeouts_s(2.0, started=100.0, clock_now=103.0) == usrp.RX_TRANSPORT_MARGIN_S
     full, frac = split_time(123456.000001)
     assert full == 123456 and frac == pytest.approx(1e-6, abs=1e-9)
     with pytest.raises(RadioError, match=">= 0"):
@@ -573,11 +580,12 @@ def test_bad_antenna_coerced_rate_and_unlocked_reference_are_refused(fake_uhd: A
 def test_timed_capture_starts_at_its_time_with_a_first_timeout_covering_the_wait(fake_uhd: Any) -> None:
     radio, dev = open_radio(fake_uhd)
     at_s = dev.now + 1.5
-    out = radio.receive(250, at_s, channels=[1], timeout_s=0.2)
+    out = radio.receive(250, at_s, channels=[1], timeout_s=2.0)
     cmd = dev.rx_cmds[-1]
     assert cmd.mode.name == "num_done" and cmd.num_samps == 250 and cmd.stream_now is False
     assert cmd.time_spec.get_real_secs() == pytest.approx(at_s)
-    assert dev.recv_timeouts[0] >= 1.5 + 0.2 and dev.recv_timeouts[1] == pytest.approx(0.2)
+    assert dev.recv_timeouts[0] >= 1.5 + 0.00025  # the first recv covers the wait and the window
+    assert all(t <= 2.0 + usrp.RX_TRANSPORT_MARGIN_S for t in dev.recv_timeouts)
     assert out.samples.shape == (1, 250) and out.start_time_s == pytest.approx(at_s)
     first = round(at_s * 1e6) % 10_000
     np.testing.assert_array_equal(out.samples[0].real, (first + np.arange(250)) % 10_000)
@@ -591,6 +599,9 @@ def test_capture_errors_carry_code_and_time_or_count_when_tolerated(fake_uhd: An
     assert info.value.code == "late" and not dev.rx_cmds  # refused before the device
     skipped = radio.receive(10, dev.now - 0.5, tolerate=["late"])
     assert skipped.warnings == {"late": 1} and not np.any(skipped.samples) and not dev.rx_cmds
+    with pytest.raises(RadioTimingError) as info:  # the window cannot come within timeout_s
+        radio.receive(64, dev.now + 30.0, timeout_s=0.05)
+    assert info.value.code == "timeout" and not dev.rx_cmds and dev.now < 30.0
     dev.rx_faults = {1: ("overflow", 50)}
     at_s = dev.now + 0.1
     with pytest.raises(RadioTimingError) as info:
