@@ -19,6 +19,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,7 @@ UHD_API_USED: dict[str, tuple[str, ...]] = {
         "get_rx_rate",
         "set_tx_gain",
         "set_rx_gain",
+        "get_tx_gain_range",
         "get_tx_gain",
         "get_rx_gain",
         "set_tx_antenna",
@@ -111,6 +113,7 @@ UHD_API_USED: dict[str, tuple[str, ...]] = {
     "types.RXMetadataErrorCode": tuple(RX_ERROR_CODES),
     "types.TXMetadataEventCode": tuple(TX_EVENT_CODES),
     "types.SensorValue": ("type", "to_bool", "to_int", "to_real", "value"),
+    "types.MetaRange": ("clip",),
 }
 
 
@@ -469,6 +472,7 @@ class UsrpRadio:
         self._rx_streamer: Any = None
         self._tx_streamer: Any = None
         self._bursts = BurstTracker(len(self._tx_channels), name)
+        self._applied: RadioSettings | None = None  # what the device was last asked for
         self._max_rx = 0
         self._max_tx = 0
         self.tune_results: dict[str, dict[str, float]] = {}
@@ -488,9 +492,20 @@ class UsrpRadio:
 
     # --- configure ---
     def configure(self, settings: RadioSettings) -> None:
-        """Apply every setting; the TX gain cap is checked before anything reaches the device."""
+        """Apply what changed since the last configure (all of it the first time).
+
+        Every check runs before any call changes the device: the TX gain cap (on the gain the
+        device would really use, its step included), the antennas it offers. Bursts still in
+        flight go out first (``flush_tx``), so a change never lands inside an earlier burst.
+        ``settings`` then reports the gains the device actually set.
+        """
         settings = settings.checked()
         uhd, u = self._uhd, self._usrp
+        old = self._applied
+
+        def changed(field_name: str) -> bool:
+            return old is None or getattr(old, field_name) != getattr(settings, field_name)
+
         for chans, allowed_fn, ant, kind in (
             (self._tx_channels, u.get_tx_antennas, settings.tx_antenna, "tx"),
             (self._rx_channels, u.get_rx_antennas, settings.rx_antenna, "rx"),
@@ -501,38 +516,61 @@ class UsrpRadio:
                     raise RadioLimitError(
                         f"{self.name}: {kind}_antenna={ant!r} not on channel {ch}; allowed: {allowed}"
                     )
-        self._set_sources(settings.clock_source, settings.time_source)
         for ch in self._tx_channels:
-            u.set_tx_rate(settings.rate_sps, ch)
-            u.set_tx_gain(settings.tx_gain_db, ch)
-            u.set_tx_antenna(settings.tx_antenna, ch)
-            self.tune_results[f"tx{ch}"] = tune_result_dict(
-                u.set_tx_freq(uhd.types.TuneRequest(settings.frequency_hz), ch)
-            )
+            would_be = float(u.get_tx_gain_range(ch).clip(settings.tx_gain_db, True))
+            if would_be > settings.max_tx_gain_db + 1e-9:
+                raise RadioLimitError(
+                    f"{self.name}: tx_gain_db={settings.tx_gain_db} would be {would_be} dB on channel {ch} "
+                    f"(the device's gain step), over the cap max_tx_gain_db={settings.max_tx_gain_db}"
+                )
+        if old == settings:
+            return
+        if self._tx_streamer is not None and self._bursts.pending:
+            self.flush_tx(max(0.1, self._bursts.pending[-1][1] - time.monotonic()))
+        if changed("clock_source") or changed("time_source"):
+            self._set_sources(settings.clock_source, settings.time_source)
+        for ch in self._tx_channels:
+            if changed("rate_sps"):
+                u.set_tx_rate(settings.rate_sps, ch)
+            if changed("tx_gain_db"):
+                u.set_tx_gain(settings.tx_gain_db, ch)
+            if changed("tx_antenna"):
+                u.set_tx_antenna(settings.tx_antenna, ch)
+            if changed("frequency_hz"):  # a retune draws a new LO phase: only when asked
+                request = uhd.types.TuneRequest(settings.frequency_hz)
+                self.tune_results[f"tx{ch}"] = tune_result_dict(u.set_tx_freq(request, ch))
         for ch in self._rx_channels:
-            u.set_rx_rate(settings.rate_sps, ch)
-            u.set_rx_gain(settings.rx_gain_db, ch)
-            u.set_rx_antenna(settings.rx_antenna, ch)
-            self.tune_results[f"rx{ch}"] = tune_result_dict(
-                u.set_rx_freq(uhd.types.TuneRequest(settings.frequency_hz), ch)
-            )
+            if changed("rate_sps"):
+                u.set_rx_rate(settings.rate_sps, ch)
+            if changed("rx_gain_db"):
+                u.set_rx_gain(settings.rx_gain_db, ch)
+            if changed("rx_antenna"):
+                u.set_rx_antenna(settings.rx_antenna, ch)
+            if changed("frequency_hz"):
+                request = uhd.types.TuneRequest(settings.frequency_hz)
+                self.tune_results[f"rx{ch}"] = tune_result_dict(u.set_rx_freq(request, ch))
         rx_rate = float(u.get_rx_rate(self._rx_channels[0]))
         tx_rate = float(u.get_tx_rate(self._tx_channels[0]))
         for kind, got in (("rx", rx_rate), ("tx", tx_rate)):
             # Time <-> sample conversions assume the requested rate; a coerced rate breaks them.
             if abs(got - settings.rate_sps) > 1e-6 * settings.rate_sps:
+                self._applied = None  # the device is half-configured: apply everything next time
                 raise RadioLimitError(
                     f"{self.name}: the device coerced {kind} rate_sps={settings.rate_sps} to {got}; "
                     "pick a rate the master clock divides evenly"
                 )
+        tx_gain = float(u.get_tx_gain(self._tx_channels[0]))
+        rx_gain = float(u.get_rx_gain(self._rx_channels[0]))
         self.actual = {
             "rx_rate_sps": rx_rate,
             "tx_rate_sps": tx_rate,
-            "tx_gain_db": float(u.get_tx_gain(self._tx_channels[0])),
-            "rx_gain_db": float(u.get_rx_gain(self._rx_channels[0])),
+            "tx_gain_db": tx_gain,
+            "rx_gain_db": rx_gain,
         }
-        self._settings = settings
-        self._make_streamers()
+        if self._rx_streamer is None or changed("rate_sps"):
+            self._make_streamers()
+        self._applied = settings
+        self._settings = replace(settings, tx_gain_db=tx_gain, rx_gain_db=rx_gain)
 
     def _set_sources(self, clock_source: str, time_source: str) -> None:
         u = self._usrp

@@ -220,6 +220,14 @@ class Sensor:
         return self._v
 
 
+class GainRange:
+    """A 0.5 dB-step gain range, as a device's ``MetaRange``."""
+
+    def clip(self, value: float, clip_step: bool = False) -> float:
+        value = min(max(value, 0.0), 89.5)
+        return round(value * 2) / 2 if clip_step else value
+
+
 class FakeDevice:
     """A virtual-clock USRP: time advances only when the driver waits on it."""
 
@@ -316,11 +324,14 @@ class FakeDevice:
 
     def set_tx_gain(self, g: float, ch: int = 0) -> None:
         self._log(f"tx_gain={g}")
-        self.tx_gain = g
+        self.tx_gain = GainRange().clip(g, True)
 
     def set_rx_gain(self, g: float, ch: int = 0) -> None:
         self._log(f"rx_gain={g}")
         self.rx_gain = g
+
+    def get_tx_gain_range(self, ch: int = 0) -> Tracked:
+        return self.track(GainRange(), "types.MetaRange")
 
     def get_tx_gain(self, ch: int = 0) -> float:
         return self.tx_gain
@@ -560,7 +571,30 @@ def test_tx_gain_over_the_cap_never_reaches_the_device(fake_uhd: Any) -> None:
     before = list(dev.calls)
     with pytest.raises(RadioLimitError, match="tx_gain_db=65.*max_tx_gain_db=60"):
         radio.configure(RadioSettings(tx_gain_db=65, max_tx_gain_db=60))
+    # Under the cap as asked, over it as the device would round it: refused too.
+    with pytest.raises(RadioLimitError, match=r"tx_gain_db=59.9 would be 60.0 dB .*max_tx_gain_db=59.9"):
+        radio.configure(RadioSettings(tx_gain_db=59.9, max_tx_gain_db=59.9))
     assert dev.calls == before
+    radio.configure(RadioSettings(tx_gain_db=59.9, max_tx_gain_db=60))
+    assert radio.settings.tx_gain_db == 60.0  # the gain the device really set
+
+
+def test_configure_changes_only_what_changed(fake_uhd: Any) -> None:
+    radio, dev = open_radio(fake_uhd)
+    streamer, tuned = radio._tx_streamer, dict(radio.tune_results)
+    dev.calls.clear()
+    radio.configure(radio.settings)
+    assert dev.calls == []  # nothing changed: the device is not touched (no retune, no new LO phase)
+    radio.configure(RadioSettings(tx_gain_db=20.0))
+    assert dev.calls == ["tx_gain=20.0"] and radio._tx_streamer is streamer
+    assert radio.tune_results == tuned
+    x = np.ones(50, np.complex64)
+    radio.transmit(x, dev.now + 0.5)
+    radio.configure(RadioSettings(tx_gain_db=10.0))  # waits for the burst in flight first
+    assert radio.sensors()["tx_bursts_pending"] == 0.0 and dev.now >= dev.bursts[-1][0]
+    radio.configure(RadioSettings(tx_gain_db=10.0, rate_sps=2e6, frequency_hz=2.45e9))
+    assert "rx_rate=2000000.0" in dev.calls and radio._tx_streamer is not streamer
+    assert radio.tune_results["rx0"]["target_rf_freq"] == pytest.approx(2.449e9)
 
 
 def test_bad_antenna_coerced_rate_and_unlocked_reference_are_refused(fake_uhd: Any) -> None:
