@@ -1,15 +1,105 @@
-"""`testbed measure`: not built yet; see the open issue for it."""
+"""`testbed measure CONFIG [--set A.B=V] [--resume RUN_DIR]`: a channel measurement campaign.
+
+Rasters the receive antennas over the region, sounds every client at each grid point and writes
+SigMF, a tidy table, a .mat export, the gain map and the report into the run directory (see
+``testbed.campaign``). ``--resume RUN_DIR`` continues a campaign that a crash, ``kill -9`` or
+Ctrl-C cut short, skipping the points already measured. Stages are stopped and radios closed on
+every exit. Exit codes: 0 done, 2 bad config or device error, 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+from contextlib import contextmanager
+from typing import Any
+
+from testbed.commands import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    add_config_arguments(parser, required=False)
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the campaign in RUN_DIR (uses its config.yaml); points already measured are skipped",
+    )
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM ends the campaign like Ctrl-C does: stages stopped, records closed."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("testbed measure: not implemented yet (its issue is still open)", file=sys.stderr)
-    return 3
+    from drivers.errors import ConfigError
+    from testbed.campaign import run_campaign
+    from testbed.config import load_config
+
+    if args.config is None and args.resume is None:
+        raise ConfigError("testbed measure: give a CONFIG file, or --resume RUN_DIR")
+    if args.resume is not None and args.overrides and args.config is None:
+        raise ConfigError("testbed measure: --set needs CONFIG; a resumed campaign keeps its config.yaml")
+    config = load_config(args.config, args.overrides) if args.config is not None else None
+    show_bar = not (args.quiet or args.json) and sys.stderr.isatty()
+
+    with _sigterm_as_interrupt():
+        if show_bar:
+            result = _run_with_bar(run_campaign, config, args.resume)
+        else:
+            result = run_campaign(config, args.resume)
+
+    done = result.steps_skipped + result.steps_measured
+    out = {
+        "run_dir": str(result.run_dir),
+        "steps_total": result.steps_total,
+        "steps_measured": result.steps_measured,
+        "steps_skipped": result.steps_skipped,
+        "complete": done == result.steps_total,
+        "table": str(result.table_path) if result.table_path else None,
+        "report": str(result.report_path) if result.report_path else None,
+        "wall_s": round(result.wall_s, 3),
+    }
+    if args.json:
+        print(json.dumps(out))
+    elif not args.quiet:
+        print(
+            f"campaign {'complete' if out['complete'] else 'incomplete'}: {done}/{result.steps_total} "
+            f"points ({result.steps_skipped} resumed) in {result.wall_s:.1f} s -> {result.run_dir}"
+        )
+    return 0
+
+
+def _run_with_bar(run_campaign: Any, config: Any, resume: str | None) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]measure"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("points"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("points", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return run_campaign(config, resume, progress=progress)

@@ -1,0 +1,311 @@
+"""Channel measurement campaigns: the formation plan, the measured map, kill -9 and resume, SigMF."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from drivers.errors import ConfigError
+from sim.channel import FieldResponseChannel
+from testbed.campaign import (
+    CampaignError,
+    check_config,
+    find_table,
+    grid_lines,
+    plan_campaign,
+    read_table,
+    run_campaign,
+    sim_medium,
+)
+from testbed.channel_map import ChannelMapError, ChannelMapRangeError, MeasuredChannelMap
+from testbed.cli import main
+from testbed.config import load_config
+from testbed.records import read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+CAMPAIGN = ROOT / "configs" / "campaign.yaml"
+LAMBDA_M = 299_792_458.0 / 2.4e9
+
+
+# --- the plan -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("region_wl", "step_wl", "num_antennas", "order"),
+    [(4.0, 0.25, 4, "snake"), (4.0, 0.5, 4, "raster"), (4.0, 0.25, 8, "snake"), (2.0, 0.5, 1, "snake")],
+)
+def test_formation_covers_the_grid_and_keeps_clearance(
+    region_wl: float, step_wl: float, num_antennas: int, order: str
+) -> None:
+    spacing_m = 0.5 * LAMBDA_M
+    plan = plan_campaign(region_wl * LAMBDA_M, step_wl * LAMBDA_M, num_antennas, spacing_m, order)
+    nx = plan.x_m.size
+    assert nx == int(round(region_wl / step_wl)) + 1
+    assert np.allclose(plan.x_m, -plan.x_m[::-1])  # centred
+    visited = {tuple(c) for c in plan.cells.reshape(-1, 2)}
+    assert visited == {(ix, iy) for ix in range(nx) for iy in range(nx)}  # every cell, none missed
+    pos = plan.positions_m
+    for step in range(plan.num_steps):  # rigid formation: pairwise distances are the same each step
+        d = np.linalg.norm(pos[step, :, None, :] - pos[step, None, :, :], axis=-1)
+        d[np.diag_indices(num_antennas)] = np.inf
+        assert d.min() >= spacing_m - 1e-12
+        assert np.allclose(pos[step] - pos[step, :1], pos[0] - pos[0, :1])
+    if order == "snake":  # each move is one grid step in x or y
+        assert np.all(np.abs(np.diff(plan.cells[:, 0], axis=0)).sum(axis=1) == 1)
+        assert all(
+            plan.step_distance_m(s) == pytest.approx(step_wl * LAMBDA_M) for s in range(1, plan.num_steps)
+        )
+
+
+def test_formation_refuses_too_many_antennas_for_the_clearance() -> None:
+    with pytest.raises(ConfigError, match=r"min_spacing_wavelengths"):
+        plan_campaign(4 * LAMBDA_M, 0.25 * LAMBDA_M, 8, 1.0 * LAMBDA_M)
+    with pytest.raises(ConfigError, match=r"campaign.step_wavelengths.*only 3 columns for 4 antennas"):
+        plan_campaign(4 * LAMBDA_M, 2 * LAMBDA_M, 4, 0.5 * LAMBDA_M)
+    assert grid_lines(1.0, 0.3).tolist() == pytest.approx([-0.45, -0.15, 0.15, 0.45])
+
+
+def test_a_strip_outside_its_stage_travel_is_refused_naming_the_stage() -> None:
+    config = load_config(CAMPAIGN, ["lab.stages.ma0.origin_m=[0.0, -0.25]"])
+    with pytest.raises(ConfigError, match=r"lab.stages.ma0: its campaign strip .* outside its travel"):
+        check_config(config)
+
+
+# --- the measured map ---------------------------------------------------------------------------
+def _sim_channel(seed: int = 3, clients: int = 3) -> FieldResponseChannel:
+    return FieldResponseChannel.draw(np.random.default_rng(seed), clients, 6, LAMBDA_M, 1.0)
+
+
+def _grid_map(channel: FieldResponseChannel, step_wl: float = 0.125) -> MeasuredChannelMap:
+    x = grid_lines(4 * LAMBDA_M, step_wl * LAMBDA_M)
+    xx, yy = np.meshgrid(x, x)  # (ny, nx)
+    h = channel.response(np.stack([xx.ravel(), yy.ravel()], axis=1)).reshape(-1, x.size, x.size)
+    return MeasuredChannelMap(x, x, h)
+
+
+def test_measured_map_reproduces_the_channel_and_its_gradient() -> None:
+    channel = _sim_channel()
+    cmap = _grid_map(channel)
+    x = cmap.x_m
+    grid_pts = np.array([[x[0], x[3]], [x[5], x[-1]], [x[16], x[16]]])
+    assert np.allclose(cmap.response(grid_pts), channel.response(grid_pts), atol=1e-12, rtol=1e-9)
+    rng = np.random.default_rng(0)
+    inside = rng.uniform(x[1], x[-2], (5, 2))
+    h_true = channel.response(inside)
+    err = np.linalg.norm(cmap.response(inside) - h_true) / np.linalg.norm(h_true)
+    assert err < 0.02  # bicubic between lambda/8 samples
+    # The gradient is the interpolant's own derivative: check it against central differences.
+    grad = cmap.gradient(inside)
+    assert grad.shape == (3, 5, 2)
+    eps = 1e-7
+    for axis in (0, 1):
+        step = np.zeros(2)
+        step[axis] = eps
+        fd = (cmap.response(inside + step) - cmap.response(inside - step)) / (2 * eps)
+        assert np.allclose(grad[..., axis], fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+    # ... and it tracks the true field-response gradient.
+    g_true = channel.gradient(inside)
+    assert np.linalg.norm(grad - g_true) / np.linalg.norm(g_true) < 0.1
+
+
+def test_measured_map_refuses_positions_outside_and_holes() -> None:
+    cmap = _grid_map(_sim_channel(), step_wl=0.5)
+    edge = cmap.x_m[-1]
+    cmap.response(np.array([[edge, -edge]]))  # the edge itself is measured
+    with pytest.raises(ChannelMapRangeError, match=r"antenna 1 at .* outside the measured region"):
+        cmap.response(np.array([[0.0, 0.0], [edge + 1e-3, 0.0]]))
+    with pytest.raises(ChannelMapRangeError):
+        cmap.gradient(np.array([[0.0, np.nan]]))
+    h = cmap.h_grid.copy()
+    h[1, 2, 3] = np.nan
+    with pytest.raises(ChannelMapError, match=r"1 unmeasured cells .* client 1"):
+        MeasuredChannelMap(cmap.x_m, cmap.y_m, h)
+
+
+# --- whole campaigns ----------------------------------------------------------------------------
+KEYS = ("point", "antenna", "client", "ix", "iy", "x_m", "y_m", "x_read_m", "y_read_m")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "testbed.cli", "measure", *args]
+
+
+def _sorted_table(run_dir: Path) -> dict[str, np.ndarray]:
+    table = read_table(find_table(run_dir))
+    order = np.lexsort((table["client"], table["antenna"], table["point"]))
+    return {k: v[order] for k, v in table.items()}
+
+
+def _kill_after_points(proc: subprocess.Popen, out_dir: Path, points: int, timeout_s: float = 60.0) -> Path:
+    """SIGKILL the campaign once ``points`` steps are in its index; return its run directory."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the campaign ended before it was killed: {proc.communicate()}"
+        runs = list(out_dir.glob("*/events.jsonl"))
+        if runs and sum(d.get("kind") == "point" for d in read_events(runs[0])) >= points:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            return runs[0].parent
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no {points} points measured within {timeout_s} s")
+
+
+def test_campaign_killed_and_resumed_gives_the_uninterrupted_table(tmp_path: Path) -> None:
+    """kill -9 mid-way, --resume, and the table is bit for bit the one an unbroken campaign
+    writes: the symbol sounder draws each step's noise from (seed, step)."""
+    sets = ["--set", "campaign.sounder=symbol"]
+    killed = subprocess.Popen(
+        _cli(str(CAMPAIGN), "--set", f"run.output_dir={tmp_path / 'a'}", *sets, "-q"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    run_dir = _kill_after_points(killed, tmp_path / "a", points=6)
+    assert killed.returncode == -signal.SIGKILL
+    before = read_events(run_dir / "events.jsonl")
+    assert not any(d["doc"] == "stop" for d in before)  # no clean shutdown: a real crash
+    done_before = {d["data"]["point"] for d in before if d.get("kind") == "point"}
+
+    resumed = subprocess.run(
+        _cli("--resume", str(run_dir), "--json", "-q"), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["complete"] and summary["steps_skipped"] == len(done_before) >= 6
+    assert summary["steps_measured"] == summary["steps_total"] - len(done_before)
+    _assert_each_point_once(run_dir, summary["steps_total"])
+
+    # The unbroken campaign writes CSV: the two formats must agree too.
+    config = load_config(
+        CAMPAIGN, [f"run.output_dir={tmp_path / 'b'}", "campaign.sounder=symbol", "campaign.table_format=csv"]
+    )
+    whole = run_campaign(config)
+    assert whole.table_path is not None and whole.table_path.suffix == ".csv"
+    a, b = _sorted_table(run_dir), _sorted_table(whole.run_dir)
+    assert set(a) == set(b) and a["point"].size == b["point"].size == 27 * 4 * 4
+    for key in (*KEYS, "h_re", "h_im", "snr_db"):
+        assert np.array_equal(a[key], b[key]), key
+
+
+def _assert_each_point_once(run_dir: Path, steps: int) -> None:
+    points = [d["data"]["point"] for d in read_events(run_dir / "events.jsonl") if d.get("kind") == "point"]
+    assert sorted(points) == list(range(steps))  # nothing lost, nothing measured twice
+
+
+@pytest.fixture(scope="module")
+def radio_campaign(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One unbroken campaign over the sim radios (pilots, IQ, SigMF), shared by the tests below."""
+    out = tmp_path_factory.mktemp("radio")
+    config = load_config(CAMPAIGN, [f"run.output_dir={out}"])
+    return config, run_campaign(config)
+
+
+def test_radio_campaign_cut_short_and_resumed(tmp_path: Path, radio_campaign: Any) -> None:
+    config, whole = radio_campaign
+    config = config.model_copy(deep=True)
+    config.run.output_dir = tmp_path
+    first = run_campaign(config, stop_after=10)
+    assert first.steps_measured == 10 and first.table_path is None
+    stop = [d for d in read_events(first.run_dir / "events.jsonl") if d["doc"] == "stop"]
+    assert stop[-1]["status"] == "partial"
+    second = run_campaign(resume_dir=first.run_dir)
+    assert (second.steps_skipped, second.steps_measured) == (10, 17)
+    _assert_each_point_once(first.run_dir, 27)
+    a, b = _sorted_table(first.run_dir), _sorted_table(whole.run_dir)
+    for key in KEYS:
+        assert np.array_equal(a[key], b[key]), key
+    # The sim receiver's noise is one stream per process, so the estimates agree within the noise.
+    h_a, h_b = a["h_re"] + 1j * a["h_im"], b["h_re"] + 1j * b["h_im"]
+    for k in range(4):
+        sel = a["client"] == k
+        err = np.sum(np.abs(h_a[sel] - h_b[sel]) ** 2) / np.sum(np.abs(h_b[sel]) ** 2)
+        assert 0 < err < 10 ** (-25 / 10)
+    assert np.median(np.abs(a["snr_db"] - b["snr_db"])) < 1.5
+    _check_sigmf(first.run_dir, a)
+
+
+def _check_sigmf(run_dir: Path, table: dict[str, np.ndarray]) -> None:
+    """The collection lists one recording per step and client; each carries the positions."""
+    import sigmf
+
+    captures = run_dir / "captures"
+    collection = sigmf.fromfile(captures / "campaign.sigmf-collection")  # checks every stream's hash
+    names = collection.get_stream_names()
+    assert sorted(names) == sorted(f"p{p:05d}_c{k:02d}" for p in range(27) for k in range(4))
+    raw = json.loads((captures / "campaign.sigmf-collection").read_text())
+    assert {e["name"] for e in raw["collection"]["core:extensions"]} == {"spatial", "ma_ota"}
+    for i, name in enumerate(names):
+        meta = json.loads((captures / f"{name}.sigmf-meta").read_text())
+        g = meta["global"]
+        point, client = g["ma_ota:point"], g["ma_ota:client"]
+        assert g["core:datatype"] == "cf32_le" and g["spatial:num_elements"] == 4 == g["core:num_channels"]
+        geometry = np.array([e["point"] for e in meta["captures"][0]["spatial:element_geometry"]])
+        rows = (table["point"] == point) & (table["client"] == client)
+        read = np.stack([table["x_read_m"][rows], table["y_read_m"][rows]], axis=1)
+        assert np.allclose(geometry[:, :2], read) and np.all(geometry[:, 2] == 0)
+        h = np.array(g["ma_ota:h_re"]) + 1j * np.array(g["ma_ota:h_im"])
+        assert np.allclose(h, table["h_re"][rows] + 1j * table["h_im"][rows])
+        if i % 40 == 0:  # sigmf's own validator (slow: it re-checks the schema every call)
+            recording = sigmf.fromfile(captures / f"{name}.sigmf-meta")
+            recording.validate()
+            iq = recording.read_samples()
+            assert iq.shape[1] == 4 and np.iscomplexobj(iq) and np.abs(iq).max() > 0
+
+
+def test_measured_campaign_map_matches_the_sim_channel(radio_campaign: Any) -> None:
+    config, result = radio_campaign
+    assert result.table_path is not None and result.table_path.suffix == ".parquet"
+    cmap = MeasuredChannelMap.from_run(result.run_dir)
+    channel = sim_medium(config).links.channel
+    xx, yy = np.meshgrid(cmap.x_m, cmap.y_m)
+    grid = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    measured, true = cmap.response(grid), channel.response(grid)
+    for k in range(config.lab.clients.count):
+        # Up to one complex number per client (its LO phase and the pilot's gain): the same field.
+        c = np.vdot(true[k], measured[k]) / np.vdot(true[k], true[k])
+        err = np.sum(np.abs(measured[k] - c * true[k]) ** 2) / np.sum(np.abs(measured[k]) ** 2)
+        assert err < 10 ** (-30 / 10) and 0.9 < abs(c) < 1.1
+    gain = np.load(result.run_dir / "channel_map.npz")
+    assert gain["gain_db"].shape == (cmap.y_m.size, cmap.x_m.size)
+    assert np.allclose(gain["gain_db"], 10 * np.log10(np.sum(np.abs(cmap.h_grid) ** 2, axis=0)))
+    mat = __import__("scipy.io", fromlist=["loadmat"]).loadmat(result.run_dir / "campaign.mat")
+    assert mat["H"].shape == cmap.h_grid.shape and np.allclose(mat["H"], cmap.h_grid)
+    assert (result.run_dir / "report" / "positions.png").is_file()
+    stop = [d for d in read_events(result.run_dir / "events.jsonl") if d["doc"] == "stop"]
+    assert stop and stop[-1]["status"] == "completed"
+
+
+def test_a_bad_config_stops_before_any_device_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import testbed.stages
+
+    def no_devices(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a device was opened for a bad config")
+
+    monkeypatch.setattr(testbed.stages, "open_stages", no_devices)
+    out = tmp_path / "runs"
+    bad = [
+        ["lab.array.min_spacing_wavelengths=1.5"],  # the formation cannot keep this clearance
+        ["lab.stages.ma3.origin_m=[-0.25, 0.1]"],  # a strip outside its stage's travel
+        ["campaign.sounder=symbol", "lab.receiver.backend=usrp"],  # symbol sounding needs sim radios
+    ]
+    for overrides in bad:
+        with pytest.raises(ConfigError):
+            run_campaign(load_config(CAMPAIGN, [f"run.output_dir={out}", *overrides]))
+    assert not out.exists()  # not even a run directory
+    code = main(["measure", str(CAMPAIGN), "--set", f"run.output_dir={out}", "--set", bad[0][0], "--json"])
+    assert code == 2
+    err = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert err["error"] == "ConfigError" and "min_spacing_wavelengths" in err["message"]
+    assert not out.exists()
+    with pytest.raises(CampaignError, match="not a run directory"):
+        run_campaign(resume_dir=tmp_path)
