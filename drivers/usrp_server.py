@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -203,6 +204,7 @@ class RadioServer:
             return [wire.encode_header(reply), *frames]
         except Exception as exc:  # every failure becomes an error reply; the server keeps serving
             if not isinstance(exc, TestbedError):
+                traceback.print_exc(file=sys.stderr)  # unexpected: keep the trace for the operator
                 exc = RadioError(f"server error: {type(exc).__name__}: {exc}")
             error = {"v": wire.VERSION, "id": request_id, "ok": False, "error": wire.error_to_dict(exc)}
             return [wire.encode_header(error)]
