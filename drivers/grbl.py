@@ -207,7 +207,8 @@ def parse_setting(line: str) -> tuple[int, float] | None:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3f}"
+    """mm with GRBL's 3 decimals; never '-0.000'."""
+    return f"{round(v, 3) + 0.0:.3f}"
 
 
 class GrblStage:
