@@ -32,13 +32,19 @@ BASELINES: dict[str, Strategy] = {
 }
 
 
-def solve_baseline(problem: Problem, name: str, rng: np.random.Generator | None = None) -> Plan:
+def solve_baseline(
+    problem: Problem, name: str, rng: np.random.Generator | None = None, shared: dict | None = None
+) -> Plan:
+    """One baseline by name; ``shared`` reuses round designs between plans of the same problem."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
-    rng = np.random.default_rng(problem.seed + 1) if rng is None else rng
-    return solve_with(problem, BASELINES[name], rng)
+    return solve_with(problem, BASELINES[name], rng, shared)
 
 
-def solve_baselines(problem: Problem, names: list[str] | None = None) -> dict[str, Plan]:
-    """Every baseline (or those named), each with its own seeded generator."""
-    return {name: solve_baseline(problem, name) for name in (names or list(BASELINES))}
+def solve_baselines(
+    problem: Problem, names: list[str] | None = None, shared: dict | None = None
+) -> dict[str, Plan]:
+    """Every baseline (or those named). Designs are shared where only the resources differ
+    (max_clock reuses the full method's rounds), each schedule seeded from ``problem.seed``."""
+    shared = {} if shared is None else shared
+    return {name: solve_baseline(problem, name, shared=shared) for name in (names or list(BASELINES))}

@@ -63,6 +63,13 @@ def nnqp(q: np.ndarray, t: np.ndarray, tol: float = 1e-12) -> np.ndarray:
     """min 1/2 mu^T Q mu - t^T mu over mu >= 0 (Lawson-Hanson style active set)."""
     k = t.shape[0]
     ridge = 1e-12 * max(float(np.trace(q)) / max(k, 1), 1e-300)
+    # Fast path: every constraint active (common when K <= 2N) is one linear solve.
+    try:
+        full = np.linalg.solve(q + ridge * np.eye(k), t)
+        if np.all(full > 0):
+            return full
+    except np.linalg.LinAlgError:
+        pass
     mu = np.zeros(k)
     free = np.zeros(k, dtype=bool)
     w = t - q @ mu

@@ -202,7 +202,7 @@ def design_round(
                 starts.append(random_feasible_positions(rng, problem.num_antennas, half, d))
             best = None
             for s in starts[: max(n_starts, 1)]:
-                r = optimize_positions(problem, s, demand, iterations=15)
+                r = optimize_positions(problem, s, demand, iterations=10, tol=1e-3)
                 if best is None or r.objective < best.objective:
                     best = r
             assert best is not None
@@ -350,10 +350,33 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
     return plan
 
 
-def solve_with(problem: Problem, strategy: Strategy, rng: np.random.Generator | None = None) -> Plan:
+def _design_key(problem: Problem, strategy: Strategy) -> tuple:
+    """Strategies that differ only in resources share their round designs."""
+    return (
+        id(problem.channel),
+        strategy.selection or problem.selection,
+        strategy.positions,
+        strategy.aggregation,
+        strategy.random_placements,
+    )
+
+
+def solve_with(
+    problem: Problem,
+    strategy: Strategy,
+    rng: np.random.Generator | None = None,
+    shared: dict | None = None,
+) -> Plan:
+    """Plan with ``strategy``; ``shared`` (a dict) lets strategies with equal designs reuse them."""
     t0 = time.perf_counter()
-    rng = np.random.default_rng(problem.seed) if rng is None else rng
-    designs = plan_schedule(problem, strategy, rng)
+    key = _design_key(problem, strategy)
+    if shared is not None and key in shared:
+        designs = shared[key]
+    else:
+        rng = np.random.default_rng(problem.seed) if rng is None else rng
+        designs = plan_schedule(problem, strategy, rng)
+        if shared is not None:
+            shared[key] = designs
     return evaluate(problem, strategy, designs, t0)
 
 

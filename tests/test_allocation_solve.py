@@ -1,0 +1,129 @@
+"""solve(), the baselines, per-round re-planning, the config bridge and `testbed plan`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from allocation import Plan, Problem, plan_round, solve, solve_baselines
+from allocation.positions import is_feasible
+from sim.channel import FieldResponseChannel, path_loss_linear
+
+LAMBDA_M = 0.125
+
+
+def _problem(seed: int = 0, **over: object) -> Problem:
+    rng = np.random.default_rng(seed)
+    beta = path_loss_linear(rng.uniform(20, 80, 5))
+    ch = FieldResponseChannel.draw(rng, 5, 8, LAMBDA_M, path_gain=beta)
+    kw = dict(
+        channel=ch,
+        num_antennas=4,
+        wavelength_m=LAMBDA_M,
+        region_m=4 * LAMBDA_M,
+        min_spacing_m=LAMBDA_M / 2,
+        noise_power_w=1e-12,
+        power_w=0.1,
+        clients_per_round=2,
+        latency_budget_s=4000.0,
+        energy_budget_j=2000.0,
+        max_rounds=4,
+        position_starts=2,
+        fairness_floor=0.4,
+    )
+    kw.update(over)
+    return Problem(**kw)
+
+
+@pytest.fixture(scope="module")
+def solved() -> tuple[Problem, Plan, dict[str, Plan]]:
+    p = _problem()
+    shared: dict = {}
+    plan = solve(p, shared)
+    return p, plan, solve_baselines(p, ["fpa", "max_clock", "non_ma", "digital", "random_placement"], shared)
+
+
+def test_plan_respects_budgets_and_constraints(solved: tuple) -> None:
+    p, plan, _ = solved
+    assert plan.feasible and 1 <= plan.rounds <= p.max_rounds
+    assert plan.latency_s <= p.latency_budget_s * (1 + 1e-9)
+    assert plan.energy_j <= p.energy_budget_j * (1 + 1e-9)
+    for rp in plan.round_plans:
+        assert len(rp.selected) == 2
+        assert is_feasible(np.array(rp.positions_m), p.half_region_m, p.min_spacing_m)
+        assert all(f <= 2e9 * (1 + 1e-9) for f in rp.clocks_hz)
+        assert all(1 <= b <= p.batch_max for b in rp.batches)
+        assert np.all(np.abs(rp.tx_scalar_array()) ** 2 <= 0.1 * (1 + 1e-9))  # power caps
+    assert plan.bound["total"] == pytest.approx(plan.bound_by_rounds[plan.rounds - 1])
+    assert "pdd_violation" in plan.traces and plan.traces["pdd_violation"][-1] < 1e-3
+    assert Plan.from_json(plan.to_json()).to_dict() == plan.to_dict()
+
+
+def test_hybrid_floor_keeps_everyone_within_a_round_of_the_floor(solved: tuple) -> None:
+    p, plan, _ = solved
+    counts = np.zeros(5)
+    for t, rp in enumerate(plan.round_plans):
+        counts[rp.selected] += 1
+        # After round t nobody is a whole participation behind floor * (t + 1).
+        assert np.max(p.effective_floor * (t + 1) - counts) < 1.0
+
+
+def test_baselines_share_budgets_and_ma_beats_the_fixed_array(solved: tuple) -> None:
+    p, plan, base = solved
+    for name, b in base.items():
+        if b.feasible:
+            assert b.latency_s <= p.latency_budget_s * (1 + 1e-9), name
+            assert b.energy_j <= p.energy_budget_j * (1 + 1e-9), name
+    assert plan.mean_mse <= base["fpa"].mean_mse
+    assert base["digital"].mean_mse == 0.0
+    # Max clock burns more energy per round than the deadline clock at the same batches.
+    if base["max_clock"].feasible:
+        per_round = base["max_clock"].energy_j / base["max_clock"].rounds
+        assert per_round >= min(rp.energy_j for rp in plan.round_plans)
+
+
+def test_plan_round_replans_from_new_channels_quickly() -> None:
+    p = _problem(1, max_rounds=3)
+    rng = np.random.default_rng(2)
+    counts, prev = np.zeros(5, dtype=int), None
+    for t in range(2):
+        p.channel = FieldResponseChannel.draw(rng, 5, 8, LAMBDA_M, path_gain=1e-8)
+        rp = plan_round(p, t, counts, prev, 4000.0 - 1000 * t, 2000.0 - 500 * t, 3 - t, rng)
+        assert len(rp.selected) == 2 and rp.compute_s > 0
+        assert is_feasible(np.array(rp.positions_m), p.half_region_m, p.min_spacing_m)
+        assert rp.move_s == pytest.approx(
+            0.0
+            if prev is None
+            else np.max(np.linalg.norm(np.array(rp.positions_m) - prev, axis=1)) / p.stage_speed_m_s
+        )
+        counts[rp.selected] += 1
+        prev = np.array(rp.positions_m)
+
+
+def test_build_problem_from_config_and_cli_json(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # noqa: ANN001
+    from testbed.cli import main
+    from testbed.config import load_config
+    from testbed.planning import build_problem, parse_sweep
+
+    over = [
+        "lab.clients.count=3",
+        "allocation.max_rounds=2",
+        "allocation.position_starts=1",
+        "allocation.latency_budget_s=2000",
+        "allocation.clients_per_round=2",
+    ]
+    cfg = load_config(None, over)
+    p = build_problem(cfg)
+    assert p.num_clients == 3 and p.num_antennas == cfg.lab.num_antennas
+    assert p.noise_power_w == pytest.approx(1e-12)  # -90 dBm
+    assert parse_sweep("N=4,8;K=2") == {"N": [4.0, 8.0], "K": [2.0]}
+    config = tmp_path / "plan.yaml"
+    config.write_text("{}\n")
+    rc = main(
+        ["plan", "--json", *[a for o in over for a in ("--set", o)], "--baselines", "fpa,non_ma", str(config)]
+    )
+    assert rc in (0, 1)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {r["method"] for r in out["comparison"]} == {"ours", "fpa", "non_ma"}
