@@ -157,8 +157,8 @@ def _plot_positions(
     if tracks:
         stacked = np.stack(tracks)  # (rounds, N, 2)
         for n in range(stacked.shape[1]):
-            ax.plot(stacked[:, n, 0], stacked[:, n, 1], "-", alpha=0.5)
-            ax.plot(stacked[-1, n, 0], stacked[-1, n, 1], "o", label=f"antenna {n}")
+            (track,) = ax.plot(stacked[:, n, 0], stacked[:, n, 1], "-", alpha=0.5)
+            ax.plot(stacked[-1, n, 0], stacked[-1, n, 1], "o", color=track.get_color(), label=f"antenna {n}")
         ax.legend(fontsize="small")
     if region_m:
         half = region_m / 2
@@ -172,21 +172,36 @@ def _plot_positions(
 def _plot_baselines(plan: dict[str, Any] | None, out: Path) -> Path | None:
     if not plan or not plan.get("baselines"):
         return None
-    names = ["optimized"] + list(plan["baselines"])
-    rows = [plan.get("optimized", {})] + list(plan["baselines"].values())
-    mse = [r.get("mse_db") for r in rows]
-    energy = [r.get("energy_j") for r in rows]
-    if all(v is None for v in mse + energy):
-        return None
+    names = ["optimized", *plan["baselines"]]
+    rows = [plan.get("optimized", {}), *plan["baselines"].values()]
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=110)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=110)
     idx = np.arange(len(names))
-    ax1.bar(idx, [np.nan if v is None else v for v in mse], color="tab:purple")
-    ax1.set(title="Predicted aggregation MSE", ylabel="dB")
-    ax2.bar(idx, [np.nan if v is None else v for v in energy], color="tab:orange")
-    ax2.set(title="Predicted total energy", ylabel="J")
-    for ax in (ax1, ax2):
+    for ax, key, title, unit, color in [
+        (axes[0], "mse_db", "Predicted aggregation MSE", "dB", "tab:purple"),
+        (axes[1], "energy_j", "Predicted total energy", "J", "tab:orange"),
+    ]:
+        values = [r.get(key) for r in rows]
+        finite = [v if v is not None and np.isfinite(v) else 0.0 for v in values]
+        ax.bar(idx, finite, color=color)
+        for i, (row, value) in enumerate(zip(rows, values, strict=True)):
+            note = None
+            if row.get("feasible") is False:
+                note = "infeasible"
+            elif value is not None and np.isinf(value):
+                note = "error-free"
+            if note:
+                below = min(finite) < 0  # negative bars (dB): write the note downwards
+                ax.annotate(
+                    note,
+                    (i, 0),
+                    ha="center",
+                    va="top" if below else "bottom",
+                    rotation=90,
+                    fontsize="x-small",
+                )
+        ax.set(title=title, ylabel=unit)
         ax.set_xticks(idx, names, rotation=35, ha="right", fontsize="small")
         ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, out / "baselines.png")

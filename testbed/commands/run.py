@@ -1,15 +1,43 @@
-"""`testbed run`: not built yet; see the open issue for it."""
+"""`testbed run CONFIG`: an experiment (see testbed/experiment.py); `--resume RUN_DIR` continues one."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
+from pathlib import Path
+
+from testbed.commands import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    add_config_arguments(parser, required=False)
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a crashed or interrupted run from its last complete round (uses its config.yaml)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    print("testbed run: not implemented yet (its issue is still open)", file=sys.stderr)
-    return 3
+    from drivers.errors import ConfigError
+    from testbed.config import load_config
+    from testbed.experiment import run_experiment
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume takes its config from RUN_DIR/config.yaml; give no CONFIG")
+        config = load_config(args.resume / "config.yaml", args.overrides)
+    elif args.config is None:
+        raise ConfigError("give a CONFIG file (e.g. configs/dryrun.yaml) or --resume RUN_DIR")
+    else:
+        config = load_config(args.config, args.overrides)
+    run_dir, summary = run_experiment(config, resume_dir=args.resume)
+    if args.json:
+        print(json.dumps({"run_dir": str(run_dir), **summary}, default=str))
+    elif not args.quiet:
+        print(f"run directory: {run_dir}")
+        for key, value in summary.items():
+            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+        print(f"report: {run_dir / 'report' / 'report.md'}")
+    return 0

@@ -1,0 +1,185 @@
+"""Build the lab from a config (all sim, all real, or mixed) and close it cleanly.
+
+The ``Lab`` holds the receive-antenna stages, the channel model the optimizer plans positions
+on, the live air (an AirLink) and, for comparison, the same air seen through a fixed
+half-wavelength array. ``close()`` stops every stage and closes every device; it is safe to call
+twice and runs on Ctrl-C and on errors (``testbed.experiment`` calls it in ``finally``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from allocation.problem import lambda_half_grid
+from drivers.errors import ConfigError, StageLimitError
+from drivers.positioner import wait_all
+from drivers.stage_array import XY, StageArray, point_segment_distance
+from sim.channel import FieldResponseChannel, path_loss_linear
+from sim.symbol_air import SymbolAir
+from testbed.config import TestbedConfig
+
+log = logging.getLogger(__name__)
+
+
+def noise_power_w(config: TestbedConfig) -> float:
+    medium = config.lab.medium
+    return 10.0 ** ((medium.noise_power_dbm - 30.0) / 10.0) if medium.impairments.awgn else 0.0
+
+
+def draw_channel(config: TestbedConfig) -> FieldResponseChannel:
+    """The sim's clients: distances in ``lab.clients.distance_m``, field-response paths.
+
+    Seeded from ``run.seed`` alone, so a resumed run sees the same world.
+    """
+    lab = config.lab
+    rng = np.random.default_rng([config.run.seed, 5])
+    lo, hi = lab.clients.distance_m
+    distances = rng.uniform(lo, hi, lab.clients.count)
+    beta = path_loss_linear(distances, lab.medium.path_loss_exponent, lab.medium.ref_loss_db)
+    return FieldResponseChannel.draw(
+        rng, lab.clients.count, lab.medium.paths, lab.array.wavelength_m, beta, lab.medium.rician_k
+    )
+
+
+def _route_legs(start: dict[str, XY], goal: dict[str, XY], clearance_m: float) -> list[tuple[str, XY]] | None:
+    """Moves of one antenna at a time that keep every other antenna ``clearance_m`` away.
+
+    Depth-first over which antenna goes next and how: straight, or along its L-shaped path
+    (x first or y first). The corners lie in the box spanned by start and goal, so inside travel.
+    """
+
+    def leg_clear(name: str, a: XY, b: XY, where: dict[str, XY]) -> bool:
+        return all(
+            point_segment_distance(p, a, b) + 1e-9 >= clearance_m for m, p in where.items() if m != name
+        )
+
+    def search(where: dict[str, XY], todo: frozenset[str]) -> list[tuple[str, XY]] | None:
+        if not todo:
+            return []
+        for name in sorted(todo):
+            a, b = where[name], goal[name]
+            for path in ([b], [(b[0], a[1]), b], [(a[0], b[1]), b]):
+                points = [a, *path]
+                if all(leg_clear(name, points[i], points[i + 1], where) for i in range(len(path))):
+                    rest = search({**where, name: b}, todo - {name})
+                    if rest is not None:
+                        return [(name, xy) for xy in path] + rest
+        return None
+
+    moving = frozenset(n for n in goal if math.dist(start[n], goal[n]) > 1e-6)
+    return search(dict(start), moving)
+
+
+def move_with_detours(stages: StageArray, targets: list[XY], timeout_s: float) -> None:
+    """Move the antennas to ``targets`` (in ``stages.names`` order), all at once when the array's
+    clearance check allows it, else one at a time with L-shaped detours around the others.
+
+    Only spacing conflicts on the way are routed around; a target outside travel or two targets
+    closer than the clearance are refused as the array refuses them, before anything moves.
+    """
+    goal = dict(zip(stages.names, targets, strict=True))
+    try:
+        stages.plan(goal)
+    except StageLimitError as exc:
+        if "no order of moves avoids it" not in str(exc):
+            raise
+        log.info("no straight move order keeps the clearance (%s); routing one antenna at a time", exc)
+    else:
+        wait_all(stages.move_all(goal), timeout_s)
+        return
+    start = stages.positions()
+    legs = _route_legs(start, goal, stages.min_spacing_m)
+    if legs is None:
+        raise StageLimitError(
+            f"no collision-free route to {goal} from {start} with clearance "
+            f"{stages.min_spacing_m * 1e3:.2f} mm; nothing was sent; move the antennas apart by hand "
+            "(testbed stage move)"
+        )
+    for name, xy in legs:
+        wait_all(stages.move_all({name: xy}), timeout_s)
+
+
+@dataclass
+class Lab:
+    config: TestbedConfig
+    stages: Any  # testbed.stages.StageArray: the N antennas' stages in region coordinates
+    channel: Any  # the ChannelModel the optimizer plans positions on
+    air: Any  # the live AirLink (antennas where the stages are)
+    fixed_air: Any  # the same world through the fixed lambda/2 array
+    _closed: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        lab = self.config.lab
+        return {
+            "stages": {name: s.backend for name, s in lab.stages.items()},
+            "receiver": lab.receiver.backend,
+            "clients": lab.clients.radio.backend,
+            "airlink": self.config.fl.airlink,
+        }
+
+    def antenna_positions(self) -> np.ndarray:
+        """Where the antennas are now (N x 2, region metres), read back from the stages."""
+        positions = self.stages.positions()
+        return np.array([positions[name] for name in self.stages.names], dtype=float)
+
+    @property
+    def _timeout_s(self) -> float:
+        return max(s.homing_timeout_s for s in self.config.lab.stages.values())
+
+    def home(self) -> None:
+        if any(s.home_on_start for s in self.config.lab.stages.values()):
+            wait_all(self.stages.home_all(), self._timeout_s)
+        self.air.set_positions(self.antenna_positions())
+
+    def move_antennas(self, positions_m: np.ndarray) -> np.ndarray:
+        """Move every antenna, wait for Idle plus the settle time; return where they really are."""
+        targets = [(float(x), float(y)) for x, y in np.asarray(positions_m, dtype=float)]
+        move_with_detours(self.stages, targets, self._timeout_s)
+        settle = max(s.settle_s for s in self.config.lab.stages.values())
+        if settle > 0:
+            time.sleep(settle)
+        reached = self.antenna_positions()
+        self.air.set_positions(reached)
+        return reached
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stages.stop_all()
+        except Exception as exc:  # noqa: BLE001 - closing must go on to the next device
+            log.warning("stopping the stages: %s", exc)
+        self.stages.close()
+        close_air = getattr(self.air, "close", None)
+        if close_air is not None:
+            close_air()
+
+
+def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
+    """Open every configured device (nothing moves yet; ``Lab.home`` homes)."""
+    from testbed.stages import open_stages
+
+    if config.fl.airlink != "symbol":
+        raise ConfigError(
+            f"fl.airlink={config.fl.airlink!r}: `testbed run` drives the symbol-level air for now; "
+            "use `testbed measure` for the radio path"
+        )
+    channel = draw_channel(config)
+    noise_w = noise_power_w(config)
+    array = config.lab.array
+    fixed = lambda_half_grid(config.lab.num_antennas, array.wavelength_m, array.region_m, array.min_spacing_m)
+    stages = open_stages(config, home=False)
+    try:
+        air = SymbolAir(channel, fixed, noise_w, np.random.default_rng([config.run.seed, 21]))
+    except Exception:
+        stages.close()
+        raise
+    fixed_air = SymbolAir(channel, fixed, noise_w, np.random.default_rng([config.run.seed, 22]))
+    return Lab(config, stages, channel, air, fixed_air)
