@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from radio_server_proc import SYSTEM_PYTHON, ServerProcess
+from radio_server_proc import REPO, SYSTEM_PYTHON, ServerProcess
 from test_radio_contract import CONTRACT_CHECKS, RadioBench, check_multi_radio_sum, check_timed_alignment
 
 from drivers import radio_wire as wire
@@ -253,6 +254,13 @@ def test_in_process_server_serves_and_closed_client_refuses() -> None:
 @pytest.mark.skipif(shutil.which(SYSTEM_PYTHON) is None, reason="no system python")
 def test_system_python_server_speaks_the_same_wire() -> None:
     """The server under the system Python (NumPy 1.x, pyzmq 24) against this venv's client."""
+    modules = "drivers.errors, drivers.radio, drivers.radio_wire, drivers.remote_radio, drivers.usrp"
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", f"import {modules}"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    if "No module named 'numpy'" in done.stderr or "No module named 'zmq'" in done.stderr:
+        pytest.skip(f"the system Python lacks numpy/pyzmq: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr  # our modules import cleanly there (uhd stays lazy)
     try:
         proc = ServerProcess([*SIM_ARGS, "--insecure"], python=SYSTEM_PYTHON)
     except RadioError as exc:
