@@ -26,9 +26,11 @@ never arrives within the wait: the clock advances by ``timeout_s`` and it fails 
 Callers in separate processes (through ``sim.medium_server``) must therefore schedule their
 bursts before the receiver captures, as a real lab must schedule them before the air time comes.
 
-Phase noise is a random walk: over dt seconds the phase moves by N(0, phase_drift_rad_s^2 dt/1 s),
-so its rms after one second is ``phase_drift_rad_s``. It is held per block of ``drift_block``
-samples (1024, about 1 ms at 1 MS/s).
+Phase drift is slow and smooth, as in a lab whose radios share a 10 MHz reference (thermal
+drift of LOs and cables): each node's phase changes at a random rate whose rms is
+``phase_drift_rad_s``; the rate is drawn afresh every ``DRIFT_KNOT_S`` seconds and interpolated
+linearly in between, and the phase (its integral) is held per block of ``drift_block`` samples
+(1024, about 1 ms at 1 MS/s). Fast oscillator phase noise is not modelled.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from drivers.radio import RxResult, TxResult
 from sim.channel import FieldResponseChannel, path_loss_linear
 
 PositionSource = Callable[[], np.ndarray]
-_FIR_HALF = 4  # fractional-delay filter: 2 * _FIR_HALF taps of a Blackman-windowed sinc
+DRIFT_KNOT_S = 1.0  # the drift rate's correlation time
+_FIR_HALF = 6  # fractional-delay filter: 2 * _FIR_HALF taps of a Blackman-windowed sinc
 
 
 def dbm_to_w(power_dbm: float) -> float:
@@ -109,7 +112,8 @@ class SimNode:
     tx_amplitude: float = 0.0
     rx_amplitude: float = 1.0
     clock_offset_s: float = 0.0  # local time = medium time + offset (set_time_next_pps)
-    drift: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    drift: np.ndarray = field(default_factory=lambda: np.zeros(0))  # phase per block
+    drift_rates: np.ndarray = field(default_factory=lambda: np.zeros(0))  # rate per knot, rad/s
 
 
 @dataclass
@@ -534,16 +538,27 @@ class Medium:
         return rot[lead : lead + n]
 
     def _drift(self, node: SimNode, b0: int, b1: int) -> np.ndarray:
-        """The node's phase random walk at blocks [b0, b1), generated forward as needed."""
+        """The node's drift phase at blocks [b0, b1), generated forward as needed."""
         have = node.drift.size
         if b1 > have:
             grow = max(b1 - have, 1024)
-            step = self.impairments.phase_drift_rad_s * math.sqrt(self._block / self.rate_sps)
+            block_s = self._block / self.rate_sps
+            times = (have + np.arange(grow)) * block_s
+            knots_needed = int(times[-1] // DRIFT_KNOT_S) + 2
+            if node.drift_rates.size < knots_needed:
+                # sqrt(3/2): linear interpolation between iid knots keeps the rms rate at the setting
+                extra = node.rng.normal(
+                    0.0,
+                    self.impairments.phase_drift_rad_s * math.sqrt(1.5),
+                    knots_needed - node.drift_rates.size,
+                )
+                node.drift_rates = np.concatenate([node.drift_rates, extra])
+            rates = np.interp(times / DRIFT_KNOT_S, np.arange(node.drift_rates.size), node.drift_rates)
             last = node.drift[-1] if have else 0.0
-            node.drift = np.concatenate([node.drift, last + np.cumsum(node.rng.normal(0.0, step, grow))])
+            node.drift = np.concatenate([node.drift, last + np.cumsum(rates * block_s)])
         lo = max(b0, 0)
         out = node.drift[lo:b1]
-        if b0 < 0:  # before time zero the walk is held at its start
+        if b0 < 0:  # before time zero the drift is held at its start
             out = np.concatenate([np.zeros(-b0), out])
         return out
 

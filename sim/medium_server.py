@@ -127,7 +127,8 @@ class MediumClient:
     def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a server that is not there
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
         cap_inbound_size(sock, 16 * 1024 * 1024)
         secret, public = self._keys
         if secret and public:
@@ -138,10 +139,11 @@ class MediumClient:
             header = {"v": wire.VERSION, "id": request_id, "op": op, "radio": None, "args": args}
             deadline = time.monotonic() + self.timeout_s
             try:
-                sock.send_multipart([wire.encode_header(header)], flags=zmq.NOBLOCK)
+                sock.send_multipart([wire.encode_header(header)])
             except zmq.Again:
                 raise RadioError(
-                    f"medium server {self.address}: not reachable for {op!r}; is it running?"
+                    f"medium server {self.address}: not reachable for {op!r} within {self.timeout_s:.1f} s; "
+                    "is it running?"
                 ) from None
             while True:
                 left_ms = int((deadline - time.monotonic()) * 1000)
