@@ -445,7 +445,7 @@ class UsrpRadio:
         self.otw_format = otw_format
         try:
             import uhd  # lazy: only the radio server's (system) Python has it
-        except ImportError as exc:
+        except Exception as exc:  # missing, or built against another NumPy line (ImportError et al.)
             raise RadioError(
                 f"{name}: cannot import uhd ({exc}); run the radio server under the system Python "
                 "with Debian's python3-uhd: /usr/bin/python3 -m drivers.usrp_server --args ..."

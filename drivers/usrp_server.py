@@ -1,7 +1,7 @@
 """The radio server: one process owns a radio (a USRP, or sim radios) and serves the radio contract.
 
     /usr/bin/python3 -m drivers.usrp_server --args "type=b200" --bind tcp://0.0.0.0:5600 \\
-        --secret-key keys/radio0.key_secret --allow keys/allowed
+        --secret-key keys/radio-0.key_secret --allow keys/allow/radio
     python -m drivers.usrp_server --backend sim --radios tx0,tx1,rx:4 --bind tcp://127.0.0.1:5600 --insecure
 
 It runs under the system Python (Debian's python3-uhd needs NumPy 1.x) and in the venv, so it
@@ -11,7 +11,9 @@ format is ``drivers/radio_wire.py``: JSON headers plus raw complex64 frames, nev
 Security: CURVE with an allow list of client keys (``drivers/zmq_security.py``); plain text only
 on loopback; ZeroMQ drops any peer whose message exceeds ``--max-message-bytes``. A malformed
 request gets an error reply, and a radio that fails to open is reported to every caller (and
-retried) rather than ending the server, so the client sees the real cause.
+retried) rather than ending the server, so the client sees the real cause. Requests are served
+in arrival order, one at a time: a long capture delays the next caller's reply (each
+``RemoteRadio`` allows ``rpc_timeout_s`` beyond its own operation's time).
 """
 
 from __future__ import annotations
