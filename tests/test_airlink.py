@@ -234,3 +234,21 @@ def test_round_through_the_medium_server_across_processes_shape() -> None:
         server.stop()
         thread.join(timeout=5)
         server.close()
+
+
+def test_symbol_air_combined_fast_path_equals_combining_every_antenna() -> None:
+    rng = np.random.default_rng(12)
+    channel = FieldResponseChannel.draw(rng, K, 10, WL, path_gain=1e-8)
+    positions = rng.uniform(-0.1, 0.1, (N, 2))
+    air = SymbolAir(channel, positions, 0.0, rng)
+    s = _symbols(12, 500)
+    m = rng.standard_normal(N) + 1j * rng.standard_normal(N)
+    for slot in (1.0, 2.0):
+        for k in range(K):
+            air.send(k, s[k][: 500 - 100 * (k == 2)], 0.3 - 0.1j * k, slot)  # one shorter burst
+    fast = air.collect(500, 1.0, m)
+    slow = np.conj(m) @ air.receive(500, 2.0)
+    np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-18)
+    noisy = SymbolAir(channel, positions, 2e-12, rng)
+    z = noisy.collect(200_000, 3.0, m)  # nothing sent: only combined noise
+    assert np.mean(np.abs(z) ** 2) == pytest.approx(2e-12 * np.sum(np.abs(m) ** 2), rel=0.02)
