@@ -25,10 +25,11 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 
 from drivers.errors import StageError, StageLimitError
-from drivers.positioner import MoveStatus, Positioner, wait_all
+from drivers.positioner import MoveStatus, Positioner, run_in_thread, wait_all
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class StageArray:
         self._lock = threading.Lock()
         self._runner: threading.Thread | None = None
         self._stop = threading.Event()
+        self._statuses: dict[str, MoveStatus] = {}
         self.on_close: list[Callable[[], None]] = []  # run after the stages close (e.g. stop emulators)
 
     @property
@@ -228,10 +230,15 @@ class StageArray:
         batch stops the remaining ones (their statuses fail with the same error).
         """
         with self._lock:
-            if self._runner is not None and self._runner.is_alive():
-                raise StageError("the stage array is still moving; wait for it or stop_all() first")
+            busy = sorted(n for n, st in self._statuses.items() if not st.done)
+            if busy or (self._runner is not None and self._runner.is_alive()):
+                # Where a moving antenna is, is anywhere on its path: plan only from rest.
+                raise StageError(
+                    f"the stage array is still moving ({', '.join(busy)}); wait or stop_all() first"
+                )
             batches = self.plan(positions, speed_m_s)
             statuses = {n: MoveStatus(f"{n}: array move") for n in self.names}
+            self._statuses = statuses
             scheduled = {n for batch in batches for n, _ in batch}
             for n in self.names:
                 if n not in scheduled:
@@ -347,6 +354,10 @@ class StageArray:
         self.close()
 
 
+# One lock per stage: its two axes' moves take turns.
+_STAGE_LOCKS: weakref.WeakKeyDictionary[Positioner, threading.Lock] = weakref.WeakKeyDictionary()
+
+
 class StageAxis:
     """One axis of one stage as a bluesky device: Movable, Locatable, Readable, Stoppable.
 
@@ -379,10 +390,22 @@ class StageAxis:
         return {"fields": [self.name]}
 
     def set(self, value: float) -> MoveStatus:
-        here = list(self.stage.position())
-        here[self.axis] = float(value) - self.origin_m
-        self._setpoint = float(value)
-        return self.stage.move_to((here[0], here[1]), self.speed_m_s)
+        """Move this axis to ``value``. The two axes of one stage take turns (bluesky sets both
+        in one step of a grid scan), so the returned status may first wait for the other's move."""
+        target = float(value)
+        self._setpoint = target
+        lock = _STAGE_LOCKS.setdefault(self.stage, threading.Lock())
+
+        def body() -> None:
+            with lock:
+                here = list(self.stage.position())
+                here[self.axis] = target - self.origin_m
+                lim = self.stage.limits
+                timeout = 2.0 * lim.move_time_s(math.hypot(*lim.travel_m), self.speed_m_s) + 30.0
+                self.stage.move_to((here[0], here[1]), self.speed_m_s).wait(timeout)
+
+        status, _ = run_in_thread(f"{self.name}: set {target:.6g} m", body)
+        return status
 
     def _readback(self) -> float:
         return self.stage.position()[self.axis] + self.origin_m

@@ -1,0 +1,134 @@
+"""StageArray safety: travel, speed and spacing along the whole path, checked before any motion."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from stage_kit import WAIT_S, make_rig
+
+from drivers.errors import StageError, StageLimitError
+from drivers.positioner import StageState, wait_all
+from drivers.stage_array import StageArray, point_segment_distance, segment_distance
+
+D = 0.0625  # lambda / 2 at 2.4 GHz
+ORIGINS = {"a": (0.0, 0.0), "b": (0.1, 0.0), "c": (0.3, 0.0)}  # homed corners, region frame
+
+
+def test_geometry():
+    assert point_segment_distance((0.5, 1.0), (0.0, 0.0), (1.0, 0.0)) == pytest.approx(1.0)
+    assert point_segment_distance((2.0, 0.0), (0.0, 0.0), (1.0, 0.0)) == pytest.approx(1.0)
+    assert point_segment_distance((1.0, 1.0), (0.0, 0.0), (0.0, 0.0)) == pytest.approx(2**0.5)
+    assert segment_distance((0, 0), (1, 1), (0, 1), (1, 0)) == 0.0  # crossing
+    assert segment_distance((0, 0), (1, 0), (0, 0.3), (1, 0.3)) == pytest.approx(0.3)  # parallel
+    assert segment_distance((0, 0), (1, 0), (1, 0), (2, 0)) == 0.0  # touching end to end
+    assert segment_distance((0, 0), (1, 0), (2, 1), (3, 5)) == pytest.approx(2**0.5)
+
+
+@pytest.fixture
+def rigs():
+    rs = {n: make_rig("grbl") for n in ORIGINS}
+    yield rs
+    for r in rs.values():
+        r.close()
+
+
+@pytest.fixture
+def array(rigs):
+    stages = {n: r.open() for n, r in rigs.items()}
+    arr = StageArray(stages, ORIGINS, D)
+    wait_all(arr.home_all(), WAIT_S)
+    yield arr
+    arr.close()
+
+
+def _sent(rigs):
+    return {n: list(r.device.lines_received) for n, r in rigs.items()}
+
+
+def test_home_all_and_positions_in_region_frame(array):
+    assert array.positions() == {n: pytest.approx(o) for n, o in ORIGINS.items()}
+    assert array.to_stage("b", (0.15, 0.2)) == pytest.approx((0.05, 0.2))
+
+
+def test_parallel_moves_run_together(array):
+    targets = {"a": (0.0, 0.2), "b": (0.1, 0.2), "c": (0.3, 0.2)}
+    assert array.plan(targets) == [[("a", (0.0, 0.2)), ("b", (0.1, 0.2)), ("c", (0.3, 0.2))]]
+    statuses = array.move_all(targets)
+    wait_all(statuses, WAIT_S)
+    assert array.positions() == {n: pytest.approx(xy) for n, xy in targets.items()}
+
+
+def test_blocked_path_is_sequenced(array, rigs):
+    # a wants to go through b's spot; b moves out of the way first, then a goes.
+    targets = {"a": (0.2, 0.0), "b": (0.1, 0.2)}
+    assert array.plan(targets) == [[("b", (0.1, 0.2))], [("a", (0.2, 0.0))]]
+    statuses = array.move_all(targets)
+    wait_all(statuses, WAIT_S)
+    assert all(s.success for s in statuses)
+    pos = array.positions()
+    assert pos["a"] == pytest.approx((0.2, 0.0)) and pos["b"] == pytest.approx((0.1, 0.2))
+    # b's move line reached its controller before a's: the batches ran in order.
+    assert rigs["a"].device.lines_received[-2].startswith("G90 G21 G1 X200.000 Y0.000")
+
+
+def test_refuse_policy_and_impossible_swap(array, rigs):
+    before = _sent(rigs)
+    strict = StageArray(array.stages, ORIGINS, D, policy="refuse")
+    with pytest.raises(StageLimitError, match="policy='refuse'"):
+        strict.plan({"a": (0.2, 0.0), "b": (0.1, 0.2)})
+    assert _sent(rigs) == before  # nothing was sent
+    wait_all(array.move_all({"a": (0.15, 0.1), "b": (0.15, 0.3)}), WAIT_S)
+    before = _sent(rigs)
+    # a and b swap places along the same line: no order of moves avoids a collision.
+    with pytest.raises(StageLimitError, match=r"spacing limit: moving . from .* would pass 0.00 mm from"):
+        array.move_all({"a": (0.15, 0.3), "b": (0.15, 0.1)})
+    assert _sent(rigs) == before
+
+
+@pytest.mark.parametrize(
+    ("targets", "speed", "words"),
+    [
+        ({"a": (0.12, 0.3), "b": (0.16, 0.3)}, None, "spacing limit: targets put a at"),
+        ({"c": (0.85, 0.1)}, None, "c .* travel limit: X=0.55"),
+        ({"b": (0.05, 0.1)}, None, "b .* travel limit: X=-0.05"),
+        ({"a": (0.1, 0.1)}, 0.5, "speed limit: 0.5"),
+        ({"z": (0.1, 0.1)}, None, "unknown stage name"),
+        ([(0.1, 0.1)], None, "got 1 positions for 3 stages"),
+        ({"a": "xy"}, None, "must be an"),
+    ],
+)
+def test_refusals_name_the_limit_and_send_nothing(array, rigs, targets, speed, words):
+    before = _sent(rigs)
+    with pytest.raises(StageLimitError, match=words):
+        array.move_all(targets, speed)
+    assert _sent(rigs) == before
+
+
+def test_already_close_pair_may_only_separate(rigs):
+    stages = {n: r.open() for n, r in rigs.items()}
+    same = {"a": (0.0, 0.0), "b": (0.0, 0.0), "c": (0.3, 0.0)}  # a and b share a corner (a bad start)
+    arr = StageArray(stages, same, D)
+    try:
+        wait_all(arr.home_all(), WAIT_S)
+        arr.plan({"a": (0.1, 0.0), "b": (0.0, 0.1)})  # moving apart is allowed
+        wait_all(arr.move_all({"a": (0.2, 0.0), "b": (0.0, 0.2)}), WAIT_S)
+        with pytest.raises(StageLimitError, match="spacing limit"):
+            arr.plan({"a": (0.05, 0.2)})  # now spaced: D applies again
+    finally:
+        arr.close()
+
+
+def test_stop_all_mid_move(array):
+    statuses = array.move_all({"a": (0.0, 0.4), "c": (0.3, 0.4)}, speed_m_s=0.005)
+    time.sleep(0.05)
+    array.stop_all()
+    assert all(s.done for s in statuses)
+    assert not statuses[0].success and statuses[1].success  # b had nothing to do
+    pos = array.positions()
+    assert 0 < pos["a"][1] < 0.4 and 0 < pos["c"][1] < 0.4
+    assert all(s.state == StageState.IDLE for s in array.stages.values())
+    array.move_all({"a": (0.0, 0.45)}, speed_m_s=0.005)
+    with pytest.raises(StageError, match=r"still moving \(a\)"):
+        array.move_all({"c": (0.3, 0.1)})  # c is idle, but a could be anywhere on its path
+    array.stop_all()

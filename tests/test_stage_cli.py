@@ -1,0 +1,72 @@
+"""`testbed stage status|home|move X Y|stop` on sim stages (GRBL emulators behind the driver)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from testbed.cli import main
+
+CONFIG = """
+lab:
+  stages:
+    ma0: {sim_time_scale: 400, origin_m: [-0.25, -0.25]}
+    ma1: {sim_time_scale: 400, origin_m: [0.0, -0.25], home_on_start: true}
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+def _json_rows(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_status_does_not_home(config, capsys):
+    assert main(["stage", "status", "--config", config, "--json"]) == 0
+    rows = _json_rows(capsys.readouterr().out)
+    assert [r["stage"] for r in rows] == ["ma0", "ma1"]
+    assert all(r["state"] == "alarm" and r["homed"] is False for r in rows)
+    assert rows[1]["region_m"] == [0.0, -0.25]
+
+
+def test_home_one_stage(config, capsys):
+    assert main(["stage", "home", "--config", config, "--stage", "ma1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ma1 ") and "idle" in out and "homed=true" in out and "ma0" not in out
+
+
+def test_move_in_region_and_stage_frames(config, capsys):
+    assert main(["stage", "move", "0.1", "0.05", "--stage", "ma1", "--config", config, "--json"]) == 0
+    (row,) = _json_rows(capsys.readouterr().out)
+    assert row["region_m"] == [0.1, 0.05] and row["stage_m"] == [0.1, 0.3] and row["state"] == "idle"
+    assert main(["stage", "move", "0.2", "0.1", "--frame", "stage", "--stage", "ma0", "--config", config,
+                 "--json"]) == 0  # fmt: skip
+    (row,) = _json_rows(capsys.readouterr().out)
+    assert row["stage_m"] == [0.2, 0.1] and row["region_m"] == [-0.05, -0.15]
+
+
+def test_stop(config, capsys):
+    assert main(["stage", "stop", "--config", config, "--stage", "ma0"]) == 0
+    assert "ma0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["move", "0.1", "0.1"], "move needs --stage NAME"),
+        (["move", "0.1", "--stage", "ma0"], "move needs X Y"),
+        (["status", "0.1"], "status takes no coordinates"),
+        (["status", "--stage", "nope"], "no such stage"),
+        (["move", "0.9", "0.0", "--stage", "ma1"], "travel limit: X=0.9"),
+        (["move", "0.1", "0.0", "--stage", "ma1", "--speed", "3"], "speed limit: 3"),
+    ],
+)
+def test_bad_input_gives_clear_errors(config, capsys, argv, words):
+    assert main(["stage", *argv, "--config", config]) == 2
+    assert words in capsys.readouterr().err
