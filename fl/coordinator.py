@@ -115,6 +115,7 @@ class Coordinator:
         self._msgs: dict[tuple[MsgType, int], Message] = {}
         self._clock_reference_s: float | None = None
         self._resume_participation: dict[int, int] = {}
+        self._edge0_s: float | None = None
         self.initial_val_loss = float("nan")
         self.ctx = zmq.Context()
         self._auth = None
@@ -275,6 +276,17 @@ class Coordinator:
             )
             return
         old = self.nodes.get(k)
+        if old is not None and old.alive and old.identity == identity:  # a repeated HELLO
+            self._send(
+                old,
+                Message(
+                    MsgType.WELCOME,
+                    self._round,
+                    COORDINATOR,
+                    {"run_id": self.run_id, "next_round": self._round + 1},
+                ),
+            )
+            return
         rejoin = old is not None
         info = NodeInfo(
             k,
@@ -298,7 +310,12 @@ class Coordinator:
         self._event("rejoined" if rejoin else "joined", node=k, capabilities=info.capabilities)
 
     def _time_report(self, info: NodeInfo, msg: Message) -> None:
-        info.clock_offset_s = float(msg.body["radio_time_s"]) - float(msg.body["pps_edge_unix_s"])
+        edge = float(msg.body["pps_edge_unix_s"])
+        if self._edge0_s is None:
+            self._edge0_s = edge
+        # Radio time minus whole seconds since the first reported edge: the same for every node
+        # whose radio is PPS-locked (subtracting edges first keeps float precision).
+        info.clock_offset_s = float(msg.body["radio_time_s"]) - (edge - self._edge0_s)
         self._event("time_report", node=info.node, offset_s=info.clock_offset_s, source=msg.body["source"])
         if self._clock_reference_s is not None:  # a rejoining node must agree with the rest
             skew = abs(info.clock_offset_s - self._clock_reference_s)
@@ -359,6 +376,8 @@ class Coordinator:
             raise FLError(f"round {r}: no node is alive")
         channels = self.air.estimate_channels(list(range(self.num_clients))) if self.air is not None else None
         plan = self.planner(r, channels, alive)
+        if self.air is not None:  # the planner may have moved the antennas: precode on what the air is now
+            channels = self.air.estimate_channels(list(range(self.num_clients)))
         bad = [k for k in plan.selected if k not in alive]
         if not plan.selected or bad:
             raise FLError(
@@ -428,6 +447,7 @@ class Coordinator:
             "selected": plan.selected,
             "delivered": delivered,
             "dropped": dropped,
+            "weights": {str(k): float(plan.weights[k]) for k in delivered},
             "aggregation": self.fl.aggregation,
             "lora_mode": self.fl.lora.mode,
             "lr": plan.lr,

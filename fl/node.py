@@ -45,16 +45,17 @@ class RadioTimeSource(Protocol):
 
 @dataclass
 class HostClock:
-    """Sim: the node's radio clock is the host clock plus ``offset_s`` (a fault to inject)."""
+    """Sim: the radio clock is the host's seconds of the day plus ``offset_s`` (a fault to inject).
+
+    Seconds of the day, like a USRP's time set to a small value at a PPS edge, so the offset keeps
+    its float precision.
+    """
 
     offset_s: float = 0.0
 
     def time_at_pps(self) -> tuple[float, float]:
         edge = math.floor(time.time())
-        return float(edge), edge + self.offset_s
-
-    def now(self) -> float:
-        return time.time() + self.offset_s
+        return float(edge), float(edge % 86400) + self.offset_s
 
 
 class RadioClock:

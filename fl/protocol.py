@@ -17,6 +17,7 @@ arrives, and sends and tracks heartbeats, so a busy training loop can never star
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import logging
@@ -298,6 +299,7 @@ class SocketLoop:
         self.peers: set[bytes] = set()
         self.last_seen: dict[bytes, float] = {}
         self.rejected: list[tuple[bytes, str]] = []
+        self._pending: collections.deque[tuple[bytes | None, list[bytes]]] = collections.deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zmq-loop", daemon=True)
@@ -321,7 +323,11 @@ class SocketLoop:
     def close(self, linger_s: float = 0.5) -> None:
         """Flush what is queued (up to ``linger_s``), stop the thread, close the socket."""
         deadline = time.monotonic() + linger_s
-        while not self._outbox.empty() and time.monotonic() < deadline and self._thread.is_alive():
+        while (
+            (not self._outbox.empty() or self._pending)
+            and time.monotonic() < deadline
+            and self._thread.is_alive()
+        ):
             time.sleep(0.005)
         self._stop.set()
         if self._thread.is_alive():
@@ -351,29 +357,35 @@ class SocketLoop:
                     self._receive(frames)
             while True:
                 try:
-                    identity, frames = self._outbox.get_nowait()
+                    self._pending.append(self._outbox.get_nowait())
                 except queue.Empty:
                     break
-                self._send(identity, frames)
+            # In order; a DEALER with no peer (coordinator gone) answers EAGAIN: keep and retry.
+            while self._pending and self._send(*self._pending[0]):
+                self._pending.popleft()
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
                 targets = list(self.peers) if self.router else [None]
                 for identity in targets:
-                    self._send(identity, beat)
+                    self._send(identity, beat)  # a beat that cannot go now is simply dropped
 
-    def _send(self, identity: bytes | None, frames: list[bytes]) -> None:
+    def _send(self, identity: bytes | None, frames: list[bytes]) -> bool:
+        """Never blocks. True: sent (or the peer is gone for good); False: try again later."""
         try:
             if self.router:
-                self.socket.send_multipart([identity, *frames], copy=False)
+                self.socket.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
             else:
-                self.socket.send_multipart(frames, copy=False)
+                self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH and identity is not None:
                 self.peers.discard(identity)
                 self.inbox.put((identity, None))
-            elif exc.errno != zmq.EAGAIN:
-                raise
+                return True
+            if exc.errno == zmq.EAGAIN:
+                return False
+            raise
 
     def _receive(self, frames: list[zmq.Frame]) -> None:
         identity = b""

@@ -27,7 +27,9 @@
   eta, predicted_mse, nmse, effective_snr_db, participation, jain_fairness, timings.
 - ``resume=True`` continues ``run_dir`` after its last complete round.
 Returns the list of per-round records. ``LocalFederation`` is the same with the node processes
-exposed (``.processes``), and can run the nodes as threads (``node_mode="thread"``).
+exposed (``.processes``, ``.kill_node(k)``). Its ``node_mode``: ``fork`` (default: processes
+forked from a pre-warmed zygote, ``fl.launcher``), ``process`` (one ``testbed node`` CLI
+subprocess each, as on separate hosts), or ``thread`` (in this process; fast, for tests).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from drivers.errors import FLError
 from fl import ota
 from fl.aggregation import default_combiner
 from fl.coordinator import Coordinator, Planner, RoundPlan
@@ -120,8 +123,9 @@ class LocalFederation:
         on_round: Callable[[dict[str, Any]], None] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         resume: bool = False,
-        node_mode: str = "process",
+        node_mode: str = "fork",
         bind: str = "tcp://127.0.0.1:*",
+        node_kwargs: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -145,8 +149,11 @@ class LocalFederation:
             on_event,
             resume,
         )
+        if node_mode not in ("fork", "process", "thread"):
+            raise ValueError(f"node_mode={node_mode!r}; allowed fork, process, thread")
         self.node_mode = node_mode
-        self.processes: dict[int, subprocess.Popen] = {}
+        self.node_kwargs = node_kwargs or {}
+        self.processes: dict[int, Any] = {}  # subprocess.Popen or fl.launcher.ForkedNode
         self.threads: dict[int, threading.Thread] = {}
         self.nodes: dict[int, Any] = {}
 
@@ -161,10 +168,16 @@ class LocalFederation:
             if self.node_mode == "thread":
                 from fl.node import Node
 
-                node = Node(self.config, k, endpoint)
+                node = Node(self.config, k, endpoint, **self.node_kwargs.get(k, {}))
                 self.nodes[k] = node
                 self.threads[k] = threading.Thread(target=node.run, name=f"node-{k}", daemon=True)
                 self.threads[k].start()
+                continue
+            if self.node_mode == "fork":
+                from fl.launcher import shared_zygote
+
+                log_path = self.run_dir / "logs" / f"node-{k}.log"
+                self.processes[k] = shared_zygote().spawn(cfg_path, k, endpoint, log_path)
                 continue
             env = {
                 **os.environ,
@@ -193,12 +206,17 @@ class LocalFederation:
         self.processes[k].send_signal(signal.SIGKILL)
 
     def run(self) -> list[dict[str, Any]]:
+        """Run every round. On a crash (not an ``FLError``) the nodes are left running, as they
+        would be in a lab: they wait for a resumed coordinator on the same address and rejoin."""
         if not self.processes and not self.threads:
             self.start_nodes()
         try:
-            return self.coordinator.run()
-        finally:
+            metrics = self.coordinator.run()
+        except FLError:
             self.stop_nodes()
+            raise
+        self.stop_nodes()
+        return metrics
 
     def stop_nodes(self, timeout_s: float = 15.0) -> None:
         for p in self.processes.values():

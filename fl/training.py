@@ -18,6 +18,7 @@ import math
 import resource
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -163,7 +164,8 @@ def add_lora(model: Any, model_cfg: Any, lora_cfg: Any, seed: int):  # noqa: ANN
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with TRAIN_LOCK:
+    with TRAIN_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft on transformers 5
         torch.manual_seed(seed + 1)
         model = get_peft_model(model, config)
     if lora_cfg.mode == "ffa":
