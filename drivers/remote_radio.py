@@ -151,9 +151,8 @@ class RemoteRadio:
                     continue  # a stale reply to an earlier call
                 break
         if not head.get("ok"):
-            raise wire.error_from_dict(
-                head.get("error"), f"radio server {self.address} ({self._radio or '?'})"
-            )
+            where = f"radio server {self.address}" + (f" ({self._radio})" if self._radio else "")
+            raise wire.error_from_dict(head.get("error"), where)
         samples = None
         if "iq" in head:
             if len(reply) != 2:
