@@ -63,7 +63,7 @@ class _Slot:
         if self.radio is not None:
             return self.radio
         if self.error is not None and time.monotonic() - self.failed_at < self.retry_s:
-            raise self.error
+            raise self.error.with_traceback(None)  # fresh each time: no traceback piling up
         try:
             self.radio = self.opener()
             self.error = None
