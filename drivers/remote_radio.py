@@ -123,11 +123,11 @@ class RemoteRadio:
             deadline = time.monotonic() + timeout_s
             sock = self._socket
             # With IMMEDIATE set, the socket is writable only once a connection (and, with
-            # CURVE, its handshake) is up: wait for that under the same deadline.
-            connect_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            # CURVE, its handshake) is up. The op's own allowance is not for connecting.
+            connect_ms = int(self.rpc_timeout_s * 1000)
             if not sock.poll(connect_ms, zmq.POLLOUT):
                 self._drop_socket()
-                raise self._no_reply(op, timeout_s, "could not connect")
+                raise self._no_reply(op, self.rpc_timeout_s, "could not connect")
             try:
                 sock.send_multipart([wire.encode_header(header), *frames], flags=zmq.NOBLOCK)
             except zmq.Again:
