@@ -6,9 +6,11 @@ Wire discipline:
 - One line at a time, then wait for ``ok`` or ``error:N``. ``ok`` only means *queued*: completion
   comes from a following ``G4 P0.01`` (GRBL answers it once the planner is empty), with ``?``
   status polling at most every ``status_poll_s`` (>= 0.2 s, i.e. <= 5 Hz) as a watchdog.
-- A reader thread owns all input: ``ok``/``error``/``ALARM`` go to the command waiting for them,
-  status reports update the cached state, the banner marks a reset. Real-time bytes (``?``,
-  ``!``, ``~``, ``0x18``, ``0x85``) go out at once, whatever command is pending.
+- Whichever thread is waiting for a reply reads the port (one at a time, under a lock) and
+  handles every line for everyone: ``ok``/``error``/``ALARM`` go to the pending command, status
+  reports update the cached state, the banner marks a reset. No reader thread, so a reply costs
+  no thread hand-off. Real-time bytes (``?``, ``!``, ``~``, ``0x18``, ``0x85``) go out at once,
+  whatever command is pending.
 - ``stop()``: feed hold, wait for ``Hold:0`` (brakes without losing steps), then soft reset to
   flush the planner; the position is kept. Any timeout or garbled reply ends the same way, so
   the link is back in step (everything before the new banner is discarded).
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import serial
@@ -247,19 +250,18 @@ class GrblStage:
         self._state = StageState.UNKNOWN
         self._critical = False
         self._wco: tuple[float, ...] = (0.0, 0.0, 0.0)
-        self._acks: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._acks: deque[tuple[str, object]] = deque()  # ok/error/ALARM/reset/lost, in order
         self._info: list[str] = []
         self._garbage: list[str] = []
         self._cmd_lock = threading.Lock()
-        self._status_cond = threading.Condition()
+        self._status_cond = threading.Condition()  # notified on every line handled
+        self._read_lock = threading.Lock()  # held by the one thread reading the port right now
         self._status_seq = 0
         self._banner_seq = 0
         self._stop_requested = threading.Event()
         self._move_thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._link = LineLink(open_port(port), name=self.port_url)
-        self._reader = threading.Thread(target=self._read_loop, name=f"grbl-reader-{name}", daemon=True)
-        self._reader.start()
         try:
             self._startup(boot_timeout_s, check_settings)
         except BaseException:
@@ -316,7 +318,8 @@ class GrblStage:
             return
         self._closed.set()
         self._link.close()
-        self._reader.join(timeout=1.0)
+        with self._status_cond:
+            self._status_cond.notify_all()
         if self._state != StageState.DISCONNECTED:
             self._state = StageState.UNKNOWN
 
@@ -366,20 +369,15 @@ class GrblStage:
     def query_status(self, timeout_s: float | None = None) -> GrblStatus:
         """Send ``?`` and return the next status report."""
         timeout = self.command_timeout_s if timeout_s is None else timeout_s
-        with self._status_cond:
-            seq = self._status_seq
+        seq = self._status_seq
         self._link.write_raw(RT_STATUS)
-        with self._status_cond:
-            if not self._status_cond.wait_for(
-                lambda: self._status_seq > seq or self._closed.is_set(), timeout
-            ):
-                raise StageTimeout(
-                    f"{self.name} on {self.port_url}: no status report within {timeout} s "
-                    f"(last command {self.last_command!r})"
-                )
-            if self.last_status is None:
-                raise StageError(f"{self.name} on {self.port_url}: port closed")
-            return self.last_status
+        if not self._pump(lambda: self._status_seq > seq, timeout):
+            raise StageTimeout(
+                f"{self.name} on {self.port_url}: no status report within {timeout} s "
+                f"(last command {self.last_command!r})"
+            )
+        assert self.last_status is not None
+        return self.last_status
 
     # --- start-up --------------------------------------------------------------------------------
     def _startup(self, boot_timeout_s: float, check: bool) -> None:
@@ -422,24 +420,62 @@ class GrblStage:
         if not s.get(22):
             log.warning("%s: homing is disabled ($22=0); positions are relative to power-up", where)
 
-    # --- reader thread ---------------------------------------------------------------------------
-    def _read_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                line = self._link.read_line(0.1)
-            except StageLinkError as exc:
-                if not self._closed.is_set():
-                    self._lost(exc)
-                return
-            if line is not None:
+    # --- reading: whoever waits for a reply reads the port (no thread hand-off) -----------------
+    def _pump(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Read and handle lines until ``done()``; False after ``timeout_s``.
+
+        One thread at a time holds the read lock and reads; it handles every line (acks, status
+        reports, alarms, banners) for everyone. Others wait to be notified and take over reading
+        once it stops, so a ``stop()`` can run while a move is waiting for its reply.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if done():
+                return True
+            if self._state == StageState.DISCONNECTED:
+                raise StageLinkError(
+                    f"{self.name} on {self.port_url}: link lost (last command {self.last_command!r})"
+                )
+            if self._closed.is_set():
+                raise StageError(f"{self.name} on {self.port_url}: stage closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._read_lock.acquire(blocking=False):
                 try:
-                    self._dispatch(line)
-                except Exception:  # a bug here must not kill the only reader
-                    log.exception("%s: failed to handle %r", self.name, line)
+                    while not done():
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        try:
+                            line = self._link.read_line(min(left, 0.05))
+                        except StageLinkError as exc:
+                            self._lost(exc)
+                            raise
+                        if line is not None:
+                            self._handle(line)
+                    return True
+                finally:
+                    self._read_lock.release()
+                    with self._status_cond:
+                        self._status_cond.notify_all()
+            with self._status_cond:  # someone else is reading: wait for news (or for them to stop)
+                if self._read_lock.locked() and not done():
+                    self._status_cond.wait(min(left, 0.05))
+
+    def _handle(self, line: str) -> None:
+        try:
+            self._dispatch(line)
+        except Exception:  # a bug here must not wedge the link
+            log.exception("%s: failed to handle %r", self.name, line)
+        with self._status_cond:
+            self._status_cond.notify_all()
 
     def _lost(self, exc: StageLinkError) -> None:
+        if self._closed.is_set():
+            return
         self._state = StageState.DISCONNECTED
-        self._acks.put(("lost", exc))
+        self._acks.append(("lost", exc))
         with self._status_cond:
             self._status_cond.notify_all()
         log.error("%s: %s", self.name, exc)
@@ -449,10 +485,10 @@ class GrblStage:
         if not line:
             return
         if line == "ok":
-            self._acks.put(("ok", None))
+            self._acks.append(("ok", None))
         elif line.startswith("error:"):
             code = int(line[6:]) if line[6:].isdigit() else -1
-            self._acks.put(("error", code))
+            self._acks.append(("error", code))
         elif line.startswith("<") and line.endswith(">"):
             try:
                 report = parse_status(line)
@@ -466,7 +502,7 @@ class GrblStage:
         elif line.startswith("Grbl "):
             self.banner = line
             self._critical = False
-            self._acks.put(("reset", line))
+            self._acks.append(("reset", line))
             with self._status_cond:
                 self._banner_seq += 1
                 self._status_cond.notify_all()
@@ -508,7 +544,7 @@ class GrblStage:
         if code in CRITICAL_ALARMS:
             self._critical = True
         log.error("%s: %s", self.name, describe_alarm(code))
-        self._acks.put(("alarm", code))
+        self._acks.append(("alarm", code))
 
     # --- commands --------------------------------------------------------------------------------
     def _command(self, line: str, timeout_s: float, watchdog: bool = False) -> list[str]:
@@ -517,11 +553,7 @@ class GrblStage:
         if self._state == StageState.DISCONNECTED:
             raise StageLinkError(f"{where}: link lost; reopen the stage (last command {self.last_command!r})")
         with self._cmd_lock:
-            while True:  # anything queued before we send is stale (it belongs to an older reset)
-                try:
-                    self._acks.get_nowait()
-                except queue.Empty:
-                    break
+            self._acks.clear()  # anything left over is stale: it belongs to an older command or reset
             self._info.clear()
             garbage_before = len(self._garbage)
             self.last_command = line
@@ -536,9 +568,7 @@ class GrblStage:
                 wait = deadline - now
                 if watchdog:
                     wait = min(wait, max(0.0, last_query + self.status_poll_s - now))
-                try:
-                    kind, value = self._acks.get(timeout=wait)
-                except queue.Empty:
+                if not self._pump(lambda: bool(self._acks), wait):
                     now = time.monotonic()
                     if watchdog and now >= last_query + self.status_poll_s:
                         if self._status_seq != seen_seq:
@@ -547,10 +577,11 @@ class GrblStage:
                             raise StageTimeout(
                                 f"{where}: no status report within {self.command_timeout_s:g} s "
                                 f"while waiting for the reply to {line!r}"
-                            ) from None
+                            )
                         self._link.write_raw(RT_STATUS)
                         last_query = now
                     continue
+                kind, value = self._acks.popleft()
                 if kind != "ok" and self._stop_requested.is_set():
                     raise StageError(f"{where}: {line!r} cancelled by stop()")
                 if kind == "ok":
@@ -576,10 +607,10 @@ class GrblStage:
                     )
 
     def _wait_banner(self, seq: int, timeout_s: float, raise_: bool = True) -> bool:
-        with self._status_cond:
-            ok = self._status_cond.wait_for(
-                lambda: self._banner_seq > seq or self._state == StageState.DISCONNECTED, timeout_s
-            )
+        try:
+            ok = self._pump(lambda: self._banner_seq > seq, timeout_s)
+        except StageLinkError:
+            ok = False
         if self._state == StageState.DISCONNECTED:
             raise StageLinkError(
                 f"{self.name} on {self.port_url}: link lost while waiting for the GRBL banner"
