@@ -83,6 +83,7 @@ class CampaignPlan:
     strip_starts: tuple[int, ...]
     strip_width: int
     min_separation_m: float
+    min_move_gap_m: float = math.inf  # closest two antennas' paths come during one formation move
 
     @property
     def num_steps(self) -> int:
@@ -160,13 +161,30 @@ def plan_campaign(
             rows = range(ny - 1, -1, -1)
         for row in rows:
             cells.append([(s + col, row) for s in starts])
+    cells_arr = np.asarray(cells, dtype=int)
     return CampaignPlan(
         x_m=x,
         y_m=y,
-        cells=np.asarray(cells, dtype=int),
+        cells=cells_arr,
         strip_starts=tuple(int(s) for s in starts),
         strip_width=int(width),
         min_separation_m=separation,
+        min_move_gap_m=_min_move_gap(cells_arr, starts, step_m),
+    )
+
+
+def _min_move_gap(cells: np.ndarray, starts: list[int], step_m: float) -> float:
+    """How close two antennas' straight paths come during a formation move (the conservative
+    any-point-of-both-segments test the ``StageArray`` applies). The formation is rigid, so with
+    offset o between two antennas and move d, that is the distance from o to the segment [-d, d]."""
+    from drivers.stage_array import point_segment_distance
+
+    if len(starts) < 2:
+        return math.inf
+    moves = {tuple(m) for m in np.diff(cells[:, 0, :], axis=0) * step_m}
+    offsets = [((b - a) * step_m, 0.0) for i, a in enumerate(starts) for b in starts[i + 1 :]]
+    return min(
+        point_segment_distance(o, (-dx, -dy), (dx, dy)) for o in offsets for dx, dy in moves or {(0.0, 0.0)}
     )
 
 
@@ -321,33 +339,38 @@ class RadioSounder:
 
     @classmethod
     def open(cls, config: TestbedConfig, formation: Formation) -> RadioSounder:
-        """The configured radios; in sim, the medium reads the antennas' positions from the stages."""
-        if not _all_sim_radios(config):
-            raise ConfigError(
-                "campaign.sounder=radio with USRPs needs the lab radio builder (testbed.radios), "
-                "which this build does not have yet; use sim radios"
-            )
+        """The configured radios (``testbed.radios.open_radio``).
+
+        In-process sim: the medium asks the stages for the antennas' positions at every capture.
+        Real radios: the receiver and one radio server per client (``lab.clients.radio_servers``);
+        the radios must share time (PPS), since the pilots are scheduled on the receiver's clock,
+        and ``h`` is in physical units only as far as the default ``GainCalibration`` holds.
+        """
         from testbed.ota_phy import GainCalibration
         from testbed.radios import open_radio
 
-        medium = sim_medium(config)
-        medium.set_positions("receiver", formation.positions)  # the air asks the stages at capture time
         lab = config.lab
+        medium = None
+        if _all_sim_radios(config):
+            medium = sim_medium(config)
+            medium.set_positions("receiver", formation.positions)
+            calibration = GainCalibration(medium.tx_gain_ref_db, medium.rx_gain_ref_db)
+            client_sections = [lab.clients.radio] * lab.clients.count
+        else:
+            calibration = GainCalibration()
+            client_sections = _client_sections(config)
         radios: list[Any] = []
         try:
-            receiver = open_radio(lab.receiver, "receiver", medium)
-            radios.append(receiver)
-            for k in range(lab.clients.count):
-                radios.append(open_radio(lab.clients.radio, f"client{k}", medium))
+            radios.append(open_radio(lab.receiver, "receiver", medium))
+            for k, section in enumerate(client_sections):
+                radios.append(open_radio(section, f"client{k}", medium))
         except BaseException:
             for radio in radios:
                 radio.close()
             raise
-        clients = radios[1:]
-        calibration = GainCalibration(medium.tx_gain_ref_db, medium.rx_gain_ref_db)
         return cls(
-            receiver,
-            clients,
+            radios[0],
+            radios[1:],
             calibration,
             lab.clients.tx_power_w,
             config.campaign.pilot_length,
@@ -476,6 +499,7 @@ class StageFormation:
         self.speed_m_s = min(s.max_speed_m_s for s in stages)
         self.accel_m_s2 = min(s.accel_m_s2 for s in stages)
         self.command_timeout_s = max(s.command_timeout_s for s in stages)
+        self._last: np.ndarray | None = None
 
     def move_time_s(self, distance_m: float) -> float:
         """Modeled wall time of a rest-to-rest move (the emulators' scaled clock included)."""
@@ -488,17 +512,20 @@ class StageFormation:
 
         pos = np.asarray(positions_m, dtype=float).reshape(-1, 2)
         targets = {name: (float(x), float(y)) for name, (x, y) in zip(self.names, pos, strict=True)}
-        here = self.positions()
-        distance = float(np.max(np.hypot(*(pos - here).T))) if here.size else 0.0
-        timeout = self.command_timeout_s + 5.0 * self.move_time_s(distance) * self.time_scale + 5.0
+        here = self._last if self._last is not None else self.positions()
+        distance = float(np.max(np.hypot(*(pos - here).T)))
+        # Generous: the array may run the moves in batches, and a real stage is not a model.
+        timeout = self.command_timeout_s + len(self.names) * 3.0 * self.move_time_s(distance) + 5.0
         wait_all(self.array.move_all(targets), timeout)
-        return self.positions()
+        self._last = self.positions()
+        return self._last
 
     def positions(self) -> np.ndarray:
         read = self.array.positions()
         return np.asarray([read[name] for name in self.names], dtype=float)
 
     def stop(self) -> None:
+        self._last = None
         self.array.stop_all()
 
     def close(self) -> None:
@@ -744,6 +771,16 @@ class CampaignResult:
     table_path: Path | None = None
     report_path: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    step_wall_s: list[float] = field(default_factory=list)  # per step measured in this process
+    step_model_s: list[float] = field(default_factory=list)  # modeled move + settle + air time
+
+    def point_timing(self) -> tuple[float, float]:
+        """(mean wall s, mean modeled s) per step, over the steps with a model (not the first)."""
+        pairs = [(w, m) for w, m in zip(self.step_wall_s, self.step_model_s, strict=True) if m == m]
+        if not pairs:
+            return float("nan"), float("nan")
+        wall, model = zip(*pairs, strict=True)
+        return float(np.mean(wall)), float(np.mean(model))
 
 
 def completed_steps(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -785,69 +822,78 @@ class Campaign:
         rec = self.recorder
         done = completed_steps(rec.events())
         total = self.plan.num_steps
-        skipped = len(done)
+        result = CampaignResult(rec.run_dir, total, 0, len(done), 0.0)
         if done:
-            log.info("resuming: %d of %d steps already measured", skipped, total)
-        measured = 0
+            log.info("resuming: %d of %d steps already measured", len(done), total)
         if progress:
             progress(len(done), total)
-        save_iq = self.config.campaign.save_iq
+        here: np.ndarray | None = None
         for step in range(total):
             if step in done:
                 continue
-            if stop_after is not None and measured >= stop_after:
+            if stop_after is not None and result.steps_measured >= stop_after:
                 break
             target = self.plan.step_positions_m(step)
-            read = np.asarray(self.formation.move(target), dtype=float).reshape(-1, 2)
-            sounding = self.sounder.sound(read, step_rng(self.config.run.seed, step))
-            files = []
-            if save_iq and sounding.iq:
-                for client, iq in sorted(sounding.iq.items()):
-                    meta_path = write_sigmf(
-                        rec.captures_dir,
-                        step,
-                        client,
-                        iq,
-                        read,
-                        self.sounder.sample_rate_sps,
-                        self.sounder.carrier_hz,
-                        {
-                            "h_re": sounding.h[client].real.tolist(),
-                            "h_im": sounding.h[client].imag.tolist(),
-                            "snr_db": sounding.snr_db[client].tolist(),
-                            "radio_time_s": float(sounding.radio_time_s),
-                            **sounding.meta.get(client, {}),
-                        },
-                    )
-                    files.append(meta_path.stem)
-            record = {
-                "point": step,
-                "cells": self.plan.cells[step],
-                "positions_m": target,
-                "read_m": read,
-                "h_re": sounding.h.real,
-                "h_im": sounding.h.imag,
-                "snr_db": sounding.snr_db,
-                "radio_time_s": float(sounding.radio_time_s),
-                "recordings": files,
-                "time": time.time(),
-            }
-            rec.event("point", **record)  # flushed + fsynced: the step is now done
+            t_step = time.monotonic()
+            record = self._measure_step(step, target)
+            result.step_wall_s.append(time.monotonic() - t_step)
+            result.step_model_s.append(self._model_step_s(here, target))
+            here = np.asarray(record["read_m"])
+            rec.event("point", **record)  # flushed + fsynced: from now on the step is done
             done[step] = _jsonable(record)
-            measured += 1
+            result.steps_measured += 1
             if progress:
                 progress(len(done), total)
-        result = CampaignResult(
-            run_dir=rec.run_dir,
-            steps_total=total,
-            steps_measured=measured,
-            steps_skipped=skipped,
-            wall_s=time.monotonic() - t0,
-        )
         if len(done) == total:
             self.finish(done, result)
         result.wall_s = time.monotonic() - t0
         return result
+
+    def _model_step_s(self, here: np.ndarray | None, target: np.ndarray) -> float:
+        """What one step should take: the modeled move (scaled clock included), settle, air time."""
+        move_time = getattr(self.formation, "move_time_s", None)
+        if here is None or move_time is None:
+            return float("nan")  # the first move starts wherever homing left the stages
+        distance = float(np.max(np.hypot(*(target - here).T)))
+        return move_time(distance) + getattr(self.formation, "settle_s", 0.0) + self.sounder.capture_time_s()
+
+    def _measure_step(self, step: int, target: np.ndarray) -> dict[str, Any]:
+        """Move, sound, write the step's SigMF; return its index record (not yet appended)."""
+        rec = self.recorder
+        read = np.asarray(self.formation.move(target), dtype=float).reshape(-1, 2)
+        sounding = self.sounder.sound(read, step_rng(self.config.run.seed, step))
+        files = []
+        if self.config.campaign.save_iq and sounding.iq:
+            for client, iq in sorted(sounding.iq.items()):
+                meta_path = write_sigmf(
+                    rec.captures_dir,
+                    step,
+                    client,
+                    iq,
+                    read,
+                    self.sounder.sample_rate_sps,
+                    self.sounder.carrier_hz,
+                    {
+                        "h_re": sounding.h[client].real.tolist(),
+                        "h_im": sounding.h[client].imag.tolist(),
+                        "snr_db": sounding.snr_db[client].tolist(),
+                        "radio_time_s": float(sounding.radio_time_s),
+                        **sounding.meta.get(client, {}),
+                    },
+                )
+                files.append(meta_path.stem)
+        return {
+            "point": step,
+            "cells": self.plan.cells[step],
+            "positions_m": target,
+            "read_m": read,
+            "h_re": sounding.h.real,
+            "h_im": sounding.h.imag,
+            "snr_db": sounding.snr_db,
+            "radio_time_s": float(sounding.radio_time_s),
+            "recordings": files,
+            "time": time.time(),
+        }
 
     def finish(self, done: dict[int, dict[str, Any]], result: CampaignResult) -> None:
         """Table, .mat, collection, gain map and summary from the index (the report comes after
@@ -881,6 +927,11 @@ class Campaign:
             "region_m": self.config.lab.array.region_m,
             "table": result.table_path.name,
         }
+        wall, model = result.point_timing()
+        if wall == wall:  # timing of the steps this process measured (a resume measures fewer)
+            result.summary.update(
+                point_wall_s=wall, point_model_s=model, point_ratio=wall / model if model > 0 else None
+            )
         rec.write_summary(result.summary)
 
 
@@ -906,7 +957,35 @@ def check_config(config: TestbedConfig) -> CampaignPlan:
             "campaign.sounder: 'symbol' needs simulated radios (lab.receiver.backend and "
             "lab.clients.radio.backend = sim); use 'radio' with real radios"
         )
+    if config.campaign.sounder == "radio":
+        receiver, clients = config.lab.receiver, config.lab.clients.radio
+        if (receiver.backend == "sim") != (clients.backend == "sim"):
+            raise ConfigError(
+                f"lab.receiver.backend={receiver.backend!r} with lab.clients.radio.backend="
+                f"{clients.backend!r}: a simulated receiver cannot hear real clients (or the other way "
+                "round); make both sim or both usrp"
+            )
+        if receiver.backend == "sim" and (receiver.server or clients.server):
+            raise ConfigError(
+                "lab.receiver.server / lab.clients.radio.server: a campaign needs the sim medium in "
+                "this process (it reads the stage positions); leave the sim radios' server empty"
+            )
+        if receiver.backend != "sim":
+            _client_sections(config)
     return plan
+
+
+def _client_sections(config: TestbedConfig) -> list[Any]:
+    """Each real client's radio section, pointed at its own radio server."""
+    clients = config.lab.clients
+    if clients.radio_servers:
+        return [clients.radio.model_copy(update={"server": addr}) for addr in clients.radio_servers]
+    if clients.count == 1:
+        return [clients.radio]
+    raise ConfigError(
+        f"lab.clients.radio_servers: {clients.count} real clients need one radio server address each "
+        "(got none)"
+    )
 
 
 def sim_medium(config: TestbedConfig) -> Any:
@@ -973,6 +1052,14 @@ def run_campaign(
     if config is None:
         raise CampaignError("run_campaign: give a config or a run directory to resume")
     plan = check_config(config)  # a bad config stops here, before any device is opened
+    if plan.min_move_gap_m < config.lab.array.min_spacing_m - _GRID_TOL:
+        log.warning(
+            "formation moves bring antennas' paths %.4g m apart, under the %.4g m clearance: the "
+            "stage array will run those moves one antenna at a time (slower, still safe); a smaller "
+            "campaign.step_wavelengths avoids it",
+            plan.min_move_gap_m,
+            config.lab.array.min_spacing_m,
+        )
 
     if resume_dir is not None:
         try:

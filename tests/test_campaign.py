@@ -70,6 +70,11 @@ def test_formation_refuses_too_many_antennas_for_the_clearance() -> None:
     with pytest.raises(ConfigError, match=r"campaign.step_wavelengths.*only 3 columns for 4 antennas"):
         plan_campaign(4 * LAMBDA_M, 2 * LAMBDA_M, 4, 0.5 * LAMBDA_M)
     assert grid_lines(1.0, 0.3).tolist() == pytest.approx([-0.45, -0.15, 0.15, 0.45])
+    # Paths of a move along the strip offset come closer than the antennas stand: 1 - step lambda.
+    for step_wl, gap_wl in [(0.25, 0.75), (0.5, 0.5), (1.0, 0.0)]:
+        plan = plan_campaign(4 * LAMBDA_M, step_wl * LAMBDA_M, 4, 0.5 * LAMBDA_M)
+        assert plan.min_separation_m == pytest.approx(LAMBDA_M)
+        assert plan.min_move_gap_m == pytest.approx(gap_wl * LAMBDA_M, abs=1e-12)
 
 
 def test_a_strip_outside_its_stage_travel_is_refused_naming_the_stage() -> None:
@@ -143,15 +148,17 @@ def _sorted_table(run_dir: Path) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in table.items()}
 
 
-def _kill_after_points(proc: subprocess.Popen, out_dir: Path, points: int, timeout_s: float = 60.0) -> Path:
-    """SIGKILL the campaign once ``points`` steps are in its index; return its run directory."""
+def _kill_after_points(
+    proc: subprocess.Popen, out_dir: Path, points: int, sig: int = signal.SIGKILL, timeout_s: float = 60.0
+) -> Path:
+    """Signal the campaign once ``points`` steps are in its index; return its run directory."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the campaign ended before it was killed: {proc.communicate()}"
         runs = list(out_dir.glob("*/events.jsonl"))
         if runs and sum(d.get("kind") == "point" for d in read_events(runs[0])) >= points:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            os.kill(proc.pid, sig)
+            proc.wait(timeout=30)
             return runs[0].parent
         time.sleep(0.02)
     proc.kill()
@@ -159,19 +166,24 @@ def _kill_after_points(proc: subprocess.Popen, out_dir: Path, points: int, timeo
 
 
 def test_campaign_killed_and_resumed_gives_the_uninterrupted_table(tmp_path: Path) -> None:
-    """kill -9 mid-way, --resume, and the table is bit for bit the one an unbroken campaign
-    writes: the symbol sounder draws each step's noise from (seed, step)."""
+    """Ctrl-C, then kill -9 mid-way, then --resume: the table is bit for bit the one an unbroken
+    campaign writes (the symbol sounder draws each step's noise from (seed, step))."""
     sets = ["--set", "campaign.sounder=symbol"]
-    killed = subprocess.Popen(
-        _cli(str(CAMPAIGN), "--set", f"run.output_dir={tmp_path / 'a'}", *sets, "-q"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    out = tmp_path / "a"
+    popen = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    interrupted = subprocess.Popen(
+        _cli(str(CAMPAIGN), "--set", f"run.output_dir={out}", *sets, "-q"), **popen
     )
-    run_dir = _kill_after_points(killed, tmp_path / "a", points=6)
+    run_dir = _kill_after_points(interrupted, out, points=3, sig=signal.SIGINT)
+    assert interrupted.returncode == 130  # Ctrl-C: a clean stop, records closed
+    stops = [d for d in read_events(run_dir / "events.jsonl") if d["doc"] == "stop"]
+    assert [d["status"] for d in stops] == ["interrupted"]
+
+    killed = subprocess.Popen(_cli("--resume", str(run_dir), "-q"), **popen)
+    _kill_after_points(killed, out, points=9)
     assert killed.returncode == -signal.SIGKILL
     before = read_events(run_dir / "events.jsonl")
-    assert not any(d["doc"] == "stop" for d in before)  # no clean shutdown: a real crash
+    assert before[-1]["doc"] != "stop"  # no clean shutdown this time: a real crash
     done_before = {d["data"]["point"] for d in before if d.get("kind") == "point"}
 
     resumed = subprocess.run(
@@ -179,7 +191,7 @@ def test_campaign_killed_and_resumed_gives_the_uninterrupted_table(tmp_path: Pat
     )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["complete"] and summary["steps_skipped"] == len(done_before) >= 6
+    assert summary["complete"] and summary["steps_skipped"] == len(done_before) >= 9
     assert summary["steps_measured"] == summary["steps_total"] - len(done_before)
     _assert_each_point_once(run_dir, summary["steps_total"])
 
