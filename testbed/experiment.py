@@ -297,7 +297,14 @@ class Experiment:
                 on_round=self.on_round,
                 resume=self.resume,
             )
-            federation.run()
+            try:
+                federation.run()
+            finally:
+                # A dry run's nodes are our own processes: none may outlive the run, whatever ended it.
+                for process in federation.processes.values():
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait(timeout=10)
         except KeyboardInterrupt:
             self.recorder.stop(
                 "interrupted", reason="Ctrl-C: stages stopped, radios closed; --resume continues"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +26,11 @@ from testbed.config import TestbedConfig
 log = logging.getLogger(__name__)
 
 
-def noise_power_w(config: TestbedConfig) -> float:
-    medium = config.lab.medium
-    return 10.0 ** ((medium.noise_power_dbm - 30.0) / 10.0) if medium.impairments.awgn else 0.0
+def air_noise_power_w(config: TestbedConfig) -> float:
+    """The simulated air's noise: the planner's noise level, or none with AWGN switched off."""
+    from testbed.planning import noise_power_w
+
+    return noise_power_w(config) if config.lab.medium.impairments.awgn else 0.0
 
 
 def draw_channel(config: TestbedConfig) -> FieldResponseChannel:
@@ -140,10 +141,7 @@ class Lab:
     def move_antennas(self, positions_m: np.ndarray) -> np.ndarray:
         """Move every antenna, wait for Idle plus the settle time; return where they really are."""
         targets = [(float(x), float(y)) for x, y in np.asarray(positions_m, dtype=float)]
-        move_with_detours(self.stages, targets, self._timeout_s)
-        settle = max(s.settle_s for s in self.config.lab.stages.values())
-        if settle > 0:
-            time.sleep(settle)
+        move_with_detours(self.stages, targets, self._timeout_s)  # the drivers wait Idle + settle_s
         reached = self.antenna_positions()
         self.air.set_positions(reached)
         return reached
@@ -172,7 +170,7 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
             "use `testbed measure` for the radio path"
         )
     channel = draw_channel(config)
-    noise_w = noise_power_w(config)
+    noise_w = air_noise_power_w(config)
     array = config.lab.array
     fixed = lambda_half_grid(config.lab.num_antennas, array.wavelength_m, array.region_m, array.min_spacing_m)
     stages = open_stages(config, home=False)
