@@ -141,10 +141,13 @@ class PlannerState:
 class Experiment:
     """The per-round loop of ``testbed run`` around ``fl.runner.LocalFederation``."""
 
-    def __init__(self, config: TestbedConfig, recorder: RunRecorder, resume: bool = False) -> None:
+    def __init__(
+        self, config: TestbedConfig, recorder: RunRecorder, resume: bool = False, remote_nodes: bool = False
+    ) -> None:
         self.config = config
         self.recorder = recorder
         self.resume = resume
+        self.remote_nodes = remote_nodes  # nodes run `testbed node` on other hosts and dial in
         self.rng = np.random.default_rng([config.run.seed, 11])
         self.lab: Lab | None = None
         self.comparison: FixedArrayComparison | None = None
@@ -296,9 +299,14 @@ class Experiment:
                 planner=self.plan,
                 on_round=self.on_round,
                 resume=self.resume,
+                bind=cfg.fl.transport.bind if self.remote_nodes else "tcp://127.0.0.1:*",
             )
             try:
-                federation.run()
+                if self.remote_nodes:
+                    log.info("waiting for %d nodes on %s", cfg.lab.clients.count, cfg.fl.transport.bind)
+                    federation.coordinator.run()
+                else:
+                    federation.run()
             finally:
                 # A dry run's nodes are our own processes: none may outlive the run, whatever ended it.
                 for process in federation.processes.values():
@@ -373,9 +381,13 @@ class Experiment:
 
 
 def run_experiment(
-    config: TestbedConfig, resume_dir: str | Path | None = None
+    config: TestbedConfig, resume_dir: str | Path | None = None, remote_nodes: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """Run (or resume) an experiment; return its run directory and summary."""
+    """Run (or resume) an experiment; return its run directory and summary.
+
+    ``remote_nodes``: start no local node processes; wait on ``fl.transport.bind`` for nodes
+    started with ``testbed node`` on other hosts (keys from ``testbed keys``).
+    """
     from testbed.config import to_yaml
 
     if resume_dir is not None:
@@ -385,7 +397,7 @@ def run_experiment(
     recorder.attach_log()
     log.info("run directory: %s", recorder.run_dir)
     try:
-        summary = Experiment(config, recorder, resume=resume_dir is not None).run()
+        summary = Experiment(config, recorder, resume=resume_dir is not None, remote_nodes=remote_nodes).run()
         from testbed.report import write_report
 
         write_report(recorder.run_dir)

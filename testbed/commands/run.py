@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue a crashed or interrupted run from its last complete round (uses its config.yaml)",
     )
+    parser.add_argument(
+        "--remote-nodes",
+        action="store_true",
+        help="start no local nodes: wait on fl.transport.bind for `testbed node` on other hosts",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a CONFIG file (e.g. configs/dryrun.yaml) or --resume RUN_DIR")
     else:
         config = load_config(args.config, args.overrides)
-    run_dir, summary = run_experiment(config, resume_dir=args.resume)
+    run_dir, summary = run_experiment(config, resume_dir=args.resume, remote_nodes=args.remote_nodes)
     if args.json:
         print(json.dumps({"run_dir": str(run_dir), **summary}, default=str))
     elif not args.quiet:
