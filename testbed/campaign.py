@@ -711,12 +711,62 @@ def find_table(run_dir: str | Path) -> Path:
     )
 
 
-def grid_channels(columns: dict[str, np.ndarray], nx: int, ny: int, num_clients: int) -> np.ndarray:
-    """H on the grid, (U, ny, nx) complex: the mean over antennas that measured a cell; NaN where
-    none did."""
+def estimate_chain_gains(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Each receive chain's complex gain relative to antenna 0's, from the cells two antennas
+    both measured (the strips' shared columns).
+
+    Real receivers differ per chain (LO phase after a retune, cable, gain): antenna n reports
+    g_n h(r). Where antennas n and m measured the same cells, the least-squares ratio
+    sum conj(h_m) h_n / sum |h_m|^2 estimates g_n / g_m; chaining the ratios from antenna 0 along
+    the shared columns gives every g_n (g_0 = 1). An antenna that shares no cell with the others
+    keeps g = 1 (nothing to tell). Divide antenna n's estimates by g_n to put all on one reference.
+    """
+    antenna = columns["antenna"].astype(int)
+    num = int(antenna.max()) + 1 if antenna.size else 0
+    h = columns["h_re"] + 1j * columns["h_im"]
+    keys = np.stack([columns["client"], columns["iy"], columns["ix"]], axis=1).astype(int)
+    per_antenna = []
+    for n in range(num):
+        sel = antenna == n
+        per_antenna.append({tuple(key): value for key, value in zip(keys[sel], h[sel], strict=True)})
+    ratio: dict[tuple[int, int], complex] = {}
+    for n in range(num):
+        for m in range(num):
+            shared = per_antenna[n].keys() & per_antenna[m].keys() if n != m else set()
+            if shared:
+                hn = np.array([per_antenna[n][c] for c in shared])
+                hm = np.array([per_antenna[m][c] for c in shared])
+                power = float(np.vdot(hm, hm).real)
+                if power > 0:
+                    ratio[(n, m)] = complex(np.vdot(hm, hn) / power)  # g_n / g_m
+    gains = np.full(num, np.nan + 0j)
+    if num:
+        gains[0] = 1.0
+    frontier = [0] if num else []
+    while frontier:  # breadth-first along the shared columns
+        m = frontier.pop(0)
+        for n in range(num):
+            if np.isnan(gains[n]) and (n, m) in ratio:
+                gains[n] = ratio[(n, m)] * gains[m]
+                frontier.append(n)
+    gains[np.isnan(gains)] = 1.0
+    return gains
+
+
+def grid_channels(
+    columns: dict[str, np.ndarray],
+    nx: int,
+    ny: int,
+    num_clients: int,
+    chain_gains: np.ndarray | None = None,
+) -> np.ndarray:
+    """H on the grid, (U, ny, nx) complex: the mean over antennas that measured a cell (each
+    divided by its ``chain_gains`` entry if given); NaN where none did."""
     total = np.zeros((num_clients, ny, nx), dtype=complex)
     count = np.zeros((num_clients, ny, nx))
     h = columns["h_re"] + 1j * columns["h_im"]
+    if chain_gains is not None:
+        h = h / np.asarray(chain_gains)[columns["antenna"].astype(int)]
     k, iy, ix = columns["client"].astype(int), columns["iy"].astype(int), columns["ix"].astype(int)
     np.add.at(total, (k, iy, ix), h)
     np.add.at(count, (k, iy, ix), 1.0)
@@ -726,8 +776,15 @@ def grid_channels(columns: dict[str, np.ndarray], nx: int, ny: int, num_clients:
     return out
 
 
-def write_mat(run_dir: Path, columns: dict[str, np.ndarray], plan: CampaignPlan, h_grid: np.ndarray) -> Path:
-    """``campaign.mat`` for MATLAB: the grid, H (clients x ny x nx, complex), and the table."""
+def write_mat(
+    run_dir: Path,
+    columns: dict[str, np.ndarray],
+    plan: CampaignPlan,
+    h_grid: np.ndarray,
+    chain_gains: np.ndarray | None = None,
+) -> Path:
+    """``campaign.mat`` for MATLAB: the grid, H (clients x ny x nx, complex, chain-corrected),
+    the chain gains, and the raw table."""
     from scipy.io import savemat
 
     path = run_dir / "campaign.mat"
@@ -738,6 +795,7 @@ def write_mat(run_dir: Path, columns: dict[str, np.ndarray], plan: CampaignPlan,
             "x_m": plan.x_m,
             "y_m": plan.y_m,
             "H": h_grid,
+            "chain_gains": np.ones(plan.num_antennas) if chain_gains is None else chain_gains,
             "table": {c: columns[c] for c in TABLE_COLUMNS},
         },
         do_compression=True,
@@ -746,13 +804,24 @@ def write_mat(run_dir: Path, columns: dict[str, np.ndarray], plan: CampaignPlan,
     return path
 
 
-def write_channel_map(run_dir: Path, plan: CampaignPlan, h_grid: np.ndarray) -> Path:
-    """``channel_map.npz``: the gain map summed over clients (what the report draws)."""
+def write_channel_map(
+    run_dir: Path, plan: CampaignPlan, h_grid: np.ndarray, chain_gains: np.ndarray | None = None
+) -> Path:
+    """``channel_map.npz``: the gain map summed over clients (what the report draws), and H."""
     with np.errstate(divide="ignore", invalid="ignore"):
         gain_db = 10.0 * np.log10(np.sum(np.abs(h_grid) ** 2, axis=0))
     path = run_dir / "channel_map.npz"
     tmp = run_dir / "channel_map.tmp.npz"
-    np.savez(tmp, x_m=plan.x_m, y_m=plan.y_m, gain_db=gain_db, h_re=h_grid.real, h_im=h_grid.imag)
+    gains = np.ones(plan.num_antennas, dtype=complex) if chain_gains is None else np.asarray(chain_gains)
+    np.savez(
+        tmp,
+        x_m=plan.x_m,
+        y_m=plan.y_m,
+        gain_db=gain_db,
+        h_re=h_grid.real,
+        h_im=h_grid.imag,
+        chain_gains=gains,
+    )
     tmp.replace(path)
     return path
 
@@ -902,9 +971,12 @@ class Campaign:
         rows = [row for step in sorted(done) for row in point_rows(done[step])]
         columns = rows_to_columns(rows)
         result.table_path = write_table(rec.run_dir, columns, self.config.campaign.table_format)
-        h_grid = grid_channels(columns, self.plan.x_m.size, self.plan.y_m.size, self.sounder.num_clients)
-        write_mat(rec.run_dir, columns, self.plan, h_grid)
-        write_channel_map(rec.run_dir, self.plan, h_grid)
+        gains = estimate_chain_gains(columns)
+        h_grid = grid_channels(
+            columns, self.plan.x_m.size, self.plan.y_m.size, self.sounder.num_clients, gains
+        )
+        write_mat(rec.run_dir, columns, self.plan, h_grid, gains)
+        write_channel_map(rec.run_dir, self.plan, h_grid, gains)
         names = [name for step in sorted(done) for name in done[step].get("recordings", [])]
         if names:
             write_collection(
@@ -926,6 +998,8 @@ class Campaign:
             "snr_db_median": float(np.median(snr)) if snr.size else None,
             "region_m": self.config.lab.array.region_m,
             "table": result.table_path.name,
+            "chain_gain_db": (20 * np.log10(np.abs(gains))).round(3).tolist(),
+            "chain_phase_deg": np.degrees(np.angle(gains)).round(2).tolist(),
         }
         wall, model = result.point_timing()
         if wall == wall:  # timing of the steps this process measured (a resume measures fewer)

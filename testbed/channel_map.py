@@ -74,10 +74,13 @@ class MeasuredChannelMap:
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_table(cls, path: str | Path, degree: int = 3) -> MeasuredChannelMap:
-        """From a campaign's ``channels.parquet`` / ``channels.csv`` (cells averaged over the
-        antennas that measured them)."""
-        from testbed.campaign import grid_channels, read_table
+    def from_table(
+        cls, path: str | Path, degree: int = 3, calibrate_chains: bool = True
+    ) -> MeasuredChannelMap:
+        """From a campaign's ``channels.parquet`` / ``channels.csv``: cells averaged over the
+        antennas that measured them, after putting every receive chain on antenna 0's reference
+        (``testbed.campaign.estimate_chain_gains``) unless ``calibrate_chains`` is False."""
+        from testbed.campaign import estimate_chain_gains, grid_channels, read_table
 
         columns = read_table(path)
         needed = {"client", "ix", "iy", "x_m", "y_m", "h_re", "h_im"}
@@ -95,13 +98,16 @@ class MeasuredChannelMap:
                 f"{path}: some grid lines were never measured; finish or resume the campaign"
             )
         num_clients = int(columns["client"].max()) + 1
-        return cls(x, y, grid_channels(columns, nx, ny, num_clients), degree)
+        gains = estimate_chain_gains(columns) if calibrate_chains else None
+        return cls(x, y, grid_channels(columns, nx, ny, num_clients, gains), degree)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, degree: int = 3) -> MeasuredChannelMap:
+    def from_run(
+        cls, run_dir: str | Path, degree: int = 3, calibrate_chains: bool = True
+    ) -> MeasuredChannelMap:
         from testbed.campaign import find_table
 
-        return cls.from_table(find_table(run_dir), degree)
+        return cls.from_table(find_table(run_dir), degree, calibrate_chains)
 
     # --- the seam -----------------------------------------------------------------------------
     @property

@@ -19,12 +19,14 @@ from sim.channel import FieldResponseChannel
 from testbed.campaign import (
     CampaignError,
     check_config,
+    estimate_chain_gains,
     find_table,
     grid_lines,
     plan_campaign,
     read_table,
     run_campaign,
     sim_medium,
+    write_table,
 )
 from testbed.channel_map import ChannelMapError, ChannelMapRangeError, MeasuredChannelMap
 from testbed.cli import main
@@ -321,3 +323,21 @@ def test_a_bad_config_stops_before_any_device_moves(
     assert not out.exists()
     with pytest.raises(CampaignError, match="not a run directory"):
         run_campaign(resume_dir=tmp_path)
+
+
+def test_receive_chains_are_put_on_one_reference(tmp_path: Path, radio_campaign: Any) -> None:
+    """Real chains differ in gain and phase; the strips' shared columns reveal by how much."""
+    _, result = radio_campaign
+    table = read_table(result.table_path)
+    assert np.allclose(estimate_chain_gains(table), 1.0, atol=0.03)  # the sim receiver has one LO
+    g = np.array([1.0, 0.5 * np.exp(1.1j), 2.0 * np.exp(-2.5j), 0.8 * np.exp(0.4j)]) * np.exp(0.3j)
+    skewed = dict(table)
+    h = (table["h_re"] + 1j * table["h_im"]) * g[table["antenna"].astype(int)]
+    skewed["h_re"], skewed["h_im"] = h.real, h.imag
+    path = write_table(tmp_path, skewed, "csv")
+    assert np.allclose(estimate_chain_gains(read_table(path)), g / g[0], rtol=0.03)
+    truth = MeasuredChannelMap.from_run(result.run_dir).h_grid
+    fixed = MeasuredChannelMap.from_table(path).h_grid / g[0]  # on antenna 0's reference
+    raw = MeasuredChannelMap.from_table(path, calibrate_chains=False).h_grid / g[0]
+    assert np.linalg.norm(fixed - truth) / np.linalg.norm(truth) < 0.05
+    assert np.linalg.norm(raw - truth) / np.linalg.norm(truth) > 0.5
