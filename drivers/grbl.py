@@ -417,8 +417,14 @@ class GrblStage:
                     f"{where}: config max_speed_m_s={self._limits.max_speed_m_s:g} exceeds the firmware's "
                     f"{axis} max rate ${key}={s[key]:g} mm/min; lower max_speed_m_s or raise ${key}"
                 )
+        for axis, steps, rate in (("X", 100, 110), ("Y", 101, 111)):
+            if steps in s and s[steps] * s[rate] / 60.0 > 30_000:
+                log.warning("%s: %s needs %.0f steps/s at $%d; GRBL tops out near 30 kHz", where, axis,
+                            s[steps] * s[rate] / 60.0, rate)  # fmt: skip
         if not s.get(22):
             log.warning("%s: homing is disabled ($22=0); positions are relative to power-up", where)
+        if not s.get(20):
+            log.info("%s: firmware soft limits are off ($20=0); the driver enforces travel_m itself", where)
 
     # --- reading: whoever waits for a reply reads the port (no thread hand-off) -----------------
     def _pump(self, done: Callable[[], bool], timeout_s: float) -> bool:

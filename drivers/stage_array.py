@@ -298,6 +298,25 @@ class StageArray:
                         )
                 return
 
+    def goto(
+        self,
+        positions: Mapping[str, XY] | Sequence[XY],
+        speed_m_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, XY]:
+        """``move_all`` and wait; return the positions reached (region frame).
+
+        The default timeout allows each batch twice the time of a full-diagonal move, plus 30 s.
+        """
+        statuses = self.move_all(positions, speed_m_s)
+        if timeout_s is None:
+            longest = max(
+                s.limits.move_time_s(math.hypot(*s.limits.travel_m), speed_m_s) for s in self.stages.values()
+            )
+            timeout_s = 2.0 * longest * len(self.stages) + 30.0
+        wait_all(statuses, timeout_s)
+        return self.positions()
+
     def home_all(self) -> list[MoveStatus]:
         """Home every stage at once (each goes to its own origin corner)."""
         origins = list(self.origins_m.values())

@@ -454,7 +454,6 @@ class GrblDevice(EmulatorEndpoint):
             self._state = "Idle"
 
     def _soft_reset(self) -> None:
-        now = self.clock.now()
         moving = self._state in ("Run", "Jog", "Home") or self._hold is not None
         self._pos = self._current_pos()
         if self._state == "Home":
@@ -474,8 +473,7 @@ class GrblDevice(EmulatorEndpoint):
         self._rx.clear()
         self._critical = False
         self._pins.discard("X")
-        self._modal.feed_mm_min = self._modal.feed_mm_min  # modal state survives a reset
-        del now
+        self._modal = _Modal(feed_mm_min=self._modal.feed_mm_min)  # GRBL re-initialises the parser
         self._emit_banner()
 
     def _status_report(self) -> str:

@@ -54,9 +54,8 @@ def test_home_all_and_positions_in_region_frame(array):
 def test_parallel_moves_run_together(array):
     targets = {"a": (0.0, 0.2), "b": (0.1, 0.2), "c": (0.3, 0.2)}
     assert array.plan(targets) == [[("a", (0.0, 0.2)), ("b", (0.1, 0.2)), ("c", (0.3, 0.2))]]
-    statuses = array.move_all(targets)
-    wait_all(statuses, WAIT_S)
-    assert array.positions() == {n: pytest.approx(xy) for n, xy in targets.items()}
+    reached = array.goto(targets, timeout_s=WAIT_S)
+    assert reached == {n: pytest.approx(xy) for n, xy in targets.items()}
 
 
 def test_blocked_path_is_sequenced(array, rigs):
