@@ -11,7 +11,7 @@ from collections import deque
 
 import pytest
 
-from drivers.errors import StageAlarm, StageCommandError, StageError, StageLimitError
+from drivers.errors import StageAlarm, StageCommandError, StageError, StageLimitError, StageTimeout
 from drivers.grbl import (
     ALARMS_LOSING_POSITION,
     GRBL_ALARMS,
@@ -371,5 +371,26 @@ def test_zaber_rejection_and_stall():
         stage.command(0, "")
         assert stage.state == StageState.ALARM and stage.alarm_flag == "FS" and not stage.homed
         port.check()
+    finally:
+        stage.close()
+
+
+def test_grbl_silent_controller_times_out_naming_port_and_command():
+    port, stage = _open_grbl([(b"$H\n", b"ok\r\n")])
+    try:
+        stage.home().wait(2.0)
+        port.expect(b"G90 G21 G1 X10.000 Y0.000 F3000.0\n", b"ok\r\n")
+        port.expect(b"G4 P0.01\n", b"")  # the controller falls silent: no ok, no status reports
+        for _ in range(20):
+            port.expect(b"?", b"")
+        status = stage.move_to((0.01, 0.0))
+        with pytest.raises(StageTimeout) as info:
+            status.wait(10.0)
+        message = str(info.value)
+        assert "transcript://test" in message and "no status report within 0.5 s" in message
+        assert "'G4 P0.01'" in message
+        assert stage.state == StageState.UNKNOWN  # it could not be brought back in step
+        assert port.sent[2:5] == [b"$H\n", b"G90 G21 G1 X10.000 Y0.000 F3000.0\n", b"G4 P0.01\n"]
+        assert set(port.sent[5:]) <= {b"?", b"!", b"\x18"}  # polls, then the recovery's hold and reset
     finally:
         stage.close()
