@@ -196,6 +196,12 @@ def unregister(scheme: str, name: str) -> None:
         _registry.pop((scheme, name), None)
 
 
+def registered() -> list[tuple[str, str]]:
+    """The (scheme, name) of every emulator currently behind a URL."""
+    with _registry_lock:
+        return sorted(_registry)
+
+
 def device_for(scheme: str, name: str) -> EmulatedDevice | None:
     with _registry_lock:
         return _registry.get((scheme, name))
