@@ -197,7 +197,15 @@ def fractional_delay(samples: np.ndarray, delay_samples: float) -> tuple[int, np
     if frac < 1e-9:
         return shift, samples
     taps = fractional_delay_taps(frac)
-    out = np.stack([np.convolve(row, taps) for row in samples]).astype(np.complex64, copy=False)
+    # Real taps act on I and Q alike: shifted multiply-adds on the interleaved float32 view.
+    x = np.ascontiguousarray(samples, dtype=np.complex64)
+    rows, n = x.shape
+    out = np.zeros((rows, n + taps.size - 1), dtype=np.complex64)
+    out_f, x_f = out.view(np.float32), x.view(np.float32)
+    scratch = np.empty_like(x_f)
+    for i, h in enumerate(taps):
+        np.multiply(x_f, h, out=scratch)
+        out_f[:, 2 * i : 2 * i + 2 * n] += scratch
     return shift - (_FIR_HALF - 1), out
 
 
@@ -471,19 +479,24 @@ class Medium:
             return RxResult(y, local_start, warnings)
 
     def _render(self, rx: SimNode, start: int, n: int) -> np.ndarray:
-        """The receiver's samples over [start, start + n): the air, then its own front end."""
-        y = np.zeros((rx.num_antennas, n), dtype=np.complex64)
+        """The receiver's samples over [start, start + n): the air, then its own front end.
+
+        Every burst is cut to the window and rotated by its link's CFO, LO and drift phases
+        (TX minus RX, so the receiver's own rotation needs no pass over the antennas) into one
+        row of X; the gains of all links (RX amplitude included) form G; y = G X + noise."""
         imp = self.impairments
         half_rate = self.rate_sps / 2.0
+        columns: list[np.ndarray] = []
+        pieces: list[tuple[np.ndarray, np.ndarray | None, int, int]] = []
         for burst in self._bursts:
             if burst.end + 2 * _FIR_HALF + 2 < start or burst.start - 2 * _FIR_HALF - 2 > start + n:
                 continue
             if burst.node is rx or abs(burst.carrier_hz - rx.carrier_hz) >= half_rate:
                 continue  # own bursts are not heard (TX/RX switch); other carriers are filtered
-            gains = np.asarray(self.links.gains(burst.node, rx), dtype=np.complex64)
+            gains = np.asarray(self.links.gains(burst.node, rx))
             if not np.any(gains):
                 continue
-            delay = burst.node.delay_samples - rx.delay_samples
+            delay = burst.node.delay_samples - rx.delay_samples if imp.timing_offset_samples_max > 0 else 0.0
             if delay not in burst.delayed:
                 burst.delayed[delay] = fractional_delay(burst.samples, delay)
             offset, delayed = burst.delayed[delay]
@@ -491,32 +504,40 @@ class Medium:
             a, b = max(start, first), min(start + n, first + delayed.shape[1])
             if a >= b:
                 continue
-            seg = delayed[:, a - first : b - first]
-            freq = burst.node.cfo_hz + (burst.carrier_hz - rx.carrier_hz)
-            rot = self._rotation(burst.node, freq, burst.lo_phase_rad, a, b - a)
-            if rot is not None:
-                seg = seg * rot
-            if gains.shape[1] == 1:
-                y[:, a - start : b - start] += gains[:, :1] * seg[0]
+            freq = burst.node.cfo_hz - rx.cfo_hz + (burst.carrier_hz - rx.carrier_hz)
+            rot = self._rotation(burst.node, rx, freq, burst.lo_phase_rad - rx.lo_phase_rad, a, b - a)
+            columns.append(gains * rx.rx_amplitude)
+            pieces.append((delayed[:, a - first : b - first], rot, a - start, b - start))
+        if pieces:
+            x = np.zeros((sum(seg.shape[0] for seg, *_ in pieces), n), dtype=np.complex64)
+            row = 0
+            for seg, rot, a, b in pieces:
+                if rot is None:
+                    x[row : row + seg.shape[0], a:b] = seg
+                else:
+                    np.multiply(seg, rot, out=x[row : row + seg.shape[0], a:b])
+                row += seg.shape[0]
+            g = np.hstack(columns).astype(np.complex64)
+            if g.shape[1] <= 16:  # a few links: outer products beat a threaded BLAS call
+                y = np.multiply(g[:, :1], x[0])
+                for r in range(1, g.shape[1]):
+                    y += g[:, r : r + 1] * x[r]
             else:
-                y[:, a - start : b - start] += gains @ seg
-        front = self._rotation(rx, rx.cfo_hz, rx.lo_phase_rad, start, n)
-        scale = np.float32(rx.rx_amplitude)
-        if front is not None:
-            y *= np.conj(front) * scale
+                y = g @ x
         else:
-            y *= scale
+            y = np.zeros((rx.num_antennas, n), dtype=np.complex64)
         if imp.awgn and self.noise_power_w > 0:
             sd = np.float32(math.sqrt(self.noise_power_w / 2.0) * rx.rx_amplitude)
             noise = self._noise_rng.standard_normal((rx.num_antennas, 2 * n), dtype=np.float32)
             noise *= sd
-            y += noise.view(np.complex64)
+            y.view(np.float32)[...] += noise
         return y
 
     def _rotation(
-        self, node: SimNode, freq_hz: float, lo_phase: float, start: int, n: int
+        self, tx: SimNode, rx: SimNode, freq_hz: float, lo_phase: float, start: int, n: int
     ) -> np.ndarray | None:
-        """exp(j(2 pi f t + lo + drift(t))) over medium samples [start, start + n), or None if 1."""
+        """exp(j(2 pi f t + lo + drift_tx(t) - drift_rx(t))) over medium samples
+        [start, start + n), or None where that is 1."""
         drifting = self.impairments.phase_drift_rad_s > 0
         if freq_hz == 0.0 and lo_phase == 0.0 and not drifting:
             return None
@@ -526,14 +547,14 @@ class Medium:
         cycles = np.mod(blocks * (freq_hz * block / self.rate_sps), 1.0)
         phase = 2.0 * np.pi * cycles + lo_phase
         if drifting:
-            phase = phase + self._drift(node, b0, b1)
+            phase = phase + self._drift(tx, b0, b1) - self._drift(rx, b0, b1)
         fine = self._fine_cache.get(freq_hz)
         if fine is None:
-            fine = np.exp(2j * np.pi * freq_hz * np.arange(block) / self.rate_sps)
+            fine = np.exp(2j * np.pi * freq_hz * np.arange(block) / self.rate_sps).astype(np.complex64)
             if len(self._fine_cache) > 256:
                 self._fine_cache.clear()
             self._fine_cache[freq_hz] = fine
-        rot = (np.exp(1j * phase)[:, None] * fine[None, :]).astype(np.complex64).ravel()
+        rot = (np.exp(1j * phase).astype(np.complex64)[:, None] * fine[None, :]).ravel()
         lead = start - b0 * block
         return rot[lead : lead + n]
 

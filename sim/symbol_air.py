@@ -9,7 +9,8 @@ Speed (payloads of millions of symbols): ``send`` keeps a reference to the calle
 their scale (no copy: do not modify the array before the slot is collected), and ``collect``
 forms m^H y directly as sum_k (m^H h_k b_k) s_k + m^H n, with m^H n drawn as one CN(0,
 sigma^2 ||m||^2) per symbol. That is the same distribution as building y on every antenna and
-combining it, at a fraction of the memory traffic; ``receive`` still gives the per-antenna y.
+combining it, at a fraction of the memory traffic (and with no BLAS threads, which on a
+small shared machine fight each other); ``receive`` still gives the per-antenna y.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from allocation.channel import ChannelModel
+
+_BLOCK = 8192  # symbols per block when combining (the block of the sum stays in cache)
 
 
 def _slot_key(at_s: float) -> int:
@@ -94,11 +97,16 @@ class SymbolAir:
         out = np.zeros(num_symbols, dtype=np.complex128)
         if clients:
             gains = (self.true_channels(clients) @ np.conj(m)) * np.array([b for b, _ in bursts])
-            scratch = np.empty(num_symbols, dtype=np.complex128)
-            for g, (_, s) in zip(gains, bursts, strict=True):
-                n = min(s.size, num_symbols)
-                np.multiply(s[:n], g, out=scratch[:n])
-                out[:n] += scratch[:n]
+            # Cache-sized blocks, plain ufuncs (no BLAS threads): every symbol is read once.
+            scratch = np.empty(_BLOCK, dtype=np.complex128)
+            for lo in range(0, num_symbols, _BLOCK):
+                hi = min(lo + _BLOCK, num_symbols)
+                block = out[lo:hi]
+                for g, (_, sym) in zip(gains, bursts, strict=True):
+                    take = max(0, min(sym.size, hi) - lo)
+                    if take:
+                        np.multiply(sym[lo : lo + take], g, out=scratch[:take])
+                        block[:take] += scratch[:take]
         if self._noise_power_w > 0:
             power = self._noise_power_w * float(np.sum(np.abs(m) ** 2))
             noise = self._rng.standard_normal(2 * num_symbols).view(np.complex128)

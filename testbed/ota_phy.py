@@ -87,7 +87,7 @@ class PilotConfig:
 
     zc_length: int = 127
     zc_root: int = 25
-    repeats: int = 4
+    repeats: int = 8
     guard: int = 24
     search: int = 8
     estimate_cfo: bool = True
