@@ -250,6 +250,7 @@ class GrblStage:
         self._state = StageState.UNKNOWN
         self._critical = False
         self._wco: tuple[float, ...] = (0.0, 0.0, 0.0)
+        self._here_mm: tuple[float, float] | None = None  # where the last finished motion left us
         self._acks: deque[tuple[str, object]] = deque()  # ok/error/ALARM/reset/lost, in order
         self._info: list[str] = []
         self._garbage: list[str] = []
@@ -286,8 +287,9 @@ class GrblStage:
         line, distance_mm, speed = self._plan_move(xy_m, speed_m_s)
         what = f"move to ({xy_m[0]:.4f}, {xy_m[1]:.4f}) m"
         self._begin_motion(what)
+        target_mm = (xy_m[0] * 1e3, xy_m[1] * 1e3)
         status, self._move_thread = run_in_thread(
-            f"{self.name}: {what}", lambda: self._move_body(line, distance_mm, speed)
+            f"{self.name}: {what}", lambda: self._move_body(line, distance_mm, speed, target_mm)
         )
         return status
 
@@ -405,7 +407,7 @@ class GrblStage:
             raise StageError(f"{where}: $13=1 reports inches; set $13=0 (mm) for this driver")
         for axis, key in (("X", 130), ("Y", 131)):
             need_mm = self._limits.travel_m[0 if axis == "X" else 1] * 1e3
-            if s.get(20) and need_mm > s[key] + 1e-6:
+            if need_mm > s[key] + 1e-6:  # $13x bounds the soft limits and the homing search
                 raise StageError(
                     f"{where}: config travel_m={need_mm / 1e3:g} m exceeds the firmware's {axis} travel "
                     f"${key}={s[key]:g} mm; lower travel_m or raise ${key}"
@@ -649,12 +651,10 @@ class GrblStage:
         self._check_ready()
         x_mm, y_mm = xy_m[0] * 1e3, xy_m[1] * 1e3
         line = f"G90 G21 G1 X{_fmt(x_mm)} Y{_fmt(y_mm)} F{speed * 60_000.0:.1f}"
-        last = self.last_status.machine_pos_mm(self._wco) if self.last_status else None
-        distance = (
-            math.dist(last[:2], (x_mm, y_mm))
-            if last
-            else math.hypot(*(t * 1e3 for t in self._limits.travel_m))
-        )
+        # For the completion timeout only: from where we last knew we were, else the worst case.
+        here = self._here_mm
+        worst = math.hypot(*(t * 1e3 for t in self._limits.travel_m))
+        distance = math.dist(here, (x_mm, y_mm)) if here is not None else worst
         return line, distance, speed
 
     def _check_ready(self) -> None:
@@ -677,16 +677,20 @@ class GrblStage:
         if thread is not None and thread.is_alive():
             raise StageError(f"{self.name}: still moving ({what} refused); wait for it or stop() first")
 
-    def _move_body(self, line: str, distance_mm: float, speed_m_s: float) -> None:
+    def _move_body(
+        self, line: str, distance_mm: float, speed_m_s: float, target_mm: tuple[float, float]
+    ) -> None:
         self._state = StageState.MOVING
         model_s = self._limits.move_time_s(distance_mm / 1e3, speed_m_s)
         try:
             self._command(line, self.command_timeout_s)
             # ok = queued; G4 P0.01's ok comes once the planner has run dry, i.e. the move is done.
+            self._here_mm = None  # somewhere on the way until the move is done
             self._command("G4 P0.01", 1.5 * model_s + self.command_timeout_s + 1.0, watchdog=True)
         except StageError as exc:
             self._recover(exc)
             raise
+        self._here_mm = target_mm
         if self.settle_s:
             time.sleep(self.settle_s)
         self._state = StageState.IDLE
@@ -712,6 +716,7 @@ class GrblStage:
             raise
         self.homed = True
         self.alarm_code = None
+        self._here_mm = (0.0, 0.0)
         self._state = StageState.IDLE
 
     def _recover(self, exc: StageError) -> None:
@@ -746,7 +751,9 @@ class GrblStage:
             time.sleep(pause)
             pause = min(pause * 2, MIN_STATUS_POLL_S)
         self.soft_reset()
-        self._refresh_state()
+        report = self.query_status()
+        pos = report.machine_pos_mm(self._wco)
+        self._here_mm = (pos[0], pos[1]) if pos is not None else None
 
 
 __all__ = [
