@@ -156,6 +156,15 @@ class MediumSection(Section):
     path_loss_exponent: PositiveFloat = Field(2.8, le=6.0)
     ref_loss_db: FiniteFloat = Field(40.0, description="path loss at 1 m")
     noise_power_dbm: FiniteFloat = Field(-90.0, le=0)
+    tx_gain_ref_db: FiniteFloat = Field(
+        60.0, description="sim calibration: the TX gain at which a unit-modulus sample radiates 1 W"
+    )
+    rx_gain_ref_db: FiniteFloat = Field(
+        0.0, description="sim calibration: the RX gain at which a capture reads the antenna's sqrt(W)"
+    )
+    capture_history_s: NonNegFloat = Field(
+        0.0, description="sim: how far back a second radio may still capture a window already past"
+    )
     impairments: ImpairmentsSection = ImpairmentsSection()
 
 
