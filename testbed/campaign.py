@@ -230,6 +230,7 @@ class Sounding:
     radio_time_s: float
     iq: dict[int, np.ndarray] = field(default_factory=dict)
     meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+    segments: list[tuple[int, float]] = field(default_factory=lambda: [(0, 0.0)])  # per capture in iq
 
 
 class Sounder(Protocol):
@@ -291,9 +292,9 @@ class RadioSounder:
     receive antenna (``ota_phy.estimate_link``: timing, CFO, channel in physical units).
 
     ``sequential``: one slot per client, one after another, in one timed capture.
-    ``simultaneous``: every client at once in one slot, each with its own ZC root; the
-    cross-correlation of two roots is 1/sqrt(L) (-21 dB at L = 127), so this trades a little
-    estimation error for U times less air time. The raw capture (as the radio returned it) of
+    ``simultaneous``: every client at once in one slot, each with its own ZC root, separated by
+    successive interference cancellation (two roots correlate at 1/sqrt(L), -21 dB at L = 127,
+    too much across a near-far gap without it): U times less air time for more computing. The raw capture (as the radio returned it) of
     each client's slot is kept for SigMF.
     """
 
@@ -402,22 +403,55 @@ class RadioSounder:
         )
         raw = np.asarray(got.samples)
         y = raw / self.calibration.rx_amplitude(self.receiver.settings.rx_gain_db)
+        amplitude = math.sqrt(self.power_w)
         estimates, iq = {}, {}
+        if self.mode == "simultaneous":
+            estimates = self._cancel_interference(y, p0.search, amplitude, starts)
         for k in range(self.num_clients):
             first = k * p0.slot_samples if self.mode == "sequential" else 0
-            expected = p0.search + first
-            estimates[k] = estimate_link(
-                y, expected, self.pilots[k], rate, math.sqrt(self.power_w), k, starts[k]
-            )
+            if self.mode == "sequential":
+                estimates[k] = estimate_link(
+                    y, p0.search + first, self.pilots[k], rate, amplitude, k, starts[k]
+                )
             iq[k] = raw[:, first : first + p0.slot_samples + 2 * p0.search]
         return estimates, iq, float(got.start_time_s)
 
+    def _cancel_interference(
+        self, y: np.ndarray, expected: int, amplitude: float, starts: dict[int, float], passes: int = 3
+    ) -> dict[int, Any]:
+        """Every client's link from one slot where all sent at once: successive interference
+        cancellation. Two ZC roots correlate at 1/sqrt(L), which a near-far gap of 20 dB turns into
+        a useless estimate of the weak client; so estimate the strongest first, subtract its
+        pilot as received (channel, delay, CFO), estimate the next on what is left, and repeat the
+        round with every other client's latest pilot removed."""
+        from testbed.ota_phy import estimate_link
+
+        rate = self.sample_rate_sps
+        clients = range(self.num_clients)
+        first = {
+            k: estimate_link(y, expected, self.pilots[k], rate, amplitude, k, starts[k]) for k in clients
+        }
+        order = sorted(clients, key=lambda k: -float(np.sum(np.abs(first[k].channel) ** 2)))
+        received = {k: np.zeros_like(y) for k in clients}
+        estimates: dict[int, Any] = {}
+        residual = y.astype(np.complex128)
+        for _ in range(passes):
+            for k in order:
+                mine = residual + received[k]  # everyone else's latest pilot taken out
+                estimates[k] = estimate_link(mine, expected, self.pilots[k], rate, amplitude, k, starts[k])
+                received[k] = _received_pilot(
+                    estimates[k], self.pilots[k], expected, amplitude, rate, y.shape
+                )
+                residual = mine - received[k]
+        return estimates
+
     def sound(self, positions_m: np.ndarray, rng: np.random.Generator) -> Sounding:
         """``positions_m`` is informational here: the medium asks the stages itself."""
-        hs, snrs, iqs, t_first = [], [], [], None
+        hs, snrs, iqs, segments, t_first = [], [], [], [], None
         for _ in range(self.captures_per_point):
             estimates, iq, t = self._sound_once()
             t_first = t if t_first is None else t_first
+            segments.append((sum(c[0].shape[1] for c in iqs), t))
             h = np.stack([estimates[k].channel for k in range(self.num_clients)])
             noise = np.array([estimates[k].noise_power_w for k in range(self.num_clients)])
             snr = self.power_w * np.abs(h) ** 2 / np.maximum(noise, 1e-300)[:, None]
@@ -441,6 +475,7 @@ class RadioSounder:
             radio_time_s=float(t_first or 0.0),
             iq={k: np.concatenate([c[k] for c in iqs], axis=1) for k in range(self.num_clients)},
             meta=meta,
+            segments=segments,
         )
 
     def close(self) -> None:
@@ -451,6 +486,26 @@ class RadioSounder:
                 log.warning("closing radio %s: %s", getattr(radio, "name", "?"), exc)
         for closer in self._closers:
             closer()
+
+
+def _received_pilot(
+    estimate: Any, pilots: Any, expected: int, amplitude: float, rate_sps: float, shape: tuple[int, ...]
+) -> np.ndarray:
+    """A client's pilot as the capture holds it, from its link estimate: the burst delayed by
+    ``delay_samples`` (fractional part filtered), turned by its CFO from the expected start, times
+    its channel at the pilot's amplitude. The inverse of ``ota_phy.estimate_link``."""
+    from sim.medium import fractional_delay
+
+    offset, ref = fractional_delay(pilots.burst()[None, :], float(estimate.delay_samples))
+    out = np.zeros(shape, dtype=np.complex128)
+    first = expected + offset
+    lo, hi = max(first, 0), min(first + ref.shape[1], shape[1])
+    if lo >= hi:
+        return out
+    t = (np.arange(lo, hi) - expected) / rate_sps
+    wave = ref[0, lo - first : hi - first] * np.exp(2j * np.pi * estimate.cfo_hz * t)
+    out[:, lo:hi] = (np.asarray(estimate.channel) * amplitude)[:, None] * wave[None, :]
+    return out
 
 
 def _zc_roots(length: int, count: int) -> list[int]:
@@ -549,9 +604,11 @@ def write_sigmf(
     sample_rate_sps: float,
     carrier_hz: float,
     extra: dict[str, Any],
+    segments: Sequence[tuple[int, float]] = ((0, 0.0),),
 ) -> Path:
     """One recording: the N antennas' IQ interleaved (cf32_le), their positions in
-    ``spatial:element_geometry`` (metres, z = 0), our own keys under ``ma_ota:``."""
+    ``spatial:element_geometry`` (metres, z = 0), our own keys under ``ma_ota:``. ``segments``
+    are (first sample, radio time s) of each capture in it (several with captures_per_point)."""
     import sigmf
     from sigmf import SigMFFile
 
@@ -580,15 +637,16 @@ def write_sigmf(
             **{f"{SIGMF_NAMESPACE}:{k}": v for k, v in extra.items()},
         },
     )
-    meta.add_capture(
-        0,
-        metadata={
-            sigmf.FREQUENCY_KEY: float(carrier_hz),
-            "spatial:element_geometry": [
-                {"point": [float(x), float(y), 0.0]} for x, y in np.asarray(positions_m, dtype=float)
-            ],
-        },
-    )
+    geometry = [{"point": [float(x), float(y), 0.0]} for x, y in np.asarray(positions_m, dtype=float)]
+    for start, radio_time_s in segments:
+        meta.add_capture(
+            int(start),
+            metadata={
+                sigmf.FREQUENCY_KEY: float(carrier_hz),
+                "spatial:element_geometry": geometry,
+                f"{SIGMF_NAMESPACE}:radio_time_s": float(radio_time_s),
+            },
+        )
     # sigmf's validator re-checks the whole JSON schema on every call (~0.1 s); every recording
     # of a campaign has the same shape, so validate the first one this process writes.
     global _SIGMF_VALIDATED
@@ -949,6 +1007,7 @@ class Campaign:
                         "radio_time_s": float(sounding.radio_time_s),
                         **sounding.meta.get(client, {}),
                     },
+                    sounding.segments,
                 )
                 files.append(meta_path.stem)
         return {

@@ -18,6 +18,7 @@ from drivers.errors import ConfigError
 from sim.channel import FieldResponseChannel
 from testbed.campaign import (
     CampaignError,
+    RadioSounder,
     check_config,
     estimate_chain_gains,
     find_table,
@@ -26,11 +27,13 @@ from testbed.campaign import (
     read_table,
     run_campaign,
     sim_medium,
+    write_sigmf,
     write_table,
 )
 from testbed.channel_map import ChannelMapError, ChannelMapRangeError, MeasuredChannelMap
 from testbed.cli import main
 from testbed.config import load_config
+from testbed.ota_phy import PilotConfig
 from testbed.records import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,3 +344,48 @@ def test_receive_chains_are_put_on_one_reference(tmp_path: Path, radio_campaign:
     raw = MeasuredChannelMap.from_table(path, calibrate_chains=False).h_grid / g[0]
     assert np.linalg.norm(fixed - truth) / np.linalg.norm(truth) < 0.05
     assert np.linalg.norm(raw - truth) / np.linalg.norm(truth) > 0.5
+
+
+class _StandingAntennas:
+    """Antennas that stay where they are: the position source the sim medium reads."""
+
+    def __init__(self, positions_m: np.ndarray) -> None:
+        self.positions_m = positions_m
+
+    def positions(self) -> np.ndarray:
+        return self.positions_m
+
+
+@pytest.mark.parametrize("mode", ["sequential", "simultaneous"])
+def test_pilots_in_turn_or_at_once_estimate_every_client(tmp_path: Path, mode: str) -> None:
+    """Simultaneous ZC roots leak 1/sqrt(L) into each other; with a ~14 dB near-far gap between the
+    clients here, only the interference cancellation keeps the weak ones usable."""
+    config = load_config(CAMPAIGN, [f"campaign.pilots={mode}", "campaign.captures_per_point=2"])
+    pos = np.array([[-0.2, 0.0], [-0.08, 0.05], [0.05, -0.1], [0.17, 0.2]])
+    sounder = RadioSounder.open(config, _StandingAntennas(pos))
+    try:
+        sounding = sounder.sound(pos, np.random.default_rng(0))
+        air_s = sounder.capture_time_s()
+    finally:
+        sounder.close()
+    slots = 4 if mode == "sequential" else 1  # one slot per client, or one for all
+    assert air_s == pytest.approx(2 * PilotConfig(zc_length=127).capture_samples(slots) / 1e6)
+    true = sim_medium(config).links.channel.response(pos)
+    assert np.ptp(20 * np.log10(np.abs(true).mean(axis=1))) > 10  # a real near-far spread
+    for k in range(4):
+        c = np.vdot(true[k], sounding.h[k]) / np.vdot(true[k], true[k])  # LO phase, pilot gain
+        err = np.sum(np.abs(sounding.h[k] - c * true[k]) ** 2) / np.sum(np.abs(c * true[k]) ** 2)
+        assert err < 10 ** (-35 / 10) and 0.9 < abs(c) < 1.1, (k, err, c)
+    expected_snr_db = 10 * np.log10(0.1 * np.abs(true) ** 2 / 1e-12)  # P |h|^2 / sigma^2
+    assert np.all(np.abs(sounding.snr_db - expected_snr_db) < 3.0)
+    assert [start for start, _ in sounding.segments] == [0, sounding.iq[0].shape[1] // 2]
+    meta_path = write_sigmf(
+        tmp_path, 7, 2, sounding.iq[2], pos, 1e6, 2.4e9, {"pilots": mode}, sounding.segments
+    )
+    import sigmf
+
+    recording = sigmf.fromfile(meta_path)
+    recording.validate()
+    assert len(recording.get_captures()) == 2
+    assert recording.get_global_field("ma_ota:pilots") == mode
+    assert np.allclose(recording.read_samples().T, sounding.iq[2])
