@@ -40,7 +40,15 @@ from drivers.errors import FLError
 from fl import ota
 from fl.aggregation import DigitalFedAvg, OverTheAir, apply_update, default_combiner, payload_names
 from fl.keys import KeyLayout
-from fl.protocol import COORDINATOR, Message, MsgType, SocketLoop, node_identity, pairs_to_complex
+from fl.protocol import (
+    COORDINATOR,
+    Message,
+    MsgType,
+    SocketLoop,
+    build_frame,
+    node_identity,
+    pairs_to_complex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +133,7 @@ class Coordinator:
         from fl.training import adapter_state, build_workload
 
         self.work = build_workload(self.fl, config.run.seed, self.num_clients, None)
-        self.global_adapter = adapter_state(self.work.model)
+        self.global_adapter = build_frame(adapter_state(self.work.model))  # encoded once per round
         self.version = 0
         self.payload = payload_names(list(self.global_adapter), self.fl.lora.mode)
         if resume:
@@ -369,7 +377,7 @@ class Coordinator:
         return [k for k in nodes if key(k) in self._msgs]
 
     def _run_round(self, r: int) -> None:
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.thread_time()
         self._round, self._msgs = r, {}
         alive = self._alive()
         if not alive:
@@ -428,7 +436,7 @@ class Coordinator:
             updates = {k: self._msgs[(MsgType.DIGITAL, k)].frames["update"] for k in delivered}
             estimate = DigitalFedAvg().aggregate(updates, {k: plan.weights[k] for k in delivered}).update
         t_agg = time.monotonic()
-        self.global_adapter = apply_update(self.global_adapter, estimate)
+        self.global_adapter = build_frame(apply_update(self.global_adapter, estimate))
         self.version = r
         from fl.training import evaluate, load_adapter_state
 
@@ -464,6 +472,7 @@ class Coordinator:
             "round_time_s": time.monotonic() - t0,
             "wait_time_s": t_agg - t_plan,
             "coordinator_time_s": (t_plan - t0) + (time.monotonic() - t_agg),
+            "coordinator_cpu_s": time.thread_time() - cpu0,  # this thread's own work, waits excluded
             "plan": {k: v for k, v in plan.extra.items() if isinstance(v, (int, float, str, list, bool))},
         }
         self.metrics.append(record)
@@ -610,7 +619,7 @@ class Coordinator:
         adapter = safetensors.numpy.load_file(str(folder / "adapter.safetensors"))
         if set(adapter) != set(self.global_adapter):
             raise FLError(f"{folder}: the checkpoint's adapter does not match this model's LoRA config")
-        self.global_adapter = adapter
+        self.global_adapter = build_frame(adapter)
         self.version = int(state["version"])
         self.rng.bit_generator.state = state["rng_state"]
         self.metrics = list(state["metrics"])

@@ -32,7 +32,7 @@ from fl.aggregation import payload_names
 from fl.airlink import AirTransmitter
 from fl.clocks import apply_clock, modeled_energy_j
 from fl.keys import KeyLayout, node_name
-from fl.protocol import Message, MsgType, SocketLoop, complex_to_pairs, node_identity
+from fl.protocol import Message, MsgType, SocketLoop, complex_to_pairs, empty_frame, node_identity
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,10 @@ class Node:
             )
         after = adapter_state(self.work.model)
         names = payload_names(list(after), body["lora_mode"])
-        update = {n: (after[n].astype(np.float64) - before[n]).astype(np.float32) for n in names}
+        # Computed straight into a safetensors frame: uploading it needs no further copy.
+        update = empty_frame({n: after[n].shape for n in names})
+        for n in names:
+            np.subtract(after[n], before[n], out=update[n])
         weight = float(body.get("weight", body["batch"]))
         if body["aggregation"] == "digital":
             self.send(

@@ -6,7 +6,8 @@ front). The header is UTF-8 JSON::
     {"proto": "ma-ota-fl", "v": 1, "type": "plan", "round": 3, "node": 2,
      "body": {...}, "manifest": [{"name": "adapter", "bytes": 123456}]}
 
-Each tensor frame is one safetensors file (``safetensors.numpy.save``); the manifest names them
+Each tensor frame is one safetensors file (``build_frame``, one copy of the data; any safetensors
+library reads it, and ``frame_to_tensors`` reads the library's files); the manifest names them
 in order. Nothing is ever unpickled: the header is JSON and the frames are parsed by a strict
 safetensors reader here that maps tensors straight onto the received buffer (no copy), checking
 every dtype, shape and offset first. Anything malformed raises ``ProtocolError``.
@@ -18,9 +19,11 @@ arrives, and sends and tracks heartbeats, so a busy training loop can never star
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import json
 import logging
+import os
 import queue
 import struct
 import threading
@@ -30,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import safetensors.numpy
 import zmq
 
 from drivers.errors import ProtocolError
@@ -131,20 +133,80 @@ _DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
+_CODES: dict[np.dtype, str] = {v: k for k, v in _DTYPES.items()}
 
 
-def tensors_to_frame(tensors: Mapping[str, np.ndarray]) -> bytes:
-    """One safetensors file holding ``tensors`` (numpy; float32/float64/ints)."""
-    clean = {}
+class FrameTensors(dict):
+    """Tensors that are read-only views of one safetensors frame: sending them again is free.
+
+    ``build_frame`` and ``frame_to_tensors`` return these, so a received adapter, or the global
+    adapter broadcast to every node, is encoded once (not once per send).
+    """
+
+    frame: bytes | bytearray | memoryview | None = None
+    _views: dict[str, np.ndarray]
+
+    def intact(self) -> bool:
+        views = getattr(self, "_views", None)
+        return (
+            self.frame is not None
+            and views is not None
+            and len(views) == len(self)
+            and all(self.get(k) is v for k, v in views.items())
+        )
+
+
+def _attach(out: FrameTensors, frame: bytes | bytearray | memoryview) -> FrameTensors:
+    out.frame = frame
+    out._views = dict(out)
+    return out
+
+
+def build_frame(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> FrameTensors:
+    """Write ``tensors`` as one safetensors file with a single copy of the data (no library
+    round trip through per-tensor ``bytes``); the result's values are views of the frame."""
+    arrays = {}
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
     for name, arr in tensors.items():
-        a = np.ascontiguousarray(arr)
+        a = np.asarray(arr)
         if a.dtype.kind == "c":
             raise ProtocolError(f"tensor {name!r} is complex: send complex_to_pairs(x) instead")
-        clean[name] = a
-    return safetensors.numpy.save(clean)
+        code = _CODES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
+        if code is None:
+            raise ProtocolError(f"tensor {name!r} has dtype {a.dtype}; allowed {sorted(_DTYPES)}")
+        header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        arrays[name] = a
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the reference writer does
+    buf = bytearray(8 + len(text) + offset)
+    buf[:8] = struct.pack("<Q", len(text))
+    buf[8 : 8 + len(text)] = text
+    data = memoryview(buf)[8 + len(text) :]
+    out = FrameTensors()
+    for name, a in arrays.items():
+        begin, end = header[name]["data_offsets"]
+        view = np.frombuffer(data[begin:end], dtype=_DTYPES[header[name]["dtype"]]).reshape(a.shape)
+        view[...] = a  # the one copy
+        out[name] = view
+    return _attach(out, buf)
 
 
-def frame_to_tensors(buf: bytes | memoryview, where: str = "frame") -> TensorDict:
+def empty_frame(shapes: Mapping[str, tuple[int, ...]], dtype: np.dtype | str = np.float32) -> FrameTensors:
+    """A zeroed frame with writable views: compute straight into it, then send it with no copy."""
+    return build_frame({n: np.zeros(shape, dtype=dtype) for n, shape in shapes.items()})
+
+
+def tensors_to_frame(tensors: Mapping[str, np.ndarray]) -> bytes | bytearray | memoryview:
+    """One safetensors file holding ``tensors`` (reused as is when they are an intact frame)."""
+    if isinstance(tensors, FrameTensors) and tensors.intact():
+        assert tensors.frame is not None
+        return tensors.frame
+    return build_frame(tensors).frame  # type: ignore[return-value]
+
+
+def frame_to_tensors(buf: bytes | bytearray | memoryview, where: str = "frame") -> FrameTensors:
     """Parse one safetensors frame strictly; tensors are read-only views of ``buf``."""
     view = memoryview(buf).cast("B")
     total = view.nbytes
@@ -160,7 +222,8 @@ def frame_to_tensors(buf: bytes | memoryview, where: str = "frame") -> TensorDic
     if not isinstance(header, dict):
         raise ProtocolError(f"{where}: safetensors header must be an object")
     data = view[8 + header_len :]
-    out: TensorDict = {}
+    out = FrameTensors()
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -184,11 +247,16 @@ def frame_to_tensors(buf: bytes | memoryview, where: str = "frame") -> TensorDic
                 f"in {data.nbytes} data bytes"
             )
         out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape)
-    return out
+        out[name].flags.writeable = False
+        spans.append((begin, end))
+    spans.sort()
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:], strict=False)) or (spans and spans[0][0] != 0):
+        raise ProtocolError(f"{where}: tensor data overlaps or leaves holes (offsets {spans})")
+    return _attach(out, buf)
 
 
 # --- messages -----------------------------------------------------------------------------------
-def encode(msg: Message) -> list[bytes]:
+def encode(msg: Message) -> list[Any]:
     """``[header, *tensor frames]`` ready for ``send_multipart``."""
     frames = [tensors_to_frame(t) for t in msg.frames.values()]
     header = {
@@ -198,7 +266,9 @@ def encode(msg: Message) -> list[bytes]:
         "round": int(msg.round),
         "node": int(msg.node),
         "body": msg.body,
-        "manifest": [{"name": n, "bytes": len(f)} for n, f in zip(msg.frames, frames, strict=True)],
+        "manifest": [
+            {"name": n, "bytes": memoryview(f).nbytes} for n, f in zip(msg.frames, frames, strict=True)
+        ],
     }
     return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8"), *frames]
 
@@ -286,14 +356,16 @@ class SocketLoop:
         heartbeat_s: float,
         sender_node: int,
         max_frame_bytes: int | None = None,
-        poll_s: float = 0.002,
     ) -> None:
         self.socket = socket
         self.router = router
         self.heartbeat_s = heartbeat_s
         self.sender_node = sender_node
         self.max_frame_bytes = max_frame_bytes
-        self.poll_ms = max(1, int(poll_s * 1000))
+        # A pipe wakes the thread the moment something is queued (no busy polling).
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.inbox: queue.Queue[tuple[bytes, Message | None]] = queue.Queue()
         self._outbox: queue.Queue[tuple[bytes | None, list[bytes]]] = queue.Queue()
         self.peers: set[bytes] = set()
@@ -310,10 +382,16 @@ class SocketLoop:
         return self
 
     def send(self, msg: Message, identity: bytes | None = None) -> None:
-        self._outbox.put((identity, encode(msg)))
+        self.send_frames(encode(msg), identity)
 
-    def send_frames(self, frames: list[bytes], identity: bytes | None = None) -> None:
+    def send_frames(self, frames: list[Any], identity: bytes | None = None) -> None:
         self._outbox.put((identity, frames))
+        self._wake()
+
+    def _wake(self) -> None:
+        # A full pipe means the thread is awake anyway; a closed one means it is gone.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
 
     def seen_within(self, identity: bytes, window_s: float) -> bool:
         with self._lock:
@@ -330,9 +408,12 @@ class SocketLoop:
         ):
             time.sleep(0.005)
         self._stop.set()
+        self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout=2.0)
         self.socket.close(linger=int(linger_s * 1000))
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
 
     def _run(self) -> None:
         try:
@@ -344,10 +425,17 @@ class SocketLoop:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         next_beat = time.monotonic()
         beat = encode(Message(MsgType.HEARTBEAT, 0, self.sender_node))
         while not self._stop.is_set():
-            events = dict(poller.poll(self.poll_ms))
+            wait_s = max(0.0, next_beat - time.monotonic())
+            if self._pending:
+                wait_s = min(wait_s, 0.01)  # a blocked send is retried soon
+            events = dict(poller.poll(int(wait_s * 1000) + 1))
+            if events.get(self._wake_r):
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 65536)
             if events.get(self.socket):
                 for _ in range(256):  # drain, but let sends and beats run too
                     try:
