@@ -267,9 +267,9 @@ class Medium:
             rate_sps=lab.receiver.rate_sps,
             noise_power_w=dbm_to_w(medium_cfg.noise_power_dbm),
             impairments=Impairments.from_config(medium_cfg.impairments),
-            tx_gain_ref_db=float(getattr(medium_cfg, "tx_gain_ref_db", 60.0)),
-            rx_gain_ref_db=float(getattr(medium_cfg, "rx_gain_ref_db", 0.0)),
-            capture_history_s=float(getattr(medium_cfg, "capture_history_s", 0.0)),
+            tx_gain_ref_db=float(medium_cfg.tx_gain_ref_db),
+            rx_gain_ref_db=float(medium_cfg.rx_gain_ref_db),
+            capture_history_s=float(medium_cfg.capture_history_s),
         )
         for k in range(count):
             medium.add_client(f"client{k}", k)

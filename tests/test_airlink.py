@@ -26,7 +26,13 @@ from testbed.ota_phy import (
     data_burst,
     zadoff_chu,
 )
-from testbed.radio_airlink import RadioAirLink, RadioAirReceiver, RadioAirTransmitter, measure_aggregation
+from testbed.radio_airlink import (
+    RadioAirLink,
+    RadioAirReceiver,
+    RadioAirTransmitter,
+    measure_aggregation,
+    strongest_direction,
+)
 
 WL = wavelength_m(2.4e9)
 RATE = 1e6
@@ -252,3 +258,33 @@ def test_symbol_air_combined_fast_path_equals_combining_every_antenna() -> None:
     noisy = SymbolAir(channel, positions, 2e-12, rng)
     z = noisy.collect(200_000, 3.0, m)  # nothing sent: only combined noise
     assert np.mean(np.abs(z) ** 2) == pytest.approx(2e-12 * np.sum(np.abs(m) ** 2), rel=0.02)
+
+
+def test_fl_over_the_air_strategy_runs_over_the_radio_link() -> None:
+    """fl's OTA strategy (normalise, pack two reals per symbol, precode, de-normalise) over the
+    radio AirLink aggregates as well as over the symbol-level link."""
+    from fl.aggregation import OverTheAir
+
+    noise_w = 3e-11
+    link, channel, positions, _ = _lab(13, noise_w, LOCKED, LOCKED_PILOTS)
+    rng = np.random.default_rng(13)
+    updates = {
+        k: {
+            "a": rng.standard_normal((16, 8)).astype(np.float32),
+            "b": rng.standard_normal(33).astype(np.float32),
+        }
+        for k in range(K)
+    }
+    weights = {k: float(WEIGHTS[k]) for k in range(K)}
+    # A combiner blind to each client's LO phase, which the radio path's H carries and the
+    # symbol link's does not (fl's default matched sum is not).
+    radio = OverTheAir(
+        link, POWER_W, combiner=strongest_direction, slot_clock=lambda: link.time_now() + 2e-4
+    ).aggregate(updates, weights)
+    symbol_link = SymbolAir(channel, positions, link.noise_power_w, np.random.default_rng(14))
+    symbol = OverTheAir(symbol_link, POWER_W, combiner=strongest_direction).aggregate(updates, weights)
+    assert radio.update["a"].shape == (16, 8) and radio.update["b"].shape == (33,)
+    assert radio.metrics["nmse"] < 0.1
+    assert (
+        abs(10 * np.log10(radio.metrics["nmse"] / symbol.metrics["nmse"])) < 3.0
+    )  # 161 reals: a rough match

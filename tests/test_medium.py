@@ -220,3 +220,48 @@ def test_from_config_builds_the_lab() -> None:
     assert medium.node("receiver").num_antennas == config.lab.num_antennas
     assert medium.noise_power_w == pytest.approx(1e-12)
     assert medium.impairments.cfo_hz_max == config.lab.medium.impairments.cfo_hz_max
+
+
+def test_medium_server_process_serves_radios_and_the_clock() -> None:
+    """``python -m sim.medium_server --ideal`` in its own process; radios and medium ops reach it."""
+    import subprocess
+    import sys
+
+    from sim.medium_server import MediumClient
+    from sim.radio import build_sim_radios
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sim.medium_server",
+            "--ideal",
+            "tx0,rx:2",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--insecure",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # READY <endpoint> nodes=...
+        assert line.startswith("READY "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        endpoint = line.split()[1]
+        tx, rx = build_sim_radios([("tx0", 1), ("rx", 2)], medium_address=endpoint)
+        client = MediumClient(endpoint)
+        client.advance_to(0.5)
+        assert tx.time_now() == pytest.approx(0.5)
+        x = (0.25 * np.exp(1j * np.arange(40) / 3.0)).astype(np.complex64)
+        tx.transmit(x, 0.501)
+        y = rx.receive(40, 0.501).samples
+        np.testing.assert_allclose(y, np.stack([x, x]), rtol=1e-6)
+        info = client.info()
+        assert {n["name"] for n in info["nodes"]} == {"tx0", "rx"}
+        assert info["time_s"] == pytest.approx(0.501 + 40e-6)
+        for radio in (tx, rx):
+            radio.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
