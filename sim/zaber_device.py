@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sim.motion import LinearMove
+from sim.motion import LinearMove, Trapezoid
 from sim.serial_url import EmulatorEndpoint
 
 DEFAULT_MICROSTEP_M = 0.047625e-6  # X-LSQ series lead-screw stages
@@ -312,10 +312,9 @@ class ZaberDevice(EmulatorEndpoint):
         ax.homing = True
         ax.warnings.discard("FS")
         move = self._plan(ax, 0.0, now)
-        if self.faults.homing_never_ends:
+        if self.faults.homing_never_ends:  # the sensor never trips: busy forever, going nowhere
             self.faults.homing_never_ends = False
-            move = LinearMove(move.start, move.start, move.profile, now)
-            object.__setattr__(move, "t0", math.inf)  # never reaches the switch
+            move = LinearMove(move.start, move.start, Trapezoid(0.0, 1.0, 1.0), math.inf)
         ax.move = move
         ax.fault_stall_t = ax.fault_disconnect_t = None
 
