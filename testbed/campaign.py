@@ -2,8 +2,8 @@
 
 ``testbed measure CONFIG`` lands here. The shape of one campaign:
 
-1. **Plan** (``plan_campaign``): a square grid over the region with step
-   ``campaign.step_wavelengths`` lambda, centred. The N antennas move together in a rigid
+1. **Plan** (``plan_campaign``): a square grid over the whole region, edge to edge, with step
+   ``campaign.step_wavelengths`` lambda (or the next smaller one that divides the region). The N antennas move together in a rigid
    formation: the grid's columns are cut into N strips of equal width ``c`` (strips overlap by a
    column where N does not divide the column count), antenna n covers strip n, and all antennas
    visit the same (column-in-strip, row) at once, in snake order (or raster order). A rigid
@@ -110,9 +110,10 @@ class CampaignPlan:
 
 
 def grid_lines(region_m: float, step_m: float) -> np.ndarray:
-    """Grid coordinates along one axis: as many ``step_m`` steps as fit in the region, centred."""
-    count = int(math.floor(region_m / step_m + 1e-9)) + 1
-    return (np.arange(count) - (count - 1) / 2.0) * step_m
+    """Grid coordinates along one axis, edge to edge of the region (so a measured map covers
+    every position the allocation may pick), at the largest step not above ``step_m``."""
+    count = int(math.ceil(region_m / step_m - 1e-9)) + 1
+    return np.linspace(-region_m / 2.0, region_m / 2.0, count)
 
 
 def plan_campaign(

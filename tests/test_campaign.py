@@ -74,7 +74,7 @@ def test_formation_refuses_too_many_antennas_for_the_clearance() -> None:
         plan_campaign(4 * LAMBDA_M, 0.25 * LAMBDA_M, 8, 1.0 * LAMBDA_M)
     with pytest.raises(ConfigError, match=r"campaign.step_wavelengths.*only 3 columns for 4 antennas"):
         plan_campaign(4 * LAMBDA_M, 2 * LAMBDA_M, 4, 0.5 * LAMBDA_M)
-    assert grid_lines(1.0, 0.3).tolist() == pytest.approx([-0.45, -0.15, 0.15, 0.45])
+    assert grid_lines(1.0, 0.3).tolist() == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])  # edge to edge
     # Paths of a move along the strip offset come closer than the antennas stand: 1 - step lambda.
     for step_wl, gap_wl in [(0.25, 0.75), (0.5, 0.5), (1.0, 0.0)]:
         plan = plan_campaign(4 * LAMBDA_M, step_wl * LAMBDA_M, 4, 0.5 * LAMBDA_M)
@@ -389,3 +389,24 @@ def test_pilots_in_turn_or_at_once_estimate_every_client(tmp_path: Path, mode: s
     assert len(recording.get_captures()) == 2
     assert recording.get_global_field("ma_ota:pilots") == mode
     assert np.allclose(recording.read_samples().T, sounding.iq[2])
+
+
+def test_measured_map_plugs_into_the_allocation(radio_campaign: Any) -> None:
+    """The map stands in for the sim channel behind ``allocation.solve`` (what `testbed plan` runs)."""
+    import allocation
+    from testbed.planning import build_problem
+
+    config, result = radio_campaign
+    config = config.model_copy(deep=True)
+    config.allocation.max_rounds, config.allocation.position_starts = 2, 1
+    config.allocation.max_outer_iterations = 5
+    cmap = MeasuredChannelMap.from_run(result.run_dir)
+    plan = allocation.solve(build_problem(config, channel=cmap))
+    assert plan.feasible and plan.round_plans
+    half, spacing = config.lab.array.region_m / 2, config.lab.array.min_spacing_m
+    for rnd in plan.round_plans:
+        pos = np.asarray(rnd.positions_m)
+        assert np.all(np.abs(pos) <= half + 1e-9)
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos))
+        assert d.min() >= spacing - 1e-6
+        assert np.isfinite(rnd.mse) and rnd.mse > 0
