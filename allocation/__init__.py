@@ -6,7 +6,7 @@ Pure maths: this package imports nothing from the rest of the project.
 from __future__ import annotations
 
 from allocation.baselines import BASELINES, solve_baseline, solve_baselines
-from allocation.core import Strategy, plan_round, solve_with
+from allocation.core import Strategy, min_energy_to_target, plan_round, solve_with
 from allocation.plan import Plan, RoundPlan
 from allocation.problem import AllocationError, BoundConstants, Problem
 
@@ -30,6 +30,7 @@ __all__ = [
     "Problem",
     "RoundPlan",
     "Strategy",
+    "min_energy_to_target",
     "plan_round",
     "solve",
     "solve_baseline",

@@ -142,7 +142,7 @@ class _CvxpyStep:
 
 
 _CVXPY_CACHE: dict[tuple[int, int], _CvxpyStep] = {}
-_CHOICE: dict[int, str] = {}  # per N: the first size met decides for all K
+_CHOICE: dict[tuple[int, int], str] = {}  # per (K, N): the dual wins small K, Clarabel large K
 
 
 def _cvxpy_step(k: int, n: int) -> _CvxpyStep:
@@ -152,8 +152,8 @@ def _cvxpy_step(k: int, n: int) -> _CvxpyStep:
     return _CVXPY_CACHE[key]
 
 
-def solver_choice() -> dict[int, str]:
-    """What ``auto`` picked for each N so far (for reports)."""
+def solver_choice() -> dict[tuple[int, int], str]:
+    """What ``auto`` picked for each (K, N) so far (for reports)."""
     return dict(_CHOICE)
 
 
@@ -207,7 +207,7 @@ def _sca(
     m = feasible_start(h, xa, None if start is None else np.asarray(start) * s)
     k, n = h.shape
     if solver == "auto":
-        solver = _CHOICE.get(n) or _pick(h, xa, m)
+        solver = _CHOICE.get((k, n)) or _pick(h, xa, m)
     step = _numpy_step if solver == "numpy" else _cvxpy_step(k, n)
     trace = [float(np.sum(np.abs(m) ** 2))]
     mu = np.zeros(k)
@@ -247,6 +247,9 @@ def _pick(h: np.ndarray, x: np.ndarray, m: np.ndarray) -> str:
     t0 = time.perf_counter()
     m_np, _ = _numpy_step(h, x, m)
     t_np = time.perf_counter() - t0
+    if t_np < 5e-4:  # well under any conic solver's overhead: no need to compile one
+        _CHOICE[(k, n)] = "numpy"
+        return "numpy"
     cv = _cvxpy_step(k, n)
     cv(h, x, m)  # first call compiles; time the second
     t0 = time.perf_counter()
@@ -255,7 +258,7 @@ def _pick(h: np.ndarray, x: np.ndarray, m: np.ndarray) -> str:
     o_np, o_cv = np.sum(np.abs(m_np) ** 2), np.sum(np.abs(m_cv) ** 2)
     agree = abs(o_np - o_cv) <= 1e-4 * max(o_np, o_cv)
     choice = ("numpy" if t_np <= t_cv else "cvxpy") if agree else "cvxpy"
-    _CHOICE[n] = choice
+    _CHOICE[(k, n)] = choice
     return choice
 
 

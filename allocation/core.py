@@ -439,3 +439,41 @@ def plan_round(
         air_s=des.airtime_s,
         energy_j=comp_e + float(np.sum(des.air_energy_j)),
     )
+
+
+def min_energy_to_target(
+    problem: Problem, strategy: Strategy, target: float, shared: dict, iterations: int = 30
+) -> tuple[float, Plan] | None:
+    """The least energy budget whose plan still reaches bound <= ``target`` (bisection).
+
+    The optimiser spends whatever energy budget it is given on larger batches; this asks the
+    other question, "what does reaching this accuracy cost?", re-using the round designs.
+    """
+    from dataclasses import replace
+
+    def plan_at(energy_j: float) -> Plan | None:
+        try:
+            p = replace(problem, energy_budget_j=energy_j)
+        except AllocationError:
+            return None
+        p.channel = problem.channel  # same object: the shared designs apply
+        return solve_with(p, strategy, shared=shared)
+
+    hi_plan = plan_at(problem.energy_budget_j)
+    if hi_plan is None or hi_plan.rounds_to(target) is None:
+        return None
+    lo, hi = 0.0, problem.energy_budget_j
+    best = (hi_plan.energy_to(target) or hi, hi_plan)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        plan = plan_at(mid)
+        if plan is not None and plan.rounds_to(target) is not None:
+            hi = mid
+            e = plan.energy_to(target)
+            if e is not None and e < best[0]:
+                best = (e, plan)
+        else:
+            lo = mid
+        if hi - lo < 1e-3 * hi:
+            break
+    return best

@@ -12,11 +12,12 @@ convex set) keeps the true objective J = ||m||^2 / min_k (|h~_k^H m|^2 / x_k) fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from allocation.beamformer import BeamformerResult, optimize_beamformer
+from allocation.beamformer import BeamformerResult, nnqp, optimize_beamformer
 from allocation.problem import AllocationError, Problem
 
 _FEAS_TOL = 1e-9
@@ -156,10 +157,60 @@ class _ProjectionQP:
 _QP_CACHE: dict[int, _ProjectionQP] = {}
 
 
-def _projection(n: int) -> _ProjectionQP:
-    if n not in _QP_CACHE:
-        _QP_CACHE[n] = _ProjectionQP(n)
-    return _QP_CACHE[n]
+def project_active_set(
+    current: np.ndarray, target: np.ndarray, half_m: float, spacing_m: float, rounds: int = 30
+) -> np.ndarray | None:
+    """The same QP by cutting planes: add the violated box/linearised-spacing rows, solve the
+    small dual (a non-negative QP) and repeat. Returns None if it did not settle (use Clarabel)."""
+    n = current.shape[0]
+    tgt = target.reshape(-1)
+    rows: dict[tuple, tuple[np.ndarray, float]] = {}
+    r = tgt.copy()
+    for _ in range(rounds):
+        pos = r.reshape(n, 2)
+        added = False
+        for idx in np.flatnonzero(np.abs(r) > half_m * (1 + 1e-12)):
+            key = ("box", int(idx), float(np.sign(r[idx])))
+            if key not in rows:
+                g = np.zeros(2 * n)
+                g[idx] = -np.sign(r[idx])  # -sign * r_i >= -half
+                rows[key] = (g, -half_m)
+                added = True
+        if n > 1 and spacing_m > 0:
+            diff0 = current[:, None, :] - current[None, :, :]
+            dist0 = np.maximum(np.linalg.norm(diff0, axis=-1), 1e-15)
+            u = diff0 / dist0[..., None]
+            lin = np.einsum("ijk,ijk->ij", u, pos[:, None, :] - pos[None, :, :])
+            for i, j in zip(*np.nonzero(np.triu(lin < spacing_m * (1 - 1e-12), 1)), strict=True):
+                key = ("pair", int(i), int(j))
+                if key not in rows:
+                    g = np.zeros(2 * n)
+                    g[2 * i : 2 * i + 2] = u[i, j]
+                    g[2 * j : 2 * j + 2] = -u[i, j]
+                    rows[key] = (g, spacing_m)
+                    added = True
+        if not added:
+            return pos.copy()
+        gmat = np.array([g for g, _ in rows.values()])
+        hvec = np.array([h for _, h in rows.values()])
+        # min ||r - tgt||^2 s.t. G r >= h: r = tgt + G^T lam / 2, lam = argmax of the dual.
+        lam = nnqp(gmat @ gmat.T / 2.0, hvec - gmat @ tgt)
+        r = tgt + gmat.T @ lam / 2.0
+    return None
+
+
+def _projection(n: int) -> Callable[[np.ndarray, np.ndarray, float, float], np.ndarray]:
+    """The projection QP: the active-set dual in numpy, Clarabel (DPP, built once per N) if needed."""
+
+    def project(current: np.ndarray, target: np.ndarray, half_m: float, spacing_m: float) -> np.ndarray:
+        out = project_active_set(current, target, half_m, spacing_m)
+        if out is not None and is_feasible(out, half_m, spacing_m, 1e-9):
+            return out
+        if n not in _QP_CACHE:
+            _QP_CACHE[n] = _ProjectionQP(n)
+        return _QP_CACHE[n](current, target, half_m, spacing_m)
+
+    return project
 
 
 def position_step(

@@ -202,7 +202,7 @@ def pdd_select(
 def _set_value(h: np.ndarray, sel: np.ndarray, solver: str) -> float:
     x = np.zeros(h.shape[0])
     x[sel] = 1.0
-    return optimize_beamformer(h, x, solver=solver, max_steps=10).objective
+    return optimize_beamformer(h, x, solver=solver, max_steps=6).objective
 
 
 def swap_polish(
@@ -216,7 +216,8 @@ def swap_polish(
 ) -> np.ndarray:
     """Rounding repair: try the channel-greedy set, then single swaps in/out while J improves.
 
-    Candidates to swap in are the 2K unselected clients with the largest relaxed x (bounded cost).
+    Candidates to swap in are the min(2K, 6) unselected clients with the largest relaxed x
+    (bounded cost at large U).
     """
     k = len(sel)
     solver = problem.beamformer_solver

@@ -95,3 +95,18 @@ def test_qp_fallback_projects_onto_box_and_linearised_spacing() -> None:
     target[2] = [0.0, 5 * lam]  # antenna 2 jumps out of the region
     out = _projection(4)(current, target, half, d)
     assert is_feasible(out, half, d, tol=1e-7)
+
+
+def test_active_set_projection_matches_clarabel() -> None:
+    from allocation.positions import _ProjectionQP, project_active_set
+
+    rng = np.random.default_rng(7)
+    lam = LAMBDA_M
+    half, d = 2 * lam, lam / 2
+    for _ in range(5):
+        current = random_feasible_positions(rng, 6, half, d)
+        target = current + rng.normal(0, lam / 3, current.shape)
+        fast = project_active_set(current, target, half, d)
+        ref = _ProjectionQP(6)(current, target, half, d)
+        assert fast is not None and is_feasible(fast, half, d, tol=1e-9)
+        assert np.sum((fast - target) ** 2) == pytest.approx(np.sum((ref - target) ** 2), rel=1e-4, abs=1e-12)

@@ -127,3 +127,40 @@ def test_build_problem_from_config_and_cli_json(capsys: pytest.CaptureFixture[st
     assert rc in (0, 1)
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {r["method"] for r in out["comparison"]} == {"ours", "fpa", "non_ma"}
+
+
+def test_sweep_runs_in_local_processes_and_saves_plots(tmp_path) -> None:  # noqa: ANN001
+    from testbed.config import load_config
+    from testbed.planning import plot_sweep, run_sweep
+
+    cfg = load_config(
+        None,
+        [
+            "lab.clients.count=3",
+            "allocation.max_rounds=2",
+            "allocation.position_starts=1",
+            "allocation.latency_budget_s=2000",
+            "allocation.sweep_workers=2",
+        ],
+    )
+    grid = {"K": [1.0, 2.0]}
+    rows = run_sweep(cfg, grid, draws=1, baselines=("fpa",))
+    assert len(rows) == 2 and all("error" not in r for r in rows)
+    assert {r["K"] for r in rows} == {1.0, 2.0}
+    assert all(r["ours.feasible"] for r in rows)
+    paths = plot_sweep(rows, grid, tmp_path)
+    assert paths[0].exists() and paths[0].stat().st_size > 1000
+
+
+def test_sweep_engine_that_is_not_installed_is_a_clear_error() -> None:
+    import importlib.util
+
+    from drivers.errors import ConfigError
+    from testbed.config import load_config
+    from testbed.planning import parse_sweep, run_sweep
+
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        parse_sweep("Q=1,2")
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(ConfigError, match="ray"):
+            run_sweep(load_config(None, ["allocation.sweep_engine=ray"]), {"K": [1.0]}, draws=1)

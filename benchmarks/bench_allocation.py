@@ -1,0 +1,217 @@
+"""Benchmark of the allocation optimizer (issue 5), on seeded field-response channel draws.
+
+Each figure is printed beside a baseline measured in the same run, as a ratio:
+1. the SCA beamformer's gap to the SDR lower bound (N = 8, 16; K = 20) and its time per step;
+2. the max-min MSE gain of optimised antenna positions over the fixed lambda/2 array and over
+   the best of 50 random placements (N = 4, K = 8, L = 10, A = 4 lambda, D = lambda/2; 10 draws);
+3. energy and rounds-to-target of the full plan against the non-MA and max-clock baselines under
+   the same budgets (target = the non-MA baseline's best bound);
+4. solve time against U and N.
+The last line is one JSON object with the keys the issue names.
+
+Run: .venv/bin/python benchmarks/bench_allocation.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from allocation import Problem, Strategy, min_energy_to_target, plan_round, solve, solve_baselines  # noqa: E402
+from allocation.baselines import BASELINES  # noqa: E402
+from allocation.beamformer import optimize_beamformer, sdr_lower_bound, solver_choice  # noqa: E402
+from allocation.core import best_random_placement  # noqa: E402
+from allocation.positions import optimize_positions_multistart  # noqa: E402
+from allocation.problem import lambda_half_grid  # noqa: E402
+from sim.channel import FieldResponseChannel, path_loss_linear  # noqa: E402
+
+LAMBDA_M = 299_792_458.0 / 2.4e9
+NOISE_W = 1e-12  # -90 dBm
+POWER_W = 0.1
+
+
+def db(x: float) -> float:
+    return 10.0 * math.log10(x)
+
+
+def make_problem(
+    rng: np.random.Generator, u: int, n: int, k: int, paths: int = 10, area: float = 4.0, **kw
+) -> Problem:
+    beta = path_loss_linear(rng.uniform(20.0, 80.0, u))
+    ch = FieldResponseChannel.draw(rng, u, paths, LAMBDA_M, path_gain=beta)
+    return Problem(
+        channel=ch,
+        num_antennas=n,
+        wavelength_m=LAMBDA_M,
+        region_m=area * LAMBDA_M,
+        min_spacing_m=LAMBDA_M / 2,
+        noise_power_w=NOISE_W,
+        power_w=POWER_W,
+        clients_per_round=k,
+        **kw,
+    )
+
+
+def bench_sdr() -> dict[str, float]:
+    print("== 1. SCA beamformer vs the SDR lower bound (K = 20) ==")
+    out = {}
+    step_ms = []
+    for n in (8, 16):
+        gaps, t_sca, t_sdr = [], [], []
+        for seed in range(3):
+            rng = np.random.default_rng(100 + seed)
+            ch = FieldResponseChannel.draw(rng, 20, 10, LAMBDA_M, path_gain=1e-9)
+            pos = lambda_half_grid(n, LAMBDA_M, 4 * LAMBDA_M)
+            h = ch.response(pos) * math.sqrt(POWER_W)
+            t0 = time.perf_counter()
+            res = optimize_beamformer(h, max_steps=100, starts=8, rng=rng)
+            t_sca.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            sdr = sdr_lower_bound(h)
+            t_sdr.append(time.perf_counter() - t0)
+            gaps.append(db(res.objective / sdr))
+            # time per step of the chosen solver, warm (a fresh single-start run)
+            step_ms.append(optimize_beamformer(h, max_steps=20).step_s * 1e3)
+        gap = float(np.median(gaps))
+        out[f"sdr_gap_db_n{n}"] = gap
+        print(
+            f"N={n:2d}: SCA (8 starts) {gap:.3f} dB above the SDR bound (median of 3; target <= 0.5 dB); "
+            f"SCA time / SDR time = {np.median(t_sca) / np.median(t_sdr):.3f}"
+        )
+    out["sca_step_ms"] = float(np.median(step_ms))
+    print(
+        f"SCA step: {out['sca_step_ms']:.3f} ms (target <= 5 ms); solvers picked per (K, N): {solver_choice()}"
+    )
+    return out
+
+
+def bench_positions() -> dict[str, float]:
+    print(
+        "== 2. optimised positions vs the fixed array and best-of-50 random (N=4, K=8, L=10, A=4 lambda) =="
+    )
+    vs_fpa, vs_rp = [], []
+    for seed in range(10):
+        rng = np.random.default_rng(200 + seed)
+        p = make_problem(rng, 8, 4, 8, position_starts=4, latency_budget_s=1e5)
+        demand = np.ones(8)
+        ours = optimize_positions_multistart(p, rng, demand, iterations=20)
+        j_ours = optimize_beamformer(
+            p.effective_channels(ours.positions_m), demand, start=ours.beamformer.combiner, starts=3, rng=rng
+        ).objective
+        j_ours = min(j_ours, ours.objective)
+        grid = lambda_half_grid(4, LAMBDA_M, p.region_m, p.min_spacing_m)
+        j_fpa = optimize_beamformer(p.effective_channels(grid), demand, starts=3, rng=rng).objective
+        _, j_rp = best_random_placement(p, demand, rng, 50)
+        vs_fpa.append(db(j_fpa / j_ours))
+        vs_rp.append(db(j_rp / j_ours))
+    out = {"ma_vs_fpa_db": float(np.median(vs_fpa)), "ma_vs_rp50_db": float(np.median(vs_rp))}
+    print(
+        f"MSE gain over the fixed array: median {out['ma_vs_fpa_db']:.2f} dB (target >= 3 dB); per draw "
+        f"{np.round(vs_fpa, 2).tolist()}"
+    )
+    print(
+        f"MSE gain over best-of-50 random: median {out['ma_vs_rp50_db']:.2f} dB (must be > 0); per draw "
+        f"{np.round(vs_rp, 2).tolist()}"
+    )
+    return out
+
+
+def bench_plan() -> dict[str, float]:
+    print("== 3. full plan vs non-MA and max-clock under equal budgets (U=10, K=2, N=4) ==")
+    rng = np.random.default_rng(300)
+    p = make_problem(
+        rng, 10, 4, 2, latency_budget_s=3.0e4, energy_budget_j=5.0e4, max_rounds=30, position_starts=3
+    )
+    shared: dict = {}
+    ours = solve(p, shared)
+    base = solve_baselines(p, ["non_ma", "max_clock", "fpa", "digital"], shared)
+    out = {}
+    for ref_name in ("non_ma", "max_clock"):
+        ref = base[ref_name]
+        if not ref.feasible:
+            print(f"{ref_name}: infeasible under these budgets ({ref.notes})")
+            continue
+        target = min(v for v in ref.bound_by_rounds if math.isfinite(v))
+        r_ref, e_ref = ref.rounds_to(target), ref.energy_to(target)
+        r_ours = ours.rounds_to(target)
+        best = min_energy_to_target(p, Strategy(), target, shared)
+        e_ours = best[0] if best else float("nan")
+        rounds_ratio = (r_ours / r_ref) if r_ours else float("inf")
+        energy_ratio = e_ours / e_ref
+        print(
+            f"vs {ref_name}: target bound {target:.6g}; rounds to target ours {r_ours} / {ref_name} {r_ref} = "
+            f"{rounds_ratio:.3f}; energy to target ours {e_ours:.4g} J / {ref_name} {e_ref:.4g} J = {energy_ratio:.3f}"
+        )
+        if ref_name == "non_ma":
+            out["energy_vs_nonma"], out["rounds_vs_nonma"] = energy_ratio, rounds_ratio
+    for ref_name in ("non_ma", "max_clock"):
+        ref = base[ref_name]
+        if ref.feasible:
+            print(
+                f"whole budgets, each at its best R: energy ours {ours.energy_j:.4g} J / {ref_name} {ref.energy_j:.4g} J"
+                f" = {ours.energy_j / ref.energy_j:.3f}; rounds ours {ours.rounds} / {ref_name} {ref.rounds}"
+                f" = {ours.rounds / ref.rounds:.3f} (ours spends spare energy on larger batches)"
+            )
+    print(
+        f"plans at their best R: ours R={ours.rounds} E={ours.energy_j:.4g} J MSE={db(ours.mean_mse):.2f} dB; "
+        + "; ".join(
+            f"{k} R={v.rounds} E={v.energy_j:.4g} J MSE={db(v.mean_mse) if v.mean_mse > 0 else float('-inf'):.2f} dB"
+            for k, v in base.items()
+        )
+    )
+    print(f"bound terms (ours): {json.dumps({k: round(v, 6) for k, v in ours.bound.items()})}")
+    return out
+
+
+def bench_scaling() -> dict[str, float]:
+    print("== 4. solve time vs U and N (solve() with max_rounds = 3; plan_round for one round) ==")
+    times: dict[tuple[int, int], tuple[float, float]] = {}
+    for u, n in [(10, 4), (20, 4), (50, 4), (100, 4), (10, 8), (10, 16), (10, 32), (100, 32)]:
+        rng = np.random.default_rng(400)
+        area = max(4.0, math.ceil(math.sqrt(n)) * 1.0)
+        p = make_problem(
+            rng, u, n, max(2, u // 10), area=area, latency_budget_s=3.0e4, max_rounds=3, position_starts=2
+        )
+        t0 = time.perf_counter()
+        plan_round(p, 0, np.zeros(u, dtype=int), None, 3.0e4, 5.0e4, 30, rng)
+        t_round = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        solve(p)
+        t_solve = time.perf_counter() - t0
+        times[(u, n)] = (t_solve, t_round)
+    base = times[(10, 4)][0]
+    for (u, n), (ts, tr) in times.items():
+        print(f"U={u:3d} N={n:2d}: solve {ts:7.2f} s ({ts / base:6.2f}x U=10,N=4); plan_round {tr:6.3f} s")
+    return {"solve_s_u100_n32": times[(100, 32)][0]}
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    result: dict[str, float] = {}
+    result.update(bench_sdr())
+    result.update(bench_positions())
+    result.update(bench_plan())
+    result.update(bench_scaling())
+    print(f"(baselines known: {sorted(BASELINES)}; total {time.perf_counter() - t0:.1f} s)")
+    keys = [
+        "sdr_gap_db_n8",
+        "sdr_gap_db_n16",
+        "sca_step_ms",
+        "ma_vs_fpa_db",
+        "ma_vs_rp50_db",
+        "energy_vs_nonma",
+        "rounds_vs_nonma",
+        "solve_s_u100_n32",
+    ]
+    print(json.dumps({k: round(float(result.get(k, float("nan"))), 4) for k in keys}))
+
+
+if __name__ == "__main__":
+    main()
