@@ -96,10 +96,23 @@ def _run_with_bar(run_campaign: Any, config: Any, resume: str | None) -> Any:
         TextColumn("points"),
         TimeRemainingColumn(),
     )
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("points", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run_campaign(config, resume, progress=progress)
+        # Log lines go above the bar, not through it: swap the console handler while it runs.
+        saved = list(root.handlers)
+        console = [h for h in saved if type(h) is logging.StreamHandler]
+        rich_handler = RichHandler(console=bar.console, show_path=False, level=root.level)
+        root.handlers[:] = [h for h in saved if h not in console] + ([rich_handler] if console else [])
+        try:
+            return run_campaign(config, resume, progress=progress)
+        finally:
+            root.handlers[:] = saved
