@@ -54,22 +54,28 @@ def setup_logging(quiet: bool = False, as_json: bool = False, verbose: bool = Fa
     root.setLevel(level)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options(in_subcommand: bool) -> argparse.ArgumentParser:
+    """-q/--json/-v, accepted before or after the subcommand. The subcommand's copies default to
+    absent, so ``testbed --json stage ...`` keeps the --json given before the subcommand."""
     common = argparse.ArgumentParser(add_help=False)
+    absent = {"default": argparse.SUPPRESS} if in_subcommand else {}
     common.add_argument(
-        "-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars"
+        "-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars", **absent
     )
-    common.add_argument("--json", action="store_true", help="machine-readable output (JSON lines)")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("--json", action="store_true", help="machine-readable output (JSON lines)", **absent)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging", **absent)
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="testbed",
         description="Movable-antenna, over-the-air federated LoRA fine-tuning testbed controller.",
-        parents=[common],
+        parents=[_common_options(in_subcommand=False)],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[_common_options(True)])
         _command_module(name).add_arguments(p)
     return parser
 

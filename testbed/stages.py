@@ -130,4 +130,22 @@ def open_stages(config: TestbedConfig | LabSection, home: bool | None = None) ->
         raise
 
 
-__all__ = ["open_stage", "open_stages", "stage_limits"]
+def probe_stage(name: str, section: StageSection) -> str:
+    """Open one stage, read what it says about itself, close it; nothing moves.
+
+    Raises the driver's error (port missing, no banner, wrong settings) with its own message.
+    """
+    stage, cleanups = open_stage(name, section)
+    try:
+        x, y = stage.position()
+        banner = getattr(stage, "banner", None)
+        where = section.port or "emulator"
+        who = f"{banner.strip()} " if banner else ""
+        return f"{who}on {where}: {stage.state.value} at ({x * 1e3:.2f}, {y * 1e3:.2f}) mm"
+    finally:
+        stage.close()
+        for cleanup in cleanups:
+            cleanup()
+
+
+__all__ = ["open_stage", "open_stages", "probe_stage", "stage_limits"]

@@ -67,3 +67,25 @@ def test_check_reports_an_unreachable_serial_port(capsys: pytest.CaptureFixture[
     bad = [p for p in report["probes"] if not p["ok"]]
     assert any(p["device"] == "stage ma0" and p["backend"] == "grbl" for p in bad)
     assert report["ok"] is False
+
+
+def test_check_probes_a_grbl_board_over_tcp(capsys: pytest.CaptureFixture[str]) -> None:
+    from sim.grbl_device import GrblDevice
+    from sim.serial_url import EmulatorTcpServer
+
+    with EmulatorTcpServer(GrblDevice(time_scale=50.0)) as server:
+        code = main(
+            [
+                "--json",
+                "check",
+                DRYRUN,
+                "--set",
+                "lab.stages.ma0.backend=grbl",
+                "--set",
+                f"lab.stages.ma0.port={server.url}",
+            ]
+        )
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and report["ok"] is True
+    (ma0,) = [p for p in report["probes"] if p["device"] == "stage ma0"]
+    assert ma0["backend"] == "grbl" and "Grbl 1.1" in ma0["detail"] and server.url in ma0["detail"]

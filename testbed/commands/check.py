@@ -25,48 +25,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probe", action="store_true", help="only validate the config")
 
 
-def probe_stage(name: str, section) -> Probe:  # noqa: ANN001 - a StageSection
+def _probe(device: str, section, probe) -> Probe:  # noqa: ANN001 - a section and its probe function
     from drivers.errors import TestbedError
 
     try:
-        from testbed.stages import probe_stage as driver_probe
-    except ImportError:  # the stage drivers are not installed in this build
-        driver_probe = None
-    if driver_probe is None:
-        return Probe(f"stage {name}", section.backend, False, "stage drivers are not available")
-    try:
-        return Probe(f"stage {name}", section.backend, True, driver_probe(name, section))
+        return Probe(device, section.backend, True, probe(device, section))
     except (TestbedError, OSError) as exc:
-        return Probe(f"stage {name}", section.backend, False, str(exc))
-
-
-def probe_radio(label: str, section) -> Probe:  # noqa: ANN001 - a RadioSection
-    from drivers.errors import TestbedError
-
-    try:
-        from testbed.radios import probe_radio as driver_probe
-    except ImportError:
-        driver_probe = None
-    if driver_probe is None:
-        return Probe(label, section.backend, False, "radio drivers are not available")
-    try:
-        return Probe(label, section.backend, True, driver_probe(label, section))
-    except (TestbedError, OSError) as exc:
-        return Probe(label, section.backend, False, str(exc))
+        return Probe(device, section.backend, False, str(exc))
 
 
 def run(args: argparse.Namespace) -> int:
     from testbed.config import load_config
+    from testbed.radios import probe_radio
+    from testbed.stages import probe_stage
 
     config = load_config(args.config, args.overrides)  # ConfigError -> exit 2 in cli.main
     probes: list[Probe] = []
     if not args.no_probe:
-        probes += [probe_stage(name, s) for name, s in config.lab.stages.items()]
-        probes.append(probe_radio("receiver radio", config.lab.receiver))
+        for name, section in config.lab.stages.items():
+            probe = _probe(f"stage {name}", section, lambda _device, s, name=name: probe_stage(name, s))
+            probes.append(probe)
+        probes.append(_probe("receiver radio", config.lab.receiver, probe_radio))
         servers = config.lab.clients.radio_servers or [config.lab.clients.radio.server]
         for i, server in enumerate(servers):
             section = config.lab.clients.radio.model_copy(update={"server": server})
-            probes.append(probe_radio(f"client {i} radio", section))
+            probes.append(_probe(f"client {i} radio", section, probe_radio))
             if config.lab.clients.radio.backend == "sim":
                 break  # every sim client radio is the same in-process medium
     ok = all(p.ok for p in probes)
