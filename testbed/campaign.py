@@ -1200,7 +1200,15 @@ def run_campaign(
             recorder = RunRecorder.reopen(resume_dir)
         except RecordError as exc:
             raise CampaignError(str(exc)) from None
-        recorder.event("resume", steps_done=len(completed_steps(recorder.events())))
+        events = recorder.events()
+        start = next((d for d in events if d.get("doc") == "start"), {})
+        if start.get("kind") != "campaign":
+            recorder.close()
+            raise CampaignError(
+                f"--resume {resume_dir}: not a campaign run (its start record is "
+                f"{start.get('kind', 'missing')!r}); `testbed run --resume` continues experiments"
+            )
+        recorder.event("resume", steps_done=len(completed_steps(events)))
     else:
         recorder = RunRecorder.create(config.run.output_dir, config.run.name, _resolved_yaml(config))
         recorder.start(

@@ -34,7 +34,7 @@ from testbed.channel_map import ChannelMapError, ChannelMapRangeError, MeasuredC
 from testbed.cli import main
 from testbed.config import load_config
 from testbed.ota_phy import PilotConfig
-from testbed.records import read_events
+from testbed.records import RunRecorder, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
 CAMPAIGN = ROOT / "configs" / "campaign.yaml"
@@ -326,6 +326,13 @@ def test_a_bad_config_stops_before_any_device_moves(
     assert not out.exists()
     with pytest.raises(CampaignError, match="not a run directory"):
         run_campaign(resume_dir=tmp_path)
+    other = RunRecorder.create(tmp_path, "experiment", (ROOT / "configs" / "campaign.yaml").read_text())
+    other.start(kind="experiment")
+    other.close()
+    with pytest.raises(CampaignError, match="not a campaign run"):
+        run_campaign(resume_dir=other.run_dir)
+    with pytest.raises(CampaignError, match="differs from the run's config.yaml"):
+        run_campaign(load_config(CAMPAIGN, ["run.seed=99"]), resume_dir=other.run_dir)
 
 
 def test_receive_chains_are_put_on_one_reference(tmp_path: Path, radio_campaign: Any) -> None:
