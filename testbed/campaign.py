@@ -3,25 +3,30 @@
 ``testbed measure CONFIG`` lands here. The shape of one campaign:
 
 1. **Plan** (``plan_campaign``): a square grid over the whole region, edge to edge, with step
-   ``campaign.step_wavelengths`` lambda (or the next smaller one that divides the region). The N antennas move together in a rigid
-   formation: the grid's columns are cut into N strips of equal width ``c`` (strips overlap by a
-   column where N does not divide the column count), antenna n covers strip n, and all antennas
-   visit the same (column-in-strip, row) at once, in snake order (or raster order). A rigid
-   formation keeps every pairwise distance constant, during the moves too, so checking the
-   clearance once at plan time covers the whole campaign. Every check (clearance, stage travel)
+   ``campaign.step_wavelengths`` lambda (or the next smaller one that divides the region). The
+   N antennas move together in a rigid formation: the grid's columns are cut into N strips of
+   equal width (neighbouring strips share a column where N does not divide the column count),
+   antenna n covers strip n, and all antennas visit the same (column-in-strip, row) at once, in
+   snake order (or raster order). A rigid formation keeps every pairwise distance constant, so
+   one check at plan time covers the whole campaign; the plan also says how close two paths come
+   under the ``StageArray``'s conservative any-point test (below the clearance, the array runs
+   those moves one antenna at a time). Every check (clearance, stage travel, radio backends)
    runs before any device is opened, so a bad config stops before anything moves.
 2. **Per step**: move the formation, wait for it, read the positions back, then sound every client
-   (pilots one client after another, or all at once with orthogonal pilots) and estimate the
-   channel per client per antenna, with its SNR.
+   (``RadioSounder``: Zadoff-Chu pilots one client after another, or all at once with distinct
+   roots separated by interference cancellation; or ``SymbolSounder``, the symbol-level sim air
+   without a waveform) and estimate the channel per client per antenna, with its SNR.
 3. **Record**: the raw IQ of each (step, client) as a SigMF recording (cf32_le, N interleaved
    channels, the antennas' positions in the ``spatial`` extension's ``element_geometry``, our
    keys in the declared ``ma_ota`` namespace), then one ``point`` event in ``events.jsonl``
    (flushed and fsynced by ``RunRecorder``). That event *is* the index: a step counts as done
    once its event is on disk, so ``--resume`` skips exactly those steps, and a step cut short by
    a crash is measured again (its half-written files overwritten), never recorded twice.
-4. **At the end**: the tidy table (Parquet or CSV; one row per step x antenna x client), a
-   ``.mat`` export, the ``.sigmf-collection``, ``channel_map.npz`` (the gain map summed over
-   clients, which the report draws behind the positions) and the report.
+4. **At the end**: the tidy table (Parquet or CSV; one row per step x antenna x client, raw), the
+   receive chains' relative gains from the shared columns (``estimate_chain_gains``), a ``.mat``
+   export, the ``.sigmf-collection``, ``channel_map.npz`` (the gain map summed over clients,
+   which the report draws behind the positions) and the report. ``testbed.channel_map`` turns
+   the table into a channel model for the allocation.
 """
 
 from __future__ import annotations
@@ -148,7 +153,8 @@ def plan_campaign(
     else:  # spread the strips evenly; where N does not divide nx, neighbours share a column
         starts = [round(n * (nx - width) / (num_antennas - 1)) for n in range(num_antennas)]
     gaps = np.diff(starts) if num_antennas > 1 else np.array([nx])
-    separation = float(np.min(gaps) * step_m) if num_antennas > 1 else math.inf
+    grid_step_m = float(x[1] - x[0]) if nx > 1 else step_m  # edge to edge: may be under step_m
+    separation = float(np.min(gaps) * grid_step_m) if num_antennas > 1 else math.inf
     if num_antennas > 1 and separation < min_spacing_m - _GRID_TOL:
         raise ConfigError(
             f"campaign: {num_antennas} antennas in strips of {width} columns stand only "
@@ -170,7 +176,7 @@ def plan_campaign(
         strip_starts=tuple(int(s) for s in starts),
         strip_width=int(width),
         min_separation_m=separation,
-        min_move_gap_m=_min_move_gap(cells_arr, starts, step_m),
+        min_move_gap_m=_min_move_gap(cells_arr, starts, grid_step_m),
     )
 
 

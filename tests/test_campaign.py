@@ -417,3 +417,11 @@ def test_measured_map_plugs_into_the_allocation(radio_campaign: Any) -> None:
         d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos))
         assert d.min() >= spacing - 1e-6
         assert np.isfinite(rnd.mse) and rnd.mse > 0
+
+
+def test_a_step_that_does_not_divide_the_region_still_spans_it() -> None:
+    plan = plan_campaign(1.0, 0.3, 2, 0.2)
+    assert plan.x_m[0] == -0.5 and plan.x_m[-1] == 0.5  # edge to edge at step 0.25
+    pos = plan.positions_m
+    assert np.min(np.linalg.norm(pos[:, 0] - pos[:, 1], axis=-1)) == pytest.approx(plan.min_separation_m)
+    assert plan.min_separation_m == pytest.approx(0.5) and plan.min_move_gap_m == pytest.approx(0.25)
