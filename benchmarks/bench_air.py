@@ -89,7 +89,7 @@ def bench_symbol_air(repeats: int) -> float:
 
 
 # --- (b) ------------------------------------------------------------------------------------------
-def bench_medium(seconds: float) -> float:
+def bench_medium(seconds: float, repeats: int) -> float:
     rate, chunk, k, n_ant = 1e6, 100_000, 4, 4
     rng = np.random.default_rng(1)
     channel = FieldResponseChannel.draw(rng, k, 10, WL, path_gain=1e-8)
@@ -116,7 +116,8 @@ def bench_medium(seconds: float) -> float:
         return time.perf_counter() - w0, time.process_time() - c0
 
     run()  # warm-up (drift tables, caches)
-    wall, cpu = run()
+    runs = [run() for _ in range(repeats)]  # best of: the machine is shared
+    wall, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
     air_s = steps * chunk / rate
     # The floor: only the noise and the 4x4 mixing, in bare numpy, for the same air time.
     g = (rng.standard_normal((n_ant, k)) + 0j).astype(np.complex64)
@@ -129,7 +130,7 @@ def bench_medium(seconds: float) -> float:
                 y += g[:, r : r + 1] * x[r]
             y.view(np.float32)[...] += rng.standard_normal((n_ant, 2 * chunk), dtype=np.float32)
 
-    t_floor = best_of(floor, 1)
+    t_floor = best_of(floor, repeats)
     factor = air_s / wall
     print(
         f"(b) IQ medium 1 MS/s, {k} TX x {n_ant} RX antennas, all impairments: {air_s:.1f} s of air in "
@@ -214,7 +215,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter air, fewer draws")
     args = parser.parse_args()
     ratio = bench_symbol_air(3 if args.quick else 5)
-    factor = bench_medium(1.0 if args.quick else 4.0)
+    factor = bench_medium(1.0 if args.quick else 2.0, 1 if args.quick else 3)
     gap = bench_nmse(2 if args.quick else 4, 2000 if args.quick else 4000)
     print(
         json.dumps(

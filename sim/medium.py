@@ -245,6 +245,7 @@ class Medium:
         self._nodes: dict[str, SimNode] = {}
         self._bursts: list[_Burst] = []
         self._fine_cache: dict[float, np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
 
     # --- building ------------------------------------------------------------------------------
@@ -508,8 +509,11 @@ class Medium:
             rot = self._rotation(burst.node, rx, freq, burst.lo_phase_rad - rx.lo_phase_rad, a, b - a)
             columns.append(gains * rx.rx_amplitude)
             pieces.append((delayed[:, a - first : b - first], rot, a - start, b - start))
+        y = np.zeros((rx.num_antennas, n), dtype=np.complex64)
         if pieces:
-            x = np.zeros((sum(seg.shape[0] for seg, *_ in pieces), n), dtype=np.complex64)
+            rows = sum(seg.shape[0] for seg, *_ in pieces)
+            x = self._buffer("x", (rows, n), np.complex64)
+            x[...] = 0
             row = 0
             for seg, rot, a, b in pieces:
                 if rot is None:
@@ -518,20 +522,31 @@ class Medium:
                     np.multiply(seg, rot, out=x[row : row + seg.shape[0], a:b])
                 row += seg.shape[0]
             g = np.hstack(columns).astype(np.complex64)
-            if g.shape[1] <= 16:  # a few links: outer products beat a threaded BLAS call
-                y = np.multiply(g[:, :1], x[0])
-                for r in range(1, g.shape[1]):
-                    y += g[:, r : r + 1] * x[r]
+            if rows <= 16:  # a few links: per-row multiply-adds beat a threaded BLAS call
+                scratch = self._buffer("mix", (n,), np.complex64)
+                for ant in range(rx.num_antennas):
+                    np.multiply(x[0], g[ant, 0], out=y[ant])
+                    for r in range(1, rows):
+                        np.multiply(x[r], g[ant, r], out=scratch)
+                        y[ant] += scratch
             else:
-                y = g @ x
-        else:
-            y = np.zeros((rx.num_antennas, n), dtype=np.complex64)
+                np.matmul(g, x, out=y)
         if imp.awgn and self.noise_power_w > 0:
             sd = np.float32(math.sqrt(self.noise_power_w / 2.0) * rx.rx_amplitude)
-            noise = self._noise_rng.standard_normal((rx.num_antennas, 2 * n), dtype=np.float32)
+            noise = self._buffer("noise", (rx.num_antennas, 2 * n), np.float32)
+            self._noise_rng.standard_normal(dtype=np.float32, out=noise)
             noise *= sd
             y.view(np.float32)[...] += noise
         return y
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A reused work array (no fresh pages, so no page faults, on every capture)."""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = np.empty(size, dtype=dtype)
+            self._buffers[name] = buf
+        return buf[:size].reshape(shape)
 
     def _rotation(
         self, tx: SimNode, rx: SimNode, freq_hz: float, lo_phase: float, start: int, n: int
