@@ -73,8 +73,10 @@ def test_check_probes_a_grbl_board_over_tcp(capsys: pytest.CaptureFixture[str]) 
     from sim.grbl_device import GrblDevice
     from sim.serial_url import EmulatorTcpServer
 
-    # The board's $130/$131 travel must cover the config's travel_m (0.8 m): the driver checks it.
-    with EmulatorTcpServer(GrblDevice(time_scale=50.0, travel_mm=(800.0, 800.0))) as server:
+    # The board's $130/$131 travel and $110/$111 rate must cover the config's (the driver checks them).
+    with EmulatorTcpServer(
+        GrblDevice(time_scale=50.0, travel_mm=(800.0, 800.0), max_rate_mm_min=6000.0)
+    ) as server:
         code = main(
             [
                 "--json",
