@@ -5,7 +5,8 @@
 - ``grid_search``: lambda/2-lattice coordinate search.
 - ``random_selection`` / ``greedy_selection``: selection replaced by a uniform draw / by the
   strongest ||h~_k||; positions, beamformer and resources still optimised.
-- ``max_clock``: every client at f_max with the fixed batch b_max; R as large as fits.
+- ``max_clock``: every client at f_max with one fixed batch (the largest <= b_max that lets R
+  rounds fit the latency budget); R chosen by the bound like everyone else.
 - ``non_ma``: conventional OTA-FL without movable antennas: the fixed array, uniform random
   selection, max clock and a fixed batch (the paper's "non-MA" comparison, as we read it).
 - ``digital``: error-free digital FedAvg (TDMA airtime at the fixed array): the learning upper

@@ -263,7 +263,7 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
     eps = np.array([des.mse / k**2 for des in designs])
     bias = np.array([selection_bias(problem.phi, des.selected) for des in designs])
     max_clock = strategy.resources == "max_clock"
-    fixed = strategy.fixed_batch or (problem.batch_max if max_clock else None)
+    fixed = strategy.fixed_batch
     bounds, energies, plans, best = [], [], [], None
     for r in range(1, len(designs) + 1):
         rp = allocate(

@@ -90,8 +90,8 @@ def allocate(
 
     ``air_energy_rounds[t]`` is the transmit energy of round t's selected clients (J).
 
-    ``fixed_batch``/``max_clock`` give the "max clock, fixed batch" baseline: every client runs
-    at f_max with batch ``fixed_batch`` (and the round takes as long as the slowest).
+    ``max_clock`` gives the "max clock, fixed batch" baseline: every client runs at f_max with one
+    common batch, ``fixed_batch`` or else the largest (<= b_max) that lets ``rounds`` rounds fit.
     """
     sel = selections[:rounds]
     ota_air = airtime_s(problem.payload_reals, problem.bandwidth_hz, problem.air_overhead_s)
@@ -104,7 +104,15 @@ def allocate(
     cyc, fmax = problem.cycles, problem.clock_max
     plan = ResourcePlan(rounds=rounds, feasible=False, air_energy_j=air_e)
     if max_clock:
-        b0 = int(fixed_batch or problem.batch_max)
+        if fixed_batch is None:
+            # The largest common batch that lets ``rounds`` rounds fit at f_max (at most b_max).
+            per_round = (problem.latency_budget_s - float(np.sum(airs)) - moves) / rounds
+            b0 = int(min(problem.batch_max, np.floor(np.min(fmax * per_round / (tau * cyc)) + 1e-9)))
+            if b0 < 1:
+                plan.reason = f"at {rounds} rounds even batch 1 at max clock misses the latency budget"
+                return plan
+        else:
+            b0 = int(fixed_batch)
         lat, comp_e = 0.0, 0.0
         for t, s in enumerate(sel):
             f = fmax[s]
