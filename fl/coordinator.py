@@ -284,7 +284,12 @@ class Coordinator:
             )
             return
         old = self.nodes.get(k)
-        if old is not None and old.alive and old.identity == identity:  # a repeated HELLO
+        same = old is not None and old.capabilities.get("incarnation") == msg.body["capabilities"].get(
+            "incarnation"
+        )
+        if old is not None and old.alive and not same:  # a restarted process: the old one is gone
+            self._lose(old, "restarted")
+        if old is not None and old.alive and same:  # a repeated HELLO
             self._send(
                 old,
                 Message(

@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,6 +107,7 @@ class Node:
         self.apply_clocks = apply_clocks
         self.work = workload
         self.round = 0
+        self.incarnation = uuid.uuid4().hex
         self.ctx = zmq.Context()
         self.loop: SocketLoop | None = None
         self.joined = False
@@ -159,6 +161,7 @@ class Node:
             "samples": len(self.work.train),
             "radio": "local" if self.transmitter is not None else "via_coordinator",
             "pid": os.getpid(),
+            "incarnation": self.incarnation,  # tells a restarted process from a repeated HELLO
         }
 
     def _join(self, deadline: float) -> bool:

@@ -158,47 +158,41 @@ class LocalFederation:
         self.nodes: dict[int, Any] = {}
 
     def start_nodes(self) -> None:
-        endpoint = self.coordinator.bind()
+        if self.coordinator.loop is None:
+            self.coordinator.bind()
         cfg_path = self.run_dir / "config.yaml"
         cfg_path.write_text(
             yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
         )
         (self.run_dir / "logs").mkdir(exist_ok=True)
         for k in range(self.config.lab.clients.count):
-            if self.node_mode == "thread":
-                from fl.node import Node
+            self.start_node(k)
 
-                node = Node(self.config, k, endpoint, **self.node_kwargs.get(k, {}))
-                self.nodes[k] = node
-                self.threads[k] = threading.Thread(target=node.run, name=f"node-{k}", daemon=True)
-                self.threads[k].start()
-                continue
-            if self.node_mode == "fork":
-                from fl.launcher import shared_zygote
+    def start_node(self, k: int) -> None:
+        """Start node ``k`` (again, after a kill: it says HELLO and rejoins from the next round)."""
+        endpoint, cfg_path = self.coordinator.endpoint, self.run_dir / "config.yaml"
+        log_path = self.run_dir / "logs" / f"node-{k}.log"
+        if self.node_mode == "thread":
+            from fl.node import Node
 
-                log_path = self.run_dir / "logs" / f"node-{k}.log"
-                self.processes[k] = shared_zygote().spawn(cfg_path, k, endpoint, log_path)
-                continue
+            node = Node(self.config, k, endpoint, **self.node_kwargs.get(k, {}))
+            self.nodes[k] = node
+            self.threads[k] = threading.Thread(target=node.run, name=f"node-{k}", daemon=True)
+            self.threads[k].start()
+        elif self.node_mode == "fork":
+            from fl.launcher import shared_zygote
+
+            self.processes[k] = shared_zygote().spawn(cfg_path, k, endpoint, log_path)
+        else:
             env = {
                 **os.environ,
                 "OMP_NUM_THREADS": "1",
                 "MKL_NUM_THREADS": "1",
                 "TOKENIZERS_PARALLELISM": "false",
             }
-            cmd = [
-                sys.executable,
-                "-m",
-                "testbed.cli",
-                "node",
-                str(cfg_path),
-                "--node-id",
-                str(k),
-                "--connect",
-                endpoint,
-                "--threads",
-                "1",
-            ]
-            with (self.run_dir / "logs" / f"node-{k}.log").open("ab") as out:
+            cmd = [sys.executable, "-m", "testbed.cli", "node", str(cfg_path), "--node-id", str(k),
+                   "--connect", endpoint, "--threads", "1"]  # fmt: skip
+            with log_path.open("ab") as out:
                 self.processes[k] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def kill_node(self, k: int) -> None:

@@ -5,6 +5,7 @@ killed (SIGKILL) mid-round: the run completes and the record shows the drop."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,21 @@ def test_a_node_killed_mid_round_is_dropped_and_the_run_completes(tmp_path: Path
     cfg = load_config(None, OVERRIDES)
     fed = LocalFederation(cfg, tmp_path / "run")
 
+    killed = []
+
     def kill_in_round_2(event: dict) -> None:
         if event["event"] == "plan_sent" and event["round"] == 2:
+            killed.append(fed.processes[3])
             fed.kill_node(3)
+        if event["event"] == "round_done" and event["round"] == 2:
+            # Restart node 3; let the coordinator take its HELLO before planning round 3.
+            fed.start_node(3)
+            deadline = time.monotonic() + 90
+            coord = fed.coordinator
+            while time.monotonic() < deadline and not (
+                3 in coord.nodes and coord.nodes[3].alive and coord.nodes[3].clock_offset_s is not None
+            ):
+                coord._pump(0.05)
 
     fed.coordinator.on_event = kill_in_round_2
     metrics = fed.run()
@@ -66,10 +79,12 @@ def test_a_node_killed_mid_round_is_dropped_and_the_run_completes(tmp_path: Path
     assert metrics[0]["dropped"] == []
     assert metrics[1]["dropped"] == [3] and metrics[1]["delivered"] == [0, 1, 2]
     assert set(metrics[1]["weights"]) == {"0", "1", "2"}  # re-weighted over the nodes that delivered
-    assert metrics[2]["selected"] == [0, 1, 2]
+    assert metrics[2]["selected"] == [0, 1, 2, 3]  # node 3 rejoined and takes part again
+    assert metrics[2]["delivered"] == [0, 1, 2, 3]
     assert metrics[2]["val_loss"] < metrics[0]["val_loss_before"]
     events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "node_lost" and e["node"] == 3 and e["round"] == 2 for e in events)
+    assert any(e["event"] == "rejoined" and e["node"] == 3 for e in events)
     recorded = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert recorded[1]["dropped"] == [3]
-    assert fed.processes[3].returncode == -9
+    assert killed[0].returncode == -9 and fed.processes[3].returncode == 0
