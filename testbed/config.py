@@ -218,6 +218,7 @@ class AllocationSection(Section):
     cycles_per_sample: PositiveFloat = 2.0e10
     bandwidth_hz: PositiveFloat = 1e6
     payload_reals: int = Field(2_662_400, ge=1, description="q, LoRA parameters sent per round")
+    air_overhead_s: NonNegFloat = Field(0.0, description="pilots + sync guard added to each round's airtime")
     bound: BoundSection = BoundSection()
     position_starts: int = Field(4, ge=1, le=64)
     max_outer_iterations: int = Field(50, ge=1)
