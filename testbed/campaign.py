@@ -258,8 +258,9 @@ class Sounder(Protocol):
 
 class SymbolSounder:
     """A channel sounder without a waveform: the symbol-level air (``sim.symbol_air.SymbolAir``)
-    with the least-squares estimation error a pilot of ``pilot_length`` samples would leave,
-    sigma^2 / (P_k L) per antenna. Fast; writes no IQ."""
+    with the least-squares error the radio path's pilot would leave, sigma^2 / (P_k n) per
+    antenna for n pilot samples (``ota_phy.PilotConfig``'s burst, times the captures averaged).
+    Same air time as sequential pilots; fast; writes no IQ."""
 
     def __init__(
         self,
@@ -269,11 +270,15 @@ class SymbolSounder:
         pilot_length: int,
         sample_rate_sps: float,
         carrier_hz: float,
+        captures_per_point: int = 1,
     ) -> None:
+        from testbed.ota_phy import PilotConfig
+
         self._channel = channel
         self._noise_power_w = float(noise_power_w)
         self._tx_power_w = float(tx_power_w)
-        self._pilot_length = int(pilot_length)
+        self._pilots = PilotConfig(zc_length=int(pilot_length), zc_root=_zc_roots(int(pilot_length), 1)[0])
+        self._captures = int(captures_per_point)
         self.num_clients = int(channel.num_clients)
         self.sample_rate_sps = float(sample_rate_sps)
         self.carrier_hz = float(carrier_hz)
@@ -281,14 +286,15 @@ class SymbolSounder:
     def sound(self, positions_m: np.ndarray, rng: np.random.Generator) -> Sounding:
         from sim.symbol_air import SymbolAir
 
-        est_noise = self._noise_power_w / (self._tx_power_w * self._pilot_length)
+        samples = self._pilots.burst_samples * self._captures
+        est_noise = self._noise_power_w / (self._tx_power_w * samples)
         air = SymbolAir(self._channel, positions_m, self._noise_power_w, rng, estimation_noise_w=est_noise)
         h = air.estimate_channels(range(self.num_clients))
         snr = self._tx_power_w * np.abs(h) ** 2 / max(self._noise_power_w, 1e-300)
         return Sounding(h=h, snr_db=10.0 * np.log10(np.maximum(snr, 1e-30)), radio_time_s=0.0)
 
     def capture_time_s(self) -> float:
-        return self.num_clients * self._pilot_length / self.sample_rate_sps
+        return self._captures * self._pilots.capture_samples(self.num_clients) / self.sample_rate_sps
 
     def close(self) -> None:
         pass
@@ -1141,11 +1147,12 @@ def open_sounder(config: TestbedConfig, formation: Formation) -> Sounder:
         medium = sim_medium(config)
         return SymbolSounder(
             medium.links.channel,
-            medium.noise_power_w,
+            medium.noise_power_w if config.lab.medium.impairments.awgn else 0.0,
             config.lab.clients.tx_power_w,
             config.campaign.pilot_length,
             config.lab.receiver.rate_sps,
             config.lab.array.carrier_hz,
+            config.campaign.captures_per_point,
         )
     return RadioSounder.open(config, formation)
 

@@ -19,6 +19,7 @@ from sim.channel import FieldResponseChannel
 from testbed.campaign import (
     CampaignError,
     RadioSounder,
+    SymbolSounder,
     check_config,
     estimate_chain_gains,
     find_table,
@@ -425,3 +426,16 @@ def test_a_step_that_does_not_divide_the_region_still_spans_it() -> None:
     pos = plan.positions_m
     assert np.min(np.linalg.norm(pos[:, 0] - pos[:, 1], axis=-1)) == pytest.approx(plan.min_separation_m)
     assert plan.min_separation_m == pytest.approx(0.5) and plan.min_move_gap_m == pytest.approx(0.25)
+
+
+def test_symbol_sounder_error_is_the_pilots_least_squares_error() -> None:
+    channel = _sim_channel(clients=2)
+    pos = np.array([[0.0, 0.0], [0.1, 0.05]])
+    sounder = SymbolSounder(channel, 1e-3, 0.1, 127, 1e6, 2.4e9, captures_per_point=2)
+    errors = np.array(
+        [sounder.sound(pos, np.random.default_rng(i)).h for i in range(400)]
+    ) - channel.response(pos)
+    expected_w = 1e-3 / (0.1 * 2 * PilotConfig(zc_length=127).burst_samples)
+    assert np.mean(np.abs(errors) ** 2) == pytest.approx(expected_w, rel=0.15)
+    again = sounder.sound(pos, np.random.default_rng(7)).h  # a step's noise comes from its own stream
+    assert np.array_equal(again, errors[7] + channel.response(pos))
