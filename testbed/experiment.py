@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,12 +143,18 @@ class Experiment:
     """The per-round loop of ``testbed run`` around ``fl.runner.LocalFederation``."""
 
     def __init__(
-        self, config: TestbedConfig, recorder: RunRecorder, resume: bool = False, remote_nodes: bool = False
+        self,
+        config: TestbedConfig,
+        recorder: RunRecorder,
+        resume: bool = False,
+        remote_nodes: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
         self.recorder = recorder
         self.resume = resume
         self.remote_nodes = remote_nodes  # nodes run `testbed node` on other hosts and dial in
+        self.progress = progress  # progress(rounds done, rounds in all)
         self.rng = np.random.default_rng([config.run.seed, 11])
         self.lab: Lab | None = None
         self.comparison: FixedArrayComparison | None = None
@@ -262,6 +269,9 @@ class Experiment:
             **extra,
         }
         self.recorder.event("round", **record)
+        if self.progress is not None:
+            self.progress(len(self.done_rounds | {r}), self.config.fl.rounds)
+        self.done_rounds.add(r)
         self.comparison.last = {}
 
     # --- the whole run --------------------------------------------------------------------------
@@ -381,7 +391,10 @@ class Experiment:
 
 
 def run_experiment(
-    config: TestbedConfig, resume_dir: str | Path | None = None, remote_nodes: bool = False
+    config: TestbedConfig,
+    resume_dir: str | Path | None = None,
+    remote_nodes: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or resume) an experiment; return its run directory and summary.
 
@@ -397,7 +410,9 @@ def run_experiment(
     recorder.attach_log()
     log.info("run directory: %s", recorder.run_dir)
     try:
-        summary = Experiment(config, recorder, resume=resume_dir is not None, remote_nodes=remote_nodes).run()
+        summary = Experiment(
+            config, recorder, resume=resume_dir is not None, remote_nodes=remote_nodes, progress=progress
+        ).run()
         from testbed.report import write_report
 
         write_report(recorder.run_dir)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from testbed.commands import add_config_arguments
+from testbed.commands import add_config_arguments, run_with_progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a CONFIG file (e.g. configs/dryrun.yaml) or --resume RUN_DIR")
     else:
         config = load_config(args.config, args.overrides)
-    run_dir, summary = run_experiment(config, resume_dir=args.resume, remote_nodes=args.remote_nodes)
+
+    def work(progress: Callable[[int, int], None] | None) -> tuple[Path, dict]:
+        return run_experiment(
+            config, resume_dir=args.resume, remote_nodes=args.remote_nodes, progress=progress
+        )
+
+    if args.quiet or args.json:
+        run_dir, summary = work(None)
+    else:
+        run_dir, summary = run_with_progress("run", "rounds", work)
     if args.json:
         print(json.dumps({"run_dir": str(run_dir), **summary}, default=str))
     elif not args.quiet:
