@@ -439,3 +439,51 @@ def test_symbol_sounder_error_is_the_pilots_least_squares_error() -> None:
     assert np.mean(np.abs(errors) ** 2) == pytest.approx(expected_w, rel=0.15)
     again = sounder.sound(pos, np.random.default_rng(7)).h  # a step's noise comes from its own stream
     assert np.array_equal(again, errors[7] + channel.response(pos))
+
+
+def test_an_error_mid_campaign_stops_the_stages_and_closes_the_radios(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver goes away at the fourth point: the campaign stops the stages, closes every
+    radio, records why, and the points before it stay resumable."""
+    import testbed.campaign as campaign
+    from drivers.errors import RadioError
+
+    calls: list[str] = []
+    real_open_formation, real_sound = campaign.open_formation, campaign.RadioSounder.sound
+
+    def open_formation(config: Any) -> Any:
+        formation = real_open_formation(config)
+        stop_all, close = formation.array.stop_all, formation.array.close
+        formation.array.stop_all = lambda: (calls.append("stages stopped"), stop_all())[1]
+        formation.array.close = lambda: (calls.append("stages closed"), close())[1]
+        return formation
+
+    def sound(self: Any, positions_m: np.ndarray, rng: np.random.Generator) -> Any:
+        if len(calls) == 3:
+            self.receiver.close()  # the device disappears: its next capture raises RadioError
+        calls.append("point")
+        return real_sound(self, positions_m, rng)
+
+    def close(self: Any) -> None:
+        real_close(self)
+        closed = []
+        for radio in self._radios:
+            try:
+                radio.time_now()
+            except RadioError:
+                closed.append(radio.name)
+        calls.append(f"radios closed: {sorted(closed)}")
+
+    real_close = campaign.RadioSounder.close
+    monkeypatch.setattr(campaign, "open_formation", open_formation)
+    monkeypatch.setattr(campaign.RadioSounder, "sound", sound)
+    monkeypatch.setattr(campaign.RadioSounder, "close", close)
+    with pytest.raises(RadioError, match="closed"):
+        run_campaign(load_config(CAMPAIGN, [f"run.output_dir={tmp_path}"]))
+    radios = sorted(["receiver", "client0", "client1", "client2", "client3"])
+    assert calls == ["point"] * 4 + ["stages stopped", "stages closed", f"radios closed: {radios}"]
+    (run_dir,) = tmp_path.iterdir()
+    docs = read_events(run_dir / "events.jsonl")
+    assert [d["data"]["point"] for d in docs if d.get("kind") == "point"] == [0, 1, 2]
+    assert docs[-1]["doc"] == "stop" and docs[-1]["status"] == "error" and "RadioError" in docs[-1]["reason"]
