@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -214,11 +215,34 @@ class RadioAirLink:
     """Both halves over radios in one process (implements ``fl.airlink.AirLink``)."""
 
     def __init__(
-        self, transmitter: RadioAirTransmitter, receiver: RadioAirReceiver, lead_s: float = 1e-3
+        self,
+        transmitter: RadioAirTransmitter,
+        receiver: RadioAirReceiver,
+        lead_s: float = 1e-3,
+        position_sink: Callable[[np.ndarray], None] | None = None,
+        closers: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.transmitter = transmitter
         self.receiver = receiver
         self.lead_s = float(lead_s)
+        self._position_sink = position_sink
+        self._closers = list(closers)
+
+    def set_positions(self, positions_m: np.ndarray) -> None:
+        """The stages moved the antennas. In sim the medium is told (unless it reads the stages
+        itself); with real radios the air already knows, and this does nothing."""
+        if self._position_sink is not None:
+            self._position_sink(np.asarray(positions_m, dtype=float))
+
+    def slot_time_s(self) -> float:
+        """A data slot time far enough ahead to schedule every client (``slot_clock`` of
+        ``fl.aggregation.OverTheAir``)."""
+        return self.time_now() + self.lead_s
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+        self._closers = []
 
     @property
     def num_antennas(self) -> int:
@@ -248,6 +272,52 @@ class RadioAirLink:
 
     def collect(self, num_symbols: int, at_s: float, combiner: np.ndarray) -> np.ndarray:
         return self.receiver.collect(num_symbols, at_s, combiner)
+
+
+def open_radio_airlink(config: Any, medium: Any = None, lead_s: float = 2e-3) -> RadioAirLink:
+    """The radio AirLink of a ``TestbedConfig``: ``lab.receiver`` and one radio per client
+    (``testbed.radios.open_radio``: in-process sim on ``medium``, sim or USRP behind a server).
+
+    Sim: the gain calibration is the medium's and ``set_positions`` moves the medium's
+    receiver; CFO is estimated when the medium has any. Real: the default ``GainCalibration``
+    (replace it with a measured one) and CFO is estimated unless every radio takes an external
+    or GPSDO reference. The noise power is ``lab.medium.noise_power_dbm`` (sim) per sample."""
+    from sim.medium import dbm_to_w
+    from testbed.radios import open_radio
+
+    lab = config.lab
+    sections = [lab.receiver] + [lab.clients.radio] * lab.clients.count
+    if medium is not None:
+        calibration = GainCalibration(medium.tx_gain_ref_db, medium.rx_gain_ref_db)
+        unlocked = medium.impairments.cfo_hz_max > 0
+        noise_w = medium.noise_power_w if medium.impairments.awgn else 0.0
+    else:
+        calibration = GainCalibration()
+        unlocked = any(s.clock_source == "internal" for s in sections)
+        noise_w = dbm_to_w(lab.medium.noise_power_dbm)
+    pilots = PilotConfig(zc_length=config.campaign.pilot_length, estimate_cfo=unlocked)
+    radios: list[Radio] = []
+    try:
+        radios.append(open_radio(lab.receiver, "receiver", medium))
+        for k in range(lab.clients.count):
+            radios.append(open_radio(lab.clients.radio, f"client{k}", medium))
+    except BaseException:
+        for radio in radios:
+            radio.close()
+        raise
+    pulse = PulseShape()
+    sink = None
+    if medium is not None:
+        sink = lambda positions: medium.set_positions("receiver", positions)  # noqa: E731
+    return RadioAirLink(
+        RadioAirTransmitter(
+            dict(enumerate(radios[1:])), lab.clients.tx_power_w, calibration, pilots, pulse=pulse
+        ),
+        RadioAirReceiver(radios[0], calibration, noise_w, pilots, pulse=pulse),
+        lead_s=lead_s,
+        position_sink=sink,
+        closers=[r.close for r in radios],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,5 +383,6 @@ __all__ = [
     "RadioAirReceiver",
     "RadioAirTransmitter",
     "measure_aggregation",
+    "open_radio_airlink",
     "strongest_direction",
 ]

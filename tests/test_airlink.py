@@ -288,3 +288,30 @@ def test_fl_over_the_air_strategy_runs_over_the_radio_link() -> None:
     assert (
         abs(10 * np.log10(radio.metrics["nmse"] / symbol.metrics["nmse"])) < 3.0
     )  # 161 reals: a rough match
+
+
+def test_radio_airlink_from_the_default_config_aggregates() -> None:
+    """The wiring a lab uses: the config's radios on its medium, fl's OTA strategy on top."""
+    from fl.aggregation import OverTheAir
+    from testbed.config import load_config
+    from testbed.radio_airlink import open_radio_airlink
+
+    config = load_config(None, ["lab.clients.count=3"])
+    medium = Medium.from_config(config.lab, np.random.default_rng(config.run.seed))
+    link = open_radio_airlink(config, medium)
+    try:
+        assert link.transmitter.pilots.estimate_cfo  # the default medium's radios run free
+        moved = medium.positions_of("receiver") + 0.01
+        link.set_positions(moved)
+        np.testing.assert_allclose(medium.positions_of("receiver"), moved)
+        rng = np.random.default_rng(21)
+        updates = {k: {"w": rng.standard_normal(120).astype(np.float32)} for k in range(3)}
+        result = OverTheAir(
+            link, config.lab.clients.tx_power_w, combiner=strongest_direction, slot_clock=link.slot_time_s
+        ).aggregate(updates, {0: 1.0, 1: 2.0, 2: 1.0})
+        assert result.update["w"].shape == (120,)
+        assert result.metrics["nmse"] < 0.1
+    finally:
+        link.close()
+    with pytest.raises(Exception, match="closed"):
+        link.time_now()
