@@ -74,6 +74,7 @@ def build_problem(config: TestbedConfig, channel: Any | None = None, initial_pos
         cycles_per_sample=alloc.cycles_per_sample,
         bandwidth_hz=alloc.bandwidth_hz,
         payload_reals=alloc.payload_reals,
+        air_overhead_s=alloc.air_overhead_s,
         stage_speed_m_s=speed,
         initial_positions_m=initial_positions_m,
         selection=alloc.selection,

@@ -113,11 +113,13 @@ def test_build_problem_from_config_and_cli_json(capsys: pytest.CaptureFixture[st
         "allocation.position_starts=1",
         "allocation.latency_budget_s=2000",
         "allocation.clients_per_round=2",
+        "allocation.air_overhead_s=0.01",
     ]
     cfg = load_config(None, over)
     p = build_problem(cfg)
     assert p.num_clients == 3 and p.num_antennas == cfg.lab.num_antennas
     assert p.noise_power_w == pytest.approx(1e-12)  # -90 dBm
+    assert p.air_overhead_s == pytest.approx(0.01)
     assert parse_sweep("N=4,8;K=2") == {"N": [4.0, 8.0], "K": [2.0]}
     config = tmp_path / "plan.yaml"
     config.write_text("{}\n")
