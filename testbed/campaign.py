@@ -390,6 +390,7 @@ class RadioSounder:
             config.campaign.pilot_length,
             config.campaign.pilots,
             config.campaign.captures_per_point,
+            lead_s=config.fl.transport.ota_guard_s,  # schedule pilots this far ahead of "now"
             carrier_hz=lab.array.carrier_hz,
         )
 
