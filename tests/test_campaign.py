@@ -102,8 +102,11 @@ def _grid_map(channel: FieldResponseChannel, step_wl: float = 0.125) -> Measured
 
 
 def test_measured_map_reproduces_the_channel_and_its_gradient() -> None:
+    from allocation.channel import ChannelModel
+
     channel = _sim_channel()
     cmap = _grid_map(channel)
+    assert isinstance(cmap, ChannelModel)
     x = cmap.x_m
     grid_pts = np.array([[x[0], x[3]], [x[5], x[-1]], [x[16], x[16]]])
     assert np.allclose(cmap.response(grid_pts), channel.response(grid_pts), atol=1e-12, rtol=1e-9)
