@@ -240,7 +240,8 @@ class Medium:
         self._history = int(round(capture_history_s * self.rate_sps))
         self._block = int(drift_block)
         self._rng = rng
-        self._noise_rng = np.random.default_rng(int(rng.integers(2**63)))
+        # SFC64: a third faster than PCG64 at float32 normals, and AWGN is most of the medium's work
+        self._noise_rng = np.random.Generator(np.random.SFC64(int(rng.integers(2**63))))
         self._now = int(round(start_time_s * self.rate_sps))
         self._nodes: dict[str, SimNode] = {}
         self._bursts: list[_Burst] = []
