@@ -88,7 +88,7 @@ class _XBlock:
         return None if self.x.value is None else np.clip(np.asarray(self.x.value), 0.0, 1.0)
 
 
-_DEBUG = False
+_RHO_AFTER_WARMUP = 100.0  # weak penalty first, so f steers x before the copy pins it
 _XBLOCKS: dict[tuple[int, bytes], _XBlock] = {}
 
 
@@ -178,7 +178,7 @@ def pdd_select(
         if it < warmup:
             x_t = x.copy()
             if it == warmup - 1:
-                rho = 2.0
+                rho = _RHO_AFTER_WARMUP
             continue
         # (d) x~: closed form.
         x_t = x_tilde_update(x, lam, rho, k, forced)
@@ -186,8 +186,6 @@ def pdd_select(
         viol = float(np.max(np.abs(hv)))
         obj_trace.append(f_val(x, d) / f_scale)
         viol_trace.append(viol)
-        if _DEBUG:
-            print(f"rho={rho:.3g} viol={viol:.3g} x={np.round(x, 3)} xt={np.round(x_t, 3)}")
         if viol < tol:
             break
         if viol <= eta:
