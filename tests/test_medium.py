@@ -265,3 +265,36 @@ def test_medium_server_process_serves_radios_and_the_clock() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_medium_client_reports_bad_requests_and_a_missing_server() -> None:
+    import threading
+    import time
+
+    from sim.medium_server import MediumClient, MediumServer
+    from sim.radio import build_sim_radios, ideal_medium
+
+    medium = ideal_medium(2)
+    build_sim_radios([("tx0", 1), ("rx", 2)], medium=medium)
+    server = MediumServer(medium, "tcp://127.0.0.1:*", insecure=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_ms": 20}, daemon=True)
+    thread.start()
+    try:
+        client = MediumClient(server.endpoint)
+        with pytest.raises(RadioError, match="no node 'nobody'"):
+            client.set_positions("nobody", np.zeros((2, 2)))
+        with pytest.raises(RadioError, match="positions"):
+            client.set_positions("rx", np.zeros((3, 2)))  # rx has two antennas
+        with pytest.raises(RadioError, match="time_s"):
+            client._call("medium_advance_to", {"time_s": "soon"})
+        client.set_positions("rx", [[0.0, 0.0], [0.1, 0.0]])
+        assert client.info()["nodes"][1]["positions_m"] == [[0.0, 0.0], [0.1, 0.0]]
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+        server.close()
+    gone = MediumClient(server.endpoint, timeout_s=0.3)
+    start = time.monotonic()
+    with pytest.raises(RadioError, match="medium server"):
+        gone.info()
+    assert time.monotonic() - start < 3.0  # a clear error, never a hang
