@@ -58,6 +58,7 @@ def test_plan_respects_budgets_and_constraints(solved: tuple) -> None:
         assert np.all(np.abs(rp.tx_scalar_array()) ** 2 <= 0.1 * (1 + 1e-9))  # power caps
     assert plan.bound["total"] == pytest.approx(plan.bound_by_rounds[plan.rounds - 1])
     assert "pdd_violation" in plan.traces and plan.traces["pdd_violation"][-1] < 1e-3
+    assert -0.05 <= plan.traces["sdr_gap_db"][0] <= 1.0  # round 0's beamformer vs the SDR bound
     assert Plan.from_json(plan.to_json()).to_dict() == plan.to_dict()
 
 
