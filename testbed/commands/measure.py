@@ -16,7 +16,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any
 
-from testbed.commands import add_config_arguments
+from testbed.commands import add_config_arguments, run_with_progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     with _sigterm_as_interrupt():
         if show_bar:
-            result = _run_with_bar(run_campaign, config, args.resume)
+            result = run_with_progress(
+                "measure", "points", lambda progress: run_campaign(config, args.resume, progress=progress)
+            )
         else:
             result = run_campaign(config, args.resume)
 
@@ -84,35 +86,3 @@ def run(args: argparse.Namespace) -> int:
             f"points ({result.steps_skipped} resumed) in {result.wall_s:.1f} s -> {result.run_dir}"
         )
     return 0
-
-
-def _run_with_bar(run_campaign: Any, config: Any, resume: str | None) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("[bold]measure"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("points"),
-        TimeRemainingColumn(),
-    )
-    import logging
-
-    from rich.logging import RichHandler
-
-    root = logging.getLogger()
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("points", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        # Log lines go above the bar, not through it: swap the console handler while it runs.
-        saved = list(root.handlers)
-        console = [h for h in saved if type(h) is logging.StreamHandler]
-        rich_handler = RichHandler(console=bar.console, show_path=False, level=root.level)
-        root.handlers[:] = [h for h in saved if h not in console] + ([rich_handler] if console else [])
-        try:
-            return run_campaign(config, resume, progress=progress)
-        finally:
-            root.handlers[:] = saved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             config, resume_dir=args.resume, remote_nodes=args.remote_nodes, progress=progress
         )
 
-    if args.quiet or args.json:
+    if args.quiet or args.json or not sys.stderr.isatty():
         run_dir, summary = work(None)
     else:
         run_dir, summary = run_with_progress("run", "rounds", work)
