@@ -212,7 +212,12 @@ class RadioAirReceiver:
 
 
 class RadioAirLink:
-    """Both halves over radios in one process (implements ``fl.airlink.AirLink``)."""
+    """Both halves over radios in one process (implements ``fl.airlink.AirLink``).
+
+    ``frame_symbols``: long slots go out in frames of this many symbols, with fresh pilots
+    before every frame after the first; each client then turns its b_k by the phase its
+    combined gain m^H h_k has drifted since the precoding (CFO estimate error, phase drift),
+    so the sum stays coherent however long the payload. None: one burst per slot."""
 
     def __init__(
         self,
@@ -221,12 +226,17 @@ class RadioAirLink:
         lead_s: float = 1e-3,
         position_sink: Callable[[np.ndarray], None] | None = None,
         closers: Sequence[Callable[[], None]] = (),
+        frame_symbols: int | None = None,
     ) -> None:
+        if frame_symbols is not None and frame_symbols < 1:
+            raise ValueError(f"frame_symbols must be >= 1 or None (got {frame_symbols})")
         self.transmitter = transmitter
         self.receiver = receiver
         self.lead_s = float(lead_s)
+        self.frame_symbols = frame_symbols
         self._position_sink = position_sink
         self._closers = list(closers)
+        self._pending: dict[int, dict[int, tuple[np.ndarray, complex]]] = {}
 
     def set_positions(self, positions_m: np.ndarray) -> None:
         """The stages moved the antennas. In sim the medium is told (unless it reads the stages
@@ -268,20 +278,52 @@ class RadioAirLink:
         return self.receiver.estimate_channels(clients)
 
     def send(self, client: int, symbols: np.ndarray, scale: complex, at_s: float) -> None:
-        self.transmitter.send(client, symbols, scale, at_s)
+        if self.frame_symbols is None:
+            self.transmitter.send(client, symbols, scale, at_s)
+            return
+        slot = self._pending.setdefault(round(at_s * 1e9), {})
+        if int(client) in slot:
+            raise ValueError(f"client {client} already sent in the slot at {at_s} s")
+        slot[int(client)] = (np.asarray(symbols), complex(scale))  # framed out at collect
 
     def collect(self, num_symbols: int, at_s: float, combiner: np.ndarray) -> np.ndarray:
-        return self.receiver.collect(num_symbols, at_s, combiner)
+        pending = self._pending.pop(round(at_s * 1e9), None)
+        if not pending:
+            return self.receiver.collect(num_symbols, at_s, combiner)
+        m = np.asarray(combiner)
+        clients = sorted(pending)
+        reference = {k: complex(np.vdot(m, self.receiver.estimate(k).channel)) for k in clients}
+        frame = int(self.frame_symbols or num_symbols)
+        parts, when = [], at_s
+        for lo in range(0, num_symbols, frame):
+            hi = min(lo + frame, num_symbols)
+            turn = dict.fromkeys(clients, 1.0 + 0j)
+            if lo > 0:
+                self.estimate_channels(clients)  # fresh pilots and feedback
+                when = self.slot_time_s()
+                for k in clients:
+                    now = complex(np.vdot(m, self.receiver.estimate(k).channel))
+                    turn[k] = np.exp(1j * (np.angle(reference[k]) - np.angle(now)))
+            for k in clients:
+                symbols, scale = pending[k]
+                if symbols.size > lo:
+                    self.transmitter.send(k, symbols[lo:hi], scale * turn[k], when)
+            parts.append(self.receiver.collect(hi - lo, when, m))
+        return np.concatenate(parts)
 
 
-def open_radio_airlink(config: Any, medium: Any = None, lead_s: float = 2e-3) -> RadioAirLink:
+def open_radio_airlink(
+    config: Any, medium: Any = None, lead_s: float = 2e-3, frame_symbols: int | None = None
+) -> RadioAirLink:
     """The radio AirLink of a ``TestbedConfig``: ``lab.receiver`` and one radio per client
     (``testbed.radios.open_radio``: in-process sim on ``medium``, sim or USRP behind a server).
 
     Sim: the gain calibration is the medium's and ``set_positions`` moves the medium's
     receiver; CFO is estimated when the medium has any. Real: the default ``GainCalibration``
     (replace it with a measured one) and CFO is estimated unless every radio takes an external
-    or GPSDO reference. The noise power is ``lab.medium.noise_power_dbm`` (sim) per sample."""
+    or GPSDO reference. The noise power is ``lab.medium.noise_power_dbm`` (sim) per sample.
+    ``frame_symbols`` defaults to 2000 symbols (4 ms at 1 MS/s) with free-running radios, whose
+    ~1 Hz CFO estimate error walks the phase, and to 20000 with a shared reference (drift only)."""
     from sim.medium import dbm_to_w
     from testbed.radios import open_radio
 
@@ -317,6 +359,7 @@ def open_radio_airlink(config: Any, medium: Any = None, lead_s: float = 2e-3) ->
         lead_s=lead_s,
         position_sink=sink,
         closers=[r.close for r in radios],
+        frame_symbols=frame_symbols or (2000 if unlocked else 20000),
     )
 
 
