@@ -33,8 +33,9 @@ One aggregation slot on real (or simulated) radios goes like this:
 
 Residuals that remain, on purpose: phase drift and the CFO estimate's error, both growing with
 the time from pilot to symbol (so pilots go right before the data, and free-running radios need
-short bursts: at 15 dB pilot SNR the CFO is known to ~1 Hz, 0.06 rad after 10 ms); CSI noise
-from the pilots (small: 8 repetitions of 127 samples); the RRC's truncation (-60 dB).
+short bursts or ``RadioAirLink`` frames: at 15 dB pilot SNR the CFO is known to ~1 Hz, 0.06 rad
+after 10 ms); CSI noise from the pilots (small: 8 repetitions of 127 samples); the RRC's
+truncation (-60 dB).
 """
 
 from __future__ import annotations
