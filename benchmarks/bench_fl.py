@@ -108,70 +108,86 @@ def bench_coordinator(num_nodes: int = 8, rounds: int = 3) -> tuple[float, list[
     return share, metrics
 
 
-def bench_gpu(steps: int = 6, batch: int = 4, seq_len: int = 512) -> float | None:
+def lora_tokens_ratio(shape: dict, device: str, steps: int = 6, batch: int = 4, seq_len: int = 512) -> float:
+    """tokens/s of fl.training (LoRA set-up + local_train) over a plain transformers + peft loop,
+    both on a random-weight Llama of ``shape`` (bf16 on CUDA, fp32 on CPU)."""
     import torch
-
-    if not torch.cuda.is_available():
-        return None
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from fl import training
     from testbed.config import load_config
 
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
     cfg = load_config(
-        None, ["fl.model.source=pretrained", "fl.model.dtype=bfloat16", "fl.lora.mode=standard"]
+        None, ["fl.model.source=pretrained", f"fl.model.dtype={dtype}", "fl.lora.mode=standard"]
     )
-    shape = LlamaConfig(**training.OPEN_LLAMA_3B_SHAPE)
+    config = LlamaConfig(**shape)
     rng = np.random.default_rng(0)
-    ids = torch.from_numpy(rng.integers(3, shape.vocab_size, (64, seq_len)))
+    ids = torch.from_numpy(rng.integers(3, config.vocab_size, (64, seq_len)))
     data = training.Encoded(ids, ids.clone())
 
     def fresh() -> torch.nn.Module:
         torch.manual_seed(0)
-        with torch.device("cuda"):
-            torch.set_default_dtype(torch.bfloat16)
-            model = LlamaForCausalLM(shape)
+        torch.set_default_dtype(getattr(torch, dtype))
+        try:
+            with torch.device(device):
+                return LlamaForCausalLM(config)
+        finally:
             torch.set_default_dtype(torch.float32)
-        return model
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     # Ours: fl.training's LoRA set-up and local steps (one warm-up call, then timed).
     model = training.add_lora(fresh(), cfg.fl.model, cfg.fl.lora, seed=0)
-    training.local_train(model, data, 2, batch, 5e-5, rng, 0, device="cuda")
-    ours = training.local_train(model, data, steps, batch, 5e-5, rng, 0, device="cuda")["tokens_per_s"]
+    for _ in range(2):  # warm-up: allocator, kernels, the optimizer's first-step state
+        training.local_train(model, data, 2, batch, 5e-5, rng, 0, device=device)
+    ours = training.local_train(model, data, steps, batch, 5e-5, rng, 0, device=device)["tokens_per_s"]
     del model
-    torch.cuda.empty_cache()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
-    # Baseline: the plain transformers + peft loop.
-    model = get_peft_model(
-        fresh(),
-        LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
-        ),
+    # Baseline: the plain transformers + peft loop, same LoRA, same batches.
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
     )
+    model = get_peft_model(fresh(), lora)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
     model.train()
 
     def step(i: int) -> None:
-        x = ids[(i * batch) % 64 : (i * batch) % 64 + batch].cuda()
+        x = ids[(i * batch) % 64 : (i * batch) % 64 + batch].to(device)
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for i in range(2):
+    for i in range(4):
         step(i)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for i in range(steps):
         step(i)
-    torch.cuda.synchronize()
+    sync()
     plain = steps * batch * seq_len / (time.perf_counter() - t0)
     print(
-        f"OpenLLaMA-3B-shaped LoRA (bf16, batch {batch} x {seq_len}): fl.training {ours:.0f} tok/s, "
+        f"LoRA training ({device}, {dtype}, batch {batch} x {seq_len}): fl.training {ours:.0f} tok/s, "
         f"plain transformers+peft {plain:.0f} tok/s"
     )
     return ours / plain
+
+
+def bench_gpu() -> float | None:
+    """OpenLLaMA-3B-shaped (random weights, real dimensions) on the GPU; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from fl.training import OPEN_LLAMA_3B_SHAPE
+
+    return lora_tokens_ratio(OPEN_LLAMA_3B_SHAPE, "cuda")
 
 
 def main() -> int:

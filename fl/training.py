@@ -154,7 +154,11 @@ def add_lora(model: Any, model_cfg: Any, lora_cfg: Any, seed: int):  # noqa: ANN
             model, use_gradient_checkpointing=model_cfg.gradient_checkpointing
         )
     elif model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it (and its argument); 4.x only has the old name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     config = LoraConfig(
         r=lora_cfg.r,
@@ -288,24 +292,28 @@ def local_train(
         for _ in range(steps):
             idx = torch.from_numpy(rng.choice(len(data), size=batch, replace=len(data) < batch))
             input_ids = data.input_ids[idx].to(device)
-            labels = data.labels[idx].to(device)
-            out = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels)
+            labels_cpu = data.labels[idx]
+            tokens += int((labels_cpu != -100).sum())  # counted on the host: no device sync
+            labels = labels_cpu.to(device)
+            # Padding is on the right, so causal attention never lets a real token see it: no
+            # mask needed, which keeps the fused causal attention path (and matches plain loops).
+            out = model(input_ids=input_ids, labels=labels)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
-            losses.append(float(out.loss.detach()))
-            tokens += int((labels != -100).sum())
+            losses.append(out.loss.detach())  # no per-step device sync
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
+    loss_values = [float(x) for x in torch.stack(losses).float().cpu()]
     if device.startswith("cuda"):
         peak, peak_kind = int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
     else:
         peak, peak_kind = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_rss_peak"
     e1 = meter.read_j()
     return {
-        "loss": float(np.mean(losses)),
-        "loss_last": losses[-1],
+        "loss": float(np.mean(loss_values)),
+        "loss_last": loss_values[-1],
         "steps": steps,
         "tokens": tokens,
         "train_time_s": elapsed,
@@ -326,7 +334,7 @@ def evaluate(model: Any, data: Encoded, batch: int = 16, device: str = "cpu") ->
         for start in range(0, len(data), batch):
             ids = data.input_ids[start : start + batch].to(device)
             labels = data.labels[start : start + batch].to(device)
-            logits = model(input_ids=ids, attention_mask=(labels != -100).long()).logits.float()
+            logits = model(input_ids=ids).logits.float()  # right padding: see local_train
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
                 shift_logits.reshape(-1, shift_logits.shape[-1]),

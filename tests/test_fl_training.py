@@ -127,3 +127,28 @@ def test_pretrained_source_needs_a_path_and_4bit_needs_a_gpu() -> None:
         )
         with pytest.raises(ConfigError, match="CUDA"):
             training.load_base_model(cfg4.fl.model, None, 0, 64)
+
+
+def test_pretrained_loading_code_on_a_locally_saved_model(tmp_path: Path) -> None:
+    """The `pretrained` path (AutoTokenizer/AutoModelForCausalLM from a local folder, LoRA on
+    q_proj/v_proj, gradient checkpointing) on a tiny model saved the way the hub stores one."""
+    tiny = load_config(None, ["fl.data.num_samples=60"])
+    work = training.build_workload(tiny.fl, seed=0, num_clients=1, client=0)
+    merged = work.model.merge_and_unload()  # B = 0: exactly the base weights
+    merged.save_pretrained(tmp_path / "model")
+    work.tokenizer.save_pretrained(tmp_path / "model")
+    cfg = load_config(None, ["fl.data.num_samples=60", "fl.model.source=pretrained", f"fl.model.path={tmp_path / 'model'}",
+                             "fl.model.gradient_checkpointing=true"])  # fmt: skip
+    loaded = training.build_workload(cfg.fl, seed=0, num_clients=1, client=0)
+    base = loaded.model.get_base_model()
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+    assert len(loaded.tokenizer) == len(work.tokenizer)
+    layer = base.model.layers[0].self_attn.q_proj
+    assert hasattr(layer, "lora_A")  # LoRA went on q_proj
+    np.testing.assert_array_equal(
+        layer.base_layer.weight.detach().numpy(),
+        merged.model.layers[0].self_attn.q_proj.weight.detach().numpy(),
+    )
+    np.testing.assert_array_equal(loaded.train.input_ids.numpy(), work.train.input_ids.numpy())
+    m = training.local_train(loaded.model, loaded.train, 2, 4, 1e-3, np.random.default_rng(0), torch_seed=0)
+    assert np.isfinite(m["loss"])
