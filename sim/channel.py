@@ -14,6 +14,7 @@ position r = (x, y) the channel to client k is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,3 +104,16 @@ class FieldResponseChannel:
     def path_power(self) -> np.ndarray:
         """Per-client mean power sum_l |sigma_{k,l}|^2 (the large-scale gain realised)."""
         return np.sum(np.abs(self.gains) ** 2, axis=1)
+
+
+def draw_lab_channel(lab: Any, rng: np.random.Generator) -> FieldResponseChannel:
+    """The clients of a ``testbed.config.LabSection`` (duck-typed: ``sim`` does not import
+    testbed): distances uniform in ``clients.distance_m``, log-distance path loss, and
+    ``medium.paths`` field-response paths each."""
+    medium = lab.medium
+    count = int(lab.clients.count)
+    distances = rng.uniform(lab.clients.distance_m[0], lab.clients.distance_m[1], count)
+    beta = path_loss_linear(distances, medium.path_loss_exponent, medium.ref_loss_db)
+    return FieldResponseChannel.draw(
+        rng, count, int(medium.paths), lab.array.wavelength_m, beta, medium.rician_k
+    )

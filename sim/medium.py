@@ -45,7 +45,7 @@ import numpy as np
 
 from drivers.errors import RadioError, RadioLimitError, RadioTimingError
 from drivers.radio import RxResult, TxResult
-from sim.channel import FieldResponseChannel, path_loss_linear
+from sim.channel import FieldResponseChannel, draw_lab_channel
 
 PositionSource = Callable[[], np.ndarray]
 DRIFT_KNOT_S = 1.0  # the drift rate's correlation time
@@ -251,18 +251,17 @@ class Medium:
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, lab: Any, rng: np.random.Generator) -> Medium:
-        """The medium of ``testbed.config.LabSection``: clients drawn at distances in
-        ``lab.clients.distance_m`` with path loss and L field-response paths each; one node per
-        client (``client<k>``) and a receiver node ``receiver`` with one antenna per stage, placed
-        on a line through the region's centre until ``set_positions`` moves them."""
+    def from_config(
+        cls, lab: Any, rng: np.random.Generator, channel: FieldResponseChannel | None = None
+    ) -> Medium:
+        """The medium of ``testbed.config.LabSection``: the clients of ``channel`` (default: drawn
+        by ``draw_lab_channel`` from ``rng``); one node per client (``client<k>``) and a receiver
+        node ``receiver`` with one antenna per stage, placed on a line through the region's
+        centre until ``set_positions`` moves them."""
         medium_cfg = lab.medium
         count = int(lab.clients.count)
-        distances = rng.uniform(lab.clients.distance_m[0], lab.clients.distance_m[1], count)
-        beta = path_loss_linear(distances, medium_cfg.path_loss_exponent, medium_cfg.ref_loss_db)
-        channel = FieldResponseChannel.draw(
-            rng, count, int(medium_cfg.paths), lab.array.wavelength_m, beta, medium_cfg.rician_k
-        )
+        if channel is None:
+            channel = draw_lab_channel(lab, rng)
         medium = cls(
             FieldResponseLinks(channel),
             rng,

@@ -1138,8 +1138,12 @@ def _client_sections(config: TestbedConfig) -> list[Any]:
 def sim_medium(config: TestbedConfig) -> Any:
     """The sim lab's air, drawn from the run seed (the same draw as every other sim run)."""
     from sim.medium import Medium
+    from testbed.lab import draw_channel
 
-    return Medium.from_config(config.lab, np.random.default_rng(config.run.seed))
+    # The same world `testbed run` sees with this config and seed: a campaign maps that world.
+    return Medium.from_config(
+        config.lab, np.random.default_rng(config.run.seed), channel=draw_channel(config)
+    )
 
 
 def open_sounder(config: TestbedConfig, formation: Formation) -> Sounder:

@@ -19,7 +19,7 @@ from allocation.problem import lambda_half_grid
 from drivers.errors import ConfigError, StageLimitError
 from drivers.positioner import wait_all
 from drivers.stage_array import XY, StageArray, point_segment_distance
-from sim.channel import FieldResponseChannel, path_loss_linear
+from sim.channel import FieldResponseChannel, draw_lab_channel
 from sim.symbol_air import SymbolAir
 from testbed.config import TestbedConfig
 
@@ -38,14 +38,7 @@ def draw_channel(config: TestbedConfig) -> FieldResponseChannel:
 
     Seeded from ``run.seed`` alone, so a resumed run sees the same world.
     """
-    lab = config.lab
-    rng = np.random.default_rng([config.run.seed, 5])
-    lo, hi = lab.clients.distance_m
-    distances = rng.uniform(lo, hi, lab.clients.count)
-    beta = path_loss_linear(distances, lab.medium.path_loss_exponent, lab.medium.ref_loss_db)
-    return FieldResponseChannel.draw(
-        rng, lab.clients.count, lab.medium.paths, lab.array.wavelength_m, beta, lab.medium.rician_k
-    )
+    return draw_lab_channel(config.lab, np.random.default_rng([config.run.seed, 5]))
 
 
 def _route_legs(start: dict[str, XY], goal: dict[str, XY], clearance_m: float) -> list[tuple[str, XY]] | None:

@@ -37,7 +37,9 @@ SWEEP_BASELINES = ("fpa", "random_placement", "non_ma", "max_clock")
 
 def noise_power_w(config: TestbedConfig) -> float:
     """The planner's noise level: medium.noise_power_dbm in watts (even with AWGN off in the sim)."""
-    return 10.0 ** ((config.lab.medium.noise_power_dbm - 30.0) / 10.0)
+    from sim.medium import dbm_to_w
+
+    return dbm_to_w(config.lab.medium.noise_power_dbm)
 
 
 def default_channel(config: TestbedConfig) -> Any:
