@@ -82,6 +82,7 @@ class NodeInfo:
     alive: bool = True
     clock_offset_s: float | None = None
     participation: int = 0
+    key: str | None = None  # the CURVE public key (z85) this node proved it holds
 
 
 class RadioTimeSkew(FLError):
@@ -258,6 +259,9 @@ class Coordinator:
                 identity, "bad_node", f"message claims node {msg.node}, the sender is node {node.node}"
             )
             return
+        if node.key is not None and msg.peer_key != node.key:
+            self._reject(identity, "bad_key", f"node {node.node}'s messages must come with its own CURVE key")
+            return
         if msg.type is MsgType.TIME_REPORT:
             self._time_report(node, msg)
         elif msg.type is MsgType.BYE:
@@ -283,6 +287,20 @@ class Coordinator:
                 f"(0..{self.num_clients - 1}, identity node-<id>)",
             )
             return
+        key = None
+        if not self.fl.transport.insecure:  # node k must hold node k's key, not another node's
+            allowed = (
+                KeyLayout(Path(self.fl.transport.keys_dir)).coordinator_allow
+                / f"{node_identity(k).decode()}.key"
+            )
+            key = zmq_security.load_public_key(
+                allowed
+            ).decode()  # z85 text, as ZAP reports if allowed.is_file() else None
+            if key is None or msg.peer_key != key:
+                self._reject(
+                    identity, "bad_key", f"HELLO as node {k} without node {k}'s CURVE key ({allowed})"
+                )
+                return
         old = self.nodes.get(k)
         same = old is not None and old.capabilities.get("incarnation") == msg.body["capabilities"].get(
             "incarnation"
@@ -306,6 +324,7 @@ class Coordinator:
             identity,
             dict(msg.body["capabilities"]),
             participation=old.participation if old else self._resume_participation.get(k, 0),
+            key=key,
         )
         self.nodes[k] = info
         assert self.loop is not None
@@ -528,6 +547,8 @@ class Coordinator:
             }
             self._send(self.nodes[k], Message(MsgType.SHARED_STATS, r, COORDINATOR, body))
         self._event("shared_stats_sent", delivered=delivered, slot_s=slot_s, eta=pre.eta)
+        # The slot phase gets its own deadline: waiting out a late node must not eat into it.
+        deadline = time.monotonic() + self.fl.transport.round_deadline_s
         sent = self._collect(MsgType.OTA, delivered, deadline)
         if self.fl.digital_reference:
             self._collect(MsgType.DIGITAL, sent, min(deadline, time.monotonic() + 1.0), ref=True)

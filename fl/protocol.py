@@ -105,6 +105,7 @@ class Message:
     node: int = COORDINATOR
     body: dict[str, Any] = field(default_factory=dict)
     frames: dict[str, TensorDict] = field(default_factory=dict)  # frame name -> tensors
+    peer_key: str | None = None  # receiver side only: the sender's CURVE public key (z85), if any
 
 
 # --- complex <-> real pairs for frames ----------------------------------------------------------
@@ -477,10 +478,15 @@ class SocketLoop:
 
     def _receive(self, frames: list[zmq.Frame]) -> None:
         identity = b""
+        peer_key = None
         if self.router:
             identity, frames = frames[0].bytes, frames[1:]
+            if frames:
+                with contextlib.suppress(zmq.ZMQError):  # no ZAP handler (plain sockets): no key
+                    peer_key = frames[0].get("User-Id") or None
         try:
             msg = decode(frames, self.max_frame_bytes)
+            msg.peer_key = peer_key
         except ProtocolError as exc:
             log.warning("dropped a malformed message from %r: %s", identity, exc)
             self.rejected.append((identity, str(exc)))

@@ -5,6 +5,7 @@ Also: digital FedAvg mode, and --insecure refused off loopback."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,28 @@ def test_insecure_is_refused_off_loopback() -> None:
     node.ctx.term()
     with pytest.raises(Exception, match="outside 0..1"):
         Node(cfg, 5, "tcp://127.0.0.1:5570")
+
+
+def test_a_busy_node_keeps_heartbeating_but_misses_the_deadline(tmp_path: Path) -> None:
+    """Heartbeats run on their own thread: a node busy for longer than the round deadline is
+    dropped from that round for lateness only, stays alive, and takes part again."""
+    cfg = load_config(
+        None, [*OVERRIDES, "fl.transport.round_deadline_s=3", "fl.transport.heartbeat_misses=5"]
+    )
+    fed = LocalFederation(cfg, tmp_path / "run", node_mode="thread")
+    fed.start_nodes()
+    slow = fed.nodes[1]
+    real_round = slow._round
+
+    def busy_first_round(plan) -> None:  # noqa: ANN001 - a Message
+        if plan.round == 1:
+            time.sleep(4.0)  # a long step in native code (as GPU training is): the GIL is free
+        real_round(plan)
+
+    slow._round = busy_first_round
+    metrics = fed.run()
+    assert metrics[0]["dropped"] == [1] and metrics[0]["delivered"] == [0]
+    assert metrics[1]["delivered"] == [0, 1]
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert not any(e["event"] == "node_lost" for e in events)  # its heartbeats never stopped
+    assert any(e["event"] == "stale" and e["node"] == 1 and e["msg_round"] == 1 for e in events)

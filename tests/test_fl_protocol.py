@@ -322,6 +322,18 @@ def test_hello_with_a_foreign_identity_is_refused(coordinator) -> None:
         sock.close()
 
 
+def test_a_node_using_another_nodes_key_is_refused(coordinator) -> None:
+    keys = KeyLayout(Path(coordinator.fl.transport.keys_dir))
+    sock = _dealer(coordinator, keys, "node-0", P.node_identity(1))  # node 0's key, claiming node 1
+    try:
+        sock.send_multipart(P.encode(Message(MsgType.HELLO, 0, 1, _sample_bodies()[MsgType.HELLO])))
+        _pump_until(coordinator, lambda: any(r["code"] == "bad_key" for r in coordinator.rejected))
+        assert 1 not in coordinator.nodes
+        assert _recv(sock).body["code"] == "bad_key"
+    finally:
+        sock.close()
+
+
 def test_a_key_outside_the_allow_list_never_gets_through(coordinator, tmp_path: Path) -> None:
     keys = KeyLayout(Path(coordinator.fl.transport.keys_dir))
     zmq_security.make_keypair(tmp_path, "stranger")
