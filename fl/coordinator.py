@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -114,7 +115,8 @@ class Coordinator:
         self.rng = rng if rng is not None else np.random.default_rng([config.run.seed, 3])
         self.on_round = on_round
         self.on_event = on_event
-        self.radio_clock = radio_clock or time.time
+        # Slot times are radio times: the air's own clock when it has one (radios), else the host's.
+        self.radio_clock = radio_clock or getattr(air, "time_now", None) or time.time
         self.run_id = f"{config.run.name}-{int(time.time())}"
         self.nodes: dict[int, NodeInfo] = {}
         self.metrics: list[dict[str, Any]] = []
@@ -225,7 +227,7 @@ class Coordinator:
             raise FLError(f"the coordinator's socket thread died: {self.loop.error}")
         try:
             identity, msg = self.loop.inbox.get(timeout=max(timeout_s, 0.0))
-        except Exception:  # queue.Empty
+        except queue.Empty:
             identity, msg = None, None
         if identity is not None:
             self._handle(identity, msg)
@@ -411,6 +413,14 @@ class Coordinator:
         if self.air is not None:  # the planner may have moved the antennas: precode on what the air is now
             channels = self.air.estimate_channels(list(range(self.num_clients)))
         bad = [k for k in plan.selected if k not in alive]
+        missing = [
+            f"{name}[{k}]"
+            for name, table in (("batch", plan.batch), ("clock_hz", plan.clock_hz), ("weights", plan.weights))
+            for k in plan.selected
+            if k not in table or not table[k] > 0
+        ]
+        if missing:
+            raise FLError(f"round {r}: the plan lacks positive values for {missing}")
         if not plan.selected or bad:
             raise FLError(
                 f"round {r}: the planner selected {plan.selected}; nodes {bad} are not available {alive}"

@@ -1,7 +1,9 @@
 """`testbed coordinator`: start the FL coordinator (parameter server) of a lab run.
 
 The nodes are started separately (`testbed node`), on this host or others. The air is the
-sim's symbol-level AirLink here; a lab with real radios wires its AirLink in `testbed run`.
+sim's symbol-level AirLink (``fl.airlink: symbol``), or with ``fl.airlink: radio`` the radio
+AirLink of ``testbed.radio_airlink`` with every radio owned by this host (the nodes relay their
+bursts here, as in a dry run). The plan is round robin; ``testbed run`` uses the allocation plan.
 """
 
 from __future__ import annotations
@@ -46,12 +48,22 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
     rng = np.random.default_rng([config.run.seed, 3])
-    air = build_symbol_air(config, rng) if config.fl.aggregation == "ota" else None
-    coordinator = Coordinator(
-        config, run_dir, round_robin_planner(config), air, rng, resume=args.resume is not None
-    )
-    endpoint = coordinator.bind()
-    print(f"coordinator listening on {endpoint}; run folder {run_dir}", flush=True)
-    metrics = coordinator.run()
+    air = None
+    if config.fl.aggregation == "ota" and config.fl.airlink == "radio":
+        from testbed.radio_airlink import open_radio_airlink
+
+        air = open_radio_airlink(config)  # this host owns the receiver and every client radio
+    elif config.fl.aggregation == "ota":
+        air = build_symbol_air(config, rng)
+    try:
+        coordinator = Coordinator(
+            config, run_dir, round_robin_planner(config), air, rng, resume=args.resume is not None
+        )
+        endpoint = coordinator.bind()
+        print(f"coordinator listening on {endpoint}; run folder {run_dir}", flush=True)
+        metrics = coordinator.run()
+    finally:
+        if air is not None and hasattr(air, "close"):
+            air.close()
     print(json.dumps({"rounds": len(metrics), "val_loss": [m["val_loss"] for m in metrics]}))
     return 0
