@@ -181,9 +181,9 @@ def build_frame(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] |
         offset += a.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the reference writer does
-    buf = bytearray(8 + len(text) + offset)
-    buf[:8] = struct.pack("<Q", len(text))
-    buf[8 : 8 + len(text)] = text
+    buf = np.empty(8 + len(text) + offset, dtype=np.uint8)  # not zero-filled: every byte is written
+    buf[:8] = np.frombuffer(struct.pack("<Q", len(text)), dtype=np.uint8)
+    buf[8 : 8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
     data = memoryview(buf)[8 + len(text) :]
     out = FrameTensors()
     for name, a in arrays.items():
@@ -191,7 +191,7 @@ def build_frame(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] |
         view = np.frombuffer(data[begin:end], dtype=_DTYPES[header[name]["dtype"]]).reshape(a.shape)
         view[...] = a  # the one copy
         out[name] = view
-    return _attach(out, buf)
+    return _attach(out, memoryview(buf))
 
 
 def empty_frame(shapes: Mapping[str, tuple[int, ...]], dtype: np.dtype | str = np.float32) -> FrameTensors:
