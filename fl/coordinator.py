@@ -430,6 +430,8 @@ class Coordinator:
             raise FLError("fl.aggregation=ota needs an AirLink; none was given to the coordinator")
         deadline_s = self.fl.transport.round_deadline_s
         deadline = time.monotonic() + deadline_s
+        # Provisional: the slot can only be fixed once the stats are in (SHARED_STATS carries it).
+        provisional_slot_s = float(self.radio_clock()) + deadline_s + self.fl.transport.ota_guard_s
         for k in plan.selected:
             body = {
                 "version": self.version,
@@ -440,7 +442,7 @@ class Coordinator:
                 "selected": list(plan.selected),
                 "aggregation": self.fl.aggregation,
                 "lora_mode": self.fl.lora.mode,
-                "slot_s": 0.0,
+                "slot_s": provisional_slot_s,
                 "b_k": ota.complex_list(np.array([plan.b_k[k]]))[0] if plan.b_k else [0.0, 0.0],
                 "deadline_s": deadline_s,
                 "weight": float(plan.weights[k]),
