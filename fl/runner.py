@@ -126,7 +126,9 @@ class LocalFederation:
         node_mode: str = "fork",
         bind: str = "tcp://127.0.0.1:*",
         node_kwargs: dict[int, dict[str, Any]] | None = None,
+        radio_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``radio_clock``: the radios' device time (slot times are in it); default the host clock."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config = config.model_copy(deep=True)
@@ -148,6 +150,7 @@ class LocalFederation:
             on_round,
             on_event,
             resume,
+            radio_clock=radio_clock,
         )
         if node_mode not in ("fork", "process", "thread"):
             raise ValueError(f"node_mode={node_mode!r}; allowed fork, process, thread")

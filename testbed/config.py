@@ -224,7 +224,11 @@ class AllocationSection(Section):
     max_outer_iterations: int = Field(50, ge=1)
     tolerance: PositiveFloat = 1e-3
     beamformer_solver: Literal["auto", "cvxpy", "numpy"] = "auto"
-    replan_every_round: bool = True
+    channel_map: str = Field(
+        "",
+        description="a campaign's run directory (or its table): plan positions on this measured map "
+        "instead of the simulated world; required with real radios",
+    )
     sweep_engine: Literal["local", "ray", "dask"] = "local"
     sweep_workers: int = Field(2, ge=1)
 

@@ -62,13 +62,14 @@ class FixedArrayComparison:
     on identical updates.
     """
 
-    def __init__(self, air: Any, fixed_air: Any, power_w: float) -> None:
+    def __init__(self, air: Any, fixed_air: Any | None, power_w: float) -> None:
         self.air = air
-        self.fixed_air = fixed_air
+        self.fixed_air = fixed_air  # None: no fixed array to compare with (real radios)
         self.power_w = float(power_w)
         self.weights: dict[int, float] = {}
         self.last: dict[str, float] = {}
         self._symbols: dict[int, np.ndarray] = {}
+        self._estimates: dict[int, np.ndarray] = {}  # the channels the coordinator precoded on
 
     @property
     def num_antennas(self) -> int:
@@ -79,7 +80,9 @@ class FixedArrayComparison:
         return self.air.noise_power_w
 
     def estimate_channels(self, clients: list[int]) -> np.ndarray:
-        return self.air.estimate_channels(clients)
+        h = self.air.estimate_channels(clients)
+        self._estimates.update({int(k): row for k, row in zip(clients, h, strict=True)})
+        return h
 
     def send(self, client: int, symbols: np.ndarray, scale: complex, at_s: float) -> None:
         self._symbols[int(client)] = np.asarray(symbols)
@@ -89,14 +92,14 @@ class FixedArrayComparison:
         y = self.air.collect(num_symbols, at_s, combiner)
         clients = sorted(self._symbols)
         symbols, self._symbols = self._symbols, {}
-        if not clients:
+        if not clients or self.fixed_air is None:
             return y
         phi = np.array([self.weights.get(k, 1.0) for k in clients])
         power = np.full(len(clients), self.power_w)
         truth = sum(phi[i] * symbols[k][:num_symbols] for i, k in enumerate(clients))
         signal = float(np.sum(np.abs(truth) ** 2))
         # The live array, as the coordinator precoded it (zero forcing on these channels).
-        eta = power_scale(combiner, self.air.estimate_channels(clients), power, phi)
+        eta = power_scale(combiner, np.array([self._estimates[k] for k in clients]), power, phi)
         live_err = float(np.sum(np.abs(y / np.sqrt(eta) - truth) ** 2))
         # The fixed array, with its own best combiner, on the very same symbols.
         h_fixed = self.fixed_air.estimate_channels(clients)
@@ -310,6 +313,7 @@ class Experiment:
                 on_round=self.on_round,
                 resume=self.resume,
                 bind=cfg.fl.transport.bind if self.remote_nodes else "tcp://127.0.0.1:*",
+                radio_clock=getattr(self.lab.air, "time_now", None),  # the radios' time, on the radio path
             )
             try:
                 if self.remote_nodes:

@@ -105,7 +105,7 @@ class Lab:
     stages: Any  # testbed.stages.StageArray: the N antennas' stages in region coordinates
     channel: Any  # the ChannelModel the optimizer plans positions on
     air: Any  # the live AirLink (antennas where the stages are)
-    fixed_air: Any  # the same world through the fixed lambda/2 array
+    fixed_air: Any  # the same sim world through the fixed lambda/2 array; None with real radios
     _closed: bool = False
 
     def describe(self) -> dict[str, Any]:
@@ -153,24 +153,65 @@ class Lab:
             close_air()
 
 
+def _open_air(config: TestbedConfig, world: FieldResponseChannel | None, start_m: np.ndarray) -> Any:
+    """The live AirLink: symbol-level on the sim world, or timed bursts through the radios."""
+    seed = config.run.seed
+    if config.fl.airlink == "symbol":
+        assert world is not None
+        return SymbolAir(world, start_m, air_noise_power_w(config), np.random.default_rng([seed, 21]))
+    from sim.medium import Medium
+    from testbed.radio_airlink import open_radio_airlink
+
+    medium = None
+    if world is not None:  # every radio simulated: IQ through the shared medium
+        medium = Medium.from_config(config.lab, np.random.default_rng([seed, 21]), channel=world)
+        medium.set_positions("receiver", start_m)
+    return open_radio_airlink(config, medium)
+
+
 def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
-    """Open every configured device (nothing moves yet; ``Lab.home`` homes)."""
+    """Open every configured device (nothing moves yet; ``Lab.home`` homes).
+
+    The world is simulated when every radio is (``sim``), and real when every radio is a USRP;
+    stages may be either in both cases. Positions are planned on ``allocation.channel_map`` (a
+    campaign's measured map) when given, else on the simulated world; with real radios a map is
+    required. The fixed-array comparison needs the simulated world, so real radios go without it.
+    """
     from testbed.stages import open_stages
 
-    if config.fl.airlink != "symbol":
+    lab = config.lab
+    radio_backends = {lab.receiver.backend, lab.clients.radio.backend}
+    if len(radio_backends) > 1:
         raise ConfigError(
-            f"fl.airlink={config.fl.airlink!r}: `testbed run` drives the symbol-level air for now; "
-            "use `testbed measure` for the radio path"
+            "lab.receiver.backend and lab.clients.radio.backend: one air cannot mix simulated and real "
+            f"radios (got receiver {lab.receiver.backend!r}, clients {lab.clients.radio.backend!r})"
         )
-    channel = draw_channel(config)
-    noise_w = air_noise_power_w(config)
+    simulated = radio_backends == {"sim"}
+    if not simulated and config.fl.airlink == "symbol":
+        raise ConfigError("fl.airlink: 'symbol' is the simulated air; with USRP radios use 'radio'")
+    world = draw_channel(config) if simulated else None
+    if config.allocation.channel_map:
+        from testbed.channel_map import load_channel_map
+
+        channel = load_channel_map(config.allocation.channel_map)
+    elif world is not None:
+        channel = world
+    else:
+        raise ConfigError(
+            "allocation.channel_map: required with real radios (got ''); measure the region first "
+            "with `testbed measure` and give its run directory"
+        )
     array = config.lab.array
-    fixed = lambda_half_grid(config.lab.num_antennas, array.wavelength_m, array.region_m, array.min_spacing_m)
+    fixed = lambda_half_grid(lab.num_antennas, array.wavelength_m, array.region_m, array.min_spacing_m)
     stages = open_stages(config, home=False)
     try:
-        air = SymbolAir(channel, fixed, noise_w, np.random.default_rng([config.run.seed, 21]))
-    except Exception:
+        air = _open_air(config, world, fixed)
+    except BaseException:
         stages.close()
         raise
-    fixed_air = SymbolAir(channel, fixed, noise_w, np.random.default_rng([config.run.seed, 22]))
+    fixed_air = None
+    if world is not None:
+        fixed_air = SymbolAir(
+            world, fixed, air_noise_power_w(config), np.random.default_rng([config.run.seed, 22])
+        )
     return Lab(config, stages, channel, air, fixed_air)

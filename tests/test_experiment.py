@@ -142,3 +142,23 @@ def test_ctrl_c_with_a_real_stage_driver_then_resume(tmp_path: Path) -> None:
     final = read_events(run_dir / "events.jsonl")
     assert final[-1]["status"] == "success" and any(d.get("kind") == "resumed" for d in final)
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 3
+
+
+def test_radio_path_run_matches_theory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fl.airlink=radio: every OTA slot is IQ through SimRadios on the shared medium (pilots,
+    estimation, timed bursts). With the radios on one reference (no CFO, no drift), the measured
+    aggregation NMSE lands on the analytic MSE of MODEL.md section 3."""
+    locked = ["lab.medium.impairments.cfo_hz_max=0", "lab.medium.impairments.phase_drift_rad_s=0"]
+    code = main(
+        [
+            "run",
+            DRYRUN,
+            "--json",
+            *sets(*FAST, *locked, "fl.airlink=radio", "fl.rounds=1", f"run.output_dir={tmp_path}"),
+        ]
+    )
+    assert code == 0
+    run_dir = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"])
+    (r,) = [d["data"] for d in read_events(run_dir / "events.jsonl") if d.get("kind") == "round"]
+    assert r["nmse_db"] == pytest.approx(r["nmse_theory_db"], abs=1.5)
+    assert r["nmse_fpa_db"] is not None and r["nmse_db"] < -20
