@@ -92,22 +92,19 @@ def round_robin_planner(config: Any) -> Planner:
 
 
 def build_symbol_air(config: Any, rng: np.random.Generator):  # noqa: ANN201 - SymbolAir
-    """The sim's symbol-level air for ``lab``: field-response channels, antennas on a line."""
-    from sim.channel import FieldResponseChannel, path_loss_linear
+    """The sim's symbol-level air for ``lab`` (the world ``testbed run`` sees with this seed),
+    antennas on a line through the region's centre."""
+    from sim.channel import draw_lab_channel
+    from sim.medium import dbm_to_w
     from sim.symbol_air import SymbolAir
 
-    lab, seed = config.lab, config.run.seed
-    draw = np.random.default_rng([seed, 5])  # the channel is fixed by the seed, not checkpointed
-    lo, hi = lab.clients.distance_m
-    distances = draw.uniform(lo, hi, lab.clients.count)
-    beta = path_loss_linear(distances, lab.medium.path_loss_exponent, lab.medium.ref_loss_db)
-    channel = FieldResponseChannel.draw(
-        draw, lab.clients.count, lab.medium.paths, lab.array.wavelength_m, beta, lab.medium.rician_k
-    )
+    lab = config.lab
+    # The channel is fixed by the seed, not checkpointed: the same draw as testbed.lab.draw_channel.
+    channel = draw_lab_channel(lab, np.random.default_rng([config.run.seed, 5]))
     n = lab.num_antennas
     step = lab.array.region_m / n
     positions = np.stack([(np.arange(n) - (n - 1) / 2) * step, np.zeros(n)], axis=1)
-    noise_w = 10 ** ((lab.medium.noise_power_dbm - 30) / 10) if lab.medium.impairments.awgn else 0.0
+    noise_w = dbm_to_w(lab.medium.noise_power_dbm) if lab.medium.impairments.awgn else 0.0
     return SymbolAir(channel, positions, noise_w, rng)
 
 
