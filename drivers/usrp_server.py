@@ -296,6 +296,52 @@ def _channels(text: str | None) -> list[int] | None:
         raise ConfigError(f"channel list {text!r} must be comma-separated ints, e.g. 0,1") from None
 
 
+# sim.medium_server shares these: the server options, radio specs and the serve loop.
+def add_server_arguments(p: argparse.ArgumentParser, bind: str) -> None:
+    """The options of every radio-contract server: its address and its security."""
+    p.add_argument("--bind", default=bind)
+    p.add_argument("--secret-key", default="", help="this server's NAME.key_secret (CURVE)")
+    p.add_argument("--allow", default="", help="folder of the public keys of allowed clients")
+    p.add_argument("--insecure", action="store_true", help="no CURVE; loopback addresses only")
+    p.add_argument("--max-message-bytes", type=int, default=wire.DEFAULT_MAX_MESSAGE_BYTES)
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``RadioServer`` keyword arguments from the options of ``add_server_arguments``."""
+    return {
+        "secret_key": args.secret_key or None,
+        "allow_dir": args.allow or None,
+        "insecure": args.insecure,
+        "max_message_bytes": args.max_message_bytes,
+    }
+
+
+def parse_radio_specs(spec: str, option: str) -> list[tuple[str, int]]:
+    """``name[:rx_channels],...`` (channels default 1) as (name, channels) pairs; ``option`` names it in errors."""
+    specs: list[tuple[str, int]] = []
+    for item in spec.split(","):
+        name, _, chans = item.strip().partition(":")
+        if not name:
+            raise ConfigError(f"{option} {spec!r}: empty radio name")
+        try:
+            specs.append((name, int(chans) if chans else 1))
+        except ValueError:
+            raise ConfigError(f"{option} {spec!r}: {item!r} should be name or name:channels") from None
+    return specs
+
+
+def serve_until_stopped(server: RadioServer, ready_line: str) -> int:
+    """Serve until SIGTERM/SIGINT, after printing ``ready_line`` (``spawn_server`` waits for it)."""
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    print(ready_line, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0
+
+
 def usrp_openers(args: argparse.Namespace) -> dict[str, Opener]:
     def open_usrp() -> Radio:
         from drivers.usrp import UsrpRadio  # keeps uhd out of the sim-only path
@@ -316,15 +362,7 @@ def sim_openers(args: argparse.Namespace) -> dict[str, Opener]:
     """``--radios tx0,tx1,rx:4``: sim radios (name[:rx channels]) sharing one medium."""
     from sim.radio import build_sim_radios  # lazy: the usrp path must not need sim/
 
-    specs: list[tuple[str, int]] = []
-    for item in args.radios.split(","):
-        name, _, chans = item.strip().partition(":")
-        if not name:
-            raise ConfigError(f"--radios {args.radios!r}: empty radio name")
-        try:
-            specs.append((name, int(chans) if chans else 1))
-        except ValueError:
-            raise ConfigError(f"--radios {args.radios!r}: {item!r} should be name or name:channels") from None
+    specs = parse_radio_specs(args.radios, "--radios")
     radios = build_sim_radios(specs, medium_address=args.medium or None, seed=args.seed)
     return {r.name: (lambda r=r: r) for r in radios}
 
@@ -345,11 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radios", default="radio", help="sim backend: name[:rx_channels],... on one medium")
     p.add_argument("--medium", default="", help="sim backend: ZeroMQ address of a medium server")
     p.add_argument("--seed", type=int, default=0, help="sim backend: the medium's seed")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5600")
-    p.add_argument("--secret-key", default="", help="this server's NAME.key_secret (CURVE)")
-    p.add_argument("--allow", default="", help="folder of the public keys of allowed clients")
-    p.add_argument("--insecure", action="store_true", help="no CURVE; loopback addresses only")
-    p.add_argument("--max-message-bytes", type=int, default=wire.DEFAULT_MAX_MESSAGE_BYTES)
+    add_server_arguments(p, bind="tcp://127.0.0.1:5600")
     return p
 
 
@@ -357,14 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         openers = sim_openers(args) if args.backend == "sim" else usrp_openers(args)
-        server = RadioServer(
-            openers,
-            args.bind,
-            secret_key=args.secret_key or None,
-            allow_dir=args.allow or None,
-            insecure=args.insecure,
-            max_message_bytes=args.max_message_bytes,
-        )
+        server = RadioServer(openers, args.bind, **server_options(args))
     except (TestbedError, zmq.ZMQError) as exc:
         print(f"usrp_server: {exc}", file=sys.stderr)
         return 2
@@ -374,14 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slot.get()
         except TestbedError as exc:
             print(f"usrp_server: {exc} (serving the error; retrying on requests)", file=sys.stderr)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    signal.signal(signal.SIGINT, lambda *_: server.stop())
-    print(f"READY {server.endpoint}", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.close()
-    return 0
+    return serve_until_stopped(server, f"READY {server.endpoint}")
 
 
 # --- starting a server from another process --------------------------------------------------------

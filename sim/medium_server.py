@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,13 @@ import zmq
 
 from drivers import radio_wire as wire
 from drivers.errors import ConfigError, ProtocolError, RadioError, TestbedError
-from drivers.usrp_server import RadioServer
+from drivers.usrp_server import (
+    RadioServer,
+    add_server_arguments,
+    parse_radio_specs,
+    serve_until_stopped,
+    server_options,
+)
 from drivers.zmq_security import cap_inbound_size, require_loopback_for_insecure, secure_client
 from sim.medium import Medium
 from sim.radio import SimRadio
@@ -180,14 +185,7 @@ def _ideal_medium(spec: str, seed: int) -> Medium:
     from sim.radio import build_sim_radios, ideal_medium
 
     medium = ideal_medium(seed)
-    specs = []
-    for item in spec.split(","):
-        name, _, chans = item.strip().partition(":")
-        try:
-            specs.append((name, int(chans) if chans else 1))
-        except ValueError:
-            raise ConfigError(f"--ideal {spec!r}: {item!r} should be name or name:channels") from None
-    build_sim_radios(specs, medium=medium)
+    build_sim_radios(parse_radio_specs(spec, "--ideal"), medium=medium)
     return medium
 
 
@@ -197,11 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B.C=VALUE")
     p.add_argument("--ideal", default="", help="no config: ideal cabled air with radios name[:channels],...")
     p.add_argument("--seed", type=int, default=None, help="the medium's seed (default: run.seed)")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5700")
-    p.add_argument("--secret-key", default="", help="this server's NAME.key_secret (CURVE)")
-    p.add_argument("--allow", default="", help="folder of the public keys of allowed clients")
-    p.add_argument("--insecure", action="store_true", help="no CURVE; loopback addresses only")
-    p.add_argument("--max-message-bytes", type=int, default=wire.DEFAULT_MAX_MESSAGE_BYTES)
+    add_server_arguments(p, bind="tcp://127.0.0.1:5700")
     return p
 
 
@@ -216,25 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(args.config, args.overrides)
             seed = config.run.seed if args.seed is None else args.seed
             medium = Medium.from_config(config.lab, np.random.default_rng(seed))
-        server = MediumServer(
-            medium,
-            args.bind,
-            secret_key=args.secret_key or None,
-            allow_dir=args.allow or None,
-            insecure=args.insecure,
-            max_message_bytes=args.max_message_bytes,
-        )
+        server = MediumServer(medium, args.bind, **server_options(args))
     except (TestbedError, zmq.ZMQError) as exc:
         print(f"medium_server: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    signal.signal(signal.SIGINT, lambda *_: server.stop())
-    print(f"READY {server.endpoint} nodes={','.join(medium.node_names)}", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.close()
-    return 0
+    return serve_until_stopped(server, f"READY {server.endpoint} nodes={','.join(medium.node_names)}")
 
 
 if __name__ == "__main__":
