@@ -308,29 +308,10 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
     tau, cyc = problem.local_steps, problem.cycles
     for t in range(r):
         des = designs[t]
-        s = des.selected
         b, f = rp.batches[t], rp.clocks_hz[t]
-        comp_s = float(np.max(tau * cyc[s] * b / f))
-        e = float(
-            np.sum(compute_energy_j(problem.switched_capacitance, tau, cyc[s], b, f))
-            + np.sum(des.air_energy_j)
-        )
+        comp_s = float(np.max(tau * cyc[des.selected] * b / f))
         plan.round_plans.append(
-            RoundPlan(
-                round_index=t,
-                selected=[int(v) for v in s],
-                positions_m=des.positions_m.tolist(),
-                combiner=complex_to_pairs(des.combiner),
-                tx_scalars=complex_to_pairs(des.tx_scalars),
-                clocks_hz=[float(v) for v in f],
-                batches=[int(v) for v in b],
-                mse=float(des.mse),
-                ota_error=float(eps[t]),
-                move_s=float(moves_arr[t]),
-                compute_s=comp_s,
-                air_s=float(airtimes[t]),
-                energy_j=e,
-            )
+            _round_plan(problem, t, des, b, f, float(moves_arr[t]), comp_s, float(airtimes[t]))
         )
     plan.rounds = r
     plan.latency_s = float(sum(p.compute_s + p.air_s + p.move_s for p in plan.round_plans))
@@ -423,20 +404,37 @@ def plan_round(
         )
     b = integer_batches(a, cap, energy)
     f = tau * cyc * b / deadline
-    comp_e = float(np.sum(compute_energy_j(problem.switched_capacitance, tau, cyc, b, f)))
+    return _round_plan(problem, round_index, des, b, f, move, deadline, des.airtime_s)
+
+
+def _round_plan(
+    problem: Problem,
+    round_index: int,
+    des: RoundDesign,
+    batches: np.ndarray,
+    clocks_hz: np.ndarray,
+    move_s: float,
+    compute_s: float,
+    air_s: float,
+) -> RoundPlan:
+    """The plan of round design ``des`` run with these batches and clocks; energy is compute plus air."""
+    cyc = problem.cycles[des.selected]
+    comp_e = float(
+        np.sum(compute_energy_j(problem.switched_capacitance, problem.local_steps, cyc, batches, clocks_hz))
+    )
     return RoundPlan(
         round_index=round_index,
-        selected=[int(v) for v in s],
+        selected=[int(v) for v in des.selected],
         positions_m=des.positions_m.tolist(),
         combiner=complex_to_pairs(des.combiner),
         tx_scalars=complex_to_pairs(des.tx_scalars),
-        clocks_hz=[float(v) for v in f],
-        batches=[int(v) for v in b],
+        clocks_hz=[float(v) for v in clocks_hz],
+        batches=[int(v) for v in batches],
         mse=float(des.mse),
         ota_error=float(des.mse / problem.clients_per_round**2),
-        move_s=move,
-        compute_s=deadline,
-        air_s=des.airtime_s,
+        move_s=move_s,
+        compute_s=compute_s,
+        air_s=air_s,
         energy_j=comp_e + float(np.sum(des.air_energy_j)),
     )
 
