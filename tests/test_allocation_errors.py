@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from allocation_kit import LAMBDA_M, problem_kwargs
 
 from allocation import AllocationError, Problem
 from sim.channel import FieldResponseChannel
 
-LAMBDA_M = 0.125
+# allocation_kit's problem with 4 clients, 5 paths and a short latency budget
+SETUP = {"clients": 4, "paths": 5, "path_gain": 1e-9, "latency_budget_s": 1e4}
 
 
 class _NanChannel:
@@ -24,25 +26,8 @@ class _NanChannel:
         return self.inner.gradient(positions_m)
 
 
-def _kwargs(**over: object) -> dict:
-    ch = FieldResponseChannel.draw(np.random.default_rng(0), 4, 5, LAMBDA_M, path_gain=1e-9)
-    base = dict(
-        channel=ch,
-        num_antennas=4,
-        wavelength_m=LAMBDA_M,
-        region_m=4 * LAMBDA_M,
-        min_spacing_m=LAMBDA_M / 2,
-        noise_power_w=1e-12,
-        power_w=0.1,
-        clients_per_round=2,
-        latency_budget_s=1e4,
-    )
-    base.update(over)
-    return base
-
-
 def test_valid_data_builds() -> None:
-    assert Problem(**_kwargs()).num_clients == 4
+    assert Problem(**problem_kwargs(0, **SETUP)).num_clients == 4
 
 
 @pytest.mark.parametrize(
@@ -59,10 +44,11 @@ def test_valid_data_builds() -> None:
 )
 def test_bad_data_raises_a_clear_error(over: dict, words: str) -> None:
     with pytest.raises(AllocationError, match=words):
-        Problem(**_kwargs(**over))
+        Problem(**problem_kwargs(0, **{**SETUP, **over}))
 
 
 def test_nan_channel_is_refused() -> None:
-    ch = FieldResponseChannel.draw(np.random.default_rng(0), 4, 5, LAMBDA_M, path_gain=1e-9)
+    kwargs = problem_kwargs(0, **SETUP)
+    kwargs["channel"] = _NanChannel(kwargs["channel"])
     with pytest.raises(AllocationError, match="NaN"):
-        Problem(**_kwargs(channel=_NanChannel(ch)))
+        Problem(**kwargs)

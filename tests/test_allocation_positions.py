@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from allocation_kit import LAMBDA_M, make_problem
 
 from allocation.positions import (
     _projection,
@@ -13,30 +14,12 @@ from allocation.positions import (
     random_feasible_positions,
     weighted_gain_gradient,
 )
-from allocation.problem import Problem
-from sim.channel import FieldResponseChannel
 
-LAMBDA_M = 0.125
-
-
-def _problem(seed: int, u: int = 5, n: int = 4) -> Problem:
-    rng = np.random.default_rng(seed)
-    ch = FieldResponseChannel.draw(rng, u, 8, LAMBDA_M, path_gain=1e-9)
-    return Problem(
-        channel=ch,
-        num_antennas=n,
-        wavelength_m=LAMBDA_M,
-        region_m=4 * LAMBDA_M,
-        min_spacing_m=LAMBDA_M / 2,
-        noise_power_w=1e-12,
-        power_w=0.1,
-        clients_per_round=u,
-        latency_budget_s=1e5,
-    )
+SETUP = {"path_gain": 1e-9, "clients_per_round": 5}  # allocation_kit's problem; all 5 send
 
 
 def test_weighted_gain_gradient_matches_finite_differences() -> None:
-    p = _problem(0)
+    p = make_problem(0, **SETUP)
     rng = np.random.default_rng(1)
     r = random_feasible_positions(rng, 4, p.half_region_m, p.min_spacing_m)
     m = rng.standard_normal(4) + 1j * rng.standard_normal(4)
@@ -56,7 +39,7 @@ def test_weighted_gain_gradient_matches_finite_differences() -> None:
 
 
 def test_curvature_bound_gives_a_global_minorant() -> None:
-    p = _problem(2)
+    p = make_problem(2, **SETUP)
     rng = np.random.default_rng(3)
     m = rng.standard_normal(4) + 1j * rng.standard_normal(4)
     w = rng.uniform(0, 1, p.num_clients)
@@ -75,7 +58,7 @@ def test_curvature_bound_gives_a_global_minorant() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_every_position_iterate_is_feasible_and_the_objective_never_worsens(seed: int) -> None:
-    p = _problem(seed, u=4, n=4)
+    p = make_problem(seed, **{**SETUP, "clients": 4, "clients_per_round": 4})
     rng = np.random.default_rng(seed + 10)
     start = random_feasible_positions(rng, 4, p.half_region_m, p.min_spacing_m)
     res = optimize_positions(p, start, iterations=12)

@@ -5,35 +5,17 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from allocation_kit import LAMBDA_M, make_problem
 
 from allocation.beamformer import optimize_beamformer
-from allocation.problem import Problem, lambda_half_grid
+from allocation.problem import lambda_half_grid
 from allocation.selection import forced_by_floor, pdd_select, x_tilde_update
-from sim.channel import FieldResponseChannel, path_loss_linear
 
-LAMBDA_M = 0.125
-
-
-def _problem(seed: int, u: int = 6, k: int = 2) -> Problem:
-    rng = np.random.default_rng(seed)
-    beta = path_loss_linear(rng.uniform(20, 80, u))
-    ch = FieldResponseChannel.draw(rng, u, 8, LAMBDA_M, path_gain=beta)
-    return Problem(
-        channel=ch,
-        num_antennas=4,
-        wavelength_m=LAMBDA_M,
-        region_m=4 * LAMBDA_M,
-        min_spacing_m=LAMBDA_M / 2,
-        noise_power_w=1e-12,
-        power_w=0.1,
-        clients_per_round=k,
-        latency_budget_s=1e5,
-        max_outer_iterations=50,
-    )
+SETUP = {"clients": 6, "max_outer_iterations": 50}  # allocation_kit's problem, 6 clients
 
 
 def test_pdd_violation_ends_below_tolerance_and_is_logged() -> None:
-    p = _problem(0)
+    p = make_problem(0, **SETUP)
     grid = lambda_half_grid(4, LAMBDA_M, 4 * LAMBDA_M)
     res = pdd_select(p, 2, grid, np.random.default_rng(0))
     assert len(res.violation_trace) >= 1 and len(res.objective_trace) == len(res.violation_trace)
@@ -43,7 +25,7 @@ def test_pdd_violation_ends_below_tolerance_and_is_logged() -> None:
 
 def test_pdd_with_fixed_positions_finds_the_best_set_on_small_instances() -> None:
     for seed in (1, 2):
-        p = _problem(seed)
+        p = make_problem(seed, **SETUP)
         grid = lambda_half_grid(4, LAMBDA_M, 4 * LAMBDA_M)
         h = p.effective_channels(grid)
         values = {}
@@ -65,7 +47,7 @@ def test_hybrid_floor_forces_clients_that_fell_behind() -> None:
 
 
 def test_pdd_keeps_forced_clients_and_copy_update_is_k_hot() -> None:
-    p = _problem(3)
+    p = make_problem(3, **SETUP)
     grid = lambda_half_grid(4, LAMBDA_M, 4 * LAMBDA_M)
     res = pdd_select(p, 2, grid, np.random.default_rng(3), forced=np.array([5]), movable=False)
     assert 5 in res.selected.tolist()

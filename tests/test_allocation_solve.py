@@ -6,40 +6,25 @@ import json
 
 import numpy as np
 import pytest
+from allocation_kit import LAMBDA_M, make_problem
 
 from allocation import Plan, Problem, plan_round, solve, solve_baselines
 from allocation.positions import is_feasible
-from sim.channel import FieldResponseChannel, path_loss_linear
+from sim.channel import FieldResponseChannel
 
-LAMBDA_M = 0.125
-
-
-def _problem(seed: int = 0, **over: object) -> Problem:
-    rng = np.random.default_rng(seed)
-    beta = path_loss_linear(rng.uniform(20, 80, 5))
-    ch = FieldResponseChannel.draw(rng, 5, 8, LAMBDA_M, path_gain=beta)
-    kw = dict(
-        channel=ch,
-        num_antennas=4,
-        wavelength_m=LAMBDA_M,
-        region_m=4 * LAMBDA_M,
-        min_spacing_m=LAMBDA_M / 2,
-        noise_power_w=1e-12,
-        power_w=0.1,
-        clients_per_round=2,
-        latency_budget_s=4000.0,
-        energy_budget_j=2000.0,
-        max_rounds=4,
-        position_starts=2,
-        fairness_floor=0.4,
-    )
-    kw.update(over)
-    return Problem(**kw)
+# allocation_kit's problem (5 clients) with budgets that R <= 4 rounds can meet
+BUDGETS = {
+    "latency_budget_s": 4000.0,
+    "energy_budget_j": 2000.0,
+    "max_rounds": 4,
+    "position_starts": 2,
+    "fairness_floor": 0.4,
+}
 
 
 @pytest.fixture(scope="module")
 def solved() -> tuple[Problem, Plan, dict[str, Plan]]:
-    p = _problem()
+    p = make_problem(0, **BUDGETS)
     shared: dict = {}
     plan = solve(p, shared)
     return p, plan, solve_baselines(p, ["fpa", "max_clock", "non_ma", "digital", "random_placement"], shared)
@@ -86,7 +71,7 @@ def test_baselines_share_budgets_and_ma_beats_the_fixed_array(solved: tuple) -> 
 
 
 def test_plan_round_replans_from_new_channels_quickly() -> None:
-    p = _problem(1, max_rounds=3)
+    p = make_problem(1, **{**BUDGETS, "max_rounds": 3})
     rng = np.random.default_rng(2)
     counts, prev = np.zeros(5, dtype=int), None
     for t in range(2):
