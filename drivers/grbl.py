@@ -38,8 +38,9 @@ from drivers.errors import (
     StageNotHomed,
     StageTimeout,
 )
-from drivers.positioner import MoveStatus, StageLimits, StageState, run_in_thread
-from drivers.serial_link import LineLink, StageLinkError, open_port
+from drivers.positioner import StageLimits, StageState
+from drivers.serial_link import StageLinkError
+from drivers.serial_stage import SerialStage
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,12 @@ def _fmt(v: float) -> str:
     return f"{round(v, 3) + 0.0:.3f}"
 
 
-class GrblStage:
-    """One antenna on one GRBL-driven XY stage (the ``Positioner`` contract)."""
+class GrblStage(SerialStage):
+    """One antenna on one GRBL-driven XY stage (the ``Positioner`` contract).
+
+    G-code lines and real-time bytes over the link, completion from ``G4 P0.01`` (see the module
+    docstring); the contract's plumbing is ``SerialStage``'s.
+    """
 
     def __init__(
         self,
@@ -234,20 +239,12 @@ class GrblStage:
             raise ValueError(
                 f"status_poll_s must be >= {MIN_STATUS_POLL_S} s (GRBL: <= 5 Hz), got {status_poll_s}"
             )
-        self.name = name
-        self.port_url = port if isinstance(port, str) else str(getattr(port, "portstr", None) or port)
-        self._limits = limits
-        self.command_timeout_s = command_timeout_s
-        self.homing_timeout_s = homing_timeout_s
-        self.settle_s = settle_s
+        super().__init__(port, limits, name, command_timeout_s, homing_timeout_s, settle_s)
         self.status_poll_s = status_poll_s
         self.settings: dict[int, float] = {}
         self.banner: str | None = None
-        self.last_command: str | None = None
         self.last_status: GrblStatus | None = None
         self.alarm_code: int | None = None
-        self.homed = False
-        self._state = StageState.UNKNOWN
         self._critical = False
         self._wco: tuple[float, ...] = (0.0, 0.0, 0.0)
         self._here_mm: tuple[float, float] | None = None  # where the last finished motion left us
@@ -259,40 +256,9 @@ class GrblStage:
         self._read_lock = threading.Lock()  # held by the one thread reading the port right now
         self._status_seq = 0
         self._banner_seq = 0
-        self._stop_requested = threading.Event()
-        self._move_thread: threading.Thread | None = None
-        self._closed = threading.Event()
-        self._link = LineLink(open_port(port), name=self.port_url)
-        try:
-            self._startup(boot_timeout_s, check_settings)
-        except BaseException:
-            self.close()
-            raise
+        self._open(port, lambda: self._startup(boot_timeout_s, check_settings))
 
-    # --- Positioner contract -------------------------------------------------------------------
-    @property
-    def limits(self) -> StageLimits:
-        return self._limits
-
-    @property
-    def state(self) -> StageState:
-        return self._state
-
-    def home(self) -> MoveStatus:
-        self._begin_motion("home")
-        status, self._move_thread = run_in_thread(f"{self.name}: home", self._home_body)
-        return status
-
-    def move_to(self, xy_m: tuple[float, float], speed_m_s: float | None = None) -> MoveStatus:
-        line, distance_mm, speed = self._plan_move(xy_m, speed_m_s)
-        what = f"move to ({xy_m[0]:.4f}, {xy_m[1]:.4f}) m"
-        self._begin_motion(what)
-        target_mm = (xy_m[0] * 1e3, xy_m[1] * 1e3)
-        status, self._move_thread = run_in_thread(
-            f"{self.name}: {what}", lambda: self._move_body(line, distance_mm, speed, target_mm)
-        )
-        return status
-
+    # --- Positioner contract (the rest is SerialStage's) ----------------------------------------
     def position(self) -> tuple[float, float]:
         report = self.query_status()
         pos = report.machine_pos_mm(self._wco)
@@ -302,34 +268,9 @@ class GrblStage:
             log.debug("%s: position read while not homed; it may not be the true position", self.name)
         return pos[0] / 1000.0, pos[1] / 1000.0
 
-    def stop(self) -> None:
-        """Halt now: feed hold, wait until braked (Hold:0), soft reset to flush; keep the position."""
-        if self._state == StageState.DISCONNECTED or self._closed.is_set():
-            return
-        self._stop_requested.set()
-        try:
-            self._halt()
-        finally:
-            thread = self._move_thread
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=self.command_timeout_s + 1.0)
-            self._stop_requested.clear()
-
-    def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._link.close()
+    def _on_close(self) -> None:
         with self._status_cond:
             self._status_cond.notify_all()
-        if self._state != StageState.DISCONNECTED:
-            self._state = StageState.UNKNOWN
-
-    def __enter__(self) -> GrblStage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- more GRBL commands ---------------------------------------------------------------------
     def unlock(self) -> None:
@@ -672,10 +613,10 @@ class GrblStage:
                 code=self.alarm_code,
             )
 
-    def _begin_motion(self, what: str) -> None:
-        thread = self._move_thread
-        if thread is not None and thread.is_alive():
-            raise StageError(f"{self.name}: still moving ({what} refused); wait for it or stop() first")
+    def _move_job(self, xy_m: tuple[float, float], speed_m_s: float | None) -> Callable[[], None]:
+        line, distance_mm, speed = self._plan_move(xy_m, speed_m_s)
+        target_mm = (xy_m[0] * 1e3, xy_m[1] * 1e3)
+        return lambda: self._move_body(line, distance_mm, speed, target_mm)
 
     def _move_body(
         self, line: str, distance_mm: float, speed_m_s: float, target_mm: tuple[float, float]
@@ -719,21 +660,19 @@ class GrblStage:
         self._here_mm = (0.0, 0.0)
         self._state = StageState.IDLE
 
-    def _recover(self, exc: StageError) -> None:
+    @property
+    def _log_who(self) -> str:
+        return self.name
+
+    def _rest_after(self, exc: StageError) -> None:
         """After a failed command: bring the stage to rest and the link back in step."""
-        if self._stop_requested.is_set() or self._state == StageState.DISCONNECTED:
-            return
         if isinstance(exc, StageAlarm) and exc.code in CRITICAL_ALARMS:
             return  # already halted by the controller; home() resets and re-homes
-        try:
-            self._halt()
-        except StageError as again:
-            log.error("%s: could not bring the stage to rest after %s: %s", self.name, exc, again)
-            if self._state != StageState.DISCONNECTED:
-                self._state = StageState.UNKNOWN
+        self._halt()
 
     def _halt(self) -> None:
-        """Feed hold, wait for Hold:0/Idle/Alarm, soft reset, read the state."""
+        """Halt now: feed hold, wait until braked (Hold:0/Idle/Alarm), soft reset to flush, read the
+        state; the position is kept."""
         self._link.write_raw(RT_HOLD)
         deadline = time.monotonic() + self.command_timeout_s
         pause = 0.02

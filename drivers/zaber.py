@@ -18,13 +18,15 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import serial
 
 from drivers.errors import StageAlarm, StageCommandError, StageError, StageNotHomed, StageTimeout
-from drivers.positioner import MoveStatus, StageLimits, StageState, run_in_thread
-from drivers.serial_link import LineLink, StageLinkError, open_port
+from drivers.positioner import StageLimits, StageState
+from drivers.serial_link import StageLinkError
+from drivers.serial_stage import SerialStage
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,12 @@ def parse_reply(line: str) -> ZaberReply:
     return ZaberReply(address, axis, message_id, flag, status, warning, " ".join(rest[3:]))
 
 
-class ZaberStage:
-    """One antenna on a two-axis Zaber controller (the ``Positioner`` contract)."""
+class ZaberStage(SerialStage):
+    """One antenna on a two-axis Zaber controller (the ``Positioner`` contract).
+
+    ASCII commands matched to their replies by message id, completion by polling until ``IDLE``
+    (see the module docstring); the contract's plumbing is ``SerialStage``'s.
+    """
 
     def __init__(
         self,
@@ -101,61 +107,20 @@ class ZaberStage:
     ) -> None:
         if not 1 <= address <= 99:
             raise ValueError(f"Zaber address must be 1..99 (got {address})")
-        self.name = name
-        self.port_url = port if isinstance(port, str) else str(getattr(port, "portstr", None) or port)
+        super().__init__(port, limits, name, command_timeout_s, homing_timeout_s, settle_s)
         self.address = address
         self.microstep_m = microstep_m
-        self.command_timeout_s = command_timeout_s
-        self.homing_timeout_s = homing_timeout_s
-        self.settle_s = settle_s
         self.poll_s = poll_s
-        self._limits = limits
-        self._state = StageState.UNKNOWN
-        self.homed = False
-        self.last_command: str | None = None
         self.last_reply: ZaberReply | None = None
         self.alarm_flag: str | None = None
         self.device_id: str | None = None
         self.firmware: str | None = None
         self._next_id = 0
         self._io_lock = threading.Lock()
-        self._stop_requested = threading.Event()
-        self._move_thread: threading.Thread | None = None
-        self._closed = False
         self._axis_settings: dict[tuple[int, str], int] = {}
-        self._link = LineLink(open_port(port, baudrate=baudrate), name=self.port_url)
-        try:
-            self._startup()
-        except BaseException:
-            self.close()
-            raise
+        self._open(port, self._startup, baudrate=baudrate)
 
-    # --- Positioner contract -------------------------------------------------------------------
-    @property
-    def limits(self) -> StageLimits:
-        return self._limits
-
-    @property
-    def state(self) -> StageState:
-        return self._state
-
-    def home(self) -> MoveStatus:
-        self._begin_motion("home")
-        status, self._move_thread = run_in_thread(f"{self.name}: home", self._home_body)
-        return status
-
-    def move_to(self, xy_m: tuple[float, float], speed_m_s: float | None = None) -> MoveStatus:
-        speed = self._limits.max_speed_m_s if speed_m_s is None else float(speed_m_s)
-        self._limits.check_move(xy_m, speed, self.name)
-        self._check_ready()
-        what = f"move to ({xy_m[0]:.4f}, {xy_m[1]:.4f}) m"
-        self._begin_motion(what)
-        target = (float(xy_m[0]), float(xy_m[1]))
-        status, self._move_thread = run_in_thread(
-            f"{self.name}: {what}", lambda: self._move_body(target, speed)
-        )
-        return status
-
+    # --- Positioner contract (the rest is SerialStage's) ----------------------------------------
     def position(self) -> tuple[float, float]:
         reply = self.command(0, "get pos")
         try:
@@ -166,39 +131,7 @@ class ZaberStage:
             ) from None
         return x * self.microstep_m, y * self.microstep_m
 
-    def stop(self) -> None:
-        """Decelerate both axes to rest now (``stop``), then wait until idle."""
-        if self._closed or self._state == StageState.DISCONNECTED:
-            return
-        self._stop_requested.set()
-        try:
-            self.command(0, "stop")
-            self._wait_idle(self.command_timeout_s, what="stop")
-        finally:
-            thread = self._move_thread
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=self.command_timeout_s + 1.0)
-            self._stop_requested.clear()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._link.close()
-        if self._state != StageState.DISCONNECTED:
-            self._state = StageState.UNKNOWN
-
-    def __enter__(self) -> ZaberStage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- protocol ------------------------------------------------------------------------------
-    @property
-    def _where(self) -> str:
-        return f"{self.name} on {self.port_url}"
-
     def command(self, axis: int, text: str, timeout_s: float | None = None) -> ZaberReply:
         """Send ``/<address> <axis> <id> <text>``; return its reply; raise on RJ, timeout, noise."""
         timeout = self.command_timeout_s if timeout_s is None else timeout_s
@@ -305,10 +238,12 @@ class ZaberStage:
         if not self.homed:
             raise StageNotHomed(f"{self._where}: no reference position (WR): home() first")
 
-    def _begin_motion(self, what: str) -> None:
-        thread = self._move_thread
-        if thread is not None and thread.is_alive():
-            raise StageError(f"{self.name}: still moving ({what} refused); wait for it or stop() first")
+    def _move_job(self, xy_m: tuple[float, float], speed_m_s: float | None) -> Callable[[], None]:
+        speed = self._limits.max_speed_m_s if speed_m_s is None else float(speed_m_s)
+        self._limits.check_move(xy_m, speed, self.name)
+        self._check_ready()
+        target = (float(xy_m[0]), float(xy_m[1]))
+        return lambda: self._move_body(target, speed)
 
     def _set_axis(self, axis: int, setting: str, value: int) -> None:
         if self._axis_settings.get((axis, setting)) != value:
@@ -383,19 +318,17 @@ class ZaberStage:
                 raise StageTimeout(f"{self._where}: {what} not finished within {timeout_s:g} s (still BUSY)")
             time.sleep(self.poll_s)
 
-    def _recover(self, exc: StageError) -> None:
-        """After a failed move: stop the axes and learn the state, unless the link is gone."""
-        if self._stop_requested.is_set() or self._state == StageState.DISCONNECTED:
-            return
-        try:
-            self.command(0, "stop")
-            deadline = time.monotonic() + self.command_timeout_s
-            while self.command(0, "").status == "BUSY" and time.monotonic() < deadline:
-                time.sleep(self.poll_s)
-        except StageError as again:
-            log.error("%s: could not bring the stage to rest after %s: %s", self._where, exc, again)
-            if self._state != StageState.DISCONNECTED:
-                self._state = StageState.UNKNOWN
+    def _halt(self) -> None:
+        """Decelerate both axes to rest now (``stop``), then wait until idle."""
+        self.command(0, "stop")
+        self._wait_idle(self.command_timeout_s, what="stop")
+
+    def _rest_after(self, exc: StageError) -> None:
+        """After a failed move: stop the axes and learn the state (polled until not BUSY)."""
+        self.command(0, "stop")
+        deadline = time.monotonic() + self.command_timeout_s
+        while self.command(0, "").status == "BUSY" and time.monotonic() < deadline:
+            time.sleep(self.poll_s)
 
 
 __all__ = ["ZaberReply", "ZaberStage", "parse_reply"]

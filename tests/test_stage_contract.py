@@ -9,22 +9,13 @@ import math
 import time
 
 import pytest
-from stage_kit import LIMITS, WAIT_S, make_rig
+from stage_kit import LIMITS, WAIT_S
 
 from drivers.errors import StageAlarm, StageError, StageLimitError, StageNotHomed
 from drivers.positioner import Positioner, StageState
 
-KINDS = ["grbl", "zaber"]
 
-
-@pytest.fixture(params=KINDS)
-def rig(request):
-    r = make_rig(request.param)
-    yield r
-    r.close()
-
-
-@pytest.fixture
+@pytest.fixture  # ``rig``: each stage kind on its emulator (conftest.py)
 def stage(rig):
     s = rig.open()
     yield s

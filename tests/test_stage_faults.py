@@ -5,21 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from stage_kit import WAIT_S, make_rig
+from stage_kit import WAIT_S
 
 from drivers.errors import StageAlarm, StageError, StageNotHomed, StageTimeout
 from drivers.positioner import StageState
 from drivers.serial_link import StageLinkError
 
 
-@pytest.fixture(params=["grbl", "zaber"])
-def rig(request):
-    r = make_rig(request.param)
-    yield r
-    r.close()
-
-
-@pytest.fixture
+@pytest.fixture  # ``rig``: each stage kind on its emulator (conftest.py)
 def stage(rig):
     s = rig.open()
     s.home().wait(WAIT_S)
