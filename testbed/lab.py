@@ -190,17 +190,17 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
     if not simulated and config.fl.airlink == "symbol":
         raise ConfigError("fl.airlink: 'symbol' is the simulated air; with USRP radios use 'radio'")
     world = draw_channel(config) if simulated else None
-    if config.allocation.channel_map:
-        from testbed.channel_map import load_channel_map
-
-        channel = load_channel_map(config.allocation.channel_map)
-    elif world is not None:
-        channel = world
-    else:
+    if world is None and not config.allocation.channel_map:
         raise ConfigError(
             "allocation.channel_map: required with real radios (got ''); measure the region first "
             "with `testbed measure` and give its run directory"
         )
+    if config.allocation.channel_map:
+        from testbed.planning import default_channel
+
+        channel = default_channel(config)  # the measured map
+    else:
+        channel = world
     array = config.lab.array
     fixed = lambda_half_grid(lab.num_antennas, array.wavelength_m, array.region_m, array.min_spacing_m)
     stages = open_stages(config, home=False)

@@ -43,7 +43,13 @@ def noise_power_w(config: TestbedConfig) -> float:
 
 
 def default_channel(config: TestbedConfig) -> Any:
-    """The sim's field-response world of this config (the same draw ``testbed run`` uses)."""
+    """What positions are planned on: the measured map of ``allocation.channel_map`` (a
+    campaign's run directory or table) when given, else the sim's field-response world of this
+    config (the same draw ``testbed run`` uses)."""
+    if config.allocation.channel_map:
+        from testbed.channel_map import load_channel_map
+
+        return load_channel_map(config.allocation.channel_map)
     from testbed.lab import draw_channel
 
     return draw_channel(config)

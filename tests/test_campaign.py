@@ -491,3 +491,21 @@ def test_an_error_mid_campaign_stops_the_stages_and_closes_the_radios(
     docs = read_events(run_dir / "events.jsonl")
     assert [d["data"]["point"] for d in docs if d.get("kind") == "point"] == [0, 1, 2]
     assert docs[-1]["doc"] == "stop" and docs[-1]["status"] == "error" and "RadioError" in docs[-1]["reason"]
+
+
+def test_plan_command_optimizes_on_a_measured_map(
+    radio_campaign: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`testbed plan --set allocation.channel_map=RUN_DIR` plans on the campaign's map, not the sim."""
+    from testbed.cli import main
+    from testbed.planning import default_channel
+
+    config, result = radio_campaign
+    overrides = [f"allocation.channel_map={result.run_dir}", "allocation.max_rounds=2",
+                 "allocation.position_starts=1", "allocation.max_outer_iterations=5"]  # fmt: skip
+    assert isinstance(default_channel(load_config(CAMPAIGN, overrides)), MeasuredChannelMap)
+    args = [arg for o in overrides for arg in ("--set", o)]
+    assert main(["plan", str(CAMPAIGN), *args, "--baselines", "fpa", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {row["method"]: row for row in out["comparison"]}
+    assert rows["ours"]["feasible"] and rows["ours"]["mean_mse_db"] < rows["fpa"]["mean_mse_db"]
