@@ -49,9 +49,10 @@ def setup_logging(quiet: bool = False, as_json: bool = False, verbose: bool = Fa
     handler.setFormatter(
         _JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    handler.setLevel(level)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(min(level, logging.INFO))  # a run's own log file keeps INFO even under --quiet
 
 
 def _common_options(in_subcommand: bool) -> argparse.ArgumentParser:

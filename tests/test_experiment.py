@@ -131,6 +131,7 @@ def test_ctrl_c_with_a_real_stage_driver_then_resume(tmp_path: Path) -> None:
         run_dir = only_run_dir(out)
         docs = read_events(run_dir / "events.jsonl")
         assert docs[-1]["doc"] == "stop" and docs[-1]["status"] == "interrupted"
+        assert "run directory" in (run_dir / "run.log").read_text()  # the run's log, even under -q
         time.sleep(0.3)
         assert not device.state_name.startswith(("Run", "Jog", "Home"))  # the stage is not moving
         done = set(_rounds_in(run_dir))
