@@ -15,15 +15,19 @@ One aggregation slot on real (or simulated) radios goes like this:
    MODEL.md section 3, LO phases included.
 3. **How the client gets its h_k: fed back digitally.** The receiver (the PS) keeps H, computes
    m, eta and every b_k (``allocation.aircomp``), and sends each client, over the ZeroMQ side
-   channel, its b_k plus a ``LinkEstimate.feedback()`` record (its h_k, CFO, timing offset and
-   the phase reference time). We do not use TDD reciprocity: USRP TX and RX chains have different,
+   channel, its b_k plus a ``LinkEstimate.feedback()`` record (its h_k, CFO, timing offset, the
+   phase reference time and the phase hold). Each pilot round's h_k carries the CFO's phase at
+   its own reference time, so two rounds a few ms apart differ by a random phase; the receiver
+   therefore holds each client's phase across rounds (``phase_rad``: the new h_k is turned onto
+   the previous one, and the client turns its bursts by the same angle), and a b_k precoded on
+   an earlier round stays coherent. We do not use TDD reciprocity: USRP TX and RX chains have different,
    uncalibrated phases and delays, so a reverse pilot would need a reciprocity calibration first.
 4. **The data burst** (``data_burst``): the client's symbols s_k (two reals per complex symbol,
    packed by ``fl.ota.pack``) through a root-raised-cosine pulse (``PulseShape``, 2 samples per
    symbol by default: the excess band is what lets a fractional timing offset be undone), times
    b_k, divided by a common amplitude A_k = sqrt(P_k) * peak (peak = the largest waveform
    modulus of the round, shared with the statistics, or the client's own), so the DAC never
-   clips since |b_k| <= sqrt(P_k). The client pre-compensates its CFO (a phase ramp continuous
+   clips since |b_k| <= sqrt(P_k). The client turns it by its phase hold, pre-compensates its CFO (a phase ramp continuous
    from the pilot's reference time) and its timing offset (shift plus a fractional-delay
    filter), and the radio sends it at the shared slot time.
 5. **Receive** (``combine``): one timed capture, converted back to the antenna's sqrt(W), m^H y,
@@ -209,6 +213,9 @@ class LinkEstimate:
     reference_time_s: float  # the pilot's scheduled start (the clock both ends share): the phase reference
     snr_db: float  # pilot SNR per sample and antenna
     noise_power_w: float  # the noise power the residual shows (at the antenna)
+    # The phase hold: ``channel`` is the pilots' h_k turned by this angle (onto the client's
+    # previous estimate), and the client turns its bursts by it too, so the link shows ``channel``.
+    phase_rad: float = 0.0
 
     def feedback(self) -> dict[str, Any]:
         """The JSON-able record the PS sends the client over the digital side channel."""
@@ -220,6 +227,7 @@ class LinkEstimate:
             "reference_time_s": float(self.reference_time_s),
             "snr_db": float(self.snr_db),
             "noise_power_w": float(self.noise_power_w),
+            "phase_rad": float(self.phase_rad),
         }
 
     @classmethod
@@ -234,6 +242,7 @@ class LinkEstimate:
                 reference_time_s=float(data["reference_time_s"]),
                 snr_db=float(data["snr_db"]),
                 noise_power_w=float(data["noise_power_w"]),
+                phase_rad=float(data.get("phase_rad", 0.0)),  # records from before the hold: none
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
@@ -381,11 +390,14 @@ def data_burst(
     """The client's digital samples and start time for ``scale * symbols`` at ``at_s``.
 
     Divides by the TX chain's ``amplitude`` (sqrt(W) per digital unit) and, given the link's
-    fed-back ``estimate``, pre-compensates its CFO (continuous from the pilot's reference time)
-    and its timing offset (the burst starts earlier by the delay, fractional part filtered)."""
+    fed-back ``estimate``, turns it by the phase hold, pre-compensates its CFO (continuous from
+    the pilot's reference time) and its timing offset (the burst starts earlier by the delay,
+    fractional part filtered)."""
     x = (pulse or PulseShape(1)).shape(symbols) * (complex(scale) / amplitude)
     start_s = float(at_s)
     if estimate is not None:
+        if estimate.phase_rad != 0.0:
+            x = x * np.exp(1j * estimate.phase_rad)
         if estimate.cfo_hz != 0.0:
             t = at_s - estimate.reference_time_s + np.arange(x.size) / rate_sps
             x = x * np.exp(-2j * np.pi * estimate.cfo_hz * t)

@@ -15,6 +15,7 @@ Times are radio times in seconds (the clock the radios share through PPS, or the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,16 @@ from testbed.ota_phy import (
 def _set_tx_gain(radio: Radio, gain_db: float) -> None:
     if abs(radio.settings.tx_gain_db - gain_db) > 1e-9:
         radio.configure(dataclasses.replace(radio.settings, tx_gain_db=gain_db))  # the cap is checked here
+
+
+def hold_phase_of(estimate: LinkEstimate, previous_channel: np.ndarray) -> LinkEstimate:
+    """``estimate`` turned onto ``previous_channel`` (the least-squares common phase, over every
+    antenna): the channel and the client's bursts turn together, so the link shows the new
+    channel exactly, whatever the angle, and one as close to the previous as a phase allows."""
+    turn = float(np.angle(np.vdot(estimate.channel, previous_channel)))
+    return dataclasses.replace(
+        estimate, channel=estimate.channel * np.exp(1j * turn), phase_rad=estimate.phase_rad + turn
+    )
 
 
 class RadioAirTransmitter:
@@ -167,11 +178,19 @@ class RadioAirReceiver:
         return got.samples / self.calibration.rx_amplitude(self.radio.settings.rx_gain_db)
 
     def capture_pilots(
-        self, clients: Sequence[int], at_s: float, pilot_power_w: float | Mapping[int, float]
+        self,
+        clients: Sequence[int],
+        at_s: float,
+        pilot_power_w: float | Mapping[int, float],
+        hold_phase: bool = True,
     ) -> dict[int, LinkEstimate]:
         """Capture the pilot slots starting at ``at_s`` and estimate every client's link.
 
-        ``pilot_power_w`` is each client's pilot power (its P_k), so h comes out physical."""
+        ``pilot_power_w`` is each client's pilot power (its P_k), so h comes out physical.
+        ``hold_phase``: turn each client's new h_k onto its previous estimate (the phase hold,
+        ``LinkEstimate.phase_rad``). Between two pilot rounds a free-running link turns by
+        2 pi CFO dt (and drift), so without the hold a b_k precoded on the earlier round would
+        land at a random phase; with it, every round's H shares one phase frame per client."""
         rate = self.radio.settings.rate_sps
         p = self.pilots
         y = self._capture(p.capture_samples(len(clients)), at_s - p.search / rate)
@@ -189,6 +208,9 @@ class RadioAirReceiver:
                 int(k),
                 schedule[int(k)],
             )
+            previous = self._estimates.get(int(k))
+            if hold_phase and previous is not None and previous.channel.shape == out[int(k)].channel.shape:
+                out[int(k)] = hold_phase_of(out[int(k)], previous.channel)
         self._estimates.update(out)
         return out
 
@@ -214,10 +236,16 @@ class RadioAirReceiver:
 class RadioAirLink:
     """Both halves over radios in one process (implements ``fl.airlink.AirLink``).
 
-    ``frame_symbols``: long slots go out in frames of this many symbols, with fresh pilots
-    before every frame after the first; each client then turns its b_k by the phase its
-    combined gain m^H h_k has drifted since the precoding (CFO estimate error, phase drift),
-    so the sum stays coherent however long the payload. None: one burst per slot."""
+    Every pilot round holds each client's phase (``RadioAirReceiver.capture_pilots``), so a b_k
+    precoded on any earlier round of the same antenna positions stays coherent.
+
+    ``frame_symbols``: slots go out at ``collect``, in frames of this many symbols, with fresh
+    pilots before every frame after the first, and before the first too when the last pilots
+    are older than fresh ones would be (the slot lies far ahead, e.g. ``fl.transport.ota_guard_s``
+    after them): the CFO estimate's error (~1 Hz) and phase drift walk the phase with the time
+    from pilot to symbol, and the phase hold keeps the b_k valid across the fresh pilots, so the
+    sum stays coherent however long the payload and however far the slot. None: each burst goes
+    out at ``send``, pre-compensated from the pilots before it (keep the slot close to them)."""
 
     def __init__(
         self,
@@ -267,7 +295,14 @@ class RadioAirLink:
 
     def estimate_channels(self, clients: Sequence[int]) -> np.ndarray:
         """Pilot slots now + lead, estimation, and the digital feedback to every client."""
-        at_s = self.time_now() + self.lead_s
+        return self._sound(clients, self.time_now() + self.lead_s)
+
+    def _pilot_span_s(self, num_clients: int) -> float:
+        """Air time of one pilot capture for ``num_clients`` clients."""
+        return self.receiver.pilots.capture_samples(num_clients) / self.receiver.radio.settings.rate_sps
+
+    def _sound(self, clients: Sequence[int], at_s: float) -> np.ndarray:
+        """Pilot slots from ``at_s``, estimation (phase held), and the feedback to every client."""
         schedule = self.receiver.pilot_schedule(clients, at_s)
         for k in clients:
             self.transmitter.send_pilot(k, schedule[int(k)])
@@ -292,24 +327,31 @@ class RadioAirLink:
             return self.receiver.collect(num_symbols, at_s, combiner)
         m = np.asarray(combiner)
         clients = sorted(pending)
-        reference = {k: complex(np.vdot(m, self.receiver.estimate(k).channel)) for k in clients}
         frame = int(self.frame_symbols or num_symbols)
-        parts, when = [], at_s
+        parts, when = [], self._first_frame_s(clients, at_s)
         for lo in range(0, num_symbols, frame):
             hi = min(lo + frame, num_symbols)
-            turn = dict.fromkeys(clients, 1.0 + 0j)
             if lo > 0:
-                self.estimate_channels(clients)  # fresh pilots and feedback
+                self.estimate_channels(clients)  # fresh pilots and feedback, phase held
                 when = self.slot_time_s()
-                for k in clients:
-                    now = complex(np.vdot(m, self.receiver.estimate(k).channel))
-                    turn[k] = np.exp(1j * (np.angle(reference[k]) - np.angle(now)))
             for k in clients:
                 symbols, scale = pending[k]
                 if symbols.size > lo:
-                    self.transmitter.send(k, symbols[lo:hi], scale * turn[k], when)
+                    self.transmitter.send(k, symbols[lo:hi], scale, when)
             parts.append(self.receiver.collect(hi - lo, when, m))
         return np.concatenate(parts)
+
+    def _first_frame_s(self, clients: Sequence[int], at_s: float) -> float:
+        """When the slot's first frame goes out: at ``at_s``, after fresh pilots that end a lead
+        before it when the last ones are older than fresh ones would be (a frame after fresh
+        pilots starts one pilot span plus a lead or so after them; one more lead is slack)."""
+        span_s = self._pilot_span_s(len(clients))
+        known = [self.transmitter.estimate_of(k) for k in clients]  # what the bursts are compensated by
+        oldest_s = min((e.reference_time_s if e is not None else -math.inf) for e in known)
+        if at_s - oldest_s <= span_s + 2 * self.lead_s:
+            return at_s
+        self._sound(clients, max(self.time_now() + self.lead_s, at_s - span_s - self.lead_s))
+        return max(at_s, self.slot_time_s())  # late pilots (a slow host) push the frame, never fail it
 
 
 def open_radio_airlink(

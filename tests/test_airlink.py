@@ -133,6 +133,10 @@ def test_feedback_is_plain_json_and_round_trips() -> None:
     back = LinkEstimate.from_feedback(json.loads(json.dumps(est.feedback())))
     np.testing.assert_array_equal(back.channel, est.channel)
     assert (back.cfo_hz, back.delay_samples, back.reference_time_s) == (12.5, 0.25, 1.5)
+    held = dataclasses.replace(est, phase_rad=-0.75)
+    assert LinkEstimate.from_feedback(json.loads(json.dumps(held.feedback()))).phase_rad == -0.75
+    old = {k: v for k, v in est.feedback().items() if k != "phase_rad"}  # a record from before the hold
+    assert LinkEstimate.from_feedback(old).phase_rad == 0.0
     with pytest.raises(ValueError, match="malformed link feedback"):
         LinkEstimate.from_feedback({"client": 1})
 
@@ -360,3 +364,53 @@ def test_long_payloads_go_out_in_frames_with_fresh_pilots() -> None:
         gaps[frame] = 10 * np.log10(trial.nmse / trial.theory_nmse)
     assert gaps[None] > 3.0
     assert abs(gaps[500]) < 1.0
+
+
+def test_pilot_rounds_hold_each_clients_phase() -> None:
+    """Two pilot rounds 20 ms apart: with 200 Hz of CFO the raw h_k turn by a random phase in
+    between; held, the second H lies on the first (CSI noise only), and the client's bursts turn
+    by the same angle, so the link shows the held channel."""
+    link, *_ = _lab(4, 1e-12, DEFAULTS, PilotConfig())
+    clients = list(range(K))
+    first = link.estimate_channels(clients)
+    link.receiver.radio.medium.advance(0.02)
+    second = link.estimate_channels(clients)
+    turns = [link.receiver.estimate(k).phase_rad for k in clients]
+    assert max(abs(np.angle(np.exp(1j * t))) for t in turns) > 0.3  # the raw phases did move
+    for k in clients:
+        assert np.linalg.norm(second[k] - first[k]) < 0.05 * np.linalg.norm(first[k])
+        assert link.transmitter.estimate_of(k).phase_rad == link.receiver.estimate(k).phase_rad
+    raw = link.receiver.capture_pilots(clients, link.time_now() + 1e-3, POWER_W, hold_phase=False)
+    assert all(raw[k].phase_rad == 0.0 for k in clients)
+
+
+@pytest.mark.parametrize("seed", [4, 9])
+def test_slot_far_after_the_pilots_precoded_on_an_earlier_round_reaches_theory(seed: int) -> None:
+    """The order of an FL round (fl.coordinator): the planner estimates H and precodes, the
+    coordinator estimates again, and the slot comes fl.transport.ota_guard_s (50 ms) later.
+    Free-running radios (200 Hz CFO): each pilot round's h_k carries the CFO's phase at its own
+    time, and ~1 Hz of CFO estimate error (2.6 Hz for a client of seed 9) walks the phase over
+    the 50 ms. The phase hold keeps the b_k coherent across the rounds, and fresh pilots right
+    before the first frame keep the walk short, so the sum reaches the analytic MSE."""
+    link, channel, positions, _ = _lab(seed, 1e-12, DEFAULTS, PilotConfig())
+    link.frame_symbols = 2000  # open_radio_airlink's frames for free-running radios
+    clients = list(range(K))
+    pilot_times = []
+
+    def slot_after_the_coordinators_estimate() -> float:
+        link.estimate_channels(clients)  # after the planner has precoded on its own round
+        pilot_times.append(link.receiver.estimate(0).reference_time_s)
+        return link.time_now() + 0.05
+
+    trial = measure_aggregation(
+        link,
+        clients,
+        _symbols(seed, 3000),
+        WEIGHTS,
+        np.full(K, POWER_W),
+        slot_after_the_coordinators_estimate,
+        channel.response(positions),
+    )
+    assert 10 * np.log10(trial.theory_nmse) < -30  # low noise: a phase error would show
+    assert abs(10 * np.log10(trial.nmse / trial.theory_nmse)) < 2.0
+    assert link.receiver.estimate(0).reference_time_s > pilot_times[0] + 0.04  # fresh pilots went first
