@@ -34,22 +34,13 @@ from testbed.ota_phy import (
     data_burst,
     estimate_link,
     symbol_peak,
+    track_link,
 )
 
 
 def _set_tx_gain(radio: Radio, gain_db: float) -> None:
     if abs(radio.settings.tx_gain_db - gain_db) > 1e-9:
         radio.configure(dataclasses.replace(radio.settings, tx_gain_db=gain_db))  # the cap is checked here
-
-
-def hold_phase_of(estimate: LinkEstimate, previous_channel: np.ndarray) -> LinkEstimate:
-    """``estimate`` turned onto ``previous_channel`` (the least-squares common phase, over every
-    antenna): the channel and the client's bursts turn together, so the link shows the new
-    channel exactly, whatever the angle, and one as close to the previous as a phase allows."""
-    turn = float(np.angle(np.vdot(estimate.channel, previous_channel)))
-    return dataclasses.replace(
-        estimate, channel=estimate.channel * np.exp(1j * turn), phase_rad=estimate.phase_rad + turn
-    )
 
 
 class RadioAirTransmitter:
@@ -147,6 +138,7 @@ class RadioAirReceiver:
         self.timeout_s = float(timeout_s)
         self._noise_power_w = float(noise_power_w)
         self._estimates: dict[int, LinkEstimate] = {}
+        self._moved: set[int] = set()  # clients whose estimate predates the last move
 
     @property
     def num_antennas(self) -> int:
@@ -187,10 +179,12 @@ class RadioAirReceiver:
         """Capture the pilot slots starting at ``at_s`` and estimate every client's link.
 
         ``pilot_power_w`` is each client's pilot power (its P_k), so h comes out physical.
-        ``hold_phase``: turn each client's new h_k onto its previous estimate (the phase hold,
-        ``LinkEstimate.phase_rad``). Between two pilot rounds a free-running link turns by
-        2 pi CFO dt (and drift), so without the hold a b_k precoded on the earlier round would
-        land at a random phase; with it, every round's H shares one phase frame per client."""
+        ``hold_phase``: continue each client's previous estimate at these antenna positions
+        (``ota_phy.track_link``): its CFO refined over both rounds, its new h_k turned onto the
+        previous one (``LinkEstimate.phase_rad``). Between two pilot rounds a free-running link
+        turns by 2 pi CFO dt (and drift), so without the hold a b_k precoded on the earlier
+        round would land at a random phase; with it, every round's H shares one phase frame per
+        client. False: every round stands alone, h_k as the pilots show it."""
         rate = self.radio.settings.rate_sps
         p = self.pilots
         y = self._capture(p.capture_samples(len(clients)), at_s - p.search / rate)
@@ -209,10 +203,16 @@ class RadioAirReceiver:
                 schedule[int(k)],
             )
             previous = self._estimates.get(int(k))
-            if hold_phase and previous is not None and previous.channel.shape == out[int(k)].channel.shape:
-                out[int(k)] = hold_phase_of(out[int(k)], previous.channel)
+            if hold_phase and previous is not None and int(k) not in self._moved:
+                out[int(k)] = track_link(out[int(k)], previous, p, rate)
+            self._moved.discard(int(k))
         self._estimates.update(out)
         return out
+
+    def antennas_moved(self) -> None:
+        """The receive antennas moved: the estimates so far describe other channels, so the
+        next pilot round of each client starts afresh (no phase hold, no CFO over the move)."""
+        self._moved = set(self._estimates)
 
     def estimate(self, client: int) -> LinkEstimate:
         try:
@@ -268,7 +268,8 @@ class RadioAirLink:
 
     def set_positions(self, positions_m: np.ndarray) -> None:
         """The stages moved the antennas. In sim the medium is told (unless it reads the stages
-        itself); with real radios the air already knows, and this does nothing."""
+        itself); with real radios the air already knows. Either way the next pilots start afresh."""
+        self.receiver.antennas_moved()
         if self._position_sink is not None:
             self._position_sink(np.asarray(positions_m, dtype=float))
 

@@ -366,20 +366,36 @@ def test_long_payloads_go_out_in_frames_with_fresh_pilots() -> None:
     assert abs(gaps[500]) < 1.0
 
 
-def test_pilot_rounds_hold_each_clients_phase() -> None:
+def test_pilot_rounds_hold_each_clients_phase_and_refine_its_cfo() -> None:
     """Two pilot rounds 20 ms apart: with 200 Hz of CFO the raw h_k turn by a random phase in
     between; held, the second H lies on the first (CSI noise only), and the client's bursts turn
-    by the same angle, so the link shows the held channel."""
-    link, *_ = _lab(4, 1e-12, DEFAULTS, PilotConfig())
+    by the same angle, so the link shows the held channel. The phase advance between the rounds
+    measures the CFO over 20 ms instead of one 1 ms pilot (no drift here: the refinement would
+    track the drift's rate too). After a move every client starts afresh."""
+    no_drift = dataclasses.replace(DEFAULTS, phase_drift_rad_s=0.0)
+    link, _, positions, medium = _lab(9, 1e-11, no_drift, PilotConfig())
     clients = list(range(K))
+    rx = medium.node("receiver")
+    truth = np.array([medium.node(f"client{k}").cfo_hz - rx.cfo_hz for k in clients])
     first = link.estimate_channels(clients)
-    link.receiver.radio.medium.advance(0.02)
+    one_round = np.array([link.receiver.estimate(k).cfo_hz for k in clients]) - truth
+    medium.advance(0.02)
     second = link.estimate_channels(clients)
+    two_rounds = np.array([link.receiver.estimate(k).cfo_hz for k in clients]) - truth
     turns = [link.receiver.estimate(k).phase_rad for k in clients]
     assert max(abs(np.angle(np.exp(1j * t))) for t in turns) > 0.3  # the raw phases did move
     for k in clients:
         assert np.linalg.norm(second[k] - first[k]) < 0.05 * np.linalg.norm(first[k])
         assert link.transmitter.estimate_of(k).phase_rad == link.receiver.estimate(k).phase_rad
+    assert np.max(np.abs(one_round)) > 1.0  # one pilot leaves a visible error ...
+    assert np.max(np.abs(two_rounds)) < 0.15  # ... that two rounds 20 ms apart remove
+    medium.advance(1.0)  # too far apart for the phase advance to be unambiguous: held only
+    link.estimate_channels(clients)
+    far = np.array([link.receiver.estimate(k).cfo_hz for k in clients]) - truth
+    assert np.max(np.abs(far)) > 0.3 and all(link.receiver.estimate(k).phase_rad != 0.0 for k in clients)
+    link.set_positions(positions + 0.2 * WL)  # the antennas moved: other channels
+    link.estimate_channels(clients)
+    assert all(link.receiver.estimate(k).phase_rad == 0.0 for k in clients)
     raw = link.receiver.capture_pilots(clients, link.time_now() + 1e-3, POWER_W, hold_phase=False)
     assert all(raw[k].phase_rad == 0.0 for k in clients)
 
@@ -391,7 +407,8 @@ def test_slot_far_after_the_pilots_precoded_on_an_earlier_round_reaches_theory(s
     Free-running radios (200 Hz CFO): each pilot round's h_k carries the CFO's phase at its own
     time, and ~1 Hz of CFO estimate error (2.6 Hz for a client of seed 9) walks the phase over
     the 50 ms. The phase hold keeps the b_k coherent across the rounds, and fresh pilots right
-    before the first frame keep the walk short, so the sum reaches the analytic MSE."""
+    before the first frame (their CFO refined over the 50 ms) keep the walk short, so the sum
+    reaches the analytic MSE."""
     link, channel, positions, _ = _lab(seed, 1e-12, DEFAULTS, PilotConfig())
     link.frame_symbols = 2000  # open_radio_airlink's frames for free-running radios
     clients = list(range(K))
