@@ -113,7 +113,7 @@ class FixedArrayComparison:
             "nmse_symbols_db": db(live_err / signal),
             "nmse_fpa_db": db(fixed_err / signal),
             "mse_theory_live": noise * float(np.sum(np.abs(combiner) ** 2)) / eta,
-            "mse_theory_fpa": noise / eta_fixed,
+            "mse_theory_fpa": self.fixed_air.noise_power_w / eta_fixed,  # the fixed air has its own noise
             "signal_per_symbol": signal / num_symbols,
         }
         return y

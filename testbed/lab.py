@@ -211,7 +211,7 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
         raise
     fixed_air = None
     if world is not None:
-        fixed_air = SymbolAir(
-            world, fixed, air_noise_power_w(config), np.random.default_rng([config.run.seed, 22])
-        )
+        # The live air's noise per combined symbol (on the radio path, after the matched filter),
+        # so the two arrays are compared at the same SNR.
+        fixed_air = SymbolAir(world, fixed, air.noise_power_w, np.random.default_rng([config.run.seed, 22]))
     return Lab(config, stages, channel, air, fixed_air)
