@@ -32,4 +32,3 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     r = make_rig(request.param)
     yield r
     r.close()
-
