@@ -83,5 +83,5 @@ class ProtocolError(FLError):
 
 # --- optimisation -----------------------------------------------------------------------------
 class PlanError(TestbedError):
-    """The allocation problem is infeasible or its data is invalid (raised by ``testbed``;
-    ``allocation`` itself raises its own ``allocation.AllocationError``, a ``ValueError``)."""
+    """No feasible plan during a run (raised by ``testbed``; ``allocation`` itself raises its
+    own ``allocation.AllocationError``, a ``ValueError``, being pure maths)."""

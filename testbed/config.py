@@ -37,7 +37,9 @@ class RunSection(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     seed: int = Field(0, ge=0)
     output_dir: Path = Path("runs")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the run.log file's level"
+    )
 
 
 # --- lab: stages --------------------------------------------------------------------------------

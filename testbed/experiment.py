@@ -31,6 +31,7 @@ import numpy as np
 
 from allocation.aircomp import effective_channels, power_scale, zero_forcing_scalars
 from allocation.beamformer import optimize_beamformer
+from drivers.errors import PlanError
 from testbed.config import TestbedConfig
 from testbed.lab import Lab, build_lab
 from testbed.records import RunRecorder
@@ -167,7 +168,7 @@ class Experiment:
 
     # --- the per-round planner the coordinator calls ------------------------------------------
     def plan(self, r: int, _channels: np.ndarray | None, available: list[int]) -> Any:
-        from allocation import plan_round
+        from allocation import AllocationError, plan_round
         from fl.coordinator import RoundPlan
         from fl.training import cosine_lr
 
@@ -175,16 +176,19 @@ class Experiment:
         cfg, alloc = self.config, self.config.allocation
         t0 = time.monotonic()
         remaining = max(1, cfg.fl.rounds - r + 1)
-        rp = plan_round(
-            self.problem,
-            r,
-            self.state.counts,
-            self.state.positions_m,
-            alloc.latency_budget_s - self.state.latency_spent_s,
-            alloc.energy_budget_j - self.state.energy_spent_j,
-            remaining,
-            self.rng,
-        )
+        try:
+            rp = plan_round(
+                self.problem,
+                r,
+                self.state.counts,
+                self.state.positions_m,
+                alloc.latency_budget_s - self.state.latency_spent_s,
+                alloc.energy_budget_j - self.state.energy_spent_j,
+                remaining,
+                self.rng,
+            )
+        except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
+            raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
         selected = [k for k in rp.selected if k in available]
         if len(selected) < len(rp.selected):  # a planned node is down: take the strongest live ones
             gains = np.linalg.norm(self.lab.air.estimate_channels(available), axis=1)
@@ -411,7 +415,7 @@ def run_experiment(
         recorder = RunRecorder.reopen(resume_dir)
     else:
         recorder = RunRecorder.create(config.run.output_dir, config.run.name, to_yaml(config))
-    recorder.attach_log()
+    recorder.attach_log(config.run.log_level)
     log.info("run directory: %s", recorder.run_dir)
     try:
         summary = Experiment(

@@ -57,43 +57,46 @@ def default_channel(config: TestbedConfig) -> Any:
 
 def build_problem(config: TestbedConfig, channel: Any | None = None, initial_positions_m: Any = None) -> Any:
     """An ``allocation.Problem`` for this config; ``channel`` defaults to the sim's draw."""
-    from allocation import BoundConstants, Problem
+    from allocation import AllocationError, BoundConstants, Problem
 
     lab, alloc = config.lab, config.allocation
     channel = default_channel(config) if channel is None else channel
     speed = min(s.max_speed_m_s for s in lab.stages.values())
     bound = BoundConstants(**alloc.bound.model_dump())
-    return Problem(
-        channel=channel,
-        num_antennas=lab.num_antennas,
-        wavelength_m=lab.array.wavelength_m,
-        region_m=lab.array.region_m,
-        min_spacing_m=lab.array.min_spacing_m,
-        noise_power_w=noise_power_w(config),
-        power_w=lab.clients.tx_power_w,
-        clients_per_round=alloc.clients_per_round,
-        latency_budget_s=alloc.latency_budget_s,
-        energy_budget_j=alloc.energy_budget_j,
-        max_rounds=alloc.max_rounds,
-        local_steps=alloc.local_steps,
-        batch_max=alloc.batch_max,
-        clock_max_hz=alloc.clock_max_hz,
-        switched_capacitance=alloc.switched_capacitance,
-        cycles_per_sample=alloc.cycles_per_sample,
-        bandwidth_hz=alloc.bandwidth_hz,
-        payload_reals=alloc.payload_reals,
-        air_overhead_s=alloc.air_overhead_s,
-        stage_speed_m_s=speed,
-        initial_positions_m=initial_positions_m,
-        selection=alloc.selection,
-        fairness_floor=alloc.fairness_floor,
-        bound=bound,
-        position_starts=alloc.position_starts,
-        max_outer_iterations=alloc.max_outer_iterations,
-        tolerance=alloc.tolerance,
-        beamformer_solver=alloc.beamformer_solver,
-        seed=config.run.seed,
-    )
+    try:
+        return Problem(
+            channel=channel,
+            num_antennas=lab.num_antennas,
+            wavelength_m=lab.array.wavelength_m,
+            region_m=lab.array.region_m,
+            min_spacing_m=lab.array.min_spacing_m,
+            noise_power_w=noise_power_w(config),
+            power_w=lab.clients.tx_power_w,
+            clients_per_round=alloc.clients_per_round,
+            latency_budget_s=alloc.latency_budget_s,
+            energy_budget_j=alloc.energy_budget_j,
+            max_rounds=alloc.max_rounds,
+            local_steps=alloc.local_steps,
+            batch_max=alloc.batch_max,
+            clock_max_hz=alloc.clock_max_hz,
+            switched_capacitance=alloc.switched_capacitance,
+            cycles_per_sample=alloc.cycles_per_sample,
+            bandwidth_hz=alloc.bandwidth_hz,
+            payload_reals=alloc.payload_reals,
+            air_overhead_s=alloc.air_overhead_s,
+            stage_speed_m_s=speed,
+            initial_positions_m=initial_positions_m,
+            selection=alloc.selection,
+            fairness_floor=alloc.fairness_floor,
+            bound=bound,
+            position_starts=alloc.position_starts,
+            max_outer_iterations=alloc.max_outer_iterations,
+            tolerance=alloc.tolerance,
+            beamformer_solver=alloc.beamformer_solver,
+            seed=config.run.seed,
+        )
+    except AllocationError as exc:  # bad or infeasible numbers in the config
+        raise ConfigError(f"allocation: {exc}") from None
 
 
 # --- sweeps -------------------------------------------------------------------------------------

@@ -187,13 +187,16 @@ class RunRecorder:
         return self.summary_path
 
     # --- logging ----------------------------------------------------------------------------
-    def attach_log(self, level: int = logging.INFO) -> None:
-        """Also write the process's log lines to ``run.log``."""
+    def attach_log(self, level: int | str = logging.INFO) -> None:
+        """Also write the process's log lines at ``level`` and above to ``run.log``."""
         if self._log_handler is None:
             handler = logging.FileHandler(self.log_path, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             handler.setLevel(level)
-            logging.getLogger().addHandler(handler)
+            root = logging.getLogger()
+            if root.level > handler.level:  # the file may want more detail than the console shows
+                root.setLevel(handler.level)
+            root.addHandler(handler)
             self._log_handler = handler
 
     def close(self) -> None:

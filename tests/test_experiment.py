@@ -164,3 +164,16 @@ def test_radio_path_run_matches_theory(tmp_path: Path, capsys: pytest.CaptureFix
     assert r["nmse_db"] == pytest.approx(r["nmse_theory_db"], abs=1.5)
     assert r["nmse_fpa_db"] == pytest.approx(r["nmse_fpa_theory_db"], abs=1.5)
     assert r["nmse_db"] < -20
+
+
+def test_budgets_that_cannot_pay_a_round_stop_the_run_with_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["run", DRYRUN, *sets(*FAST, "allocation.energy_budget_j=1e-6", f"run.output_dir={tmp_path}")]
+    )
+    assert code == 2
+    assert "allocation: energy_budget_j=1e-06 cannot pay for even one round" in capsys.readouterr().err
+    docs = read_events(only_run_dir(tmp_path) / "events.jsonl")
+    assert docs[-1]["doc"] == "stop" and docs[-1]["status"] == "failed" and "ConfigError" in docs[-1]["reason"]
+    assert not [d for d in docs if d.get("kind") == "round"]
