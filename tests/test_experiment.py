@@ -179,3 +179,60 @@ def test_budgets_that_cannot_pay_a_round_stop_the_run_with_a_clear_error(
         docs[-1]["doc"] == "stop" and docs[-1]["status"] == "failed" and "ConfigError" in docs[-1]["reason"]
     )
     assert not [d for d in docs if d.get("kind") == "round"]
+
+
+@pytest.mark.slow
+def test_remote_nodes_dial_in_with_their_own_keys(tmp_path: Path) -> None:
+    """The lab recipe of the README: `testbed keys`, then `testbed run --remote-nodes` on the
+    controller and `testbed node --node-id I --connect ADDR` per node host (here: processes on
+    loopback, CURVE on, each node holding only its own key)."""
+    import socket
+
+    keys, out = tmp_path / "keys", tmp_path / "runs"
+    assert main(["keys", str(keys), "--nodes", "4", "-q"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    shared = sets(*FAST, "fl.rounds=1", f"fl.transport.keys_dir={keys}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "testbed.cli"]
+    controller = subprocess.Popen(
+        [*cli, "run", DRYRUN, "-q", "--remote-nodes", *shared, *sets(f"fl.transport.bind={address}", f"run.output_dir={out}")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [
+                *cli,
+                "node",
+                DRYRUN,
+                "-q",
+                "--node-id",
+                str(i),
+                "--connect",
+                address,
+                "--threads",
+                "1",
+                *shared,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for i in range(4)
+    ]
+    try:
+        output, _ = controller.communicate(timeout=300)
+        assert controller.returncode == 0, output.decode(errors="replace")[-3000:]
+        for node in nodes:
+            assert node.wait(timeout=60) == 0  # each node leaves on BYE
+    finally:
+        for p in [controller, *nodes]:
+            if p.poll() is None:
+                p.kill()
+    docs = read_events(only_run_dir(out) / "events.jsonl")
+    assert docs[-1]["status"] == "success"
+    (r,) = [d["data"] for d in docs if d.get("kind") == "round"]
+    assert len(r["selected"]) == 2 and not r["dropped"] and r["nmse_db"] < -20
