@@ -510,8 +510,8 @@ class Medium:
             columns.append(gains * rx.rx_amplitude)
             pieces.append((delayed[:, a - first : b - first], rot, a - start, b - start))
         y = np.zeros((rx.num_antennas, n), dtype=np.complex64)
-        rows = sum(seg.shape[0] for seg, *_ in pieces)
-        if rows > 16:  # many links: stage them as rows of X and let BLAS form G X
+        if pieces:
+            rows = sum(seg.shape[0] for seg, *_ in pieces)
             x = self._buffer("x", (rows, n), np.complex64)
             x[...] = 0
             row = 0
@@ -521,19 +521,16 @@ class Medium:
                 else:
                     np.multiply(seg, rot, out=x[row : row + seg.shape[0], a:b])
                 row += seg.shape[0]
-            np.matmul(np.hstack(columns).astype(np.complex64), x, out=y)
-        elif pieces:  # a few links: rotate each burst once, multiply-add it into every antenna
-            rotated = self._buffer("rotated", (n,), np.complex64)
-            scratch = self._buffer("mix", (n,), np.complex64)
-            for (seg, rot, a, b), gains in zip(pieces, columns, strict=True):
-                g = gains.astype(np.complex64)
-                for r in range(seg.shape[0]):
-                    src = seg[r]
-                    if rot is not None:
-                        src = np.multiply(src, rot, out=rotated[: b - a])
-                    for ant in range(rx.num_antennas):
-                        np.multiply(src, g[ant, r], out=scratch[: b - a])
-                        y[ant, a:b] += scratch[: b - a]
+            g = np.hstack(columns).astype(np.complex64)
+            if rows <= 16:  # a few links: per-row multiply-adds beat a threaded BLAS call
+                scratch = self._buffer("mix", (n,), np.complex64)
+                for ant in range(rx.num_antennas):
+                    np.multiply(x[0], g[ant, 0], out=y[ant])
+                    for r in range(1, rows):
+                        np.multiply(x[r], g[ant, r], out=scratch)
+                        y[ant] += scratch
+            else:
+                np.matmul(g, x, out=y)
         if imp.awgn and self.noise_power_w > 0:
             sd = np.float32(math.sqrt(self.noise_power_w / 2.0) * rx.rx_amplitude)
             noise = self._buffer("noise", (rx.num_antennas, 2 * n), np.float32)
