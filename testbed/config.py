@@ -353,9 +353,7 @@ def _describe(error: dict[str, Any]) -> str:
         "finite_number": lambda: "must be a finite number",
     }
     text = messages[kind]() if kind in messages else error["msg"][0].lower() + error["msg"][1:]
-    if kind in ("missing",):
-        return text
-    if kind == "extra_forbidden":
+    if kind in ("missing", "extra_forbidden"):  # no value to show, or the key itself is the news
         return text
     return f"{text} (got {got!r})"
 

@@ -276,9 +276,9 @@ class Experiment:
             **extra,
         }
         self.recorder.event("round", **record)
-        if self.progress is not None:
-            self.progress(len(self.done_rounds | {r}), self.config.fl.rounds)
         self.done_rounds.add(r)
+        if self.progress is not None:
+            self.progress(len(self.done_rounds), self.config.fl.rounds)
         self.comparison.last = {}
 
     # --- the whole run --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from testbed.commands import add_config_arguments
@@ -25,13 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probe", action="store_true", help="only validate the config")
 
 
-def _probe(device: str, section, probe) -> Probe:  # noqa: ANN001 - a section and its probe function
+def _probe(device: str, backend: str, probe: Callable[[], str]) -> Probe:
+    """Run one device's probe; its error message becomes the row's detail."""
     from drivers.errors import TestbedError
 
     try:
-        return Probe(device, section.backend, True, probe(device, section))
+        return Probe(device, backend, True, probe())
     except (TestbedError, OSError) as exc:
-        return Probe(device, section.backend, False, str(exc))
+        return Probe(device, backend, False, str(exc))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,14 +44,19 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)  # ConfigError -> exit 2 in cli.main
     probes: list[Probe] = []
     if not args.no_probe:
-        for name, section in config.lab.stages.items():
-            probe = _probe(f"stage {name}", section, lambda _device, s, name=name: probe_stage(name, s))
-            probes.append(probe)
-        probes.append(_probe("receiver radio", config.lab.receiver, probe_radio))
+        for name, stage in config.lab.stages.items():
+            probes.append(_probe(f"stage {name}", stage.backend, lambda n=name, s=stage: probe_stage(n, s)))
+        receiver = config.lab.receiver
+        probes.append(
+            _probe("receiver radio", receiver.backend, lambda: probe_radio("receiver radio", receiver))
+        )
         servers = config.lab.clients.radio_servers or [config.lab.clients.radio.server]
         for i, server in enumerate(servers):
             section = config.lab.clients.radio.model_copy(update={"server": server})
-            probes.append(_probe(f"client {i} radio", section, probe_radio))
+            label = f"client {i} radio"
+            probes.append(
+                _probe(label, section.backend, lambda s=section, label=label: probe_radio(label, s))
+            )
             if config.lab.clients.radio.backend == "sim":
                 break  # every sim client radio is the same in-process medium
     ok = all(p.ok for p in probes)
