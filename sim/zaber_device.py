@@ -30,7 +30,8 @@ microsteps/s^2 x 1.6384 / 10000, as Zaber's firmware counts them. Each axis runs
 on the chain's scaled clock (``sim.motion``).
 
 Faults: the endpoint's ``Faults`` (``sim.serial_url``: a lost reply, garbage, a slow reply, a
-disconnect mid-move, a stall ``FS`` mid-move, homing that never ends) and ``inject_fault`` for any
+disconnect mid-move, a stall ``FS`` mid-move, homing that never ends), ``corrupt_replies`` (a
+bit flipped in the next replies) and ``inject_fault`` for any
 ``F*`` flag (``FZ`` peripheral inactive, ``FQ`` encoder error, ``FE`` limit error, ``FD`` driver
 disabled, ...), now or at a fraction of the next move.
 """
@@ -135,6 +136,7 @@ class ZaberDevice(EmulatorEndpoint):
 
         self.controllers = {a: _Controller(a, axes()) for a in sorted(chain)}
         self.dropped_checksums = 0  # commands dropped for a wrong checksum, for tests
+        self.corrupt_replies = 0  # a fault: garble one character of the next N replies (line noise)
         self._rx = bytearray()
 
     # --- the first device, for single-device tests ----------------------------------------------
@@ -266,7 +268,13 @@ class ZaberDevice(EmulatorEndpoint):
             return
         status, warn = self._flags(c.axes if axis == 0 else [c.axes[axis - 1]])
         ident = f" {msg_id:02d}" if msg_id is not None else ""
-        self._send(self._framed(c, f"@{c.address:02d} {axis}{ident} {flag} {status} {warn} {data}"))
+        line = self._framed(c, f"@{c.address:02d} {axis}{ident} {flag} {status} {warn} {data}")
+        if self.corrupt_replies > 0:
+            self.corrupt_replies -= 1
+            # Noise flips a bit of the last data character (before the checksum, if any).
+            i = (line.rfind(":") if c.checksum else len(line)) - 1
+            line = line[:i] + chr(ord(line[i]) ^ 0x08) + line[i + 1 :]
+        self._send(line)
 
     def _alert(self, c: _Controller, ax: _Axis) -> None:
         if c.alert:
