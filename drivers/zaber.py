@@ -1,8 +1,9 @@
 """Zaber ASCII-protocol XY stage driver (one two-axis controller: X on axis 1, Y on axis 2).
 
 Several controllers may share one cable (a daisy chain, each at its own address). One
-``ZaberChain`` (``drivers.zaber_wire``, with the reply parsing and the checksum) owns the port and serves every address on it: ``ZaberStage`` objects opened on the
-same port share its chain, so no stage can read another's replies. Every command carries a
+``ZaberChain`` (``drivers.zaber_wire``, with the reply parsing and the checksum) owns the port
+and serves every address on it: ``ZaberStage`` objects opened on the same port share its chain,
+so no stage can read another's replies. Every command carries a
 message id that is unique on the chain (``/1 1 07 move abs 1000``) and only the reply from that
 address with that id (``@01 1 07 OK BUSY -- 0``) answers it, so a late reply after a timeout is
 never taken for the answer to a newer command.
