@@ -7,8 +7,10 @@ Grammar (Zaber ASCII protocol manual, Firmware 6/7; the zproto crate parses the 
   none) is the whole device. A message id is 0..99; another number gives ``RJ BADMESSAGEID``.
 - Checksum: ``:XX`` after the text is the LRC of every byte between the leading ``/`` (or ``@``,
   ``!``) and the ``:``, i.e. ``(-sum(bytes)) & 0xFF`` in two upper-case hex digits. A command
-  with a wrong checksum is dropped unanswered; replies and alerts carry one once
-  ``comm.checksum`` is 1.
+  with a wrong checksum is dropped unanswered (our reading of the manual; the driver treats no
+  answer and an ``RJ`` alike, as a failure); replies and alerts carry one once
+  ``comm.checksum`` is 1. (The LRC is written out here again, not imported from the driver, so
+  that the emulator checks the driver against an independent implementation.)
 - Reply ``@aa x [id] FLAG STATUS WARN DATA`` ending in CR LF, e.g. ``@01 1 12 OK BUSY -- 0``.
   FLAG is ``OK`` or ``RJ`` (DATA names the reason: ``BADCOMMAND``, ``BADDATA``, ``BADAXIS``,
   ``BADMESSAGEID``, ``DEVICEONLY``). STATUS is ``IDLE`` or ``BUSY``. WARN is the most urgent

@@ -11,7 +11,7 @@ from stage_kit import COMMAND_TIMEOUT_S, LIMITS, WAIT_S, make_rig
 
 from drivers.errors import StageAlarm, StageError, StageNotHomed
 from drivers.positioner import StageState, wait_all
-from drivers.zaber import MoveInterrupted, ZaberStage, lrc
+from drivers.zaber import MoveInterrupted, ZaberChain, ZaberStage, lrc
 from sim.serial_url import EmulatorTcpServer, register, unregister
 from sim.zaber_device import ZaberDevice
 from testbed.config import validate
@@ -149,6 +149,22 @@ def test_daisy_chain_polls_from_many_threads_never_mix_replies():
         a.close()
         b.close()
         unregister("zabersim", key)
+
+
+def test_an_explicit_chain_is_shared_and_closed_by_its_last_user():
+    device, url, key = _chain_rig((1, 2))
+    chain = ZaberChain.shared(url)
+    try:
+        a = ZaberStage(chain, LIMITS, name="a", address=1, command_timeout_s=COMMAND_TIMEOUT_S)
+        b = ZaberStage(url, LIMITS, name="b", address=2, command_timeout_s=COMMAND_TIMEOUT_S)
+        assert a.chain is b.chain is chain and a.port_url == url
+        a.close()
+        b.close()
+        assert not chain.link.closed  # this test still holds its share
+    finally:
+        chain.release()
+        unregister("zabersim", key)
+    assert chain.link.closed
 
 
 def test_two_config_stages_on_one_socket_port():
