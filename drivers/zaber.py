@@ -345,9 +345,12 @@ class ZaberStage(SerialStage):
                 f"{self._where}: {faults[0]} ({fault_meaning(faults[0])}) after homing; clear its cause first",
                 code=faults[0],
             )
-        if "WR" in flags:
+        if "WR" in flags or "NI" in flags:
+            # An interrupted homing never reached the sensor: whatever reference is left is not its.
+            self.homed = False
             self._state = StageState.ALARM
-            raise StageNotHomed(f"{self._where}: homing ended without a reference position (WR still set)")
+            why = "it was interrupted (NI: a stop from someone else?)" if "NI" in flags else "WR still set"
+            raise StageNotHomed(f"{self._where}: homing ended without a reference position: {why}")
         self.homed = True
         self._state = StageState.IDLE
 

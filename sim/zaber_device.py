@@ -455,6 +455,7 @@ class ZaberDevice(EmulatorEndpoint):
 
     def _start_home(self, c: _Controller, ax: _Axis, now: float) -> None:
         ax.warnings.discard("FS")
+        ax.warnings.add("WR")  # the reference is re-made when the sensor trips, not before
         move = self._plan(ax, 0.0, now)
         ax.homing = True
         if self.faults.homing_never_ends:  # the sensor never trips: busy forever, going nowhere

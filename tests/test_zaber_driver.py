@@ -39,8 +39,11 @@ def _lands(stage: ZaberStage, xy: tuple[float, float]) -> None:
 
 
 def test_outside_stop_mid_move_fails_and_reports_where(rig, stage):
-    status = stage.move_to((0.2, 0.1), speed_m_s=0.01)
-    time.sleep(0.1)  # ~5 s into a ~22 s move on the 50x clock
+    status = stage.move_to((0.2, 0.1), speed_m_s=0.01)  # ~22 s of model time: ~0.45 s at 50x
+    deadline = time.monotonic() + 2.0
+    while not all(ax.move is not None for ax in rig.device.axes) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
     rig.device.write(b"/1 0 stop\n")  # someone else on the cable (its reply is no one's)
     with pytest.raises(MoveInterrupted, match=r"NI.*from the target \(0.200000, 0.100000\) m") as info:
         status.wait(WAIT_S)
@@ -182,3 +185,20 @@ def test_two_config_stages_on_one_socket_port():
             assert reached["z2"] == pytest.approx((0.1, -0.1), abs=1e-6)
         finally:
             stages.close()
+
+
+def test_outside_stop_during_homing_says_so(rig):
+    s = rig.open()
+    try:
+        s.home().wait(WAIT_S)
+        _lands(s, (0.3, 0.3))  # far from home: homing takes a while
+        status = s.home()
+        deadline = time.monotonic() + 2.0
+        while not rig.device.axes[0].homing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rig.device.write(b"/1 0 stop\n")
+        with pytest.raises(StageNotHomed, match=r"interrupted \(NI"):
+            status.wait(WAIT_S)
+        assert not s.homed and s.state == StageState.ALARM
+    finally:
+        s.close()
