@@ -306,7 +306,7 @@ class ZaberDevice(EmulatorEndpoint):
             if address not in (0, c.address):
                 continue
             if msg_id is not None and not 0 <= msg_id <= MAX_MESSAGE_ID:
-                self._reply(c, 0, None, "RJ", "BADMESSAGEID")
+                self._reply(c, axis if axis <= len(c.axes) else 0, None, "RJ", "BADMESSAGEID")
             elif axis > len(c.axes):
                 self._reply(c, 0, msg_id, "RJ", "BADAXIS")
             else:

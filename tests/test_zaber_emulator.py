@@ -89,6 +89,7 @@ def test_message_ids_and_device_only_commands():
     z = Raw()
     assert z.ask("/1 0 99 get pos") == "@01 0 99 OK IDLE WR 0 0"
     assert z.ask("/1 0 100 get pos") == "@01 0 RJ IDLE WR BADMESSAGEID"
+    assert z.ask("/1 2 123 get pos") == "@01 2 RJ IDLE WR BADMESSAGEID"
     assert z.ask("/1 1 get device.id") == "@01 1 RJ IDLE WR DEVICEONLY"
     assert z.ask("/1 2 set comm.alert 1") == "@01 2 RJ IDLE WR DEVICEONLY"
     assert z.ask("/1 0 get device.id") == "@01 0 OK IDLE WR 30222"
