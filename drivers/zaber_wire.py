@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -151,8 +152,8 @@ def parse_alert(line: str) -> ZaberAlert:
 class ZaberChain:
     """The owner of one serial port and every Zaber device on it (a daisy chain).
 
-    ``ZaberChain.shared(port)`` returns the chain already open on ``port`` (the same URL string,
-    or the same port object) or opens it; each user calls ``release()`` once, and the last one
+    ``ZaberChain.shared(port)`` returns the chain already open on ``port`` (the same cable, see
+    ``port_key``) or opens it; each user calls ``release()`` once, and the last one
     closes the port. ``request`` runs one command/reply round trip at a time under the chain's
     lock, with message ids unique on the chain, so stages at different addresses can poll and
     move concurrently. Alerts are handed to the listener registered for their address.
@@ -175,7 +176,7 @@ class ZaberChain:
 
     @classmethod
     def shared(cls, port: str | serial.SerialBase, baudrate: int = 115200) -> ZaberChain:
-        key = port if isinstance(port, str) else f"<port object {id(port):#x}>"
+        key = cls.port_key(port)
         with cls._registry_lock:
             chain = cls._registry.get(key)
             if chain is None or chain.dead or chain.link.closed:
@@ -184,6 +185,16 @@ class ZaberChain:
                 cls._registry[key] = chain
             chain._users += 1
             return chain
+
+    @staticmethod
+    def port_key(port: str | serial.SerialBase) -> str:
+        """What makes two ports the same cable: a URL without its ``?options``, a device path with
+        its links resolved (``/dev/serial/by-id/...`` is ``/dev/ttyUSB0``), or the port object itself."""
+        if not isinstance(port, str):
+            return f"<port object {id(port):#x}>"
+        if "://" in port:
+            return port.split("?", 1)[0]
+        return os.path.realpath(port) if port.startswith("/") else port
 
     def acquire(self) -> ZaberChain:
         """One more user of this chain (``release()`` once when done)."""

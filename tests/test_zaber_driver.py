@@ -161,6 +161,8 @@ def test_an_explicit_chain_is_shared_and_closed_by_its_last_user():
         a = ZaberStage(chain, LIMITS, name="a", address=1, command_timeout_s=COMMAND_TIMEOUT_S)
         b = ZaberStage(url, LIMITS, name="b", address=2, command_timeout_s=COMMAND_TIMEOUT_S)
         assert a.chain is b.chain is chain and a.port_url == url
+        with pytest.raises(StageError, match="address 1 .* already served"):
+            ZaberStage(url + "?scale=50", LIMITS, name="c", address=1)  # the same cable, other options
         a.close()
         b.close()
         assert not chain.link.closed  # this test still holds its share
@@ -168,6 +170,13 @@ def test_an_explicit_chain_is_shared_and_closed_by_its_last_user():
         chain.release()
         unregister("zabersim", key)
     assert chain.link.closed
+
+
+def test_port_key_names_the_cable(tmp_path):
+    assert ZaberChain.port_key("socket://10.0.0.5:4001?logging=debug") == "socket://10.0.0.5:4001"
+    (tmp_path / "ttyUSB7").touch()
+    (tmp_path / "by-id").symlink_to(tmp_path / "ttyUSB7")
+    assert ZaberChain.port_key(str(tmp_path / "by-id")) == str(tmp_path / "ttyUSB7")
 
 
 def test_two_config_stages_on_one_socket_port():
