@@ -1,25 +1,36 @@
 """Zaber ASCII-protocol XY stage driver (one two-axis controller: X on axis 1, Y on axis 2).
 
-Every command carries a message id (``/1 1 07 move abs 1000``) and only the reply with that id
-(``@01 1 07 OK BUSY -- 0``) answers it, so a late reply after a timeout can never be taken for
-the answer to a newer command. ``RJ`` replies raise ``StageCommandError`` with Zaber's reason;
-the warning flags drive the state: ``FS`` (stall) and ``WL`` (unexpected limit) are alarms that
-lose the position, ``WR`` means not homed.
+Several controllers may share one cable (a daisy chain, each at its own address). One
+``ZaberChain`` (``drivers.zaber_wire``, with the reply parsing and the checksum) owns the port
+and serves every address on it: ``ZaberStage`` objects opened on the same port share its chain,
+so no stage can read another's replies. Every command carries a
+message id that is unique on the chain (``/1 1 07 move abs 1000``) and only the reply from that
+address with that id (``@01 1 07 OK BUSY -- 0``) answers it, so a late reply after a timeout is
+never taken for the answer to a newer command.
+
+Checksums: every command ends in ``:XX``, the LRC of the bytes between ``/`` and ``:`` (two's
+complement of their sum, mod 256), and at start-up each stage sets ``comm.checksum 1`` so its
+device appends the same to each reply; a reply whose checksum is wrong or missing raises
+``StageError`` (the command's outcome is unknown). Alerts (``!01 1 IDLE --``) are read and noted.
+
+Warning flags (the manual's classes: ``F*`` faults, ``W*`` warnings, ``N*`` notices): every fault
+and ``WL`` (unexpected limit) is an alarm that fails the motion and loses the position; ``WR``
+means not homed. A move ends by polling until ``IDLE``, then reading each moved axis' warnings:
+``NI`` (someone else stopped or replaced the movement) fails it with ``MoveInterrupted``, and the
+final position must be within ``position_tol_m`` of the target.
 
 An XY move sets each axis' speed and acceleration in proportion to its share of the distance,
 so both axes arrive together and the antenna follows the straight line that
-``drivers.stage_array`` checked for clearance. Completion comes from polling the device's status
-until ``IDLE``. Positions in the API are metres; on the wire, microsteps (``microstep_m`` each).
+``drivers.stage_array`` checked for clearance. Positions in the API are metres; on the wire,
+microsteps (``microstep_m`` each).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import serial
 
@@ -27,73 +38,46 @@ from drivers.errors import StageAlarm, StageCommandError, StageError, StageNotHo
 from drivers.positioner import StageLimits, StageState
 from drivers.serial_link import StageLinkError
 from drivers.serial_stage import SerialStage
+from drivers.zaber_wire import (
+    FAULTS,
+    REJECT_REASONS,
+    ChainShare,
+    ChecksumError,
+    ZaberAlert,
+    ZaberChain,
+    ZaberReply,
+    fault_meaning,
+    is_fault,
+    lrc,
+    parse_alert,
+    parse_reply,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MICROSTEP_M = 0.047625e-6  # X-LSQ series; pass the stage's own value
 VELOCITY_UNIT = 1.6384  # Zaber data units per microstep/s
 ACCEL_UNIT = 1.6384 / 10000.0  # Zaber data units per microstep/s^2
-ALARM_WARNINGS = {
-    "FS": "stalled and stopped",
-    "WL": "unexpected limit trigger",
-    "FF": "critical system error",
-}
-REJECT_REASONS = {
-    "AGAIN": "the command cannot run now; send it again",
-    "BADAXIS": "the command needs an axis (or that axis does not exist)",
-    "BADCOMMAND": "the command or setting is not known",
-    "BADDATA": "a value is out of range or malformed",
-    "BADMESSAGEID": "the message id is out of range",
-    "DEVICEONLY": "the command must go to the device (axis 0)",
-    "FULL": "the device's buffer is full",
-    "LOCKSTEP": "the axis is in lockstep; move the lockstep group instead",
-    "NOACCESS": "the command needs a higher access level",
-    "PARKED": "the device is parked; unpark it first",
-    "STATUSBUSY": "the device is busy",
-}
 
 
-@dataclass(frozen=True)
-class ZaberReply:
-    address: int
-    axis: int
-    message_id: int | None
-    flag: str  # OK / RJ
-    status: str  # IDLE / BUSY
-    warning: str  # most urgent flag, or "--"
-    data: str
+class MoveInterrupted(StageError):
+    """The device reports ``NI``: someone else (a ``stop``, an ``estop``, another move) cut the move short."""
 
-
-def parse_reply(line: str) -> ZaberReply:
-    """Parse ``@01 1 07 OK BUSY -- 0``; raise ValueError if it is not a reply."""
-    if not line.startswith("@"):
-        raise ValueError(f"not a Zaber reply: {line!r}")
-    body = line.split(":", 1)[0] if ":" in line[1:] else line  # an optional checksum
-    tokens = body[1:].split()
-    try:
-        address, axis = int(tokens[0]), int(tokens[1])
-        rest = tokens[2:]
-        message_id = None
-        if rest and rest[0].isdigit():
-            message_id = int(rest.pop(0))
-        flag, status, warning = rest[0], rest[1], rest[2]
-    except (ValueError, IndexError):
-        raise ValueError(f"malformed Zaber reply: {line!r}") from None
-    if flag not in ("OK", "RJ") or status not in ("IDLE", "BUSY") or len(warning) != 2:
-        raise ValueError(f"malformed Zaber reply: {line!r}")
-    return ZaberReply(address, axis, message_id, flag, status, warning, " ".join(rest[3:]))
+    code = "NI"
 
 
 class ZaberStage(SerialStage):
     """One antenna on a two-axis Zaber controller (the ``Positioner`` contract).
 
-    ASCII commands matched to their replies by message id, completion by polling until ``IDLE``
-    (see the module docstring); the contract's plumbing is ``SerialStage``'s.
+    ``port`` is a pyserial URL, an open port, or a ``ZaberChain``; stages on the same port share
+    one chain and must have distinct ``address``es. ``checksum`` (default on) sends LRC checksums
+    and has the device send them (``comm.checksum 1``). ``position_tol_m`` is how far from the
+    target a finished move may end. See the module docstring for the protocol.
     """
 
     def __init__(
         self,
-        port: str | serial.SerialBase,
+        port: str | serial.SerialBase | ZaberChain,
         limits: StageLimits,
         *,
         name: str = "zaber",
@@ -104,21 +88,41 @@ class ZaberStage(SerialStage):
         settle_s: float = 0.0,
         poll_s: float = 0.05,
         baudrate: int = 115200,
+        checksum: bool = True,
+        position_tol_m: float = 1e-6,
     ) -> None:
         if not 1 <= address <= 99:
             raise ValueError(f"Zaber address must be 1..99 (got {address})")
+        if not position_tol_m > 0:
+            raise ValueError(f"position_tol_m must be > 0 m (got {position_tol_m!r})")
         super().__init__(port, limits, name, command_timeout_s, homing_timeout_s, settle_s)
         self.address = address
         self.microstep_m = microstep_m
         self.poll_s = poll_s
+        self.checksum = checksum
+        self.position_tol_m = max(position_tol_m, microstep_m)
         self.last_reply: ZaberReply | None = None
+        self.last_alert: ZaberAlert | None = None
         self.alarm_flag: str | None = None
         self.device_id: str | None = None
         self.firmware: str | None = None
-        self._next_id = 0
-        self._io_lock = threading.Lock()
         self._axis_settings: dict[tuple[int, str], int] = {}
-        self._open(port, self._startup, baudrate=baudrate)
+        self._chain = port.acquire() if isinstance(port, ZaberChain) else ZaberChain.shared(port, baudrate)
+        self._link = ChainShare(self._chain)  # type: ignore[assignment]  # SerialStage.close() releases it
+        try:
+            first = self._chain.attach(address, self._on_alert, self._where)
+        except BaseException:
+            self._link.close()
+            raise
+        try:
+            self._startup(first)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def chain(self) -> ZaberChain:
+        return self._chain
 
     # --- Positioner contract (the rest is SerialStage's) ----------------------------------------
     def position(self) -> tuple[float, float]:
@@ -133,40 +137,21 @@ class ZaberStage(SerialStage):
 
     # --- protocol ------------------------------------------------------------------------------
     def command(self, axis: int, text: str, timeout_s: float | None = None) -> ZaberReply:
-        """Send ``/<address> <axis> <id> <text>``; return its reply; raise on RJ, timeout, noise."""
+        """Send ``/<address> <axis> <id> <text>[:XX]``; return its reply; raise on RJ, timeout, noise."""
         timeout = self.command_timeout_s if timeout_s is None else timeout_s
-        if self._state == StageState.DISCONNECTED:
+        if self._state == StageState.DISCONNECTED or self._chain.dead:
+            self._state = StageState.DISCONNECTED
             raise StageLinkError(
                 f"{self._where}: link lost; reopen the stage (last command {self.last_command!r})"
             )
-        with self._io_lock:
-            self._next_id = (self._next_id + 1) % 100
-            msg_id = self._next_id
-            line = f"/{self.address} {axis} {msg_id:02d} {text}".rstrip()
-            self.last_command = line
-            garbage: list[str] = []
-            try:
-                self._link.write_line(line)
-                deadline = time.monotonic() + timeout
-                while True:
-                    left = deadline - time.monotonic()
-                    raw = self._link.read_line(max(0.0, left)) if left > 0 else None
-                    if raw is None:
-                        raise StageTimeout(f"{self._where}: no reply to {line!r} within {timeout:g} s")
-                    if not raw.strip() or raw.startswith(("#", "!")):
-                        continue  # info lines and alerts: not replies
-                    try:
-                        reply = parse_reply(raw)
-                    except ValueError:
-                        log.warning("%s: garbled line %r", self._where, raw)
-                        garbage.append(raw)
-                        continue
-                    if reply.address != self.address or reply.message_id != msg_id:
-                        continue  # a late reply to an older command: skip it
-                    break
-            except StageLinkError:
-                self._state = StageState.DISCONNECTED
-                raise
+        try:
+            reply, garbage = self._chain.request(
+                self.address, axis, text, timeout, self._where, self.checksum, self._sent
+            )
+        except StageLinkError:
+            self._state = StageState.DISCONNECTED
+            raise
+        line = self.last_command
         self.last_reply = reply
         self._note(reply)
         if reply.flag == "RJ":
@@ -180,24 +165,47 @@ class ZaberStage(SerialStage):
             )
         return reply
 
+    def _sent(self, line: str) -> None:
+        self.last_command = line
+
+    def _alarm(self, flag: str) -> None:
+        self.alarm_flag = flag
+        self.homed = False
+        self._state = StageState.ALARM
+
     def _note(self, reply: ZaberReply) -> None:
-        """Update state from a reply's status and warning flag."""
-        if reply.axis != 0:
+        """Update state from a reply's status and warning flag (a fault on any axis is the stage's)."""
+        if is_fault(reply.warning):
+            self._alarm(reply.warning)
+        elif reply.axis != 0:
             return  # an axis reply speaks for one axis only
-        if reply.warning in ALARM_WARNINGS:
-            self.alarm_flag = reply.warning
-            self.homed = False
-            self._state = StageState.ALARM
         elif reply.status == "BUSY":
             self._state = StageState.HOMING if self._state == StageState.HOMING else StageState.MOVING
         elif reply.warning == "WR":
             self.homed = False
             self._state = StageState.ALARM
-        else:
+        elif self._state != StageState.ALARM or self.homed:
             self._state = StageState.IDLE
 
-    def _startup(self) -> None:
-        self._link.clear_input()
+    def _on_alert(self, alert: ZaberAlert) -> None:
+        """An alert from this stage's device (read by whichever stage on the chain was listening)."""
+        self.last_alert = alert
+        if is_fault(alert.warning):
+            log.warning("%s: alert %s on axis %d", self._where, alert.warning, alert.axis)
+            self._alarm(alert.warning)
+
+    def _startup(self, first_on_chain: bool) -> None:
+        if first_on_chain:
+            self._chain.clear_input()  # stale bytes from before we opened the port
+        if self.checksum:
+            try:
+                self.command(0, "set comm.checksum 1")
+            except StageCommandError as exc:
+                raise StageError(
+                    f"{self._where}: the device refused 'set comm.checksum 1' ({exc.code}); "
+                    "its firmware may not support checksums: open the stage with checksum=False"
+                ) from exc
+            self._chain.checksummed.add(self.address)
         self.device_id = self.command(0, "get device.id").data
         self.firmware = self.command(0, "get version").data
         limit_max = [int(v) for v in self.command(0, "get limit.max").data.split()]
@@ -213,19 +221,22 @@ class ZaberStage(SerialStage):
                 )
         warnings = self.command(0, "warnings").data.split()[1:]
         self.homed = "WR" not in warnings
-        alarms = [w for w in warnings if w in ALARM_WARNINGS]
-        if alarms:
-            self.alarm_flag = alarms[0]
-            self._state = StageState.ALARM
+        faults = [w for w in warnings if is_fault(w)]
+        if faults:
+            self._alarm(faults[0])
         else:
             self._state = StageState.IDLE if self.homed else StageState.ALARM
         log.info(
-            "%s: Zaber device %s firmware %s, warnings %s",
+            "%s: Zaber device %s firmware %s at address %d, warnings %s",
             self._where,
             self.device_id,
             self.firmware,
+            self.address,
             warnings,
         )
+
+    def _on_close(self) -> None:
+        self._chain.detach(self.address)
 
     # --- motion --------------------------------------------------------------------------------
     def _check_ready(self) -> None:
@@ -233,7 +244,8 @@ class ZaberStage(SerialStage):
             raise StageLinkError(f"{self._where}: link lost; reopen the stage")
         if self.alarm_flag:
             raise StageNotHomed(
-                f"{self._where}: alarm {self.alarm_flag} ({ALARM_WARNINGS[self.alarm_flag]}): position lost; home() first"
+                f"{self._where}: fault {self.alarm_flag} ({fault_meaning(self.alarm_flag)}): position lost; "
+                "clear its cause, then home()"
             )
         if not self.homed:
             raise StageNotHomed(f"{self._where}: no reference position (WR): home() first")
@@ -254,30 +266,62 @@ class ZaberStage(SerialStage):
         here = self.position()
         deltas = [abs(t - h) for t, h in zip(target_m, here, strict=True)]
         distance = math.hypot(*deltas)
+        moved = [axis for axis, d in enumerate(deltas, start=1) if d > self.microstep_m / 2]
         self._state = StageState.MOVING
         try:
-            for axis, d in enumerate(deltas, start=1):
-                if d <= self.microstep_m / 2:
-                    continue
-                share = d / distance  # both axes end together: the path is a straight line
+            for axis in moved:
+                share = deltas[axis - 1] / distance  # both axes end together: the path is a straight line
                 speed_units = max(1, round(speed_m_s * share / self.microstep_m * VELOCITY_UNIT))
                 accel_units = max(1, round(self._limits.accel_m_s2 * share / self.microstep_m * ACCEL_UNIT))
                 self._set_axis(axis, "maxspeed", speed_units)
                 self._set_axis(axis, "accel", accel_units)
-            for axis, (t, d) in enumerate(zip(target_m, deltas, strict=True), start=1):
-                if d > self.microstep_m / 2:
-                    self.command(axis, f"move abs {round(t / self.microstep_m)}")
+            for axis in moved:
+                self.command(axis, f"move abs {round(target_m[axis - 1] / self.microstep_m)}")
             expected = self._limits.move_time_s(distance, speed_m_s)
             self._wait_idle(1.5 * expected + self.command_timeout_s + 1.0, what="move")
+            self._check_arrival(target_m, moved)
+        except MoveInterrupted:
+            raise  # the stage is at rest where someone else stopped it: nothing to recover
         except StageError as exc:
             self._recover(exc)
             raise
         if self.settle_s:
             time.sleep(self.settle_s)
 
+    def _check_arrival(self, target_m: tuple[float, float], moved: list[int]) -> None:
+        """After a move went idle: no fault, no ``NI`` on a moved axis, and the position is the target."""
+        interrupted = False
+        for axis in moved:
+            flags = self.command(axis, "warnings").data.split()[1:]
+            faults = [f for f in flags if is_fault(f)]
+            if faults:
+                self._alarm(faults[0])
+                raise StageAlarm(
+                    f"{self._where}: {faults[0]} ({fault_meaning(faults[0])}) on axis {axis} during the move; "
+                    "position lost, home() first",
+                    code=faults[0],
+                )
+            interrupted |= "NI" in flags
+        x, y = self.position()
+        off_m = math.hypot(x - target_m[0], y - target_m[1])
+        where = f"ended at ({x:.6f}, {y:.6f}) m, {off_m * 1e3:.3f} mm from the target ({target_m[0]:.6f}, {target_m[1]:.6f}) m"
+        if self._stop_requested.is_set():
+            raise StageError(f"{self._where}: move stopped by stop(); {where}")
+        if interrupted:
+            raise MoveInterrupted(
+                f"{self._where}: move interrupted (NI: a stop, estop or another move from someone else); {where}"
+            )
+        if off_m > self.position_tol_m:
+            raise StageError(
+                f"{self._where}: move {where}, more than position_tol_m={self.position_tol_m:g} m"
+            )
+
     def _home_body(self) -> None:
+        had_fault = self.alarm_flag is not None or (
+            self.last_reply is not None and is_fault(self.last_reply.warning)
+        )
         self.alarm_flag = None
-        if self.last_reply is not None and self.last_reply.warning in ALARM_WARNINGS:
+        if had_fault:
             self.command(0, "warnings clear")
         self._state = StageState.HOMING
         try:
@@ -293,10 +337,20 @@ class ZaberStage(SerialStage):
         except StageError as exc:
             self._recover(exc)
             raise
-        reply = self.command(0, "warnings")
-        if "WR" in reply.data.split()[1:]:
+        flags = self.command(0, "warnings").data.split()[1:]
+        faults = [f for f in flags if is_fault(f)]
+        if faults:
+            self._alarm(faults[0])
+            raise StageAlarm(
+                f"{self._where}: {faults[0]} ({fault_meaning(faults[0])}) after homing; clear its cause first",
+                code=faults[0],
+            )
+        if "WR" in flags or "NI" in flags:
+            # An interrupted homing never reached the sensor: whatever reference is left is not its.
+            self.homed = False
             self._state = StageState.ALARM
-            raise StageNotHomed(f"{self._where}: homing ended without a reference position (WR still set)")
+            why = "it was interrupted (NI: a stop from someone else?)" if "NI" in flags else "WR still set"
+            raise StageNotHomed(f"{self._where}: homing ended without a reference position: {why}")
         self.homed = True
         self._state = StageState.IDLE
 
@@ -306,10 +360,10 @@ class ZaberStage(SerialStage):
             if self._stop_requested.is_set() and what != "stop":
                 raise StageError(f"{self._where}: {what} stopped by stop()")
             reply = self.command(0, "")
-            if reply.warning in ALARM_WARNINGS:
+            if is_fault(reply.warning):
                 flag = reply.warning
                 raise StageAlarm(
-                    f"{self._where}: {flag} ({ALARM_WARNINGS[flag]}) during {what}; position lost, home() first",
+                    f"{self._where}: {flag} ({fault_meaning(flag)}) during {what}; position lost, home() first",
                     code=flag,
                 )
             if reply.status == "IDLE":
@@ -331,4 +385,16 @@ class ZaberStage(SerialStage):
             time.sleep(self.poll_s)
 
 
-__all__ = ["ZaberReply", "ZaberStage", "parse_reply"]
+__all__ = [  # the wire names too, so ``from drivers.zaber import parse_reply`` keeps working
+    "FAULTS",
+    "ChecksumError",
+    "MoveInterrupted",
+    "ZaberAlert",
+    "ZaberChain",
+    "ZaberReply",
+    "ZaberStage",
+    "is_fault",
+    "lrc",
+    "parse_alert",
+    "parse_reply",
+]

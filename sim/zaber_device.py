@@ -1,25 +1,41 @@
-"""A Zaber ASCII-protocol emulator: one two-axis controller (X on axis 1, Y on axis 2).
+"""A Zaber ASCII-protocol emulator: a daisy chain of two-axis controllers (X on axis 1, Y on axis 2).
 
-Grammar (Zaber ASCII protocol manual):
+Grammar (Zaber ASCII protocol manual, Firmware 6/7; the zproto crate parses the same way):
 
-- Command ``/[address] [axis] [message id] [command] [data]`` ending in LF (CR LF accepted).
-  Address 0 (or none) is every device; axis 0 (or none) is the whole device.
-- Reply ``@aa x [id] FLAG STATUS WARN DATA`` ending in CR LF, e.g. ``@01 0 OK IDLE -- 0`` or
-  ``@01 1 12 OK BUSY -- 0``. FLAG is ``OK`` or ``RJ`` (rejected, DATA names the reason:
-  ``BADCOMMAND``, ``BADDATA``, ``BADAXIS``...). STATUS is ``IDLE`` or ``BUSY``. WARN is the most
-  urgent warning flag or ``--``: ``FS`` stalled and stopped, ``WL`` unexpected limit trigger,
-  ``WR`` no reference position (not homed), ``NI`` a movement was interrupted.
-- Commands served: ``home``, ``move abs N``, ``move rel N``, ``move min``, ``move max``,
-  ``stop``, ``estop``, ``get X``/``set X N`` for ``pos``, ``maxspeed``, ``accel``, ``limit.min``,
-  ``limit.max``, ``resolution``, ``device.id``, ``version``, ``warnings`` and
-  ``warnings clear``, and the empty command (a status query).
+- Command ``/[address] [axis] [message id] [command] [data][:checksum]`` ending in LF (CR LF
+  accepted). Address 0 (or none) is every device on the chain, each of which answers; axis 0 (or
+  none) is the whole device. A message id is 0..99; another number gives ``RJ BADMESSAGEID``.
+- Checksum: ``:XX`` after the text is the LRC of every byte between the leading ``/`` (or ``@``,
+  ``!``) and the ``:``, i.e. ``(-sum(bytes)) & 0xFF`` in two upper-case hex digits. A command
+  with a wrong checksum is dropped unanswered (our reading of the manual; the driver treats no
+  answer and an ``RJ`` alike, as a failure); replies and alerts carry one once
+  ``comm.checksum`` is 1. (The LRC is written out here again, not imported from the driver, so
+  that the emulator checks the driver against an independent implementation.)
+- Reply ``@aa x [id] FLAG STATUS WARN DATA`` ending in CR LF, e.g. ``@01 1 12 OK BUSY -- 0``.
+  FLAG is ``OK`` or ``RJ`` (DATA names the reason: ``BADCOMMAND``, ``BADDATA``, ``BADAXIS``,
+  ``BADMESSAGEID``, ``DEVICEONLY``). STATUS is ``IDLE`` or ``BUSY``. WARN is the most urgent
+  flag in ``WARNING_PRIORITY`` (the manual's order: faults ``F*``, then warnings ``W*``, then
+  notices ``N*``) or ``--``.
+- Alert ``!aa x STATUS WARN`` (``!01 1 IDLE --``), sent when ``comm.alert`` is 1 and an axis comes
+  to rest or faults.
+- ``NI`` (movement interrupted) is set when ``stop``/``estop`` or a new movement cuts a movement
+  short, and cleared by the next movement sent to that axis while it is idle.
+- ``estop`` brakes at ``ESTOP_DECEL_FACTOR`` times the axis' acceleration: it answers ``BUSY``
+  while the axis stops.
+- Commands served: ``home``, ``move abs|rel N``, ``move min|max``, ``stop``, ``estop``,
+  ``warnings [clear]``, the empty command (a status query), ``get``/``set`` of ``pos``,
+  ``maxspeed``, ``accel``, ``limit.min``, ``limit.max``, ``resolution``, and of the device-only
+  ``device.id``, ``version``, ``comm.checksum``, ``comm.alert`` (sent to an axis: ``DEVICEONLY``).
 
 Units: positions in microsteps; ``maxspeed`` in microsteps/s x 1.6384; ``accel`` in
-microsteps/s^2 x 1.6384 / 10000, as Zaber's firmware counts them. The axes move independently,
-each with its own trapezoid on the scaled clock (``sim.motion``).
+microsteps/s^2 x 1.6384 / 10000, as Zaber's firmware counts them. Each axis runs its own trapezoid
+on the chain's scaled clock (``sim.motion``).
 
-Faults (``sim.serial_url.Faults``): a lost reply, garbage, a slow reply, a disconnect mid-move,
-a stall (``FS``, the position is lost) mid-move, and homing that never ends.
+Faults: the endpoint's ``Faults`` (``sim.serial_url``: a lost reply, garbage, a slow reply, a
+disconnect mid-move, a stall ``FS`` mid-move, homing that never ends), ``corrupt_replies`` (a
+bit flipped in the next replies) and ``inject_fault`` for any
+``F*`` flag (``FZ`` peripheral inactive, ``FQ`` encoder error, ``FE`` limit error, ``FD`` driver
+disabled, ...), now or at a fraction of the next move.
 """
 
 from __future__ import annotations
@@ -33,9 +49,23 @@ from sim.serial_url import EmulatorEndpoint
 DEFAULT_MICROSTEP_M = 0.047625e-6  # X-LSQ series lead-screw stages
 VELOCITY_UNIT = 1.6384  # data units per (microstep/s)
 ACCEL_UNIT = 1.6384 / 10000.0  # data units per (microstep/s^2)
-WARNING_PRIORITY = ("FF", "FS", "FD", "WL", "WR", "WH", "NI", "NC")
+# The manual's order, most urgent first (Zaber Motion Library's WarningFlags lists the same order).
+WARNING_PRIORITY = (
+    "FF", "FN", "FZ", "FH", "FV", "FO", "FC", "FM", "FD", "FQ", "FI", "FA", "FR", "FS", "FB", "FP",
+    "FE", "FT", "WL", "WV", "WT", "WS", "WM", "WP", "WR", "WH", "NC", "NI", "ND", "NR", "NT", "NU",
+    "NJ", "NB",
+)  # fmt: skip
+FAULT_FLAGS = tuple(w for w in WARNING_PRIORITY if w.startswith("F"))
+MAX_MESSAGE_ID = 99
+ESTOP_DECEL_FACTOR = 20.0  # an emergency stop brakes this much harder than ``accel``
+DEVICE_SETTINGS = ("device.id", "version", "comm.checksum", "comm.alert")
 DEVICE_ID = 30222
 FIRMWARE = "7.38"
+
+
+def lrc(text: str) -> str:
+    """Zaber's checksum of ``text`` (the bytes between the start marker and ``:``): two hex digits."""
+    return f"{-sum(text.encode('ascii', errors='replace')) & 0xFF:02X}"
 
 
 @dataclass
@@ -44,11 +74,13 @@ class _Axis:
     limit_max: int
     maxspeed: int  # data units
     accel: int  # data units
+    limit_min: int = 0
     pos: float = 0.0
     move: LinearMove | None = None
     homing: bool = False
     warnings: set[str] = field(default_factory=lambda: {"WR"})
-    fault_stall_t: float | None = None
+    fault_t: float | None = None  # model time at which ``fault_flag`` strikes this move
+    fault_flag: str | None = None
     fault_disconnect_t: float | None = None
 
     def speed_usteps_s(self) -> float:
@@ -58,8 +90,19 @@ class _Axis:
         return self.accel / ACCEL_UNIT
 
 
+@dataclass
+class _Controller:
+    """One device on the chain: its address, two axes and its device-scope settings."""
+
+    address: int
+    axes: list[_Axis]
+    checksum: bool = False  # comm.checksum: replies and alerts carry ``:XX``
+    alert: bool = False  # comm.alert: alerts are sent
+    pending_faults: list[tuple[str, float]] = field(default_factory=list)  # (flag, fraction of next move)
+
+
 class ZaberDevice(EmulatorEndpoint):
-    """A Zaber controller at ``address`` with two axes."""
+    """One serial port with Zaber two-axis controllers on it, at ``addresses`` (default: one, at ``address``)."""
 
     def __init__(
         self,
@@ -70,35 +113,78 @@ class ZaberDevice(EmulatorEndpoint):
         max_speed_mm_s: float = 50.0,
         accel_mm_s2: float = 500.0,
         address: int = 1,
+        addresses: tuple[int, ...] | None = None,
         start_mm: tuple[float, float] = (0.0, 0.0),
         name: str = "zaber",
     ) -> None:
         super().__init__(name, time_scale)
-        self.address = address
+        chain = tuple(addresses) if addresses is not None else (address,)
+        if not chain or len(set(chain)) != len(chain) or not all(1 <= a <= 99 for a in chain):
+            raise ValueError(f"Zaber chain addresses must be distinct numbers 1..99 (got {chain!r})")
         self.microstep_m = microstep_m
         usteps_per_mm = 1e-3 / microstep_m
-        self.axes = [
-            _Axis(
-                number=i + 1,
-                limit_max=round(travel_mm[i] * usteps_per_mm),
-                maxspeed=round(max_speed_mm_s * usteps_per_mm * VELOCITY_UNIT),
-                accel=round(accel_mm_s2 * usteps_per_mm * ACCEL_UNIT),
-                pos=start_mm[i] * usteps_per_mm,
-            )
-            for i in range(2)
-        ]
+
+        def axes() -> list[_Axis]:
+            return [
+                _Axis(
+                    number=i + 1,
+                    limit_max=round(travel_mm[i] * usteps_per_mm),
+                    maxspeed=round(max_speed_mm_s * usteps_per_mm * VELOCITY_UNIT),
+                    accel=round(accel_mm_s2 * usteps_per_mm * ACCEL_UNIT),
+                    pos=start_mm[i] * usteps_per_mm,
+                )
+                for i in range(2)
+            ]
+
+        self.controllers = {a: _Controller(a, axes()) for a in sorted(chain)}
+        self.dropped_checksums = 0  # commands dropped for a wrong checksum, for tests
+        self.corrupt_replies = 0  # a fault: garble one character of the next N replies (line noise)
         self._rx = bytearray()
 
+    # --- the first device, for single-device tests ----------------------------------------------
+    @property
+    def address(self) -> int:
+        return next(iter(self.controllers))
+
+    @property
+    def axes(self) -> list[_Axis]:
+        return self.controllers[self.address].axes
+
     def power_cycle(self) -> None:
-        """Power off and on: motion stops, the reference (home) is lost."""
+        """Power off and on: motion stops, the reference (home) is lost; comm.* settings persist."""
         with self._cond:
             self.connected = True
             self._out.clear()
             self._rx.clear()
-            for ax in self.axes:
-                ax.pos = self._axis_pos(ax)
-                ax.move, ax.homing = None, False
-                ax.warnings = {"WR"}
+            for c in self.controllers.values():
+                c.pending_faults.clear()
+                for ax in c.axes:
+                    ax.pos = self._axis_pos(ax)
+                    ax.move, ax.homing = None, False
+                    ax.fault_t = ax.fault_flag = ax.fault_disconnect_t = None
+                    ax.warnings = {"WR"}
+            self._cond.notify_all()
+
+    def inject_fault(
+        self, flag: str, *, address: int | None = None, axis: int = 0, at: float | None = None
+    ) -> None:
+        """Raise fault ``flag`` (``FD``, ``FQ``, ``FZ``, ``FE``, ...) on ``axis`` (0: both) of the device
+        at ``address`` (None: the first): now (a moving axis stops dead), or at fraction ``at`` of
+        that device's next move."""
+        if flag not in FAULT_FLAGS:
+            raise ValueError(f"inject_fault: flag must be one of {FAULT_FLAGS} (got {flag!r})")
+        if at is not None and not 0.0 <= at <= 1.0:
+            raise ValueError(f"inject_fault: at must be a fraction in [0, 1] (got {at!r})")
+        c = self.controllers[self.address if address is None else address]
+        if axis not in range(len(c.axes) + 1):
+            raise ValueError(f"inject_fault: axis must be 0..{len(c.axes)} (got {axis!r})")
+        with self._cond:
+            self._advance()
+            if at is not None:
+                c.pending_faults.append((flag, at))
+                return
+            for ax in c.axes if axis == 0 else [c.axes[axis - 1]]:
+                self._fault(c, ax, flag, self.clock.now())
             self._cond.notify_all()
 
     # --- transport -----------------------------------------------------------------------------
@@ -113,17 +199,20 @@ class ZaberDevice(EmulatorEndpoint):
                 continue
             self._rx += byte
 
+    def _all_axes(self) -> list[tuple[_Controller, _Axis]]:
+        return [(c, ax) for c in self.controllers.values() for ax in c.axes]
+
     def _next_model_event(self) -> float | None:
         times = []
-        for ax in self.axes:
+        for _, ax in self._all_axes():
             if ax.move is not None:
                 times += [ax.move.t_end] if not ax.homing or math.isfinite(ax.move.t_end) else []
-                times += [t for t in (ax.fault_stall_t, ax.fault_disconnect_t) if t is not None]
+                times += [t for t in (ax.fault_t, ax.fault_disconnect_t) if t is not None]
         return min(times) if times else None
 
     def _advance(self) -> None:
         now = self.clock.now()
-        for ax in self.axes:
+        for c, ax in self._all_axes():
             if ax.move is None:
                 continue
             if ax.fault_disconnect_t is not None and now >= ax.fault_disconnect_t:
@@ -131,10 +220,8 @@ class ZaberDevice(EmulatorEndpoint):
                 ax.move, ax.fault_disconnect_t = None, None
                 self.connected = False
                 continue
-            if ax.fault_stall_t is not None and now >= ax.fault_stall_t:
-                ax.pos = ax.move.state_at(ax.fault_stall_t)[0][0]
-                ax.move, ax.fault_stall_t, ax.homing = None, None, False
-                ax.warnings |= {"FS", "WR"}  # stalled: the controller no longer trusts its count
+            if ax.fault_t is not None and ax.fault_flag is not None and now >= ax.fault_t:
+                self._fault(c, ax, ax.fault_flag, ax.fault_t)
                 continue
             if now >= ax.move.t_end:
                 ax.pos = ax.move.end[0]
@@ -143,6 +230,18 @@ class ZaberDevice(EmulatorEndpoint):
                     ax.homing = False
                     ax.pos = 0.0
                     ax.warnings.discard("WR")
+                self._alert(c, ax)
+
+    def _fault(self, c: _Controller, ax: _Axis, flag: str, t: float) -> None:
+        """``flag`` strikes ``ax`` at model time ``t``: a moving axis stops where it is."""
+        if ax.move is not None:
+            ax.pos = ax.move.state_at(t)[0][0]
+        ax.move, ax.homing = None, False
+        ax.fault_t = ax.fault_flag = None
+        ax.warnings.add(flag)
+        if flag == "FS":
+            ax.warnings.add("WR")  # stalled: the controller no longer trusts its count
+        self._alert(c, ax)
 
     def _axis_pos(self, ax: _Axis) -> float:
         if ax.move is None:
@@ -154,80 +253,83 @@ class ZaberDevice(EmulatorEndpoint):
             return 0.0
         return ax.move.state_at(self.clock.now())[1]
 
-    # --- replies -------------------------------------------------------------------------------
-    def _reply(self, axis: int, msg_id: int | None, flag: str, data: str) -> None:
-        if self._drop_reply():
-            return
-        axes = self.axes if axis == 0 else [self.axes[axis - 1]]
+    # --- replies and alerts --------------------------------------------------------------------
+    @staticmethod
+    def _flags(axes: list[_Axis]) -> tuple[str, str]:
+        """(STATUS, WARN) of ``axes`` together."""
         busy = any(ax.move is not None for ax in axes)
         warns: set[str] = set().union(*(ax.warnings for ax in axes))
         warn = next((w for w in WARNING_PRIORITY if w in warns), "--")
+        return ("BUSY" if busy else "IDLE"), warn
+
+    def _framed(self, c: _Controller, line: str) -> str:
+        return f"{line}:{lrc(line[1:])}" if c.checksum else line
+
+    def _reply(self, c: _Controller, axis: int, msg_id: int | None, flag: str, data: str) -> None:
+        if self._drop_reply():
+            return
+        status, warn = self._flags(c.axes if axis == 0 else [c.axes[axis - 1]])
         ident = f" {msg_id:02d}" if msg_id is not None else ""
-        self._send(f"@{self.address:02d} {axis}{ident} {flag} {'BUSY' if busy else 'IDLE'} {warn} {data}")
+        line = self._framed(c, f"@{c.address:02d} {axis}{ident} {flag} {status} {warn} {data}")
+        if self.corrupt_replies > 0:
+            self.corrupt_replies -= 1
+            # Noise flips a bit of the last data character (before the checksum, if any).
+            i = (line.rfind(":") if c.checksum else len(line)) - 1
+            line = line[:i] + chr(ord(line[i]) ^ 0x08) + line[i + 1 :]
+        self._send(line)
+
+    def _alert(self, c: _Controller, ax: _Axis) -> None:
+        if c.alert:
+            status, warn = self._flags([ax])
+            self._send(self._framed(c, f"!{c.address:02d} {ax.number} {status} {warn}"), reply=False)
 
     # --- commands ------------------------------------------------------------------------------
     def _line(self, raw: str) -> None:
         self.lines_received.append(raw)
         text = raw.strip()
         if not text.startswith("/"):
-            return  # not addressed to anyone: Zaber devices ignore it
-        if ":" in text:  # an optional checksum; accepted, not verified
-            text = text.split(":", 1)[0]
-        tokens = text[1:].split()
+            return  # not a command: Zaber devices ignore it
+        body = text[1:]
+        if ":" in body:
+            body, checksum = body.split(":", 1)
+            if checksum.strip().upper() != lrc(body):
+                self.dropped_checksums += 1
+                return  # a corrupted command is dropped, never executed
+        tokens = body.split()
         numbers: list[int] = []
         while tokens and tokens[0].isdigit() and len(numbers) < 3:
             numbers.append(int(tokens.pop(0)))
         address = numbers[0] if numbers else 0
         axis = numbers[1] if len(numbers) > 1 else 0
         msg_id = numbers[2] if len(numbers) > 2 else None
-        if address not in (0, self.address):
-            return
-        if axis > len(self.axes):
-            self._reply(0, msg_id, "RJ", "BADAXIS")
-            return
-        flag, data = self._execute(axis, tokens)
-        self._reply(axis, msg_id, flag, data)
+        for c in self.controllers.values():
+            if address not in (0, c.address):
+                continue
+            if msg_id is not None and not 0 <= msg_id <= MAX_MESSAGE_ID:
+                self._reply(c, axis if axis <= len(c.axes) else 0, None, "RJ", "BADMESSAGEID")
+            elif axis > len(c.axes):
+                self._reply(c, 0, msg_id, "RJ", "BADAXIS")
+            else:
+                flag, data = self._execute(c, axis, tokens)
+                self._reply(c, axis, msg_id, flag, data)
 
-    def _execute(self, axis: int, tokens: list[str]) -> tuple[str, str]:
-        targets = self.axes if axis == 0 else [self.axes[axis - 1]]
+    def _execute(self, c: _Controller, axis: int, tokens: list[str]) -> tuple[str, str]:
+        targets = c.axes if axis == 0 else [c.axes[axis - 1]]
         now = self.clock.now()
         if not tokens:
             return "OK", "0"
-        cmd = tokens[0]
-        args = tokens[1:]
+        cmd, args = tokens[0], tokens[1:]
+        if cmd in ("get", "set") and args and args[0] in DEVICE_SETTINGS and axis != 0:
+            return "RJ", "DEVICEONLY"
         if cmd == "home" and not args:
             for ax in targets:
-                self._start_home(ax, now)
+                self._start_home(c, ax, now)
             return "OK", "0"
         if cmd == "move" and args:
-            if axis == 0:
-                return "RJ", "BADAXIS"  # a movement needs one axis on a multi-axis controller
-            ax = targets[0]
-            kind = args[0]
-            if kind in ("abs", "rel") and len(args) == 2:
-                try:
-                    value = int(args[1])
-                except ValueError:
-                    return "RJ", "BADDATA"
-                target = value if kind == "abs" else self._axis_pos(ax) + value
-            elif kind in ("min", "max") and len(args) == 1:
-                target = 0 if kind == "min" else ax.limit_max
-            else:
-                return "RJ", "BADCOMMAND"
-            if not 0 <= target <= ax.limit_max:
-                return "RJ", "BADDATA"
-            self._start_move(ax, float(target), now)
-            return "OK", "0"
+            return self._move(c, axis, args, now)
         if cmd in ("stop", "estop") and not args:
             for ax in targets:
-                if ax.move is not None:
-                    ax.warnings.add("NI")
-                    if cmd == "estop":
-                        ax.pos = self._axis_pos(ax)
-                        ax.move = None
-                    else:
-                        ax.move = ax.move.stopping(now, ax.accel_usteps_s2())
-                    ax.homing = False  # an interrupted homing leaves no reference
+                self._stop(ax, now, estop=cmd == "estop")
             return "OK", "0"
         if cmd == "warnings":
             warns: set[str] = set().union(*(ax.warnings for ax in targets))
@@ -239,21 +341,54 @@ class ZaberDevice(EmulatorEndpoint):
                 return "RJ", "BADCOMMAND"
             return "OK", " ".join([f"{len(ordered):02d}", *ordered])
         if cmd == "get" and len(args) == 1:
-            return self._get(axis, targets, args[0])
+            return self._get(c, targets, args[0])
         if cmd == "set" and len(args) == 2:
-            return self._set(targets, args[0], args[1])
+            return self._set(c, targets, args[0], args[1])
         return "RJ", "BADCOMMAND"
 
-    def _get(self, axis: int, targets: list[_Axis], name: str) -> tuple[str, str]:
-        if name == "device.id":
-            return "OK", str(DEVICE_ID)
-        if name == "version":
-            return "OK", FIRMWARE
+    def _move(self, c: _Controller, axis: int, args: list[str], now: float) -> tuple[str, str]:
+        if axis == 0:
+            return "RJ", "BADAXIS"  # a movement needs one axis on a multi-axis controller
+        ax = c.axes[axis - 1]
+        kind = args[0]
+        if kind in ("abs", "rel") and len(args) == 2:
+            try:
+                value = int(args[1])
+            except ValueError:
+                return "RJ", "BADDATA"
+            target = value if kind == "abs" else self._axis_pos(ax) + value
+        elif kind in ("min", "max") and len(args) == 1:
+            target = ax.limit_min if kind == "min" else ax.limit_max
+        else:
+            return "RJ", "BADCOMMAND"
+        if not ax.limit_min <= target <= ax.limit_max:
+            return "RJ", "BADDATA"
+        self._start_move(c, ax, float(target), now)
+        return "OK", "0"
+
+    def _stop(self, ax: _Axis, now: float, estop: bool) -> None:
+        if ax.move is None:
+            return
+        ax.warnings.add("NI")
+        decel = ax.accel_usteps_s2() * (ESTOP_DECEL_FACTOR if estop else 1.0)
+        ax.move = ax.move.stopping(now, decel)
+        ax.fault_t = ax.fault_flag = ax.fault_disconnect_t = None
+        ax.homing = False  # an interrupted homing leaves no reference
+
+    def _get(self, c: _Controller, targets: list[_Axis], name: str) -> tuple[str, str]:
+        device = {
+            "device.id": str(DEVICE_ID),
+            "version": FIRMWARE,
+            "comm.checksum": str(int(c.checksum)),
+            "comm.alert": str(int(c.alert)),
+        }
+        if name in device:
+            return "OK", device[name]
         getters = {
             "pos": lambda ax: str(round(self._axis_pos(ax))),
             "maxspeed": lambda ax: str(ax.maxspeed),
             "accel": lambda ax: str(ax.accel),
-            "limit.min": lambda ax: "0",
+            "limit.min": lambda ax: str(ax.limit_min),
             "limit.max": lambda ax: str(ax.limit_max),
             "resolution": lambda ax: "64",
         }
@@ -261,62 +396,73 @@ class ZaberDevice(EmulatorEndpoint):
             return "RJ", "BADCOMMAND"
         return "OK", " ".join(getters[name](ax) for ax in targets)
 
-    def _set(self, targets: list[_Axis], name: str, value: str) -> tuple[str, str]:
-        if name not in ("maxspeed", "accel", "limit.max"):
+    def _set(self, c: _Controller, targets: list[_Axis], name: str, value: str) -> tuple[str, str]:
+        if name not in ("maxspeed", "accel", "limit.min", "limit.max", "comm.checksum", "comm.alert"):
             return "RJ", "BADCOMMAND"
         try:
             number = int(value)
         except ValueError:
             return "RJ", "BADDATA"
-        if number <= 0:
+        if name.startswith("comm."):
+            if number not in (0, 1):
+                return "RJ", "BADDATA"
+            setattr(c, name.removeprefix("comm."), bool(number))
+            return "OK", "0"
+        ok = {
+            "maxspeed": lambda ax: number > 0,
+            "accel": lambda ax: number > 0,
+            "limit.min": lambda ax: number < ax.limit_max,
+            "limit.max": lambda ax: number > ax.limit_min,
+        }[name]
+        if not all(ok(ax) for ax in targets):
             return "RJ", "BADDATA"
         for ax in targets:
-            setattr(ax, name.replace("limit.max", "limit_max"), number)
+            setattr(ax, name.replace(".", "_"), number)
         return "OK", "0"
 
     # --- motion --------------------------------------------------------------------------------
-    def _plan(self, ax: _Axis, target: float, now: float, speed: float | None = None) -> LinearMove:
+    def _plan(self, ax: _Axis, target: float, now: float) -> LinearMove:
         start = self._axis_pos(ax)
         v0 = (
             self._axis_speed(ax)
             if ax.move is not None and (ax.move.end[0] - start) * (target - start) > 0
             else 0.0
         )
-        if ax.move is not None:
+        if ax.move is None:
+            ax.warnings.discard("NI")  # a movement sent while idle clears the last interruption
+        else:
             ax.warnings.add("NI")  # a new movement interrupted the old one
-        return LinearMove.plan(
-            (start,),
-            (target,),
-            speed or ax.speed_usteps_s(),
-            ax.accel_usteps_s2(),
-            now,
-            v0=min(v0, speed or 1e30),
-        )
+        return LinearMove.plan((start,), (target,), ax.speed_usteps_s(), ax.accel_usteps_s2(), now, v0=v0)
 
-    def _arm_faults(self, ax: _Axis, move: LinearMove) -> None:
+    def _arm_faults(self, c: _Controller, ax: _Axis, move: LinearMove) -> None:
         f = self.faults
+        span = move.t_end - move.t0
         if f.alarm_at is not None:
-            ax.fault_stall_t = move.t0 + f.alarm_at * (move.t_end - move.t0)
+            ax.fault_t, ax.fault_flag = move.t0 + f.alarm_at * span, "FS"
             f.alarm_at = None
+        elif c.pending_faults:
+            flag, at = c.pending_faults.pop(0)
+            ax.fault_t, ax.fault_flag = move.t0 + at * span, flag
         if f.disconnect_at is not None:
-            ax.fault_disconnect_t = move.t0 + f.disconnect_at * (move.t_end - move.t0)
+            ax.fault_disconnect_t = move.t0 + f.disconnect_at * span
             f.disconnect_at = None
 
-    def _start_move(self, ax: _Axis, target: float, now: float) -> None:
+    def _start_move(self, c: _Controller, ax: _Axis, target: float, now: float) -> None:
         ax.homing = False
         ax.move = self._plan(ax, target, now)
-        ax.fault_stall_t = ax.fault_disconnect_t = None
-        self._arm_faults(ax, ax.move)
+        ax.fault_t = ax.fault_flag = ax.fault_disconnect_t = None
+        self._arm_faults(c, ax, ax.move)
 
-    def _start_home(self, ax: _Axis, now: float) -> None:
-        ax.homing = True
+    def _start_home(self, c: _Controller, ax: _Axis, now: float) -> None:
         ax.warnings.discard("FS")
+        ax.warnings.add("WR")  # the reference is re-made when the sensor trips, not before
         move = self._plan(ax, 0.0, now)
+        ax.homing = True
         if self.faults.homing_never_ends:  # the sensor never trips: busy forever, going nowhere
             self.faults.homing_never_ends = False
             move = LinearMove(move.start, move.start, Trapezoid(0.0, 1.0, 1.0), math.inf)
         ax.move = move
-        ax.fault_stall_t = ax.fault_disconnect_t = None
+        ax.fault_t = ax.fault_flag = ax.fault_disconnect_t = None
 
 
-__all__ = ["ZaberDevice"]
+__all__ = ["DEVICE_ID", "FAULT_FLAGS", "FIRMWARE", "WARNING_PRIORITY", "ZaberDevice", "lrc"]

@@ -11,7 +11,14 @@ from collections import deque
 
 import pytest
 
-from drivers.errors import StageAlarm, StageCommandError, StageError, StageLimitError, StageTimeout
+from drivers.errors import (
+    StageAlarm,
+    StageCommandError,
+    StageError,
+    StageLimitError,
+    StageNotHomed,
+    StageTimeout,
+)
 from drivers.grbl import (
     ALARMS_LOSING_POSITION,
     GRBL_ALARMS,
@@ -22,7 +29,7 @@ from drivers.grbl import (
     parse_status,
 )
 from drivers.positioner import StageLimits, StageState
-from drivers.zaber import ZaberStage, parse_reply
+from drivers.zaber import FAULTS, ChecksumError, MoveInterrupted, ZaberStage, lrc, parse_alert, parse_reply
 
 LIMITS = StageLimits(travel_m=(0.5, 0.5), max_speed_m_s=0.05, accel_m_s2=0.5)
 BANNER = b"\r\nGrbl 1.1h ['$' for help]\r\n"
@@ -297,6 +304,16 @@ def test_grbl_settings_checked_against_config():
 
 
 # --- Zaber -----------------------------------------------------------------------------------------
+def _zc(body: str) -> bytes:
+    """A command as the driver sends it: ``/body:XX``, XX its LRC checksum."""
+    return f"/{body}:{lrc(body)}\n".encode()
+
+
+def _zr(body: str) -> bytes:
+    """A reply as a device with ``comm.checksum 1`` sends it."""
+    return f"@{body}:{lrc(body)}\r\n".encode()
+
+
 @pytest.mark.parametrize(
     ("line", "fields"),
     [
@@ -305,12 +322,13 @@ def test_grbl_settings_checked_against_config():
         ("@02 0 07 OK IDLE WR 629921 839895", (2, 0, 7, "OK", "IDLE", "WR", "629921 839895")),
         ("@01 2 RJ IDLE -- BADDATA", (1, 2, None, "RJ", "IDLE", "--", "BADDATA")),
         ("@01 0 03 OK IDLE FS 02 FS WR", (1, 0, 3, "OK", "IDLE", "FS", "02 FS WR")),
-        ("@01 0 OK IDLE -- 0:8A", (1, 0, None, "OK", "IDLE", "--", "0")),
+        ("@01 0 OK IDLE -- 0:8D", (1, 0, None, "OK", "IDLE", "--", "0")),
     ],
 )
 def test_zaber_reply_forms(line, fields):
     r = parse_reply(line)
     assert (r.address, r.axis, r.message_id, r.flag, r.status, r.warning, r.data) == fields
+    assert r.checksummed is line.endswith(":8D")
 
 
 @pytest.mark.parametrize(
@@ -321,39 +339,86 @@ def test_zaber_malformed_replies_raise(bad):
         parse_reply(bad)
 
 
-def _open_zaber():
+def test_zaber_checksum_is_the_lrc():
+    assert lrc("01 tools echo") == "8F"  # the zproto crate's own test vector (143)
+    assert lrc("01 0 OK IDLE -- 0") == "8D"
+    with pytest.raises(ChecksumError, match="expected :FE"):
+        parse_reply("@01 1 05 OK IDLE -- 9:8D")  # the issue's corrupted reply (9 was a 0)
+    with pytest.raises(ChecksumError):
+        parse_alert("!01 1 IDLE --:00")
+
+
+def test_zaber_alert_forms():
+    a = parse_alert("!01 1 IDLE --")
+    assert (a.address, a.axis, a.status, a.warning, a.data, a.checksummed) == (1, 1, "IDLE", "--", "", False)
+    a = parse_alert(f"!02 2 IDLE FD:{lrc('02 2 IDLE FD')}")
+    assert (a.address, a.axis, a.warning, a.checksummed) == (2, 2, "FD", True)
+    with pytest.raises(ValueError):
+        parse_alert("!01 1 RESTING --")
+
+
+def _open_zaber(**kw):
     port = ScriptedPort([
-        (b"/1 0 01 get device.id\n", b"@01 0 01 OK IDLE WR 30222\r\n"),
-        (b"/1 0 02 get version\n", b"@01 0 02 OK IDLE WR 7.38\r\n"),
-        (b"/1 0 03 get limit.max\n", b"@01 0 03 OK IDLE WR 10498688 10498688\r\n"),
-        (b"/1 0 04 warnings\n", b"@01 0 04 OK IDLE WR 01 WR\r\n"),
+        (_zc("1 0 01 set comm.checksum 1"), _zr("01 0 01 OK IDLE WR 0")),
+        (_zc("1 0 02 get device.id"), _zr("01 0 02 OK IDLE WR 30222")),
+        (_zc("1 0 03 get version"), _zr("01 0 03 OK IDLE WR 7.38")),
+        (_zc("1 0 04 get limit.max"), _zr("01 0 04 OK IDLE WR 10498688 10498688")),
+        (_zc("1 0 05 warnings"), _zr("01 0 05 OK IDLE WR 01 WR")),
     ])  # fmt: skip
-    return port, ZaberStage(port, LIMITS, name="z", command_timeout_s=0.5, poll_s=0.001)
+    return port, ZaberStage(port, LIMITS, name="z", command_timeout_s=0.5, poll_s=0.001, **kw)
+
+
+def _home_zaber(port, stage, first_id=6):
+    i = first_id
+    port.expect(_zc(f"1 0 {i:02d} home"), _zr(f"01 0 {i:02d} OK BUSY WR 0"))
+    port.expect(_zc(f"1 0 {i + 1:02d}"), _zr(f"01 0 {i + 1:02d} OK IDLE -- 0"))
+    port.expect(_zc(f"1 0 {i + 2:02d} warnings"), _zr(f"01 0 {i + 2:02d} OK IDLE -- 00"))
+    stage.home().wait(2.0)
+    assert stage.homed and stage.state == StageState.IDLE
+
+
+def _start_move_zaber(port, i=9):
+    """The bytes of ``move_to((0.2, 0.1))`` from (0, 0) up to the moves themselves; the next id."""
+    port.expect(_zc(f"1 0 {i:02d} get pos"), _zr(f"01 0 {i:02d} OK IDLE -- 0 0"))
+    port.expect(_zc(f"1 1 {i + 1:02d} set maxspeed 1538509"), _zr(f"01 1 {i + 1:02d} OK IDLE -- 0"))
+    port.expect(_zc(f"1 1 {i + 2:02d} set accel 1539"), _zr(f"01 1 {i + 2:02d} OK IDLE -- 0"))
+    port.expect(_zc(f"1 2 {i + 3:02d} set maxspeed 769254"), _zr(f"01 2 {i + 3:02d} OK IDLE -- 0"))
+    port.expect(_zc(f"1 2 {i + 4:02d} set accel 769"), _zr(f"01 2 {i + 4:02d} OK IDLE -- 0"))
+    port.expect(_zc(f"1 1 {i + 5:02d} move abs 4199475"), _zr(f"01 1 {i + 5:02d} OK BUSY -- 0"))
+    port.expect(_zc(f"1 2 {i + 6:02d} move abs 2099738"), _zr(f"01 2 {i + 6:02d} OK BUSY -- 0"))
+    return i + 7
 
 
 def test_zaber_command_bytes():
     port, stage = _open_zaber()
     try:
         assert stage.state == StageState.ALARM and not stage.homed  # WR: no reference yet
-        port.expect(b"/1 0 05 home\n", b"@01 0 05 OK BUSY WR 0\r\n")
-        port.expect(b"/1 0 06\n", b"!01 1 BUSY --\r\n#01 0 06 homing\r\n@01 0 06 OK BUSY WR 0\r\n")
-        port.expect(b"/1 0 07\n", b"@01 0 07 OK IDLE -- 0\r\n")
-        port.expect(b"/1 0 08 warnings\n", b"@01 0 08 OK IDLE -- 00\r\n")
+        port.expect(_zc("1 0 06 home"), _zr("01 0 06 OK BUSY WR 0"))
+        port.expect(_zc("1 0 07"), b"!01 1 BUSY --:" + lrc("01 1 BUSY --").encode() + b"\r\n#01 0 07 homing\r\n"
+                    + _zr("01 0 07 OK BUSY WR 0"))  # fmt: skip
+        port.expect(_zc("1 0 08"), _zr("01 0 08 OK IDLE -- 0"))
+        port.expect(_zc("1 0 09 warnings"), _zr("01 0 09 OK IDLE -- 00"))
         stage.home().wait(2.0)
         assert stage.homed and stage.state == StageState.IDLE
-        port.expect(b"/1 0 09 get pos\n", b"@01 0 09 OK IDLE -- 0 0\r\n")
-        port.expect(b"/1 1 10 set maxspeed 1032063\n", b"@01 1 10 OK IDLE -- 0\r\n")
-        port.expect(b"/1 1 11 set accel 1032\n", b"@01 1 11 OK IDLE -- 0\r\n")
-        port.expect(b"/1 2 12 set maxspeed 1376084\n", b"@01 2 12 OK IDLE -- 0\r\n")
-        port.expect(b"/1 2 13 set accel 1376\n", b"@01 2 13 OK IDLE -- 0\r\n")
-        port.expect(b"/1 1 14 move abs 629921\n", b"@01 1 14 OK BUSY -- 0\r\n")
-        port.expect(b"/1 2 15 move abs 839895\n", b"@01 2 15 OK BUSY -- 0\r\n")
-        port.expect(b"/1 0 16\n", b"@01 0 16 OK IDLE -- 0\r\n")
+        assert stage.last_alert is not None and stage.last_alert.status == "BUSY"
+        port.expect(_zc("1 0 10 get pos"), _zr("01 0 10 OK IDLE -- 0 0"))
+        port.expect(_zc("1 1 11 set maxspeed 1032063"), _zr("01 1 11 OK IDLE -- 0"))
+        port.expect(_zc("1 1 12 set accel 1032"), _zr("01 1 12 OK IDLE -- 0"))
+        port.expect(_zc("1 2 13 set maxspeed 1376084"), _zr("01 2 13 OK IDLE -- 0"))
+        port.expect(_zc("1 2 14 set accel 1376"), _zr("01 2 14 OK IDLE -- 0"))
+        port.expect(_zc("1 1 15 move abs 629921"), _zr("01 1 15 OK BUSY -- 0"))
+        port.expect(_zc("1 2 16 move abs 839895"), _zr("01 2 16 OK BUSY -- 0"))
+        port.expect(_zc("1 0 17"), _zr("01 0 17 OK IDLE -- 0"))
+        port.expect(_zc("1 1 18 warnings"), _zr("01 1 18 OK IDLE -- 00"))  # each moved axis: no NI, no fault
+        port.expect(_zc("1 2 19 warnings"), _zr("01 2 19 OK IDLE -- 00"))
+        port.expect(_zc("1 0 20 get pos"), _zr("01 0 20 OK IDLE -- 629921 839895"))  # ended on target
         stage.move_to((0.03, 0.04)).wait(2.0)  # speeds split 3:4 so both axes end together
-        port.expect(b"/1 0 17 get pos\n", b"@01 0 16 OK IDLE -- 1 1\r\n@01 0 17 OK IDLE -- 629921 839895\r\n")
-        assert stage.position() == pytest.approx((0.03, 0.04), abs=1e-7)  # the stale id-16 reply is skipped
-        port.expect(b"/1 0 18 stop\n", b"@01 0 18 OK IDLE -- 0\r\n")
-        port.expect(b"/1 0 19\n", b"@01 0 19 OK IDLE -- 0\r\n")
+        port.expect(
+            _zc("1 0 21 get pos"), _zr("01 0 20 OK IDLE -- 1 1") + _zr("01 0 21 OK IDLE -- 629921 839895")
+        )
+        assert stage.position() == pytest.approx((0.03, 0.04), abs=1e-7)  # the stale id-20 reply is skipped
+        port.expect(_zc("1 0 22 stop"), _zr("01 0 22 OK IDLE -- 0"))
+        port.expect(_zc("1 0 23"), _zr("01 0 23 OK IDLE -- 0"))
         stage.stop()
         port.check()
     finally:
@@ -363,16 +428,153 @@ def test_zaber_command_bytes():
 def test_zaber_rejection_and_stall():
     port, stage = _open_zaber()
     try:
-        port.expect(b"/1 1 05 move abs 99999999\n", b"@01 1 05 RJ IDLE -- BADDATA\r\n")
+        port.expect(_zc("1 1 06 move abs 99999999"), _zr("01 1 06 RJ IDLE -- BADDATA"))
         with pytest.raises(StageCommandError, match=r"RJ BADDATA \(a value is out of range") as info:
             stage.command(1, "move abs 99999999")
         assert info.value.code == "BADDATA"
-        port.expect(b"/1 0 06\n", b"@01 0 06 OK IDLE FS 0\r\n")
+        port.expect(_zc("1 0 07"), _zr("01 0 07 OK IDLE FS 0"))
         stage.command(0, "")
         assert stage.state == StageState.ALARM and stage.alarm_flag == "FS" and not stage.homed
         port.check()
     finally:
         stage.close()
+
+
+def test_zaber_outside_stop_fails_the_move():
+    """Issue 11: a ``/1 0 stop`` from someone else mid-move left NI and success=True at (0.067, 0.034) m."""
+    port, stage = _open_zaber()
+    try:
+        _home_zaber(port, stage)
+        i = _start_move_zaber(port)
+        port.expect(_zc(f"1 0 {i:02d}"), _zr(f"01 0 {i:02d} OK BUSY -- 0"))
+        port.expect(_zc(f"1 0 {i + 1:02d}"), _zr(f"01 0 {i + 1:02d} OK IDLE NI 0"))  # someone sent a stop
+        port.expect(_zc(f"1 1 {i + 2:02d} warnings"), _zr(f"01 1 {i + 2:02d} OK IDLE NI 01 NI"))
+        port.expect(_zc(f"1 2 {i + 3:02d} warnings"), _zr(f"01 2 {i + 3:02d} OK IDLE NI 01 NI"))
+        port.expect(_zc(f"1 0 {i + 4:02d} get pos"), _zr(f"01 0 {i + 4:02d} OK IDLE NI 1406824 713911"))
+        status = stage.move_to((0.2, 0.1))
+        with pytest.raises(
+            MoveInterrupted, match=r"NI.*ended at \(0.067000, 0.034000\) m.*target \(0.200000, 0.100000\)"
+        ):
+            status.wait(2.0)
+        assert not status.success
+        assert stage.homed and stage.state == StageState.IDLE  # at rest, position known: truthful
+        port.check()
+    finally:
+        stage.close()
+
+
+def test_zaber_short_of_target_fails_even_without_ni():
+    """The final position is compared with the target, whatever the flags say."""
+    port, stage = _open_zaber()
+    try:
+        _home_zaber(port, stage)
+        i = _start_move_zaber(port)
+        port.expect(_zc(f"1 0 {i:02d}"), _zr(f"01 0 {i:02d} OK IDLE -- 0"))
+        port.expect(_zc(f"1 1 {i + 1:02d} warnings"), _zr(f"01 1 {i + 1:02d} OK IDLE -- 00"))
+        port.expect(_zc(f"1 2 {i + 2:02d} warnings"), _zr(f"01 2 {i + 2:02d} OK IDLE -- 00"))
+        port.expect(_zc(f"1 0 {i + 3:02d} get pos"), _zr(f"01 0 {i + 3:02d} OK IDLE -- 4199475 2000000"))
+        port.expect(_zc(f"1 0 {i + 4:02d} stop"), _zr(f"01 0 {i + 4:02d} OK IDLE -- 0"))  # the recovery
+        port.expect(_zc(f"1 0 {i + 5:02d}"), _zr(f"01 0 {i + 5:02d} OK IDLE -- 0"))
+        with pytest.raises(StageError, match=r"4.750 mm from the target .* position_tol_m=1e-06"):
+            stage.move_to((0.2, 0.1)).wait(2.0)
+        port.check()
+    finally:
+        stage.close()
+
+
+@pytest.mark.parametrize("flag", ["FZ", "FQ", "FE", "FD", "FO", "FH", "FV", "FM", "FC", "FS", "FF", "WL"])
+def test_zaber_every_fault_fails_the_move(flag):
+    """Issue 11: after FQ (encoder) or FD (driver disabled) move_to still reported success."""
+    port, stage = _open_zaber()
+    try:
+        _home_zaber(port, stage)
+        i = _start_move_zaber(port)
+        port.expect(_zc(f"1 0 {i:02d}"), _zr(f"01 0 {i:02d} OK IDLE {flag} 0"))
+        port.expect(_zc(f"1 0 {i + 1:02d} stop"), _zr(f"01 0 {i + 1:02d} OK IDLE {flag} 0"))  # the recovery
+        port.expect(_zc(f"1 0 {i + 2:02d}"), _zr(f"01 0 {i + 2:02d} OK IDLE {flag} 0"))
+        with pytest.raises(StageAlarm, match=f"{flag} \\({FAULTS[flag]}\\) during move") as info:
+            stage.move_to((0.2, 0.1)).wait(2.0)
+        assert info.value.code == flag
+        assert stage.state == StageState.ALARM and stage.alarm_flag == flag and not stage.homed
+        sent = list(port.sent)
+        with pytest.raises(StageNotHomed, match=f"fault {flag}"):
+            stage.move_to((0.1, 0.1))  # refused before any byte
+        assert port.sent == sent
+        port.check()
+    finally:
+        stage.close()
+
+
+def test_zaber_fault_found_in_axis_warnings_after_idle():
+    """A fault on one axis that the device-wide poll did not show still fails the move."""
+    port, stage = _open_zaber()
+    try:
+        _home_zaber(port, stage)
+        i = _start_move_zaber(port)
+        port.expect(_zc(f"1 0 {i:02d}"), _zr(f"01 0 {i:02d} OK IDLE -- 0"))
+        port.expect(_zc(f"1 1 {i + 1:02d} warnings"), _zr(f"01 1 {i + 1:02d} OK IDLE FQ 01 FQ"))
+        port.expect(_zc(f"1 0 {i + 2:02d} stop"), _zr(f"01 0 {i + 2:02d} OK IDLE FQ 0"))
+        port.expect(_zc(f"1 0 {i + 3:02d}"), _zr(f"01 0 {i + 3:02d} OK IDLE FQ 0"))
+        with pytest.raises(StageAlarm, match="FQ \\(encoder error\\) on axis 1") as info:
+            stage.move_to((0.2, 0.1)).wait(2.0)
+        assert info.value.code == "FQ" and stage.state == StageState.ALARM
+        port.check()
+    finally:
+        stage.close()
+
+
+def test_zaber_fault_alert_marks_the_stage():
+    port, stage = _open_zaber()
+    try:
+        _home_zaber(port, stage)
+        alert = f"!01 2 IDLE FD:{lrc('01 2 IDLE FD')}\r\n".encode()
+        port.expect(_zc("1 0 09 get pos"), alert + _zr("01 0 09 OK IDLE FD 5 5"))
+        stage.position()
+        assert stage.last_alert is not None and stage.last_alert.warning == "FD"
+        assert stage.state == StageState.ALARM and stage.alarm_flag == "FD"
+        port.check()
+    finally:
+        stage.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        (b"@01 0 06 OK IDLE -- 9:8D\r\n", "fails its checksum"),  # the issue's reply, 0 corrupted to 9
+        (b"@01 0 06 OK IDLE -- 0\r\n", "carries no checksum although comm.checksum is 1"),
+    ],
+)
+def test_zaber_reply_checksum_verified(reply, why):
+    port, stage = _open_zaber()
+    try:
+        port.expect(_zc("1 0 06 get pos"), reply)
+        with pytest.raises(StageError, match=why) as info:
+            stage.position()
+        assert "transcript://test" in str(info.value) and "get pos" in str(info.value)
+        port.check()
+    finally:
+        stage.close()
+
+
+def test_zaber_without_checksums():
+    port = ScriptedPort([
+        (b"/1 0 01 get device.id\n", b"@01 0 01 OK IDLE WR 30222\r\n"),
+        (b"/1 0 02 get version\n", b"@01 0 02 OK IDLE WR 7.38\r\n"),
+        (b"/1 0 03 get limit.max\n", b"@01 0 03 OK IDLE WR 10498688 10498688\r\n"),
+        (b"/1 0 04 warnings\n", b"@01 0 04 OK IDLE WR 01 WR\r\n"),
+    ])  # fmt: skip
+    stage = ZaberStage(port, LIMITS, name="z", command_timeout_s=0.5, checksum=False)
+    try:
+        assert not stage.homed
+        port.check()
+    finally:
+        stage.close()
+
+
+def test_zaber_checksum_refused_names_the_way_out():
+    port = ScriptedPort([(_zc("1 0 01 set comm.checksum 1"), b"@01 0 01 RJ IDLE -- BADCOMMAND\r\n")])
+    with pytest.raises(StageError, match="refused 'set comm.checksum 1'.*checksum=False"):
+        ZaberStage(port, LIMITS, name="z", command_timeout_s=0.5)
 
 
 def test_grbl_silent_controller_times_out_naming_port_and_command():
