@@ -10,6 +10,7 @@ from testbed.cli import main
 
 CONFIG = """
 lab:
+  array: {allow_overlapping_travel: true}
   stages:
     ma0: {sim_time_scale: 400, origin_m: [-0.25, -0.25]}
     ma1: {sim_time_scale: 400, origin_m: [0.0, -0.25], home_on_start: true}
