@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from allocation.problem import lambda_half_grid
-from drivers.errors import ConfigError, StageLimitError
+from drivers.errors import StageLimitError
 from drivers.positioner import wait_all
 from drivers.stage_array import XY, StageArray, point_segment_distance
 from sim.channel import FieldResponseChannel, draw_lab_channel
@@ -177,24 +177,12 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
     campaign's measured map) when given, else on the simulated world; with real radios a map is
     required. The fixed-array comparison needs the simulated world, so real radios go without it.
     """
+    from testbed.preflight import check_radios
     from testbed.stages import open_stages
 
     lab = config.lab
-    radio_backends = {lab.receiver.backend, lab.clients.radio.backend}
-    if len(radio_backends) > 1:
-        raise ConfigError(
-            "lab.receiver.backend and lab.clients.radio.backend: one air cannot mix simulated and real "
-            f"radios (got receiver {lab.receiver.backend!r}, clients {lab.clients.radio.backend!r})"
-        )
-    simulated = radio_backends == {"sim"}
-    if not simulated and config.fl.airlink == "symbol":
-        raise ConfigError("fl.airlink: 'symbol' is the simulated air; with USRP radios use 'radio'")
+    simulated = check_radios(config)  # the same checks `testbed check` runs
     world = draw_channel(config) if simulated else None
-    if world is None and not config.allocation.channel_map:
-        raise ConfigError(
-            "allocation.channel_map: required with real radios (got ''); measure the region first "
-            "with `testbed measure` and give its run directory"
-        )
     if config.allocation.channel_map:
         from testbed.planning import default_channel
 
