@@ -313,3 +313,38 @@ def test_open_radio_from_config_sections(small_server: ServerProcess) -> None:
         open_radio(RadioSection(server=small_server.endpoint, client_key="k.key_secret"), "tx1")
     assert "tx0' at tcp://127.0.0.1" in probe_radio("rx", RadioSection(server=small_server.endpoint))
     assert "simulated" in probe_radio("rx", RadioSection())
+
+
+def test_the_servers_tx_gain_cap_holds_whatever_cap_a_client_sends() -> None:
+    """TX power on the radio side: `--max-tx-gain-db` is checked before the radio is touched, and
+    a client that raises its own max_tx_gain_db cannot lift it."""
+    radios = build_sim_radios([("tx0", 1), ("rx", 1)], medium=ideal_medium(2))
+    server = RadioServer(
+        {r.name: (lambda r=r: r) for r in radios}, "tcp://127.0.0.1:*", insecure=True, max_tx_gain_db=40.0
+    )
+    import dataclasses
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_ms": 20}, daemon=True)
+    thread.start()
+    try:
+        with RemoteRadio(server.endpoint, radio="tx0", rpc_timeout_s=5.0) as tx:
+            before = radios[0].settings
+            greedy = dataclasses.replace(tx.settings, tx_gain_db=55.0, max_tx_gain_db=90.0)
+            with pytest.raises(
+                RadioLimitError,
+                match=r"tx_gain_db=55.0 exceeds this radio server's cap --max-tx-gain-db=40.0",
+            ):
+                tx.configure(greedy)
+            assert radios[0].settings == before  # nothing reached the radio
+            tx.configure(dataclasses.replace(greedy, tx_gain_db=35.0))
+            assert radios[0].settings.tx_gain_db == 35.0 and radios[0].settings.max_tx_gain_db == 40.0
+        with pytest.raises(ConfigError, match="--max-tx-gain-db must be within"):
+            RadioServer({"x": lambda: radios[0]}, "tcp://127.0.0.1:*", insecure=True, max_tx_gain_db=-1.0)
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+        server.close()
+    from drivers.usrp_server import build_parser, server_options
+
+    assert server_options(build_parser().parse_args(["--max-tx-gain-db", "62.5"]))["max_tx_gain_db"] == 62.5
