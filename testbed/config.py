@@ -113,7 +113,16 @@ class RadioSection(Section):
     )
 
     @model_validator(mode="after")
-    def _gain_under_cap(self) -> RadioSection:
+    def _args_and_gain(self) -> RadioSection:
+        from drivers.radio import parse_device_args
+
+        try:
+            parse_device_args(self.args)  # UHD's device_addr rules, so `testbed check` catches it
+        except ValueError as exc:
+            raise ValueError(
+                f"args={self.args!r}: {exc}; UHD device args are key=value pairs separated by commas, "
+                "e.g. 'type=b200,serial=31A7F0B'"
+            ) from None
         if self.tx_gain_db > self.max_tx_gain_db:
             raise ValueError(f"tx_gain_db={self.tx_gain_db} exceeds max_tx_gain_db={self.max_tx_gain_db}")
         return self
