@@ -50,6 +50,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "server_public": root / "server" / "radio0.key",
         "client_secret": client_secret,
         "stranger_secret": stranger_secret,
+        "stranger_public": root / "stranger" / "stranger.key",
         "allow": allow,
     }
 
@@ -92,15 +93,26 @@ def test_radio_contract_through_the_server(
 
 def test_wrong_or_missing_keys_are_refused(served: tuple[ServerProcess, dict], keys: dict) -> None:
     proc, client = served
-    strangers = [
-        {"secret_key_file": keys["stranger_secret"], "server_public_key_file": keys["server_public"]},
-    ]
-    if client:  # CURVE on: a key off the allow list, and plain text, both get nowhere
-        strangers.append({})
-    for stranger in strangers:
+    # Each refusal says why (a ZeroMQ socket monitor: connected, but no handshake).
+    stranger = {"secret_key_file": keys["stranger_secret"], "server_public_key_file": keys["server_public"]}
+    wrong_server_key = {
+        "secret_key_file": keys["client_secret"],
+        "server_public_key_file": keys["stranger_public"],
+    }
+    keys_hint = "the socket connected but the CURVE handshake never completed: the keys are the likely cause"
+    if client:  # CURVE on: a key off the allow list, a wrong server key and plain text get nowhere
+        strangers = [
+            (stranger, "the server refused this client's key: put its public key in the server's allow list"),
+            (wrong_server_key, keys_hint),
+            ({}, "the handshake never completed: the server likely requires CURVE"),
+        ]
+    else:  # a CURVE client at a plain-text server
+        strangers = [(stranger, keys_hint)]
+    for keyed, words in strangers:
         start = time.monotonic()
-        with pytest.raises(RadioError, match="could not connect to 'hello' within 0.5 s"):
-            RemoteRadio(proc.endpoint, rpc_timeout_s=0.5, **stranger)
+        with pytest.raises(RadioError, match="could not connect to 'hello' within 0.5 s") as info:
+            RemoteRadio(proc.endpoint, rpc_timeout_s=0.5, **keyed)
+        assert words in str(info.value)
         assert time.monotonic() - start < 0.5 + SLACK_S
     # The refused peers did not disturb the server.
     with RemoteRadio(proc.endpoint, radio="rx", rpc_timeout_s=5.0, **client) as ok:
@@ -213,7 +225,9 @@ def test_killed_server_is_a_radio_error_within_the_timeout_and_a_restart_is_pick
 
 def test_no_server_and_insecure_off_loopback_are_clear_errors() -> None:
     start = time.monotonic()
-    with pytest.raises(RadioError, match="could not connect to 'hello' within 0.3 s; is the server running"):
+    with pytest.raises(
+        RadioError, match="within 0.3 s; no connection: is the server running at that address"
+    ):
         RemoteRadio(f"tcp://127.0.0.1:{free_port()}", rpc_timeout_s=0.3)
     assert time.monotonic() - start < 0.3 + SLACK_S
     with pytest.raises(ConfigError, match="loopback only"):
