@@ -181,3 +181,13 @@ def test_route_detours_one_antenna_when_no_straight_order_is_safe(array, rigs):
     with pytest.raises(NoSafeOrder, match="no one-at-a-time L-shaped detour avoids it either"):
         array.move_all({"a": (0.15, 0.3), "b": (0.15, 0.1)}, route=True)
     assert _sent(rigs) == before
+
+
+def test_move_status_repr_says_why_it_failed():
+    running = MoveStatus("ma1_x: set 0 m")
+    assert repr(running) == "<MoveStatus 'ma1_x: set 0 m' running>"
+    running.set_exception(StageLimitError("spacing limit: 0.00 mm apart"))
+    assert (
+        repr(running) == "<MoveStatus 'ma1_x: set 0 m' FAILED: StageLimitError: spacing limit: 0.00 mm apart>"
+    )
+    assert repr(MoveStatus.finished("home")) == "<MoveStatus 'home' done, success>"
