@@ -127,6 +127,16 @@ class MoveStatus:
         if self._exception is not None:
             raise self._exception
 
+    def __repr__(self) -> str:
+        # A failed bluesky move prints the status: say why, not where it lives in memory.
+        if not self._done.is_set():
+            state = "running"
+        elif self._exception is None:
+            state = "done, success"
+        else:
+            state = f"FAILED: {type(self._exception).__name__}: {self._exception}"
+        return f"<MoveStatus {self.description!r} {state}>"
+
     @classmethod
     def finished(cls, description: str = "move") -> MoveStatus:
         status = cls(description)

@@ -50,6 +50,23 @@ class RadioSettings:
         return self
 
 
+def parse_device_args(text: str) -> dict[str, str]:
+    """UHD device args as UHD's ``device_addr_t`` reads them: ``key=value`` pairs separated by
+    commas (empty pairs skipped, a bare key has an empty value). Raise ``ValueError`` with UHD's
+    own words otherwise, e.g. ``invalid args string: type=b200,,==``."""
+    out: dict[str, str] = {}
+    for pair in str(text).split(","):
+        if not pair.strip():
+            continue
+        toks = pair.split("=")
+        if len(toks) == 1:
+            toks.append("")
+        if len(toks) != 2:
+            raise ValueError(f"invalid args string: {text}")
+        out[toks[0].strip()] = toks[1].strip()
+    return out
+
+
 @dataclass
 class TxResult:
     """What a timed burst did: its start time and any tolerated warnings (code -> count)."""
@@ -110,4 +127,5 @@ __all__ = [
     "RadioTimingError",
     "RxResult",
     "TxResult",
+    "parse_device_args",
 ]

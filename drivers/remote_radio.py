@@ -24,7 +24,12 @@ import zmq
 from drivers import radio_wire as wire
 from drivers.errors import ConfigError, RadioError, RadioLimitError
 from drivers.radio import RadioSettings, RxResult, TxResult
-from drivers.zmq_security import cap_inbound_size, require_loopback_for_insecure, secure_client
+from drivers.zmq_security import (
+    HandshakeWatch,
+    cap_inbound_size,
+    require_loopback_for_insecure,
+    secure_client,
+)
 
 HEADER_ALLOWANCE_BYTES = 1024 * 1024  # room for the header frames above the IQ cap
 
@@ -68,6 +73,7 @@ class RemoteRadio:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._socket: zmq.Socket | None = None
+        self._watch: HandshakeWatch | None = None
         self._closed = False
         # Device time tracking: (device time, local monotonic time) at the last time_now reply.
         self._clock: tuple[float, float] | None = None
@@ -89,10 +95,14 @@ class RemoteRadio:
         secret, server_public = self._keys
         if secret and server_public:
             secure_client(sock, secret, server_public)
+        self._watch = HandshakeWatch(sock)  # before connect: a failed connect can then say why
         sock.connect(self.address)
         return sock
 
     def _drop_socket(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
@@ -126,8 +136,9 @@ class RemoteRadio:
             # CURVE, its handshake) is up. The op's own allowance is not for connecting.
             connect_ms = int(self.rpc_timeout_s * 1000)
             if not sock.poll(connect_ms, zmq.POLLOUT):
+                error = self._no_reply(op, self.rpc_timeout_s, "could not connect")
                 self._drop_socket()
-                raise self._no_reply(op, self.rpc_timeout_s, "could not connect")
+                raise error
             try:
                 sock.send_multipart([wire.encode_header(header), *frames], flags=zmq.NOBLOCK)
             except zmq.Again:
@@ -167,11 +178,12 @@ class RemoteRadio:
         return result, samples
 
     def _no_reply(self, op: str, timeout_s: float, why: str) -> RadioError:
-        hint = (
-            "check that this client's public key is in the server's allow list and the server key is right"
-            if self._keys[0]
-            else "is the server running? (python3 -m drivers.usrp_server --bind ...)"
-        )
+        if why == "could not connect" and self._watch is not None:
+            hint = self._watch.diagnose(secure=bool(self._keys[0]))
+        elif self._keys[0]:
+            hint = "check that this client's public key is in the server's allow list and the server key is right"
+        else:
+            hint = "is the server running? (python3 -m drivers.usrp_server --bind ...)"
         return RadioError(f"radio server {self.address}: {why} to {op!r} within {timeout_s:.1f} s; {hint}")
 
     def _wait_until(self, at_s: float) -> float:

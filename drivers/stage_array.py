@@ -12,8 +12,11 @@ stage``. ``move_all`` checks every safety rule *before any motion command is sen
 
 If all moves cannot run at once, ``policy="sequence"`` (default) splits them into batches that
 run one after another, each batch safe by the same test; ``policy="refuse"`` raises instead.
-A move that no order makes safe raises ``StageLimitError`` naming the two stages, the distance
-they would reach and the clearance, and nothing moves.
+A move that no order makes safe raises ``NoSafeOrder`` (a ``StageLimitError``) naming the two
+stages, the distance they would reach and the clearance, and nothing moves. ``policy="route"``
+then tries one antenna at a time, each straight or along an L-shaped path around the standing
+ones (``route_legs``), every leg checked by the same rules; the lab's arrays use it, so the
+campaign raster, ``testbed run`` and ``testbed stage move`` share one gate and one router.
 
 Pairs already closer than ``D`` (e.g. a bad start) may move only in ways that do not bring them
 closer than they already are.
@@ -25,7 +28,6 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 
 from drivers.errors import StageError, StageLimitError
@@ -44,6 +46,41 @@ def point_segment_distance(p: XY, a: XY, b: XY) -> float:
     length2 = dx * dx + dy * dy
     t = 0.0 if length2 == 0 else max(0.0, min(1.0, ((p[0] - ax) * dx + (p[1] - ay) * dy) / length2))
     return math.hypot(p[0] - (ax + t * dx), p[1] - (ay + t * dy))
+
+
+class NoSafeOrder(StageLimitError):
+    """No order of straight moves keeps the clearance (a detour may still exist)."""
+
+
+def route_legs(
+    start: Mapping[str, XY], goal: Mapping[str, XY], clearance_m: float
+) -> list[tuple[str, XY]] | None:
+    """Moves of one antenna at a time that keep every other antenna ``clearance_m`` away, or None.
+
+    Depth-first over which antenna goes next and how: straight, or along its L-shaped path
+    (x first or y first). The corners lie in the box spanned by start and goal, so inside travel.
+    """
+
+    def leg_clear(name: str, a: XY, b: XY, where: dict[str, XY]) -> bool:
+        return all(
+            point_segment_distance(p, a, b) + TOL_M >= clearance_m for m, p in where.items() if m != name
+        )
+
+    def search(where: dict[str, XY], todo: frozenset[str]) -> list[tuple[str, XY]] | None:
+        if not todo:
+            return []
+        for name in sorted(todo):
+            a, b = where[name], goal[name]
+            for path in ([b], [(b[0], a[1]), b], [(a[0], b[1]), b]):
+                points = [a, *path]
+                if all(leg_clear(name, points[i], points[i + 1], where) for i in range(len(path))):
+                    rest = search({**where, name: b}, todo - {name})
+                    if rest is not None:
+                        return [(name, xy) for xy in path] + rest
+        return None
+
+    moving = frozenset(n for n in goal if math.dist(start[n], goal[n]) > 1e-6)
+    return search(dict(start), moving)
 
 
 def _cross(o: XY, a: XY, b: XY) -> float:
@@ -76,8 +113,8 @@ class StageArray:
         policy: str = "sequence",
         move_timeout_s: float | None = None,
     ) -> None:
-        if policy not in ("sequence", "refuse"):
-            raise ValueError(f"policy must be 'sequence' or 'refuse' (got {policy!r})")
+        if policy not in ("sequence", "refuse", "route"):
+            raise ValueError(f"policy must be 'sequence', 'refuse' or 'route' (got {policy!r})")
         if not stages:
             raise ValueError("StageArray needs at least one stage")
         missing = [n for n in stages if n not in origins_m]
@@ -95,6 +132,8 @@ class StageArray:
         self._runner: threading.Thread | None = None
         self._stop = threading.Event()
         self._statuses: dict[str, MoveStatus] = {}
+        self._last_leg: dict[str, int] = {}
+        self.axis_lock = threading.Lock()  # StageAxis moves on this array take turns
         self.on_close: list[Callable[[], None]] = []  # run after the stages close (e.g. stop emulators)
 
     @property
@@ -203,7 +242,7 @@ class StageArray:
             if not batch:
                 assert blocker is not None
                 n, m, gap, need = blocker
-                raise StageLimitError(
+                raise NoSafeOrder(
                     f"spacing limit: moving {n} from {current[n]} to {final[n]} would pass {gap * 1e3:.2f} mm "
                     f"from {m} at {current[m]}; the clearance is {need * 1e3:.2f} mm and no order of moves "
                     "avoids it; nothing was sent"
@@ -220,11 +259,49 @@ class StageArray:
             pending = [n for n in pending if n not in batch]
         return batches
 
+    def route(
+        self, positions: Mapping[str, XY] | Sequence[XY], speed_m_s: float | None = None
+    ) -> list[list[tuple[str, XY]]]:
+        """``plan``, or where no order of straight moves is safe, one antenna at a time along
+        straight or L-shaped legs (``route_legs``), each leg checked as a move of its own."""
+        try:
+            return self.plan(positions, speed_m_s)
+        except NoSafeOrder as exc:
+            blocked = exc
+        goal = {**self._current(), **self._targets(positions)}
+        legs = route_legs(self._current(), goal, self.min_spacing_m)
+        if legs is None:
+            raise NoSafeOrder(f"{blocked}; no one-at-a-time L-shaped detour avoids it either") from None
+        log.info("no straight move order keeps the clearance (%s); routing one antenna at a time", blocked)
+        # Re-check every leg from where the antennas will then stand (travel, speed, spacing).
+        where = self._current()
+        for name, xy in legs:
+            self._check_leg(name, xy, where, speed_m_s)
+            where[name] = xy
+        return [[leg] for leg in legs]
+
+    def _check_leg(self, name: str, xy: XY, where: dict[str, XY], speed_m_s: float | None) -> None:
+        stage = self.stages[name]
+        speed = stage.limits.max_speed_m_s if speed_m_s is None else speed_m_s
+        stage.limits.check_move(self.to_stage(name, xy), speed, f"{name} (region waypoint {xy})")
+        for m, p in where.items():
+            need = min(self.min_spacing_m, math.dist(p, where[name]))
+            if m != name and point_segment_distance(p, where[name], xy) + TOL_M < need:
+                raise StageLimitError(
+                    f"spacing limit: routed leg of {name} to {xy} passes {m}; nothing was sent"
+                )
+
     # --- motion --------------------------------------------------------------------------------
     def move_all(
-        self, positions: Mapping[str, XY] | Sequence[XY], speed_m_s: float | None = None
+        self,
+        positions: Mapping[str, XY] | Sequence[XY],
+        speed_m_s: float | None = None,
+        *,
+        route: bool | None = None,
     ) -> list[MoveStatus]:
         """Check, then move; one status per stage (in ``names`` order), finished when it arrives.
+
+        ``route`` (default: ``policy == "route"``) allows one-at-a-time detours (``route``).
 
         Batches (see ``plan``) run one after another on a background thread; a failure in one
         batch stops the remaining ones (their statuses fail with the same error).
@@ -236,8 +313,13 @@ class StageArray:
                 raise StageError(
                     f"the stage array is still moving ({', '.join(busy)}); wait or stop_all() first"
                 )
-            batches = self.plan(positions, speed_m_s)
+            if self.policy == "route" if route is None else route:
+                batches = self.route(positions, speed_m_s)
+            else:
+                batches = self.plan(positions, speed_m_s)
             statuses = {n: MoveStatus(f"{n}: array move") for n in self.names}
+            # A routed stage may move in several legs: its status finishes with its last one.
+            self._last_leg = {n: i for i, batch in enumerate(batches) for n, _ in batch}
             self._statuses = statuses
             scheduled = {n for batch in batches for n, _ in batch}
             for n in self.names:
@@ -246,28 +328,36 @@ class StageArray:
             if not batches:
                 return [statuses[n] for n in self.names]
             self._stop.clear()
-            first = self._start_batch(batches[0], speed_m_s, statuses)
+            first = self._start_batch(0, batches[0], speed_m_s, statuses)
             if len(batches) == 1:
                 return [statuses[n] for n in self.names]
             self._runner = threading.Thread(
-                target=self._run_batches, args=(first, batches[1:], speed_m_s, statuses), daemon=True,
+                target=self._run_batches, args=(first, batches, speed_m_s, statuses), daemon=True,
                 name="stage-array-moves",
             )  # fmt: skip
             self._runner.start()
             return [statuses[n] for n in self.names]
 
     def _start_batch(
-        self, batch: list[tuple[str, XY]], speed_m_s: float | None, statuses: dict[str, MoveStatus]
+        self,
+        index: int,
+        batch: list[tuple[str, XY]],
+        speed_m_s: float | None,
+        statuses: dict[str, MoveStatus],
     ) -> list[MoveStatus]:
         started = []
         for n, xy in batch:
             inner = self.stages[n].move_to(self.to_stage(n, xy), speed_m_s)
             outer = statuses[n]
+            last = self._last_leg.get(n) == index
 
-            def done(st: MoveStatus, n: str = n, xy: XY = xy, outer: MoveStatus = outer) -> None:
+            def done(
+                st: MoveStatus, n: str = n, xy: XY = xy, outer: MoveStatus = outer, last: bool = last
+            ) -> None:
                 if st.success:
                     self._known[n] = xy
-                    outer.set_finished()
+                    if last:
+                        outer.set_finished()
                 else:
                     self._known.pop(n, None)
                     outer.set_exception(st.exception() or StageError(f"{n}: move failed"))
@@ -279,19 +369,19 @@ class StageArray:
     def _run_batches(
         self,
         running: list[MoveStatus],
-        rest: list[list[tuple[str, XY]]],
+        batches: list[list[tuple[str, XY]]],
         speed_m_s: float | None,
         statuses: dict[str, MoveStatus],
     ) -> None:
         timeout = self.move_timeout_s or 3600.0
-        for batch in rest:
+        for index in range(1, len(batches)):
             try:
                 wait_all(running, timeout)
                 if self._stop.is_set():
                     raise StageError("stop_all() was called before this stage's turn")
-                running = self._start_batch(batch, speed_m_s, statuses)
+                running = self._start_batch(index, batches[index], speed_m_s, statuses)
             except StageError as exc:
-                for later in rest[rest.index(batch) :]:
+                for later in batches[index:]:
                     for n, _ in later:
                         statuses[n].set_exception(
                             StageError(f"{n}: not moved: an earlier move failed ({exc})")
@@ -373,61 +463,71 @@ class StageArray:
         self.close()
 
 
-# One lock per stage: its two axes' moves take turns.
-_STAGE_LOCKS: weakref.WeakKeyDictionary[Positioner, threading.Lock] = weakref.WeakKeyDictionary()
-
-
 class StageAxis:
-    """One axis of one stage as a bluesky device: Movable, Locatable, Readable, Stoppable.
+    """One axis of one stage of a ``StageArray`` as a bluesky device: Movable, Locatable,
+    Readable, Stoppable.
 
-    ``set(v)`` moves that axis to ``v`` metres (the other axis stays) and returns the move's
-    status; positions are in the stage frame plus ``origin_m`` (pass the stage's origin for
-    region coordinates). ``grid_scan(dets, StageAxis(s, 0), ..., StageAxis(s, 1), ...)`` rasters it.
+    ``set(v)`` moves that axis to ``v`` metres in region coordinates (the other axis stays)
+    through ``StageArray.move_all``, so a bluesky move passes the same gate as every other move:
+    travel, speed and the clearance to every other antenna along the whole path, checked before
+    any byte is sent. A bare ``Positioner`` is refused: alone it cannot know where the other
+    antennas are. ``grid_scan(dets, StageAxis(a, "ma0", 0), ..., StageAxis(a, "ma0", 1), ...)``
+    rasters one antenna.
     """
 
     def __init__(
         self,
-        stage: Positioner,
+        array: StageArray,
+        stage: str,
         axis: int,
         *,
         name: str | None = None,
-        origin_m: float = 0.0,
         speed_m_s: float | None = None,
     ) -> None:
+        if not isinstance(array, StageArray):
+            raise TypeError(
+                f"StageAxis needs the StageArray its stage belongs to, so every move passes the array's "
+                f"clearance check (got {type(array).__name__}); for one stage alone use "
+                "StageArray({name: stage}, {name: (0.0, 0.0)}, min_spacing_m=0.0)"
+            )
+        if stage not in array.stages:
+            raise ValueError(f"no stage {stage!r} in the array; stages are {array.names}")
         if axis not in (0, 1):
             raise ValueError(f"axis must be 0 (x) or 1 (y), got {axis!r}")
-        self.stage = stage
+        self.array = array
+        self.stage_name = stage
         self.axis = axis
-        self.name = name or f"{stage.name}_{'xy'[axis]}"
+        self.name = name or f"{stage}_{'xy'[axis]}"
         self.parent = None
-        self.origin_m = float(origin_m)
         self.speed_m_s = speed_m_s
         self._setpoint: float | None = None
+
+    @property
+    def stage(self) -> Positioner:
+        return self.array.stages[self.stage_name]
 
     @property
     def hints(self) -> dict[str, list[str]]:
         return {"fields": [self.name]}
 
     def set(self, value: float) -> MoveStatus:
-        """Move this axis to ``value``. The two axes of one stage take turns (bluesky sets both
-        in one step of a grid scan), so the returned status may first wait for the other's move."""
+        """Move this axis to ``value`` (region metres). Axis moves on one array take turns
+        (bluesky sets both axes in one step of a grid scan), so the returned status may first
+        wait for another axis's move; each is checked from where the antennas then stand."""
         target = float(value)
         self._setpoint = target
-        lock = _STAGE_LOCKS.setdefault(self.stage, threading.Lock())
 
         def body() -> None:
-            with lock:
-                here = list(self.stage.position())
-                here[self.axis] = target - self.origin_m
-                lim = self.stage.limits
-                timeout = 2.0 * lim.move_time_s(math.hypot(*lim.travel_m), self.speed_m_s) + 30.0
-                self.stage.move_to((here[0], here[1]), self.speed_m_s).wait(timeout)
+            with self.array.axis_lock:
+                here = list(self.array.positions()[self.stage_name])
+                here[self.axis] = target
+                self.array.goto({self.stage_name: (here[0], here[1])}, self.speed_m_s)
 
         status, _ = run_in_thread(f"{self.name}: set {target:.6g} m", body)
         return status
 
     def _readback(self) -> float:
-        return self.stage.position()[self.axis] + self.origin_m
+        return self.array.to_region(self.stage_name, self.stage.position())[self.axis]
 
     def locate(self) -> dict[str, float]:
         readback = self._readback()
@@ -437,11 +537,18 @@ class StageAxis:
         return {self.name: {"value": self._readback(), "timestamp": time.time()}}
 
     def describe(self) -> dict[str, dict[str, object]]:
-        source = f"stage:{self.stage.name}:{'xy'[self.axis]}"
+        source = f"stage:{self.stage_name}:{'xy'[self.axis]}"
         return {self.name: {"source": source, "dtype": "number", "shape": [], "units": "m", "precision": 6}}
 
     def stop(self, *, success: bool = True) -> None:
         self.stage.stop()
 
 
-__all__ = ["StageArray", "StageAxis", "point_segment_distance", "segment_distance"]
+__all__ = [
+    "NoSafeOrder",
+    "StageArray",
+    "StageAxis",
+    "point_segment_distance",
+    "route_legs",
+    "segment_distance",
+]

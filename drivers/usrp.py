@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from drivers.errors import RadioError, RadioLimitError, RadioTimingError
-from drivers.radio import TIMING_CODES, RadioSettings, RxResult, TxResult
+from drivers.errors import ConfigError, RadioError, RadioLimitError, RadioTimingError
+from drivers.radio import TIMING_CODES, RadioSettings, RxResult, TxResult, parse_device_args
 
 # --- metadata error mapping ----------------------------------------------------------------------
 # RX: uhd.types.RXMetadataErrorCode names -> the contract's codes (None: not an error).
@@ -451,8 +451,22 @@ class UsrpRadio:
                 "with Debian's python3-uhd: /usr/bin/python3 -m drivers.usrp_server --args ..."
             ) from exc
         self._uhd = uhd
+        # pybind11 reports malformed args as a TypeError about constructor overloads, losing
+        # UHD's reason: check them as UHD's device_addr_t does, and say it in UHD's words.
+        try:
+            parse_device_args(args)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{name}: device args {args!r}: ValueError: {exc}; UHD device args are key=value "
+                "pairs separated by commas, e.g. 'type=b200,serial=31A7F0B'"
+            ) from None
         try:
             self._usrp = uhd.usrp.MultiUSRP(args)
+        except TypeError as exc:  # args that UHD could not take as a device address after all
+            raise ConfigError(
+                f"{name}: device args {args!r}: UHD could not read them as a device address "
+                f"({str(exc).splitlines()[0]}); use key=value pairs separated by commas"
+            ) from exc
         except (RuntimeError, KeyError, IndexError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RadioError(

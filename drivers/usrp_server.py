@@ -1,7 +1,7 @@
 """The radio server: one process owns a radio (a USRP, or sim radios) and serves the radio contract.
 
     /usr/bin/python3 -m drivers.usrp_server --args "type=b200" --bind tcp://0.0.0.0:5600 \\
-        --secret-key keys/radio-0.key_secret --allow keys/allow/radio
+        --secret-key keys/radio-0.key_secret --allow keys/allow/radio --max-tx-gain-db 70
     python -m drivers.usrp_server --backend sim --radios tx0,tx1,rx:4 --bind tcp://127.0.0.1:5600 --insecure
 
 It runs under the system Python (Debian's python3-uhd needs NumPy 1.x) and in the venv, so it
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -37,7 +38,7 @@ import zmq
 
 from drivers import radio_wire as wire
 from drivers.errors import ConfigError, ProtocolError, RadioError, RadioLimitError, TestbedError
-from drivers.radio import Radio
+from drivers.radio import Radio, RadioSettings
 from drivers.zmq_security import (
     cap_inbound_size,
     require_loopback_for_insecure,
@@ -120,9 +121,15 @@ class RadioServer:
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
         retry_open_s: float = 2.0,
         context: zmq.Context | None = None,
+        max_tx_gain_db: float | None = None,
     ) -> None:
         if not openers:
             raise ConfigError("the radio server needs at least one radio to serve")
+        if max_tx_gain_db is not None and not (0.0 <= max_tx_gain_db <= 100.0):
+            raise ConfigError(f"--max-tx-gain-db must be within [0, 100] dB (got {max_tx_gain_db})")
+        # The server's own TX gain cap: a client's settings carry a cap too, but a client could
+        # raise it; this one is the radio owner's and no request can lift it.
+        self.max_tx_gain_db = max_tx_gain_db
         self.slots = {name: _Slot(name, opener, retry_open_s) for name, opener in openers.items()}
         self.default = next(iter(self.slots))
         self.max_message_bytes = int(max_message_bytes)
@@ -227,7 +234,7 @@ class RadioServer:
                 "backend": type(radio).__name__,
             }, None
         if op == "configure":
-            radio.configure(wire.settings_from_dict(_arg(args, "settings", (dict,))))
+            radio.configure(self._capped(wire.settings_from_dict(_arg(args, "settings", (dict,)))))
             return {"settings": wire.settings_to_dict(radio.settings)}, None
         if op == "time_now":
             return {"time_s": float(radio.time_now())}, None
@@ -268,6 +275,18 @@ class RadioServer:
             return {"sensors": dict(radio.sensors())}, None
         raise ProtocolError(f"unknown op {op!r}")  # unreachable: checked against wire.OPS
 
+    def _capped(self, settings: RadioSettings) -> RadioSettings:
+        """The client's settings under the server's TX gain cap; over it, refused before the radio."""
+        cap = self.max_tx_gain_db
+        if cap is None:
+            return settings
+        if settings.tx_gain_db > cap + 1e-9:
+            raise RadioLimitError(
+                f"tx_gain_db={settings.tx_gain_db} exceeds this radio server's cap --max-tx-gain-db={cap}; "
+                "nothing was applied"
+            )
+        return dataclasses.replace(settings, max_tx_gain_db=min(settings.max_tx_gain_db, cap))
+
     # --- shutdown ---
     def _shutdown_socket(self) -> None:
         self.socket.close(linger=0)
@@ -304,6 +323,10 @@ def add_server_arguments(p: argparse.ArgumentParser, bind: str) -> None:
     p.add_argument("--allow", default="", help="folder of the public keys of allowed clients")
     p.add_argument("--insecure", action="store_true", help="no CURVE; loopback addresses only")
     p.add_argument("--max-message-bytes", type=int, default=wire.DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument(
+        "--max-tx-gain-db", type=float, default=None, metavar="DB",
+        help="refuse any client's TX gain above this (the radio owner's cap; default: the client's)",
+    )  # fmt: skip
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,6 +336,7 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         "allow_dir": args.allow or None,
         "insecure": args.insecure,
         "max_message_bytes": args.max_message_bytes,
+        "max_tx_gain_db": args.max_tx_gain_db,
     }
 
 

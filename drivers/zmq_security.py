@@ -9,6 +9,7 @@ Runs under the system Python too (the radio server): pyzmq and the standard libr
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from pathlib import Path
 from urllib.parse import urlparse
@@ -98,3 +99,58 @@ def secure_client(socket: zmq.Socket, secret_file: str | Path, server_public_fil
 def cap_inbound_size(socket: zmq.Socket, max_bytes: int) -> None:
     """ZeroMQ drops the peer of any message larger than this (MAXMSGSIZE)."""
     socket.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))
+
+
+class HandshakeWatch:
+    """Watches a client socket's connection and ZMTP handshake (a ZeroMQ socket monitor), so a
+    failed connect can say why: no server at all, or a server whose handshake never completed,
+    which with CURVE means the keys (not on the allow list, or the wrong server key)."""
+
+    EVENTS = (
+        zmq.EVENT_CONNECTED
+        | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    )
+
+    def __init__(self, socket: zmq.Socket) -> None:
+        self._socket = socket
+        self._monitor: zmq.Socket | None = socket.get_monitor_socket(self.EVENTS)
+        self.seen: set[int] = set()
+
+    def _drain(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor is not None:
+            try:
+                self.seen.add(int(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]))
+            except zmq.Again:
+                return
+
+    def diagnose(self, secure: bool) -> str:
+        """Why a connect failed, in words for the error message."""
+        self._drain()
+        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in self.seen:
+            return "the server refused this client's key: put its public key in the server's allow list"
+        if zmq.EVENT_CONNECTED not in self.seen:
+            return "no connection: is the server running at that address? (python3 -m drivers.usrp_server --bind ...)"
+        if zmq.EVENT_HANDSHAKE_SUCCEEDED in self.seen:
+            return "connected, but the server did not take the request"
+        if secure:
+            return (
+                "the socket connected but the CURVE handshake never completed: the keys are the likely "
+                "cause (this client's public key not in the server's allow list, the wrong server key, or a "
+                "server without CURVE)"
+            )
+        return (
+            "the socket connected but the handshake never completed: the server likely requires CURVE "
+            "(give this client a secret key and the server's public key)"
+        )
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):  # the socket may be closed already
+                self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None

@@ -11,6 +11,7 @@ Units are SI and named by suffix (``_m``, ``_hz``, ``_s``, ``_w``, ``_db``, ``_d
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -70,6 +71,11 @@ class ArraySection(Section):
     carrier_hz: PositiveFloat = 2.4e9
     region_wavelengths: PositiveFloat = Field(4.0, description="side A of the square region, in lambda")
     min_spacing_wavelengths: NonNegFloat = Field(0.5, description="D, the minimum antenna spacing")
+    allow_overlapping_travel: bool = Field(
+        False,
+        description="the stages' travel squares may come closer than D (the antennas share the region); "
+        "then only the move gate keeps them D apart, and the mounts must be able to pass each other",
+    )
 
     @property
     def wavelength_m(self) -> float:
@@ -107,7 +113,16 @@ class RadioSection(Section):
     )
 
     @model_validator(mode="after")
-    def _gain_under_cap(self) -> RadioSection:
+    def _args_and_gain(self) -> RadioSection:
+        from drivers.radio import parse_device_args
+
+        try:
+            parse_device_args(self.args)  # UHD's device_addr rules, so `testbed check` catches it
+        except ValueError as exc:
+            raise ValueError(
+                f"args={self.args!r}: {exc}; UHD device args are key=value pairs separated by commas, "
+                "e.g. 'type=b200,serial=31A7F0B'"
+            ) from None
         if self.tx_gain_db > self.max_tx_gain_db:
             raise ValueError(f"tx_gain_db={self.tx_gain_db} exceeds max_tx_gain_db={self.max_tx_gain_db}")
         return self
@@ -170,9 +185,27 @@ class MediumSection(Section):
     impairments: ImpairmentsSection = ImpairmentsSection()
 
 
+def default_stages() -> dict[str, StageSection]:
+    """Four sim stages, parked just outside the 0.5 m region 70 mm apart, each covering all of it."""
+    return {f"ma{i}": StageSection(travel_m=0.8, origin_m=(-0.25 - 0.07 * i, -0.30)) for i in range(4)}
+
+
+def _travel_box(section: StageSection) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The region square a stage's antenna can reach: ((x_lo, x_hi), (y_lo, y_hi))."""
+    (ox, oy), t = section.origin_m, section.travel_m
+    return (ox, ox + t), (oy, oy + t)
+
+
+def _box_gap_m(a: StageSection, b: StageSection) -> float:
+    """The distance between two stages' travel squares (0 where they overlap)."""
+    pairs = zip(_travel_box(a), _travel_box(b), strict=True)
+    gaps = [max(0.0, lo_b - hi_a, lo_a - hi_b) for (lo_a, hi_a), (lo_b, hi_b) in pairs]
+    return math.hypot(*gaps)
+
+
 class LabSection(Section):
     stages: dict[str, StageSection] = Field(
-        default_factory=lambda: {f"ma{i}": StageSection() for i in range(4)},
+        default_factory=default_stages,
         description="one XY stage per receive antenna, by name; N = number of stages",
     )
     array: ArraySection = ArraySection()
@@ -180,15 +213,64 @@ class LabSection(Section):
     clients: ClientsSection = ClientsSection()
     medium: MediumSection = MediumSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_share_the_region(cls, data: Any) -> Any:
+        # The built-in stages (no `stages` given) each cover the whole region by design.
+        if isinstance(data, dict) and "stages" not in data:
+            array = data.get("array")
+            if array is None or (isinstance(array, dict) and "allow_overlapping_travel" not in array):
+                data = {**data, "array": {**(array or {}), "allow_overlapping_travel": True}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> LabSection:
         if not self.stages:
             raise ValueError("at least one stage (receive antenna) is needed")
+        check_stage_layout(self.stages, self.array)
         return self
 
     @property
     def num_antennas(self) -> int:
         return len(self.stages)
+
+
+def check_stage_layout(stages: dict[str, StageSection], array: ArraySection) -> None:
+    """Homed corners at least D apart always; travel squares D apart unless overlap is allowed.
+
+    Homing drives every antenna to its origin at once with no path check, so two origins closer
+    than D collide on every start. Overlapping travel lets two antennas reach the same spot.
+    """
+    d_m = array.min_spacing_m
+    names = list(stages)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            sa, sb = stages[a], stages[b]
+            apart = math.dist(sa.origin_m, sb.origin_m)
+            if apart < d_m - 1e-9:
+                raise ValueError(
+                    f"lab.stages.{a}.origin_m={list(sa.origin_m)} and lab.stages.{b}.origin_m="
+                    f"{list(sb.origin_m)} are {apart * 1e3:.1f} mm apart, under the minimum spacing "
+                    f"{d_m * 1e3:.1f} mm (lab.array.min_spacing_wavelengths): homing would collide; "
+                    "give each stage its own homed corner"
+                )
+            if array.allow_overlapping_travel:
+                continue
+            if _box_gap_m(sa, sb) < d_m - 1e-9:
+                (ax, ay), (bx, by) = _travel_box(sa), _travel_box(sb)
+                ox = (max(ax[0], bx[0]), min(ax[1], bx[1]))
+                oy = (max(ay[0], by[0]), min(ay[1], by[1]))
+                where = (
+                    f"they overlap over x {ox[0]:.3f}..{ox[1]:.3f} m, y {oy[0]:.3f}..{oy[1]:.3f} m"
+                    if ox[0] < ox[1] and oy[0] < oy[1]
+                    else f"they come {_box_gap_m(sa, sb) * 1e3:.1f} mm close"
+                )
+                raise ValueError(
+                    f"lab.stages.{a} and lab.stages.{b}: their travel (origin_m + travel_m: x "
+                    f"{ax[0]:.3f}..{ax[1]:.3f}, y {ay[0]:.3f}..{ay[1]:.3f} m and x {bx[0]:.3f}..{bx[1]:.3f}, "
+                    f"y {by[0]:.3f}..{by[1]:.3f} m) is not {d_m * 1e3:.1f} mm apart: {where}; set "
+                    "lab.array.allow_overlapping_travel: true if the antennas are meant to share that area"
+                )
 
 
 # --- allocation ---------------------------------------------------------------------------------
@@ -384,7 +466,9 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     for error in exc.errors(include_url=False):
         if error["type"] == "value_error":
             msg = str(error.get("ctx", {}).get("error", error["msg"]))
-            lines.append(f"{source}: {_path(error['loc'])}: {msg}")
+            path = _path(error["loc"])
+            # A cross-field check names its own fields (lab.stages.ma0...): no second path.
+            lines.append(f"{source}: {msg}" if msg.startswith(f"{path}.") else f"{source}: {path}: {msg}")
         else:
             lines.append(f"{source}: {_path(error['loc'])}: {_describe(error)}")
     return "\n".join(lines)

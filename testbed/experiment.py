@@ -410,7 +410,9 @@ def run_experiment(
     started with ``testbed node`` on other hosts (keys from ``testbed keys``).
     """
     from testbed.config import to_yaml
+    from testbed.preflight import check_run_config
 
+    check_run_config(config)  # what `testbed check` checks, before a run directory exists
     if resume_dir is not None:
         recorder = RunRecorder.reopen(resume_dir)
     else:

@@ -9,16 +9,14 @@ twice and runs on Ctrl-C and on errors (``testbed.experiment`` calls it in ``fin
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from allocation.problem import lambda_half_grid
-from drivers.errors import ConfigError, StageLimitError
 from drivers.positioner import wait_all
-from drivers.stage_array import XY, StageArray, point_segment_distance
+from drivers.stage_array import XY, StageArray
 from sim.channel import FieldResponseChannel, draw_lab_channel
 from sim.symbol_air import SymbolAir
 from testbed.config import TestbedConfig
@@ -41,62 +39,13 @@ def draw_channel(config: TestbedConfig) -> FieldResponseChannel:
     return draw_lab_channel(config.lab, np.random.default_rng([config.run.seed, 5]))
 
 
-def _route_legs(start: dict[str, XY], goal: dict[str, XY], clearance_m: float) -> list[tuple[str, XY]] | None:
-    """Moves of one antenna at a time that keep every other antenna ``clearance_m`` away.
-
-    Depth-first over which antenna goes next and how: straight, or along its L-shaped path
-    (x first or y first). The corners lie in the box spanned by start and goal, so inside travel.
-    """
-
-    def leg_clear(name: str, a: XY, b: XY, where: dict[str, XY]) -> bool:
-        return all(
-            point_segment_distance(p, a, b) + 1e-9 >= clearance_m for m, p in where.items() if m != name
-        )
-
-    def search(where: dict[str, XY], todo: frozenset[str]) -> list[tuple[str, XY]] | None:
-        if not todo:
-            return []
-        for name in sorted(todo):
-            a, b = where[name], goal[name]
-            for path in ([b], [(b[0], a[1]), b], [(a[0], b[1]), b]):
-                points = [a, *path]
-                if all(leg_clear(name, points[i], points[i + 1], where) for i in range(len(path))):
-                    rest = search({**where, name: b}, todo - {name})
-                    if rest is not None:
-                        return [(name, xy) for xy in path] + rest
-        return None
-
-    moving = frozenset(n for n in goal if math.dist(start[n], goal[n]) > 1e-6)
-    return search(dict(start), moving)
-
-
 def move_with_detours(stages: StageArray, targets: list[XY], timeout_s: float) -> None:
-    """Move the antennas to ``targets`` (in ``stages.names`` order), all at once when the array's
-    clearance check allows it, else one at a time with L-shaped detours around the others.
-
-    Only spacing conflicts on the way are routed around; a target outside travel or two targets
-    closer than the clearance are refused as the array refuses them, before anything moves.
-    """
+    """Move the antennas to ``targets`` (in ``stages.names`` order) through the array's gate:
+    all at once when the clearance check allows it, else one at a time with L-shaped detours
+    around the others (``StageArray.route``). A target outside travel, two targets closer than
+    the clearance, or a move no detour makes safe is refused before anything moves."""
     goal = dict(zip(stages.names, targets, strict=True))
-    try:
-        stages.plan(goal)
-    except StageLimitError as exc:
-        if "no order of moves avoids it" not in str(exc):
-            raise
-        log.info("no straight move order keeps the clearance (%s); routing one antenna at a time", exc)
-    else:
-        wait_all(stages.move_all(goal), timeout_s)
-        return
-    start = stages.positions()
-    legs = _route_legs(start, goal, stages.min_spacing_m)
-    if legs is None:
-        raise StageLimitError(
-            f"no collision-free route to {goal} from {start} with clearance "
-            f"{stages.min_spacing_m * 1e3:.2f} mm; nothing was sent; move the antennas apart by hand "
-            "(testbed stage move)"
-        )
-    for name, xy in legs:
-        wait_all(stages.move_all({name: xy}), timeout_s)
+    wait_all(stages.move_all(goal, route=True), timeout_s)
 
 
 @dataclass
@@ -177,24 +126,12 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
     campaign's measured map) when given, else on the simulated world; with real radios a map is
     required. The fixed-array comparison needs the simulated world, so real radios go without it.
     """
+    from testbed.preflight import check_radios
     from testbed.stages import open_stages
 
     lab = config.lab
-    radio_backends = {lab.receiver.backend, lab.clients.radio.backend}
-    if len(radio_backends) > 1:
-        raise ConfigError(
-            "lab.receiver.backend and lab.clients.radio.backend: one air cannot mix simulated and real "
-            f"radios (got receiver {lab.receiver.backend!r}, clients {lab.clients.radio.backend!r})"
-        )
-    simulated = radio_backends == {"sim"}
-    if not simulated and config.fl.airlink == "symbol":
-        raise ConfigError("fl.airlink: 'symbol' is the simulated air; with USRP radios use 'radio'")
+    simulated = check_radios(config)  # the same checks `testbed check` runs
     world = draw_channel(config) if simulated else None
-    if world is None and not config.allocation.channel_map:
-        raise ConfigError(
-            "allocation.channel_map: required with real radios (got ''); measure the region first "
-            "with `testbed measure` and give its run directory"
-        )
     if config.allocation.channel_map:
         from testbed.planning import default_channel
 

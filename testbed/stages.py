@@ -110,7 +110,9 @@ def open_stages(config: TestbedConfig | LabSection, home: bool | None = None) ->
             stage, more = open_stage(name, section)
             stages[name] = stage
             cleanups += more
-        array = StageArray(stages, {n: s.origin_m for n, s in lab.stages.items()}, lab.array.min_spacing_m)
+        # policy="route": every move of the lab (run, campaign, `testbed stage move`) may detour.
+        origins = {n: s.origin_m for n, s in lab.stages.items()}
+        array = StageArray(stages, origins, lab.array.min_spacing_m, policy="route")
         array.on_close.extend(cleanups)
         to_home = [n for n, s in lab.stages.items() if (s.home_on_start if home is None else home)]
         if to_home:

@@ -92,3 +92,51 @@ def test_check_probes_a_grbl_board_over_tcp(capsys: pytest.CaptureFixture[str]) 
     assert code == 0 and report["ok"] is True
     (ma0,) = [p for p in report["probes"] if p["device"] == "stage ma0"]
     assert ma0["backend"] == "grbl" and "Grbl 1.1" in ma0["detail"] and server.url in ma0["detail"]
+
+
+class _RunWouldOpenDevices(Exception):
+    """Raised where `testbed run` would open its first device: every device-free check is behind it."""
+
+
+SHIPPED = sorted(str(p) for p in (ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: Path(p).name)
+def test_check_and_run_agree_on_every_shipped_config(
+    config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One validation serves both: where check says OK, run gets as far as opening the stages;
+    where check refuses, run refuses with the same words and leaves no run directory."""
+    import testbed.stages
+
+    def would_open(*args: object, **kwargs: object) -> None:
+        raise _RunWouldOpenDevices
+
+    monkeypatch.setattr(testbed.stages, "open_stages", would_open)
+    out = tmp_path / "runs"
+    check_code = main(["check", config, "--no-probe", "--json"])
+    check_said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    if check_code == 0:
+        assert check_said["valid"] is True
+        with pytest.raises(_RunWouldOpenDevices):
+            main(["run", config, "--quiet", "--set", f"run.output_dir={out}"])
+    else:
+        assert check_code == 2
+        assert main(["run", config, "--json", "--set", f"run.output_dir={out}"]) == 2
+        run_said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert run_said["message"] == check_said["message"]
+        assert not out.exists()  # a refused run leaves no run directory
+
+
+def test_check_refuses_what_run_refuses_for_real_radios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(ROOT / "configs" / "lab.yaml"), "--no-probe"]) == 2
+    assert "allocation.channel_map: required with real radios" in capsys.readouterr().err
+    # A stage that cannot reach the whole region, and a missing data file, are refused up front.
+    bad = [
+        ("lab.stages.ma3.travel_m=0.5", "lab.stages.ma3: its travel x -0.46..0.04 m"),
+        ("fl.data.source=alpaca", "fl.data.path: source 'alpaca' needs a local JSON/JSONL file path"),
+        ("fl.model.source=pretrained", "fl.model.path: source 'pretrained' needs a local path"),
+    ]
+    for override, words in bad:
+        assert main(["check", DRYRUN, "--no-probe", "--set", override]) == 2
+        assert words in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,56 @@ def test_no_random_yaml_text_raises_anything_but_config_error(text: str) -> None
         path.write_text(text, encoding="utf-8")
         with contextlib.suppress(ConfigError):
             load_config(path)
+
+
+@pytest.mark.parametrize("name", ["dryrun.yaml", "lab.yaml", "paper.yaml", "campaign.yaml"])
+def test_shipped_configs_home_the_stages_apart(name: str) -> None:
+    """No two homed corners closer than D (paper.yaml once had four at one spot)."""
+    lab = load_config(CONFIGS / name).lab
+    names = list(lab.stages)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            gap = math.dist(lab.stages[a].origin_m, lab.stages[b].origin_m)
+            assert gap >= lab.array.min_spacing_m, (name, a, b, gap)
+
+
+def test_stage_origins_closer_than_the_spacing_are_an_error(tmp_path: Path) -> None:
+    text = """
+lab:
+  array: {allow_overlapping_travel: true}
+  stages: {ma0: {origin_m: [-0.25, -0.25]}, ma1: {origin_m: [-0.23, -0.25]}}
+"""
+    with pytest.raises(ConfigError, match=r"c.yaml: lab.stages.ma0.origin_m=\[-0.25, -0.25\] and "
+                       r"lab.stages.ma1.origin_m=\[-0.23, -0.25\] are 20.0 mm apart.*homing would collide"):  # fmt: skip
+        load_config(write(tmp_path, text))
+
+
+def test_overlapping_travel_is_an_error_unless_the_config_allows_it(tmp_path: Path) -> None:
+    text = """
+lab:
+  stages:
+    ma0: {origin_m: [-0.25, -0.25], travel_m: 0.3}
+    ma1: {origin_m: [0.0, -0.25], travel_m: 0.3}
+"""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert "lab.stages.ma0 and lab.stages.ma1" in msg
+    assert "overlap over x 0.000..0.050 m, y -0.250..0.050 m" in msg
+    assert "lab.array.allow_overlapping_travel: true" in msg
+    allowed = load_config(path, ["lab.array.allow_overlapping_travel=true"])
+    assert allowed.lab.array.allow_overlapping_travel
+    # Travel squares that do not overlap but come closer than D are refused too.
+    near = ["lab.stages.ma1.origin_m=[0.1, -0.25]", "lab.stages.ma0.travel_m=0.32"]
+    with pytest.raises(ConfigError, match="come 30.0 mm close"):
+        load_config(path, near)
+    apart = load_config(path, ["lab.stages.ma1.origin_m=[0.2, -0.25]", "lab.stages.ma0.travel_m=0.3"])
+    assert not apart.lab.array.allow_overlapping_travel
+
+
+def test_the_built_in_stages_share_the_region_explicitly() -> None:
+    c = load_config(None)
+    assert c.lab.array.allow_overlapping_travel  # the default four sim stages roam the whole region
+    with pytest.raises(ConfigError, match="allow_overlapping_travel"):
+        load_config(None, ["lab.array.allow_overlapping_travel=false"])

@@ -50,6 +50,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "server_public": root / "server" / "radio0.key",
         "client_secret": client_secret,
         "stranger_secret": stranger_secret,
+        "stranger_public": root / "stranger" / "stranger.key",
         "allow": allow,
     }
 
@@ -92,15 +93,26 @@ def test_radio_contract_through_the_server(
 
 def test_wrong_or_missing_keys_are_refused(served: tuple[ServerProcess, dict], keys: dict) -> None:
     proc, client = served
-    strangers = [
-        {"secret_key_file": keys["stranger_secret"], "server_public_key_file": keys["server_public"]},
-    ]
-    if client:  # CURVE on: a key off the allow list, and plain text, both get nowhere
-        strangers.append({})
-    for stranger in strangers:
+    # Each refusal says why (a ZeroMQ socket monitor: connected, but no handshake).
+    stranger = {"secret_key_file": keys["stranger_secret"], "server_public_key_file": keys["server_public"]}
+    wrong_server_key = {
+        "secret_key_file": keys["client_secret"],
+        "server_public_key_file": keys["stranger_public"],
+    }
+    keys_hint = "the socket connected but the CURVE handshake never completed: the keys are the likely cause"
+    if client:  # CURVE on: a key off the allow list, a wrong server key and plain text get nowhere
+        strangers = [
+            (stranger, "the server refused this client's key: put its public key in the server's allow list"),
+            (wrong_server_key, keys_hint),
+            ({}, "the handshake never completed: the server likely requires CURVE"),
+        ]
+    else:  # a CURVE client at a plain-text server
+        strangers = [(stranger, keys_hint)]
+    for keyed, words in strangers:
         start = time.monotonic()
-        with pytest.raises(RadioError, match="could not connect to 'hello' within 0.5 s"):
-            RemoteRadio(proc.endpoint, rpc_timeout_s=0.5, **stranger)
+        with pytest.raises(RadioError, match="could not connect to 'hello' within 0.5 s") as info:
+            RemoteRadio(proc.endpoint, rpc_timeout_s=0.5, **keyed)
+        assert words in str(info.value)
         assert time.monotonic() - start < 0.5 + SLACK_S
     # The refused peers did not disturb the server.
     with RemoteRadio(proc.endpoint, radio="rx", rpc_timeout_s=5.0, **client) as ok:
@@ -213,7 +225,9 @@ def test_killed_server_is_a_radio_error_within_the_timeout_and_a_restart_is_pick
 
 def test_no_server_and_insecure_off_loopback_are_clear_errors() -> None:
     start = time.monotonic()
-    with pytest.raises(RadioError, match="could not connect to 'hello' within 0.3 s; is the server running"):
+    with pytest.raises(
+        RadioError, match="within 0.3 s; no connection: is the server running at that address"
+    ):
         RemoteRadio(f"tcp://127.0.0.1:{free_port()}", rpc_timeout_s=0.3)
     assert time.monotonic() - start < 0.3 + SLACK_S
     with pytest.raises(ConfigError, match="loopback only"):
@@ -313,3 +327,38 @@ def test_open_radio_from_config_sections(small_server: ServerProcess) -> None:
         open_radio(RadioSection(server=small_server.endpoint, client_key="k.key_secret"), "tx1")
     assert "tx0' at tcp://127.0.0.1" in probe_radio("rx", RadioSection(server=small_server.endpoint))
     assert "simulated" in probe_radio("rx", RadioSection())
+
+
+def test_the_servers_tx_gain_cap_holds_whatever_cap_a_client_sends() -> None:
+    """TX power on the radio side: `--max-tx-gain-db` is checked before the radio is touched, and
+    a client that raises its own max_tx_gain_db cannot lift it."""
+    radios = build_sim_radios([("tx0", 1), ("rx", 1)], medium=ideal_medium(2))
+    server = RadioServer(
+        {r.name: (lambda r=r: r) for r in radios}, "tcp://127.0.0.1:*", insecure=True, max_tx_gain_db=40.0
+    )
+    import dataclasses
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_ms": 20}, daemon=True)
+    thread.start()
+    try:
+        with RemoteRadio(server.endpoint, radio="tx0", rpc_timeout_s=5.0) as tx:
+            before = radios[0].settings
+            greedy = dataclasses.replace(tx.settings, tx_gain_db=55.0, max_tx_gain_db=90.0)
+            with pytest.raises(
+                RadioLimitError,
+                match=r"tx_gain_db=55.0 exceeds this radio server's cap --max-tx-gain-db=40.0",
+            ):
+                tx.configure(greedy)
+            assert radios[0].settings == before  # nothing reached the radio
+            tx.configure(dataclasses.replace(greedy, tx_gain_db=35.0))
+            assert radios[0].settings.tx_gain_db == 35.0 and radios[0].settings.max_tx_gain_db == 40.0
+        with pytest.raises(ConfigError, match="--max-tx-gain-db must be within"):
+            RadioServer({"x": lambda: radios[0]}, "tcp://127.0.0.1:*", insecure=True, max_tx_gain_db=-1.0)
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+        server.close()
+    from drivers.usrp_server import build_parser, server_options
+
+    assert server_options(build_parser().parse_args(["--max-tx-gain-db", "62.5"]))["max_tx_gain_db"] == 62.5

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from stage_kit import WAIT_S, make_rig
 
 from drivers.errors import StageError, StageLimitError
-from drivers.positioner import StageState, wait_all
-from drivers.stage_array import StageArray, point_segment_distance, segment_distance
+from drivers.positioner import MoveStatus, StageState, wait_all
+from drivers.stage_array import NoSafeOrder, StageArray, point_segment_distance, segment_distance
 
 D = 0.0625  # lambda / 2 at 2.4 GHz
 ORIGINS = {"a": (0.0, 0.0), "b": (0.1, 0.0), "c": (0.3, 0.0)}  # homed corners, region frame
@@ -150,3 +150,44 @@ def test_stop_all_mid_move(array):
     with pytest.raises(StageError, match=r"still moving \(a\)"):
         array.move_all({"c": (0.3, 0.1)})  # c is idle, but a could be anywhere on its path
     array.stop_all()
+
+
+def test_route_detours_one_antenna_when_no_straight_order_is_safe(array, rigs):
+    """a's straight path from (0, 0.1) to (0.2, 0) passes 45 mm from b: refused as a straight
+    move; routed, a goes x first along y = 0.1, then down, and its status finishes only then."""
+    array.goto({"a": (0.0, 0.1)}, timeout_s=WAIT_S)
+    before = _sent(rigs)
+    with pytest.raises(NoSafeOrder, match="moving a from .* would pass 44.72 mm from b"):
+        array.move_all({"a": (0.2, 0.0)})
+    assert _sent(rigs) == before
+    assert array.route({"a": (0.2, 0.0)}) == [[("a", (0.2, 0.1))], [("a", (0.2, 0.0))]]
+    stage_a, legs = array.stages["a"], []
+    real = stage_a.move_to
+
+    def second_leg_waits(xy, speed=None):
+        legs.append((xy, status_a.done))  # the array's status for a: not done before its last leg
+        return real(xy, speed)
+
+    stage_a.move_to = second_leg_waits
+    status_a = MoveStatus("placeholder")
+    statuses = array.move_all({"a": (0.2, 0.0)}, route=True)
+    status_a = statuses[array.names.index("a")]
+    wait_all(statuses, WAIT_S)
+    assert status_a.success and array.positions()["a"] == pytest.approx((0.2, 0.0))
+    assert [(pytest.approx(xy), done) for xy, done in legs] == [((0.2, 0.1), False), ((0.2, 0.0), False)]
+    # A swap along one line has no detour either: refused, nothing sent.
+    wait_all(array.move_all({"a": (0.15, 0.1), "b": (0.15, 0.3)}, route=True), WAIT_S)
+    before = _sent(rigs)
+    with pytest.raises(NoSafeOrder, match="no one-at-a-time L-shaped detour avoids it either"):
+        array.move_all({"a": (0.15, 0.3), "b": (0.15, 0.1)}, route=True)
+    assert _sent(rigs) == before
+
+
+def test_move_status_repr_says_why_it_failed():
+    running = MoveStatus("ma1_x: set 0 m")
+    assert repr(running) == "<MoveStatus 'ma1_x: set 0 m' running>"
+    running.set_exception(StageLimitError("spacing limit: 0.00 mm apart"))
+    assert (
+        repr(running) == "<MoveStatus 'ma1_x: set 0 m' FAILED: StageLimitError: spacing limit: 0.00 mm apart>"
+    )
+    assert repr(MoveStatus.finished("home")) == "<MoveStatus 'home' done, success>"

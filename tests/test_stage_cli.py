@@ -10,6 +10,7 @@ from testbed.cli import main
 
 CONFIG = """
 lab:
+  array: {allow_overlapping_travel: true}
   stages:
     ma0: {sim_time_scale: 400, origin_m: [-0.25, -0.25]}
     ma1: {sim_time_scale: 400, origin_m: [0.0, -0.25], home_on_start: true}
@@ -70,3 +71,37 @@ def test_stop(config, capsys):
 def test_bad_input_gives_clear_errors(config, capsys, argv, words):
     assert main(["stage", *argv, "--config", config]) == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [
+        (
+            ("0.0", "-0.25"),
+            "spacing limit: targets put ma0 at (0.0, -0.25) and ma1 at (0.0, -0.25), 0.00 mm apart",
+        ),
+        (("-0.03", "-0.24"), "and ma1 at (0.0, -0.25), 31.62 mm apart; the minimum spacing is 62.46 mm"),
+        (("0.1", "-0.25"), "moving ma0 from (-0.25, -0.25) to (0.1, -0.25) would pass 0.00 mm from ma1"),
+    ],
+)
+def test_move_onto_another_antenna_is_refused_before_any_byte(config, capsys, monkeypatch, target, words):
+    """`testbed stage move` passes the array's gate: ma0 onto, next to or through ma1 never
+    reaches a driver (the last one ends 100 mm from ma1 but its path runs through it)."""
+    from drivers.serial_stage import SerialStage
+
+    sent = []
+    real = SerialStage.move_to
+
+    def spy(self, xy, speed=None):
+        sent.append(xy)
+        return real(self, xy, speed)
+
+    monkeypatch.setattr(SerialStage, "move_to", spy)
+    assert main(["stage", "move", *target, "--stage", "ma0", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "nothing was sent" in err
+    assert sent == []
+    assert (
+        main(["stage", "move", "-0.2", "0.1", "--stage", "ma0", "--config", config]) == 0
+    )  # a clear one goes
+    assert sent == [pytest.approx((0.05, 0.35))]

@@ -16,7 +16,7 @@ from testbed.stages import open_stages
 
 
 def test_sim_backend_homes_and_cleans_up():
-    config = validate({"lab": {"stages": {
+    config = validate({"lab": {"array": {"allow_overlapping_travel": True}, "stages": {
         "ma0": {"sim_time_scale": 400, "origin_m": [-0.25, -0.25]},
         "ma1": {"sim_time_scale": 400, "origin_m": [0.0, -0.25], "home_on_start": False},
     }}})  # fmt: skip
@@ -41,7 +41,7 @@ def test_grbl_and_zaber_backends_over_socket_ports():
         EmulatorTcpServer(GrblDevice(time_scale=400.0)) as grbl,
         EmulatorTcpServer(ZaberDevice(time_scale=400.0)) as zaber,
     ):
-        config = validate({"lab": {"stages": {
+        config = validate({"lab": {"array": {"allow_overlapping_travel": True}, "stages": {
             "g": {"backend": "grbl", "port": grbl.url, "origin_m": [-0.25, -0.25]},
             "z": {"backend": "zaber", "port": zaber.url, "origin_m": [0.0, -0.25], "zaber_address": 1},
         }}})  # fmt: skip

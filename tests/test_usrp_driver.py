@@ -1,24 +1,27 @@
 """UsrpRadio's logic without a device: metadata error mapping, scheduling, gain cap, assembly.
 
-Real uhd cannot run a stream without hardware, so the loops of ``UsrpRadio`` run here against a
-small fake of the uhd module: a virtual-clock device whose RX streamer honours timed num_done
+Real uhd cannot run a stream without hardware, so the loops of ``UsrpRadio`` run here against
+``tests/fake_uhd.py``: a fake as strict as Debian's uhd 4.3 (its signatures, read-only metadata,
+no ``StreamCMD.mode``), with a virtual-clock device whose RX streamer honours timed num_done
 commands (and reports late/timeout/overflow as UHD does) and whose TX streamer reports
 burst_ack/time_error/underflow. Every uhd attribute the driver touches is recorded, and must be
-in ``UHD_API_USED`` (which ``test_usrp_uhd.py`` checks against the real python3-uhd).
+in ``UHD_API_USED`` and in the fake's API (``test_usrp_uhd.py`` compares both with python3-uhd).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import types
 from typing import Any
 
 import numpy as np
 import pytest
+from fake_uhd import DeviceState, build_module, describe_fake, raw
 
 from drivers import usrp
-from drivers.errors import RadioError, RadioLimitError, RadioTimingError
+from drivers.errors import ConfigError, RadioError, RadioLimitError, RadioTimingError
 from drivers.radio import TIMING_CODES, RadioSettings
 from drivers.usrp import (
     RX_ERROR_CODES,
@@ -161,392 +164,26 @@ def test_wait_for_pps_edge_and_lock() -> None:
         wait_for_lock(lambda: False, 2.0, "ref", clock.sleep, clock)
 
 
-# --- a fake uhd module with a virtual-clock device -------------------------------------------------
-class Tracked:
-    """Wraps a fake uhd object and records every attribute the driver reads or writes."""
-
-    def __init__(self, obj: Any, label: str, touched: set[str]) -> None:
-        object.__setattr__(self, "_obj", obj)
-        object.__setattr__(self, "_label", label)
-        object.__setattr__(self, "_touched", touched)
-
-    def __getattr__(self, name: str) -> Any:
-        self._touched.add(f"{self._label}.{name}")
-        return getattr(self._obj, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self._touched.add(f"{self._label}.{name}")
-        setattr(self._obj, name, value)
-
-
-def raw(x: Any) -> Any:
-    return object.__getattribute__(x, "_obj") if isinstance(x, Tracked) else x
-
-
-class Enum:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class TimeSpec:
-    def __init__(self, full: float, frac: float = 0.0) -> None:
-        self.secs = float(full) + float(frac)
-
-    def get_real_secs(self) -> float:
-        return self.secs
-
-
-class Meta:
-    def __init__(self, *_: Any) -> None:
-        self.start_of_burst = self.end_of_burst = self.has_time_spec = False
-        self.out_of_sequence = False
-        self.time_spec = TimeSpec(0.0)
-        self.error_code = Enum("none")
-        self.event_code = Enum("user_payload")
-        self.channel = 0
-        self.due = 0.0
-        self.num_samps = 0
-        self.stream_now = True
-        self.mode = _[0] if _ else None
-
-
-class Sensor:
-    def __init__(self, value: bool) -> None:
-        self.type = Enum("b")
-        self.value = "true" if value else "false"
-        self._v = value
-
-    def to_bool(self) -> bool:
-        return self._v
-
-
-class GainRange:
-    """A 0.5 dB-step gain range, as a device's ``MetaRange``."""
-
-    def clip(self, value: float, clip_step: bool = False) -> float:
-        value = min(max(value, 0.0), 89.5)
-        return round(value * 2) / 2 if clip_step else value
-
-
-class FakeDevice:
-    """A virtual-clock USRP: time advances only when the driver waits on it."""
-
-    RATE_OK = (1e6, 2e6)
-
-    def __init__(self, args: str) -> None:
-        if "type=none" in args:
-            raise RuntimeError("LookupError: KeyError: No devices found for ----->\nDevice Address:\n")
-        self.now = 10.0
-        self.last_pps = 10.0
-        self.pending_pps: float | None = None
-        self.calls: list[str] = []
-        self.lock_after_polls = 0
-        self.rates = {"rx": 1e6, "tx": 1e6}
-        self.rx_faults: dict[int, tuple[str, int]] = {}  # packet index -> (code, samples lost)
-        self.tx_inject: list[str] = []  # extra async events before burst_ack
-        self.rx_cmds: list[Meta] = []
-        self.recv_timeouts: list[float] = []
-        self.bursts: list[tuple[float, np.ndarray]] = []
-        self._pending: dict[str, Any] | None = None
-        self._burst: dict[str, Any] | None = None
-        self._events: list[Meta] = []
-        self.touched: set[str] = set()  # set by the fixture: what the driver reads on results
-
-    def track(self, obj: Any, label: str) -> Tracked:
-        return Tracked(obj, label, self.touched)
-
-    def advance(self, dt: float) -> None:
-        new = self.now + dt
-        if math.floor(new) > math.floor(self.now):  # a PPS edge
-            if self.pending_pps is not None:
-                new, self.pending_pps = self.pending_pps + (new - math.floor(new)), None
-            self.last_pps = float(math.floor(new))
-        self.now = new
-
-    def _log(self, name: str) -> None:
-        self.calls.append(name)
-
-    # configuration
-    def get_rx_num_channels(self) -> int:
-        return 2
-
-    def get_tx_num_channels(self) -> int:
-        return 1
-
-    def get_rx_antennas(self, ch: int = 0) -> list[str]:
-        return ["TX/RX", "RX2"]
-
-    def get_tx_antennas(self, ch: int = 0) -> list[str]:
-        return ["TX/RX"]
-
-    def get_clock_sources(self, mb: int = 0) -> list[str]:
-        return ["internal", "external", "gpsdo"]
-
-    get_time_sources = get_clock_sources
-
-    def set_clock_source(self, src: str) -> None:
-        self._log(f"clock={src}")
-
-    def set_time_source(self, src: str) -> None:
-        self._log(f"time={src}")
-
-    def get_num_mboards(self) -> int:
-        return 1
-
-    def get_mboard_sensor_names(self, mb: int = 0) -> list[str]:
-        return ["ref_locked"]
-
-    def get_mboard_sensor(self, name: str, mb: int = 0) -> Tracked:
-        self.lock_after_polls -= 1
-        return self.track(Sensor(self.lock_after_polls < 0), "types.SensorValue")
-
-    def get_rx_sensor_names(self, ch: int = 0) -> list[str]:
-        return ["lo_locked"]
-
-    def get_rx_sensor(self, name: str, ch: int = 0) -> Tracked:
-        return self.track(Sensor(True), "types.SensorValue")
-
-    def _set_rate(self, kind: str, rate: float) -> None:
-        self._log(f"{kind}_rate={rate}")
-        self.rates[kind] = rate if rate in self.RATE_OK else 1.024e6
-
-    def set_tx_rate(self, rate: float, ch: int = 0) -> None:
-        self._set_rate("tx", rate)
-
-    def set_rx_rate(self, rate: float, ch: int = 0) -> None:
-        self._set_rate("rx", rate)
-
-    def get_tx_rate(self, ch: int = 0) -> float:
-        return self.rates["tx"]
-
-    def get_rx_rate(self, ch: int = 0) -> float:
-        return self.rates["rx"]
-
-    def set_tx_gain(self, g: float, ch: int = 0) -> None:
-        self._log(f"tx_gain={g}")
-        self.tx_gain = GainRange().clip(g, True)
-
-    def set_rx_gain(self, g: float, ch: int = 0) -> None:
-        self._log(f"rx_gain={g}")
-        self.rx_gain = g
-
-    def get_tx_gain_range(self, ch: int = 0) -> Tracked:
-        return self.track(GainRange(), "types.MetaRange")
-
-    def get_tx_gain(self, ch: int = 0) -> float:
-        return self.tx_gain
-
-    def get_rx_gain(self, ch: int = 0) -> float:
-        return self.rx_gain
-
-    def set_tx_antenna(self, a: str, ch: int = 0) -> None:
-        self._log(f"tx_ant={a}")
-
-    def set_rx_antenna(self, a: str, ch: int = 0) -> None:
-        self._log(f"rx_ant={a}")
-
-    def _tune(self, req: Any) -> Tracked:
-        result = Meta()
-        f = req.target_freq
-        for k in ("target_rf_freq", "actual_rf_freq", "clipped_rf_freq"):
-            setattr(result, k, f - 1e6)
-        result.target_dsp_freq = result.actual_dsp_freq = 1e6
-        return self.track(result, "types.TuneResult")
-
-    def set_tx_freq(self, req: Any, ch: int = 0) -> Tracked:
-        self._log("tx_freq")
-        return self._tune(req)
-
-    def set_rx_freq(self, req: Any, ch: int = 0) -> Tracked:
-        self._log("rx_freq")
-        return self._tune(req)
-
-    def get_rx_stream(self, args: Any) -> Tracked:
-        return self.track(FakeRx(self, len(raw(args).channels)), "usrp.RXStreamer")
-
-    def get_tx_stream(self, args: Any) -> Tracked:
-        return self.track(FakeTx(self, len(raw(args).channels)), "usrp.TXStreamer")
-
-    # time
-    def get_time_now(self, mb: int = 0) -> Tracked:
-        return self.track(TimeSpec(self.now), "types.TimeSpec")
-
-    def set_time_now(self, ts: Any) -> None:
-        self._log("set_time_now")
-        self.now = raw(ts).secs
-
-    def get_time_last_pps(self, mb: int = 0) -> Tracked:
-        self.advance(0.1)  # time passes while the host polls
-        return self.track(TimeSpec(self.last_pps), "types.TimeSpec")
-
-    def set_time_next_pps(self, ts: Any) -> None:
-        self._log("set_time_next_pps")
-        self.pending_pps = raw(ts).secs
-
-    def set_time_unknown_pps(self, ts: Any) -> None:
-        self.pending_pps = raw(ts).secs
-        self.advance(1.0)
-
-
-class FakeRx:
-    def __init__(self, dev: FakeDevice, channels: int) -> None:
-        self.dev, self.channels, self.packets = dev, channels, 0
-
-    def get_max_num_samps(self) -> int:
-        return 100
-
-    def issue_stream_cmd(self, cmd: Any) -> None:
-        c = raw(cmd)
-        self.dev.rx_cmds.append(c)
-        if c.mode.name == "stop_cont":
-            self.dev._pending = None
-            return
-        t = c.time_spec.get_real_secs()
-        late = not c.stream_now and t < self.dev.now
-        self.dev._pending = {"t": t, "left": c.num_samps, "late": late}
-
-    def recv(self, buf: np.ndarray, md: Any, timeout: float = 0.1) -> int:
-        dev, m, p = self.dev, raw(md), self.dev._pending
-        dev.recv_timeouts.append(timeout)
-        m.error_code, m.has_time_spec, m.out_of_sequence = Enum("none"), False, False
-        if p is not None and p["late"]:
-            dev._pending = None
-            m.error_code, m.has_time_spec, m.time_spec = Enum("late"), True, TimeSpec(p["t"])
-            return 0
-        if p is None or p["t"] > dev.now + timeout:
-            dev.advance(timeout)
-            m.error_code = Enum("timeout")
-            return 0
-        fault = dev.rx_faults.pop(self.packets, None)
-        self.packets += 1
-        rate = dev.rates["rx"]
-        if fault is not None:
-            code, lost = fault
-            m.error_code, m.has_time_spec, m.time_spec = Enum(code), True, TimeSpec(p["t"])
-            p["t"] += lost / rate
-            p["left"] -= lost
-            return 0
-        k = min(self.get_max_num_samps(), p["left"])
-        start = round(p["t"] * rate)
-        ramp = ((start + np.arange(k)) % 10_000).astype(np.float32)
-        for ch in range(self.channels):
-            buf[ch, :k] = ramp + 1j * ch
-        m.has_time_spec, m.time_spec = True, TimeSpec(p["t"])
-        dev.now = max(dev.now, p["t"] + k / rate)
-        p["t"] += k / rate
-        p["left"] -= k
-        if p["left"] <= 0:
-            dev._pending = None
-        return k
-
-
-class FakeTx:
-    def __init__(self, dev: FakeDevice, channels: int) -> None:
-        self.dev, self.channels = dev, channels
-
-    def get_max_num_samps(self) -> int:
-        return 64
-
-    def send(self, buf: np.ndarray, md: Any, timeout: float = 0.1) -> int:
-        dev, m = self.dev, raw(md)
-        assert buf.flags.c_contiguous and buf.dtype == np.complex64
-        if m.start_of_burst:
-            assert m.has_time_spec, "a burst must start with its time"
-            dev._burst = {"t": m.time_spec.get_real_secs(), "parts": [], "timeout": timeout}
-        assert dev._burst is not None, "samples outside a burst"
-        dev._burst["parts"].append(buf.copy())
-        if m.end_of_burst:
-            b, dev._burst = dev._burst, None
-            late = b["t"] < dev.now
-            samples = np.concatenate(b["parts"], axis=1)
-            dev.bursts.append((b["t"], samples))
-            end = b["t"] + samples.shape[1] / dev.rates["tx"]
-            for name in ["time_error"] if late else [*dev.tx_inject, "burst_ack"]:
-                event = Meta()
-                event.event_code, event.has_time_spec, event.time_spec = Enum(name), True, TimeSpec(b["t"])
-                event.due = dev.now if late else end  # the device reports once the burst is over
-                dev._events.append(event)
-        return buf.shape[1]
-
-    def recv_async_msg(self, amd: Any, timeout: float = 0.1) -> bool:
-        dev = self.dev
-        if not dev._events or dev._events[0].due > dev.now + timeout:
-            dev.advance(timeout)
-            return False
-        e, m = dev._events.pop(0), raw(amd)
-        dev.now = max(dev.now, e.due)
-        m.event_code, m.has_time_spec, m.time_spec, m.channel = e.event_code, True, e.time_spec, 0
-        return True
-
-
-class Namespace:
-    """A fake uhd (sub)module that records which names the driver looks up."""
-
-    def __init__(self, label: str, members: dict[str, Any], touched: set[str]) -> None:
-        self._label, self._members, self._touched = label, members, touched
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        self._touched.add(f"{self._label}.{name}")
-        return self._members[name]
-
-
+# --- the strict fake uhd (tests/fake_uhd.py) -------------------------------------------------------
 @pytest.fixture
 def fake_uhd(monkeypatch: pytest.MonkeyPatch) -> Any:
     touched: set[str] = set()
-    devices: list[FakeDevice] = []
-
-    def tracked(cls: Any, label: str) -> Any:
-        def make(*a: Any) -> Tracked:
-            obj = cls(*a)
-            if isinstance(obj, FakeDevice):
-                obj.touched = touched
-                devices.append(obj)
-            return Tracked(obj, label, touched)
-
-        return make
-
-    def args_obj(cpu: str, otw: str) -> Any:
-        o = types.SimpleNamespace(cpu=cpu, otw=otw, channels=[])
-        return o
-
-    enum = lambda label, names: Namespace(label, {n: Enum(n) for n in names}, touched)  # noqa: E731
-    module = types.SimpleNamespace(
-        usrp=Namespace(
-            "usrp",
-            {
-                "MultiUSRP": tracked(FakeDevice, "usrp.MultiUSRP"),
-                "StreamArgs": tracked(args_obj, "usrp.StreamArgs"),
-            },
-            touched,
-        ),
-        types=Namespace(
-            "types",
-            {
-                "TimeSpec": tracked(TimeSpec, "types.TimeSpec"),
-                "TuneRequest": tracked(lambda f: types.SimpleNamespace(target_freq=f), "types.TuneRequest"),
-                "TXMetadata": tracked(Meta, "types.TXMetadata"),
-                "TXAsyncMetadata": tracked(Meta, "types.TXAsyncMetadata"),
-                "RXMetadata": tracked(Meta, "types.RXMetadata"),
-                "StreamCMD": tracked(Meta, "types.StreamCMD"),
-                "StreamMode": enum("types.StreamMode", ["num_done", "stop_cont"]),
-            },
-            touched,
-        ),
-    )
-    monkeypatch.setitem(sys.modules, "uhd", module)
+    devices: list[DeviceState] = []
+    monkeypatch.setitem(sys.modules, "uhd", build_module(touched, devices))
     yield types.SimpleNamespace(touched=touched, devices=devices)
-    # Whatever the driver touched must be listed in UHD_API_USED (checked against real uhd).
+    # Whatever the driver touched must be listed in UHD_API_USED (checked against real uhd) and
+    # be part of the fake's uhd-shaped API (compared with real uhd's signatures).
+    api = describe_fake()
     for name in touched:
         parts = name.split(".")
         owner = ".".join(parts[:2])
         assert owner in UHD_API_USED, f"driver uses uhd.{owner}, missing from UHD_API_USED"
         if len(parts) == 3:
             assert parts[2] in UHD_API_USED[owner], f"driver uses uhd.{name}, missing from UHD_API_USED"
+            assert parts[2] in api[owner], f"driver uses uhd.{name}, which the fake does not model"
 
 
-def open_radio(fake: Any, **kw: Any) -> tuple[UsrpRadio, FakeDevice]:
+def open_radio(fake: Any, **kw: Any) -> tuple[UsrpRadio, DeviceState]:
     radio = UsrpRadio("type=fake", name="u0", **kw)
     return radio, fake.devices[-1]
 
@@ -616,7 +253,7 @@ def test_timed_capture_starts_at_its_time_with_a_first_timeout_covering_the_wait
     at_s = dev.now + 1.5
     out = radio.receive(250, at_s, channels=[1], timeout_s=2.0)
     cmd = dev.rx_cmds[-1]
-    assert cmd.mode.name == "num_done" and cmd.num_samps == 250 and cmd.stream_now is False
+    assert cmd._mode.name == "num_done" and cmd.num_samps == 250 and cmd.stream_now is False
     assert cmd.time_spec.get_real_secs() == pytest.approx(at_s)
     assert dev.recv_timeouts[0] >= 1.5 + 0.00025  # the first recv covers the wait and the window
     assert all(t <= 2.0 + usrp.RX_TRANSPORT_MARGIN_S for t in dev.recv_timeouts)
@@ -641,7 +278,7 @@ def test_capture_errors_carry_code_and_time_or_count_when_tolerated(fake_uhd: An
     with pytest.raises(RadioTimingError) as info:
         radio.receive(300, at_s)
     assert info.value.code == "overflow" and info.value.time_s == pytest.approx(at_s + 100e-6)
-    assert dev.rx_cmds[-1].mode.name == "stop_cont"  # drained after the error
+    assert dev.rx_cmds[-1]._mode.name == "stop_cont"  # drained after the error
     dev.rx_faults = {1: ("overflow", 50)}
     radio._rx_streamer._obj.packets = 0
     at_s = dev.now + 0.1
@@ -739,3 +376,41 @@ def test_time_alignment_at_a_pps_edge(fake_uhd: Any) -> None:
     assert 100.0 <= radio.time_now() < 101.0 and dev.last_pps == 100.0
     radio.set_time_unknown_pps(200.0)
     assert 200.0 <= radio.time_now() < 201.0
+
+
+def test_the_fake_is_as_strict_as_uhd_4_3(fake_uhd: Any) -> None:
+    """What Debian's python3-uhd refuses, the fake refuses (test_usrp_uhd.py compares the rest)."""
+    import uhd
+
+    t = uhd.types
+    assert t.TimeSpec(12, 0.25).get_real_secs() == 12.25 and t.TimeSpec(1.5).get_real_secs() == 1.5
+    with pytest.raises(TypeError, match="incompatible constructor arguments"):
+        t.TimeSpec(12.0, 0.25)  # the two-argument form is (int, float)
+    with pytest.raises(TypeError, match="incompatible constructor arguments"):
+        t.StreamCMD()  # the mode is required ...
+    assert not hasattr(raw(t.StreamCMD(t.StreamMode.num_done)), "mode")  # ... and not readable back
+    for md, fields in ((t.RXMetadata(), ("error_code", "time_spec")), (t.TXAsyncMetadata(), ("event_code",))):
+        for name in fields:
+            with pytest.raises(AttributeError):
+                setattr(raw(md), name, getattr(md, name))
+    assert t.TXAsyncMetadata().event_code.name == "???"  # not a valid member
+    radio, dev = open_radio(fake_uhd)
+    usrp = raw(radio._usrp)
+    with pytest.raises(TypeError, match="get_clock_sources"):
+        usrp.get_clock_sources()
+    usrp.set_rx_rate(2e6)  # no channel: every channel, as in uhd
+    assert dev.rates["rx"] == [2e6, 2e6] and dev.calls[-2:] == ["rx_rate=2000000.0 (all)"] * 2
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        usrp.set_tx_gain("40")
+
+
+@pytest.mark.parametrize("args", ["type=b200,,==", "type=b200,serial=a=b"])
+def test_malformed_device_args_are_a_config_error_in_uhds_words(fake_uhd: Any, args: str) -> None:
+    import uhd
+
+    with pytest.raises(TypeError):  # what pybind11 makes of it in uhd itself
+        uhd.usrp.MultiUSRP(args)
+    with pytest.raises(ConfigError, match=rf"u0: device args {re.escape(repr(args))}: ValueError: invalid args "
+                       rf"string: {re.escape(args)}; UHD device args are key=value pairs"):  # fmt: skip
+        UsrpRadio(args, name="u0")
+    assert not fake_uhd.devices  # nothing was opened

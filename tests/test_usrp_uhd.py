@@ -2,7 +2,10 @@
 
 1. Every uhd class, method, field and enum value ``drivers/usrp.py`` uses (``UHD_API_USED``)
    exists in the installed module, and the constructors take the arguments the driver passes.
-2. The real radio server, asked for a B200 when none is attached, answers every caller with a
+2. The fake uhd the driver tests run on (``tests/fake_uhd.py``) has the real module's names,
+   kinds, pybind11 signatures (each ``__doc__``'s signature lines), field writability and enum
+   values: a fake kinder than uhd fails here.
+3. The real radio server, asked for a B200 when none is attached, answers every caller with a
    clear ``RadioError`` naming the args and UHD's reason, and keeps serving.
 """
 
@@ -82,6 +85,35 @@ def test_every_uhd_name_the_driver_uses_exists() -> None:
     assert report["channels"] == [0, 1] and report["tune"] == 2.4e9
     assert report["sensor_types"] == ["b", "r"]  # what sensor_value() branches on
     assert report["rx_none"] == "none"  # enum_name() reads .name
+
+
+COMPARE = r"""
+import json, sys
+sys.path.insert(0, "tests")
+from fake_uhd import describe_fake, describe_real
+fake = describe_fake()
+print(json.dumps({"fake": fake, "real": describe_real(fake)}))
+"""
+
+
+def test_the_fake_uhd_matches_the_real_module() -> None:
+    from fake_uhd import describe_fake
+
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", COMPARE], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    both = json.loads(done.stdout.strip().splitlines()[-1])
+    fake, real = both["fake"], both["real"]
+    assert fake == json.loads(json.dumps(describe_fake()))  # the same fake on both Pythons
+    diverging = [
+        f"uhd.{owner}.{name}: fake {spec} != real {real[owner].get(name, 'missing')}"
+        for owner, members in fake.items()
+        for name, spec in members.items()
+        if real[owner].get(name) != spec
+    ]
+    assert not diverging, "the fake uhd diverges from python3-uhd:\n" + "\n".join(diverging)
+    assert sum(len(m) for m in fake.values()) > 90  # the comparison covers the whole fake
 
 
 def test_no_device_attached_is_a_clear_radio_error_at_the_client() -> None:

@@ -1,4 +1,4 @@
-"""`testbed check CONFIG`: validate a config, then probe every configured device.
+"""`testbed check CONFIG`: validate a config as `testbed run` does, then probe every device.
 
 Exit codes: 0 all good, 1 a device could not be reached, 2 the config is invalid.
 """
@@ -38,10 +38,12 @@ def _probe(device: str, backend: str, probe: Callable[[], str]) -> Probe:
 
 def run(args: argparse.Namespace) -> int:
     from testbed.config import load_config
+    from testbed.preflight import check_run_config
     from testbed.radios import probe_radio
     from testbed.stages import probe_stage
 
     config = load_config(args.config, args.overrides)  # ConfigError -> exit 2 in cli.main
+    check_run_config(config)  # the very checks `testbed run` makes before it starts
     probes: list[Probe] = []
     if not args.no_probe:
         for name, stage in config.lab.stages.items():
