@@ -18,7 +18,7 @@ Units: positions in microsteps; ``maxspeed`` in microsteps/s x 1.6384; ``accel``
 microsteps/s^2 x 1.6384 / 10000, as Zaber's firmware counts them. The axes move independently,
 each with its own trapezoid on the scaled clock (``sim.motion``).
 
-Faults (``sim.serial_url.Faults``): a lost reply, garbage, a slow reply, a disconnect mid-move,
+Faults (``sim.endpoint.Faults``): a lost reply, garbage, a slow reply, a disconnect mid-move,
 a stall (``FS``, the position is lost) mid-move, and homing that never ends.
 """
 
@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from sim.endpoint import EmulatorEndpoint
 from sim.motion import LinearMove, Trapezoid
-from sim.serial_url import EmulatorEndpoint
 
 DEFAULT_MICROSTEP_M = 0.047625e-6  # X-LSQ series lead-screw stages
 VELOCITY_UNIT = 1.6384  # data units per (microstep/s)
