@@ -1138,7 +1138,7 @@ def _client_sections(config: TestbedConfig) -> list[Any]:
 def sim_medium(config: TestbedConfig) -> Any:
     """The sim lab's air, drawn from the run seed (the same draw as every other sim run)."""
     from sim.medium import Medium
-    from testbed.lab import draw_channel
+    from testbed.world import draw_channel
 
     # The same world `testbed run` sees with this config and seed: a campaign maps that world.
     return Medium.from_config(

@@ -19,26 +19,12 @@ from allocation.problem import lambda_half_grid
 from drivers.errors import ConfigError, StageLimitError
 from drivers.positioner import wait_all
 from drivers.stage_array import XY, StageArray, point_segment_distance
-from sim.channel import FieldResponseChannel, draw_lab_channel
+from sim.channel import FieldResponseChannel
 from sim.symbol_air import SymbolAir
 from testbed.config import TestbedConfig
+from testbed.world import air_noise_power_w, default_channel, draw_channel
 
 log = logging.getLogger(__name__)
-
-
-def air_noise_power_w(config: TestbedConfig) -> float:
-    """The simulated air's noise: the planner's noise level, or none with AWGN switched off."""
-    from testbed.planning import noise_power_w
-
-    return noise_power_w(config) if config.lab.medium.impairments.awgn else 0.0
-
-
-def draw_channel(config: TestbedConfig) -> FieldResponseChannel:
-    """The sim's clients: distances in ``lab.clients.distance_m``, field-response paths.
-
-    Seeded from ``run.seed`` alone, so a resumed run sees the same world.
-    """
-    return draw_lab_channel(config.lab, np.random.default_rng([config.run.seed, 5]))
 
 
 def _route_legs(start: dict[str, XY], goal: dict[str, XY], clearance_m: float) -> list[tuple[str, XY]] | None:
@@ -196,8 +182,6 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
             "with `testbed measure` and give its run directory"
         )
     if config.allocation.channel_map:
-        from testbed.planning import default_channel
-
         channel = default_channel(config)  # the measured map
     else:
         channel = world
