@@ -259,7 +259,7 @@ class Sounder(Protocol):
 class SymbolSounder:
     """A channel sounder without a waveform: the symbol-level air (``sim.symbol_air.SymbolAir``)
     with the least-squares error the radio path's pilot would leave, sigma^2 / (P_k n) per
-    antenna for n pilot samples (``ota_phy.PilotConfig``'s burst, times the captures averaged).
+    antenna for n pilot samples (``air.phy.PilotConfig``'s burst, times the captures averaged).
     Same air time as sequential pilots; fast; writes no IQ."""
 
     def __init__(
@@ -272,7 +272,7 @@ class SymbolSounder:
         carrier_hz: float,
         captures_per_point: int = 1,
     ) -> None:
-        from testbed.ota_phy import PilotConfig
+        from testbed.air.phy import PilotConfig
 
         self._channel = channel
         self._noise_power_w = float(noise_power_w)
@@ -301,8 +301,8 @@ class SymbolSounder:
 
 
 class RadioSounder:
-    """Zadoff-Chu pilots through the radios (``testbed.ota_phy``), estimated per client and
-    receive antenna (``ota_phy.estimate_link``: timing, CFO, channel in physical units).
+    """Zadoff-Chu pilots through the radios (``testbed.air.phy``), estimated per client and
+    receive antenna (``air.phy.estimate_link``: timing, CFO, channel in physical units).
 
     ``sequential``: one slot per client, one after another, in one timed capture.
     ``simultaneous``: every client at once in one slot, each with its own ZC root, separated by
@@ -324,8 +324,8 @@ class RadioSounder:
         carrier_hz: float | None = None,
         closers: Sequence[Callable[[], None]] = (),
     ) -> None:
-        from testbed.ota_phy import PilotConfig
-        from testbed.radio_airlink import RadioAirTransmitter
+        from testbed.air.phy import PilotConfig
+        from testbed.air.radio_airlink import RadioAirTransmitter
 
         if mode not in ("sequential", "simultaneous"):
             raise ConfigError(f"campaign.pilots: must be 'sequential' or 'simultaneous' (got {mode!r})")
@@ -360,7 +360,7 @@ class RadioSounder:
         the radios must share time (PPS), since the pilots are scheduled on the receiver's clock,
         and ``h`` is in physical units only as far as the default ``GainCalibration`` holds.
         """
-        from testbed.ota_phy import GainCalibration
+        from testbed.air.phy import GainCalibration
         from testbed.radios import open_radio
 
         lab = config.lab
@@ -400,7 +400,7 @@ class RadioSounder:
         return self.captures_per_point * p.capture_samples(slots) / self.sample_rate_sps
 
     def _sound_once(self) -> tuple[dict[int, Any], dict[int, np.ndarray], float]:
-        from testbed.ota_phy import estimate_link
+        from testbed.air.phy import estimate_link
 
         rate = self.sample_rate_sps
         p0 = self.pilots[0]
@@ -438,7 +438,7 @@ class RadioSounder:
         a useless estimate of the weak client; so estimate the strongest first, subtract its
         pilot as received (channel, delay, CFO), estimate the next on what is left, and repeat the
         round with every other client's latest pilot removed."""
-        from testbed.ota_phy import estimate_link
+        from testbed.air.phy import estimate_link
 
         rate = self.sample_rate_sps
         clients = range(self.num_clients)
@@ -507,7 +507,7 @@ def _received_pilot(
 ) -> np.ndarray:
     """A client's pilot as the capture holds it, from its link estimate: the burst delayed by
     ``delay_samples`` (fractional part filtered), turned by its CFO from the expected start, times
-    its channel at the pilot's amplitude. The inverse of ``ota_phy.estimate_link``."""
+    its channel at the pilot's amplitude. The inverse of ``air.phy.estimate_link``."""
     from sim.medium import fractional_delay
 
     offset, ref = fractional_delay(pilots.burst()[None, :], float(estimate.delay_samples))

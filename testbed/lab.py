@@ -146,7 +146,7 @@ def _open_air(config: TestbedConfig, world: FieldResponseChannel | None, start_m
         assert world is not None
         return SymbolAir(world, start_m, air_noise_power_w(config), np.random.default_rng([seed, 21]))
     from sim.medium import Medium
-    from testbed.radio_airlink import open_radio_airlink
+    from testbed.air.radio_airlink import open_radio_airlink
 
     medium = None
     if world is not None:  # every radio simulated: IQ through the shared medium

@@ -16,6 +16,7 @@ import pytest
 
 from drivers.errors import ConfigError
 from sim.channel import FieldResponseChannel
+from testbed.air.phy import PilotConfig
 from testbed.campaign import (
     CampaignError,
     RadioSounder,
@@ -34,7 +35,6 @@ from testbed.campaign import (
 from testbed.channel_map import ChannelMapError, ChannelMapRangeError, MeasuredChannelMap
 from testbed.cli import main
 from testbed.config import load_config
-from testbed.ota_phy import PilotConfig
 from testbed.records import RunRecorder, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
