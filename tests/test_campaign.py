@@ -451,10 +451,11 @@ def test_an_error_mid_campaign_stops_the_stages_and_closes_the_radios(
     """The receiver goes away at the fourth point: the campaign stops the stages, closes every
     radio, records why, and the points before it stay resumable."""
     import testbed.campaign as campaign
+    import testbed.campaign.run as campaign_run
     from drivers.errors import RadioError
 
     calls: list[str] = []
-    real_open_formation, real_sound = campaign.open_formation, campaign.RadioSounder.sound
+    real_open_formation, real_sound = campaign_run.open_formation, campaign.RadioSounder.sound
 
     def open_formation(config: Any) -> Any:
         formation = real_open_formation(config)
@@ -480,7 +481,7 @@ def test_an_error_mid_campaign_stops_the_stages_and_closes_the_radios(
         calls.append(f"radios closed: {sorted(closed)}")
 
     real_close = campaign.RadioSounder.close
-    monkeypatch.setattr(campaign, "open_formation", open_formation)
+    monkeypatch.setattr(campaign_run, "open_formation", open_formation)
     monkeypatch.setattr(campaign.RadioSounder, "sound", sound)
     monkeypatch.setattr(campaign.RadioSounder, "close", close)
     with pytest.raises(RadioError, match="closed"):
