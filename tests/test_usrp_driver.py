@@ -293,6 +293,10 @@ class FakeDevice:
     def get_num_mboards(self) -> int:
         return 1
 
+    def get_usrp_rx_info(self, chan: int = 0) -> dict[str, str]:
+        # UHD 4.3 answers a dict of strings (these keys from a B210)
+        return {"mboard_id": "B210", "mboard_name": "", "mboard_serial": "31A7F0B", "rx_id": "B210 (0x0020)"}
+
     def get_mboard_sensor_names(self, mb: int = 0) -> list[str]:
         return ["ref_locked"]
 
@@ -564,6 +568,7 @@ def test_configure_applies_everything_and_keeps_the_tune_result(fake_uhd: Any) -
     assert radio.num_rx_channels == 2
     sensors = radio.sensors()
     assert sensors["mb0.ref_locked"] is True and sensors["tx0.actual_dsp_freq"] == 1e6
+    assert (sensors["hw.model"], sensors["hw.serial"]) == ("B210", "31A7F0B")  # SigMF core:hw
 
 
 def test_tx_gain_over_the_cap_never_reaches_the_device(fake_uhd: Any) -> None:

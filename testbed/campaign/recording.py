@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,17 @@ def write_sigmf(
     carrier_hz: float,
     extra: dict[str, Any],
     segments: Sequence[tuple[int, float]] = ((0, 0.0),),
+    hw: str = "",
+    capture_times_s: Sequence[float] = (),
 ) -> Path:
     """One recording: the N antennas' IQ interleaved (cf32_le), their positions in
     ``spatial:element_geometry`` (metres, z = 0), our own keys under ``ma_ota:``. ``segments``
-    are (first sample, radio time s) of each capture in it (several with captures_per_point)."""
+    are (first sample, radio time s) of each capture in it (several with captures_per_point).
+    ``hw`` becomes ``core:hw`` (the receiver: "simulated", or model and serial) when given;
+    ``capture_times_s`` (UTC, Unix s) each capture's ``core:datetime`` (default: now)."""
     import sigmf
     from sigmf import SigMFFile
+    from sigmf.utils import SIGMF_DATETIME_ISO8601_FMT
 
     iq = np.asarray(iq, dtype=np.complex64)
     num_elements = iq.shape[0]
@@ -57,13 +64,21 @@ def write_sigmf(
             f"{SIGMF_NAMESPACE}:point": int(step),
             f"{SIGMF_NAMESPACE}:client": int(client),
             **{f"{SIGMF_NAMESPACE}:{k}": v for k, v in extra.items()},
+            **({sigmf.HW_KEY: hw} if hw else {}),
         },
     )
     geometry = [{"point": [float(x), float(y), 0.0]} for x, y in np.asarray(positions_m, dtype=float)]
-    for start, radio_time_s in segments:
+    if len(capture_times_s) not in (0, len(segments)):
+        raise ValueError(
+            f"capture_times_s: one time per segment ({len(segments)}), got {len(capture_times_s)}"
+        )
+    now_s = time.time()
+    for i, (start, radio_time_s) in enumerate(segments):
+        when = datetime.fromtimestamp(capture_times_s[i] if capture_times_s else now_s, tz=UTC)
         meta.add_capture(
             int(start),
             metadata={
+                sigmf.DATETIME_KEY: when.strftime(SIGMF_DATETIME_ISO8601_FMT),
                 sigmf.FREQUENCY_KEY: float(carrier_hz),
                 "spatial:element_geometry": geometry,
                 f"{SIGMF_NAMESPACE}:radio_time_s": float(radio_time_s),

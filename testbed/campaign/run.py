@@ -153,6 +153,8 @@ class Campaign:
                         **sounding.meta.get(client, {}),
                     },
                     sounding.segments,
+                    hw=sounding.hw,
+                    capture_times_s=sounding.capture_times_s,
                 )
                 files.append(meta_path.stem)
         return {
@@ -266,6 +268,17 @@ def run_campaign(
             config.lab.array.min_spacing_m,
         )
 
+    meta = {
+        "kind": "campaign",
+        "num_clients": config.lab.clients.count,
+        "num_antennas": plan.num_antennas,
+        "region_m": config.lab.array.region_m,
+        "steps": plan.num_steps,
+        "grid_x_m": plan.x_m,
+        "grid_y_m": plan.y_m,
+        "strip_starts": plan.strip_starts,
+        "seed": config.run.seed,
+    }
     if resume_dir is not None:
         try:
             recorder = RunRecorder.reopen(resume_dir)
@@ -279,20 +292,11 @@ def run_campaign(
                 f"--resume {resume_dir}: not a campaign run (its start record is "
                 f"{start.get('kind', 'missing')!r}); `testbed run --resume` continues experiments"
             )
-        recorder.event("resume", steps_done=len(completed_steps(events)))
+        # A new start before any new event: the earlier segment ended with a stop (or a crash).
+        recorder.start(**meta, resumed=True, steps_done=len(completed_steps(events)))
     else:
         recorder = RunRecorder.create(config.run.output_dir, config.run.name, _resolved_yaml(config))
-        recorder.start(
-            kind="campaign",
-            num_clients=config.lab.clients.count,
-            num_antennas=plan.num_antennas,
-            region_m=config.lab.array.region_m,
-            steps=plan.num_steps,
-            grid_x_m=plan.x_m,
-            grid_y_m=plan.y_m,
-            strip_starts=plan.strip_starts,
-            seed=config.run.seed,
-        )
+        recorder.start(**meta)
     recorder.attach_log()
     status, reason = "error", ""
     formation: Formation | None = None

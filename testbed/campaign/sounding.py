@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,8 @@ class Sounding:
     iq: dict[int, np.ndarray] = field(default_factory=dict)
     meta: dict[int, dict[str, Any]] = field(default_factory=dict)
     segments: list[tuple[int, float]] = field(default_factory=lambda: [(0, 0.0)])  # per capture in iq
+    hw: str = ""  # SigMF core:hw of the receiver: "simulated", or its model and serial
+    capture_times_s: list[float] = field(default_factory=list)  # UTC (Unix s) per capture in iq
 
 
 class Sounder(Protocol):
@@ -141,6 +144,7 @@ class RadioSounder:
         }
         self._radios = [receiver, *clients]
         self._closers = list(closers)
+        self._hw: str | None = None  # the receiver's core:hw, asked once at the first sounding
 
     @classmethod
     def open(cls, config: TestbedConfig, formation: Formation) -> RadioSounder:
@@ -190,13 +194,14 @@ class RadioSounder:
         slots = self.num_clients if self.mode == "sequential" else 1
         return self.captures_per_point * p.capture_samples(slots) / self.sample_rate_sps
 
-    def _sound_once(self) -> tuple[dict[int, Any], dict[int, np.ndarray], float]:
+    def _sound_once(self) -> tuple[dict[int, Any], dict[int, np.ndarray], float, float]:
         from testbed.air.phy import estimate_link
 
         rate = self.sample_rate_sps
         p0 = self.pilots[0]
         slots = self.num_clients if self.mode == "sequential" else 1
-        at_s = self.receiver.time_now() + self.lead_s
+        radio_now_s, wall_now_s = self.receiver.time_now(), time.time()
+        at_s = radio_now_s + self.lead_s
         slot_s = p0.slot_samples / rate
         starts = {
             k: at_s + (k * slot_s if self.mode == "sequential" else 0.0) for k in range(self.num_clients)
@@ -219,7 +224,9 @@ class RadioSounder:
                     y, p0.search + first, self.pilots[k], rate, amplitude, k, starts[k]
                 )
             iq[k] = raw[:, first : first + p0.slot_samples + 2 * p0.search]
-        return estimates, iq, float(got.start_time_s)
+        # The capture's UTC: the radio's clock mapped onto the host's at the moment it was read.
+        wall_s = wall_now_s + (float(got.start_time_s) - radio_now_s)
+        return estimates, iq, float(got.start_time_s), wall_s
 
     def _cancel_interference(
         self, y: np.ndarray, expected: int, amplitude: float, starts: dict[int, float], passes: int = 3
@@ -252,11 +259,14 @@ class RadioSounder:
 
     def sound(self, positions_m: np.ndarray, rng: np.random.Generator) -> Sounding:
         """``positions_m`` is informational here: the medium asks the stages itself."""
-        hs, snrs, iqs, segments, t_first = [], [], [], [], None
+        if self._hw is None:
+            self._hw = radio_hw(self.receiver)
+        hs, snrs, iqs, segments, t_first, walls = [], [], [], [], None, []
         for _ in range(self.captures_per_point):
-            estimates, iq, t = self._sound_once()
+            estimates, iq, t, wall_s = self._sound_once()
             t_first = t if t_first is None else t_first
             segments.append((sum(c[0].shape[1] for c in iqs), t))
+            walls.append(wall_s)
             h = np.stack([estimates[k].channel for k in range(self.num_clients)])
             noise = np.array([estimates[k].noise_power_w for k in range(self.num_clients)])
             snr = self.power_w * np.abs(h) ** 2 / np.maximum(noise, 1e-300)[:, None]
@@ -281,6 +291,8 @@ class RadioSounder:
             iq={k: np.concatenate([c[k] for c in iqs], axis=1) for k in range(self.num_clients)},
             meta=meta,
             segments=segments,
+            hw=self._hw,
+            capture_times_s=walls,
         )
 
     def close(self) -> None:
@@ -291,6 +303,18 @@ class RadioSounder:
                 log.warning("closing radio %s: %s", getattr(radio, "name", "?"), exc)
         for closer in self._closers:
             closer()
+
+
+def radio_hw(radio: Any) -> str:
+    """SigMF ``core:hw`` of a radio, from its sensors: "simulated" for a sim radio (here or behind
+    a radio server), else the model and serial its driver reports (``hw.model``, ``hw.serial``)."""
+    sensors = radio.sensors()
+    if sensors.get("backend") == "sim":
+        return "simulated"
+    model, serial = sensors.get("hw.model"), sensors.get("hw.serial")
+    if model or serial:
+        return f"USRP {model or '(model unknown)'} serial {serial or 'unknown'}"
+    return f"USRP (model and serial unknown; args {sensors.get('args', '')!r})"
 
 
 def _received_pilot(
