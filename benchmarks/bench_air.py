@@ -10,7 +10,7 @@
     receiver, every impairment of the default config on (CFO, drift, LO phase, timing offset,
     clipping, AWGN), in 100 ms bursts: seconds of air per second of wall time (target >= 5x on
     2 cores), beside the CPU-time figure and the bare numpy floor (noise + 4x4 mixing alone).
-(c) Aggregation NMSE over the radio path (``testbed.radio_airlink``: pilots, estimation, RRC
+(c) Aggregation NMSE over the radio path (``testbed.air.radio_airlink``: pilots, estimation, RRC
     symbols, timed bursts through the medium) against MODEL.md section 3's analytic MSE over an
     SNR sweep, a few channel draws per point; the plot goes to benchmarks/out/bench_air_nmse.png.
 
@@ -35,14 +35,14 @@ from sim.channel import FieldResponseChannel, wavelength_m  # noqa: E402
 from sim.medium import FieldResponseLinks, Impairments, Medium  # noqa: E402
 from sim.radio import SimRadio  # noqa: E402
 from sim.symbol_air import SymbolAir  # noqa: E402
-from testbed.config import ImpairmentsSection  # noqa: E402
-from testbed.ota_phy import GainCalibration, PilotConfig, PulseShape  # noqa: E402
-from testbed.radio_airlink import (  # noqa: E402
+from testbed.air.phy import GainCalibration, PilotConfig, PulseShape  # noqa: E402
+from testbed.air.radio_airlink import (  # noqa: E402
     RadioAirLink,
     RadioAirReceiver,
     RadioAirTransmitter,
     measure_aggregation,
 )
+from testbed.config import ImpairmentsSection  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 WL = wavelength_m(2.4e9)

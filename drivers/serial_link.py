@@ -38,6 +38,7 @@ def open_port(
             raise StageLinkError(f"stage port must be a pyserial URL or an open port (got {url!r})")
         return url
     if url.lower().startswith(EMULATOR_SCHEMES):
+        # up a floor: the emulators' URL schemes are registered with pyserial on first use
         importlib.import_module("sim.serial_url").install()
     try:
         return serial.serial_for_url(

@@ -68,6 +68,7 @@ UHD_API_USED: dict[str, tuple[str, ...]] = {
         "set_clock_source",
         "set_time_source",
         "get_num_mboards",
+        "get_usrp_rx_info",
         "get_mboard_sensor_names",
         "get_mboard_sensor",
         "get_rx_sensor_names",
@@ -814,6 +815,10 @@ class UsrpRadio:
         self.poll_tx_events()
         u = self._usrp
         out: dict[str, bool | float | str] = {"time_now_s": self.time_now(), "args": self.args}
+        # model and serial, e.g. for SigMF's core:hw (UHD: a dict of strings per channel)
+        info = dict(u.get_usrp_rx_info(self._rx_channels[0]))
+        out["hw.model"] = str(info.get("mboard_id", ""))
+        out["hw.serial"] = str(info.get("mboard_serial", ""))
         for mb in range(int(u.get_num_mboards())):
             for sensor in list(u.get_mboard_sensor_names(mb)):
                 out[f"mb{mb}.{sensor}"] = sensor_value(u.get_mboard_sensor(sensor, mb))

@@ -384,7 +384,8 @@ def usrp_openers(args: argparse.Namespace) -> dict[str, Opener]:
 
 def sim_openers(args: argparse.Namespace) -> dict[str, Opener]:
     """``--radios tx0,tx1,rx:4``: sim radios (name[:rx channels]) sharing one medium."""
-    from sim.radio import build_sim_radios  # lazy: the usrp path must not need sim/
+    # up a floor: the server also hosts sim radios (tests without hardware); lazy: usrp needs no sim/
+    from sim.radio import build_sim_radios
 
     specs = parse_radio_specs(args.radios, "--radios")
     radios = build_sim_radios(specs, medium_address=args.medium or None, seed=args.seed)

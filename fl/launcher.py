@@ -132,6 +132,8 @@ def _child(spec: dict[str, Any]) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     from fl.node import Node
+
+    # up a floor: a node process starts from a config file path, and only testbed can load one
     from testbed.config import load_config
 
     config = load_config(spec["config"])
@@ -148,6 +150,8 @@ def main() -> None:
 
     import fl.node  # noqa: F401
     import fl.training  # noqa: F401
+
+    # up a floor: preloaded because _child loads the node's config with it (see there)
     import testbed.config  # noqa: F401
 
     def say(obj: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ The socket lives on its own thread (``SocketLoop``), which heartbeats the coordi
 training runs in the main thread. In the OTA slot the node hands its precoded, normalised
 symbols to a transmitter: by default ``CoordinatorRelay`` (a dry run: the symbols travel in an
 OTA message and the coordinator feeds its symbol-level air), or any local
-``fl.airlink.AirTransmitter`` (the node's own radio, e.g. ``testbed.radio_airlink``), in which
+``fl.airlink.AirTransmitter`` (the node's own radio, e.g. ``testbed.air.radio_airlink``), in which
 case the OTA message only says "sent".
 
 Before round 1 the node reports its radio time at a PPS edge, from a ``RadioTimeSource``.

@@ -94,12 +94,13 @@ def round_robin_planner(config: Any) -> Planner:
 def build_symbol_air(config: Any, rng: np.random.Generator):  # noqa: ANN201 - SymbolAir
     """The sim's symbol-level air for ``lab`` (the world ``testbed run`` sees with this seed),
     antennas on a line through the region's centre."""
+    # up a floor: with no air given, a federation run alone (no testbed) needs the sim's default air
     from sim.channel import draw_lab_channel
     from sim.medium import dbm_to_w
     from sim.symbol_air import SymbolAir
 
     lab = config.lab
-    # The channel is fixed by the seed, not checkpointed: the same draw as testbed.lab.draw_channel.
+    # The channel is fixed by the seed, not checkpointed: the same draw as testbed.world.draw_channel.
     channel = draw_lab_channel(lab, np.random.default_rng([config.run.seed, 5]))
     n = lab.num_antennas
     step = lab.array.region_m / n

@@ -36,8 +36,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from sim.endpoint import EmulatorEndpoint, Faults, LinkDown
 from sim.motion import LinearMove
-from sim.serial_url import EmulatorEndpoint, Faults, LinkDown
 
 BANNER = "Grbl 1.1h ['$' for help]"
 VERSION_LINE = "[VER:1.1h.20190830:]"
@@ -59,7 +59,7 @@ DEFAULT_SETTINGS: dict[int, float] = {
 INT_SETTINGS = {0, 1, 2, 3, 4, 5, 6, 10, 13, 20, 21, 22, 23, 26, 30, 31, 32}
 
 
-GrblFaults = Faults  # the faults every emulator takes (see sim.serial_url.Faults)
+GrblFaults = Faults  # the faults every emulator takes (see sim.endpoint.Faults)
 
 
 @dataclass

@@ -205,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.ideal:
             medium = _ideal_medium(args.ideal, args.seed or 0)
         else:
+            # up a floor: this command line (not the library) reads the lab's testbed config file
             from testbed.config import load_config
 
             config = load_config(args.config, args.overrides)

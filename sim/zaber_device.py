@@ -31,7 +31,7 @@ Units: positions in microsteps; ``maxspeed`` in microsteps/s x 1.6384; ``accel``
 microsteps/s^2 x 1.6384 / 10000, as Zaber's firmware counts them. Each axis runs its own trapezoid
 on the chain's scaled clock (``sim.motion``).
 
-Faults: the endpoint's ``Faults`` (``sim.serial_url``: a lost reply, garbage, a slow reply, a
+Faults: the endpoint's ``Faults`` (``sim.endpoint``: a lost reply, garbage, a slow reply, a
 disconnect mid-move, a stall ``FS`` mid-move, homing that never ends), ``corrupt_replies`` (a
 bit flipped in the next replies) and ``inject_fault`` for any
 ``F*`` flag (``FZ`` peripheral inactive, ``FQ`` encoder error, ``FE`` limit error, ``FD`` driver
@@ -43,8 +43,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from sim.endpoint import EmulatorEndpoint
 from sim.motion import LinearMove, Trapezoid
-from sim.serial_url import EmulatorEndpoint
 
 DEFAULT_MICROSTEP_M = 0.047625e-6  # X-LSQ series lead-screw stages
 VELOCITY_UNIT = 1.6384  # data units per (microstep/s)

@@ -80,7 +80,7 @@ class MeasuredChannelMap:
         """From a campaign's ``channels.parquet`` / ``channels.csv``: cells averaged over the
         antennas that measured them, after putting every receive chain on antenna 0's reference
         (``testbed.campaign.estimate_chain_gains``) unless ``calibrate_chains`` is False."""
-        from testbed.campaign import estimate_chain_gains, grid_channels, read_table
+        from testbed.campaign.table import estimate_chain_gains, grid_channels, read_table
 
         columns = read_table(path)
         needed = {"client", "ix", "iy", "x_m", "y_m", "h_re", "h_im"}
@@ -105,7 +105,7 @@ class MeasuredChannelMap:
     def from_run(
         cls, run_dir: str | Path, degree: int = 3, calibrate_chains: bool = True
     ) -> MeasuredChannelMap:
-        from testbed.campaign import find_table
+        from testbed.campaign.table import find_table
 
         return cls.from_table(find_table(run_dir), degree, calibrate_chains)
 

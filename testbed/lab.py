@@ -17,26 +17,12 @@ import numpy as np
 from allocation.problem import lambda_half_grid
 from drivers.positioner import wait_all
 from drivers.stage_array import XY, StageArray
-from sim.channel import FieldResponseChannel, draw_lab_channel
+from sim.channel import FieldResponseChannel
 from sim.symbol_air import SymbolAir
 from testbed.config import TestbedConfig
+from testbed.world import air_noise_power_w, default_channel, draw_channel
 
 log = logging.getLogger(__name__)
-
-
-def air_noise_power_w(config: TestbedConfig) -> float:
-    """The simulated air's noise: the planner's noise level, or none with AWGN switched off."""
-    from testbed.planning import noise_power_w
-
-    return noise_power_w(config) if config.lab.medium.impairments.awgn else 0.0
-
-
-def draw_channel(config: TestbedConfig) -> FieldResponseChannel:
-    """The sim's clients: distances in ``lab.clients.distance_m``, field-response paths.
-
-    Seeded from ``run.seed`` alone, so a resumed run sees the same world.
-    """
-    return draw_lab_channel(config.lab, np.random.default_rng([config.run.seed, 5]))
 
 
 def move_with_detours(stages: StageArray, targets: list[XY], timeout_s: float) -> None:
@@ -109,7 +95,7 @@ def _open_air(config: TestbedConfig, world: FieldResponseChannel | None, start_m
         assert world is not None
         return SymbolAir(world, start_m, air_noise_power_w(config), np.random.default_rng([seed, 21]))
     from sim.medium import Medium
-    from testbed.radio_airlink import open_radio_airlink
+    from testbed.air.radio_airlink import open_radio_airlink
 
     medium = None
     if world is not None:  # every radio simulated: IQ through the shared medium
@@ -133,8 +119,6 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
     simulated = check_radios(config)  # the same checks `testbed check` runs
     world = draw_channel(config) if simulated else None
     if config.allocation.channel_map:
-        from testbed.planning import default_channel
-
         channel = default_channel(config)  # the measured map
     else:
         channel = world

@@ -20,6 +20,7 @@ import numpy as np
 
 from drivers.errors import ConfigError
 from testbed.config import StageSection, TestbedConfig, validate
+from testbed.world import default_channel, noise_power_w
 
 # Sweepable parameters: short name -> (description, how to set it on the config dict).
 SWEEP_KEYS: dict[str, str] = {
@@ -33,26 +34,6 @@ SWEEP_KEYS: dict[str, str] = {
     "L": "lab.medium.paths",
 }
 SWEEP_BASELINES = ("fpa", "random_placement", "non_ma", "max_clock")
-
-
-def noise_power_w(config: TestbedConfig) -> float:
-    """The planner's noise level: medium.noise_power_dbm in watts (even with AWGN off in the sim)."""
-    from sim.medium import dbm_to_w
-
-    return dbm_to_w(config.lab.medium.noise_power_dbm)
-
-
-def default_channel(config: TestbedConfig) -> Any:
-    """What positions are planned on: the measured map of ``allocation.channel_map`` (a
-    campaign's run directory or table) when given, else the sim's field-response world of this
-    config (the same draw ``testbed run`` uses)."""
-    if config.allocation.channel_map:
-        from testbed.channel_map import load_channel_map
-
-        return load_channel_map(config.allocation.channel_map)
-    from testbed.lab import draw_channel
-
-    return draw_channel(config)
 
 
 def build_problem(config: TestbedConfig, channel: Any | None = None, initial_positions_m: Any = None) -> Any:

@@ -549,6 +549,11 @@ class MultiUSRP:
     def get_num_mboards(self) -> int:
         return 1
 
+    @pybind(f"get_usrp_rx_info(self: {MB}, chan: int = 0) -> Dict[str, str]")
+    def get_usrp_rx_info(self, chan: int = 0) -> dict[str, str]:
+        # UHD 4.3 answers a dict of strings (these keys from a B210)
+        return {"mboard_id": "B210", "mboard_name": "", "mboard_serial": "31A7F0B", "rx_id": "B210 (0x0020)"}
+
     @pybind(f"get_mboard_sensor_names(self: {MB}, mboard: int = 0) -> List[str]")
     def get_mboard_sensor_names(self, mboard: int = 0) -> list[str]:
         return ["ref_locked"]

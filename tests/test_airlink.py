@@ -1,4 +1,4 @@
-"""The OTA link over radios (testbed.ota_phy + testbed.radio_airlink) against MODEL.md section 3
+"""The OTA link over radios (testbed.air.phy + testbed.air.radio_airlink) against MODEL.md section 3
 and against the symbol-level AirLink (sim.symbol_air)."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from sim.channel import FieldResponseChannel, wavelength_m
 from sim.medium import FieldResponseLinks, Impairments, Medium
 from sim.radio import SimRadio
 from sim.symbol_air import SymbolAir
-from testbed.config import ImpairmentsSection
-from testbed.ota_phy import (
+from testbed.air.phy import (
     GainCalibration,
     LinkEstimate,
     PilotConfig,
@@ -27,13 +26,14 @@ from testbed.ota_phy import (
     data_burst,
     zadoff_chu,
 )
-from testbed.radio_airlink import (
+from testbed.air.radio_airlink import (
     RadioAirLink,
     RadioAirReceiver,
     RadioAirTransmitter,
     measure_aggregation,
     strongest_direction,
 )
+from testbed.config import ImpairmentsSection
 
 WL = wavelength_m(2.4e9)
 RATE = 1e6
@@ -321,8 +321,8 @@ def test_fl_over_the_air_strategy_runs_over_the_radio_link() -> None:
 def test_radio_airlink_from_the_default_config_aggregates() -> None:
     """The wiring a lab uses: the config's radios on its medium, fl's OTA strategy on top."""
     from fl.aggregation import OverTheAir
+    from testbed.air.radio_airlink import open_radio_airlink
     from testbed.config import load_config
-    from testbed.radio_airlink import open_radio_airlink
 
     config = load_config(None, ["lab.clients.count=3"])
     medium = Medium.from_config(config.lab, np.random.default_rng(config.run.seed))

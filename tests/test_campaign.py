@@ -16,6 +16,7 @@ import pytest
 
 from drivers.errors import ConfigError
 from sim.channel import FieldResponseChannel
+from testbed.air.phy import PilotConfig
 from testbed.campaign import (
     CampaignError,
     RadioSounder,
@@ -34,7 +35,6 @@ from testbed.campaign import (
 from testbed.channel_map import ChannelMapError, ChannelMapRangeError, MeasuredChannelMap
 from testbed.cli import main
 from testbed.config import load_config
-from testbed.ota_phy import PilotConfig
 from testbed.records import RunRecorder, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -451,10 +451,11 @@ def test_an_error_mid_campaign_stops_the_stages_and_closes_the_radios(
     """The receiver goes away at the fourth point: the campaign stops the stages, closes every
     radio, records why, and the points before it stay resumable."""
     import testbed.campaign as campaign
+    import testbed.campaign.run as campaign_run
     from drivers.errors import RadioError
 
     calls: list[str] = []
-    real_open_formation, real_sound = campaign.open_formation, campaign.RadioSounder.sound
+    real_open_formation, real_sound = campaign_run.open_formation, campaign.RadioSounder.sound
 
     def open_formation(config: Any) -> Any:
         formation = real_open_formation(config)
@@ -480,7 +481,7 @@ def test_an_error_mid_campaign_stops_the_stages_and_closes_the_radios(
         calls.append(f"radios closed: {sorted(closed)}")
 
     real_close = campaign.RadioSounder.close
-    monkeypatch.setattr(campaign, "open_formation", open_formation)
+    monkeypatch.setattr(campaign_run, "open_formation", open_formation)
     monkeypatch.setattr(campaign.RadioSounder, "sound", sound)
     monkeypatch.setattr(campaign.RadioSounder, "close", close)
     with pytest.raises(RadioError, match="closed"):
@@ -509,3 +510,69 @@ def test_plan_command_optimizes_on_a_measured_map(
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {row["method"]: row for row in out["comparison"]}
     assert rows["ours"]["feasible"] and rows["ours"]["mean_mse_db"] < rows["fpa"]["mean_mse_db"]
+
+
+def _assert_well_formed(docs: list[dict[str, Any]]) -> None:
+    """Every event sits between a start and its stop: nothing after a stop without a new start."""
+    open_ = False
+    for d in docs:
+        if d["doc"] == "start":  # after a stop, or after a crash that left none
+            open_ = True
+        else:
+            assert open_, f"{d['doc']} {d.get('kind', '')!r} (seq {d['seq']}) outside a start..stop"
+            open_ = d["doc"] != "stop"
+
+
+def test_a_resumed_campaign_starts_a_new_segment_of_its_record(tmp_path: Path) -> None:
+    """Cut short, then resumed twice: each resume opens with a ``start`` record marked
+    ``resumed: true`` (steps already done, same plan) before any new event."""
+    config = load_config(CAMPAIGN, [f"run.output_dir={tmp_path}", "campaign.sounder=symbol"])
+    first = run_campaign(config, stop_after=2)
+    run_campaign(resume_dir=first.run_dir, stop_after=2)
+    run_campaign(resume_dir=first.run_dir, stop_after=1)
+    docs = read_events(first.run_dir / "events.jsonl")
+    _assert_well_formed(docs)
+    starts = [d for d in docs if d["doc"] == "start"]
+    assert [d.get("resumed", False) for d in starts] == [False, True, True]
+    assert [d.get("steps_done", 0) for d in starts] == [0, 2, 4]
+    assert all(d["kind"] == "campaign" and d["steps"] == starts[0]["steps"] for d in starts)
+    assert [d["status"] for d in docs if d["doc"] == "stop"] == ["partial"] * 3
+
+
+def test_sigmf_captures_carry_their_hardware_and_time(radio_campaign: Any) -> None:
+    """``core:hw`` names the receiver ("simulated" for sim radios), and every capture segment has
+    its own ``core:datetime`` (UTC, ISO 8601), inside the campaign's wall time and in order."""
+    from sigmf.utils import parse_iso8601_datetime
+
+    _, result = radio_campaign
+    docs = read_events(result.run_dir / "events.jsonl")
+    t_start, t_stop = docs[0]["time"], docs[-1]["time"]
+    metas = sorted((result.run_dir / "captures").glob("*.sigmf-meta"))
+    assert len(metas) == 27 * 4
+    last = 0.0
+    for path in metas:
+        meta = json.loads(path.read_text())
+        assert meta["global"]["core:hw"] == "simulated"
+        assert meta["captures"], path.name
+        for capture in meta["captures"]:
+            when = parse_iso8601_datetime(capture["core:datetime"]).timestamp()
+            assert t_start - 1.0 <= when <= t_stop + 1.0, (path.name, capture["core:datetime"])
+        if path.name.endswith("_c00.sigmf-meta"):  # steps in order: their captures too
+            assert when >= last
+            last = when
+
+
+def test_radio_hw_names_model_and_serial() -> None:
+    """A real radio's ``core:hw`` comes from the sensors its driver reports."""
+    from testbed.campaign.sounding import radio_hw
+
+    class Fake:
+        def __init__(self, sensors: dict[str, Any]) -> None:
+            self._sensors = sensors
+
+        def sensors(self) -> dict[str, Any]:
+            return self._sensors
+
+    assert radio_hw(Fake({"backend": "sim"})) == "simulated"
+    assert radio_hw(Fake({"hw.model": "B210", "hw.serial": "31A7F0B"})) == "USRP B210 serial 31A7F0B"
+    assert radio_hw(Fake({"args": "type=b200"})) == "USRP (model and serial unknown; args 'type=b200')"

@@ -201,6 +201,7 @@ def test_configure_applies_everything_and_keeps_the_tune_result(fake_uhd: Any) -
     assert radio.num_rx_channels == 2
     sensors = radio.sensors()
     assert sensors["mb0.ref_locked"] is True and sensors["tx0.actual_dsp_freq"] == 1e6
+    assert (sensors["hw.model"], sensors["hw.serial"]) == ("B210", "31A7F0B")  # SigMF core:hw
 
 
 def test_tx_gain_over_the_cap_never_reaches_the_device(fake_uhd: Any) -> None:

@@ -182,7 +182,8 @@ def test_port_key_names_the_cable(tmp_path):
 def test_two_config_stages_on_one_socket_port():
     """testbed: two stages at addresses 1 and 2 on one cable (one TCP client: the chain)."""
     with EmulatorTcpServer(ZaberDevice(time_scale=400.0, addresses=(1, 2))) as server:
-        config = validate({"lab": {"stages": {
+        # the two stages' travel overlaps on purpose: the test is about sharing one cable
+        config = validate({"lab": {"array": {"allow_overlapping_travel": True}, "stages": {
             "z1": {"backend": "zaber", "port": server.url, "origin_m": [-0.25, -0.25], "zaber_address": 1},
             "z2": {"backend": "zaber", "port": server.url, "origin_m": [0.05, -0.25], "zaber_address": 2},
         }}})  # fmt: skip

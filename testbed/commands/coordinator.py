@@ -2,7 +2,7 @@
 
 The nodes are started separately (`testbed node`), on this host or others. The air is the
 sim's symbol-level AirLink (``fl.airlink: symbol``), or with ``fl.airlink: radio`` the radio
-AirLink of ``testbed.radio_airlink`` with every radio owned by this host (the nodes relay their
+AirLink of ``testbed.air.radio_airlink`` with every radio owned by this host (the nodes relay their
 bursts here, as in a dry run). The plan is round robin; ``testbed run`` uses the allocation plan.
 """
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng([config.run.seed, 3])
     air = None
     if config.fl.aggregation == "ota" and config.fl.airlink == "radio":
-        from testbed.radio_airlink import open_radio_airlink
+        from testbed.air.radio_airlink import open_radio_airlink
 
         air = open_radio_airlink(config)  # this host owns the receiver and every client radio
     elif config.fl.aggregation == "ota":

@@ -1,4 +1,4 @@
-"""The AirLink seam (``fl.airlink``) over radios, using the PHY of ``testbed.ota_phy``.
+"""The AirLink seam (``fl.airlink``) over radios, using the PHY of ``testbed.air.phy``.
 
 - ``RadioAirTransmitter`` (the client side; one radio per client, on that client's host or all
   in one process): ``send_pilot``, ``apply_feedback`` (the digital feedback of the link
@@ -24,7 +24,7 @@ import numpy as np
 from drivers.errors import RadioError
 from drivers.radio import Radio
 from fl.airlink import AirLink
-from testbed.ota_phy import (
+from testbed.air.phy import (
     GainCalibration,
     LinkEstimate,
     PilotConfig,
@@ -180,7 +180,7 @@ class RadioAirReceiver:
 
         ``pilot_power_w`` is each client's pilot power (its P_k), so h comes out physical.
         ``hold_phase``: continue each client's previous estimate at these antenna positions
-        (``ota_phy.track_link``): its CFO refined over both rounds, its new h_k turned onto the
+        (``air.phy.track_link``): its CFO refined over both rounds, its new h_k turned onto the
         previous one (``LinkEstimate.phase_rad``). Between two pilot rounds a free-running link
         turns by 2 pi CFO dt (and drift), so without the hold a b_k precoded on the earlier
         round would land at a random phase; with it, every round's H shares one phase frame per
