@@ -92,11 +92,13 @@ def test_grbl_power_up_and_unlock(grbl):
 @pytest.mark.parametrize(
     ("line", "reply"),
     [
-        (b"X\n", "error:2"), (b"1G0\n", "error:1"), (b"$Q\n", "error:3"), (b"G1 F-5 X1\n", "error:4"),
-        (b"$22=0\n$20=1\n", "ok"), (b"G" + b"0" * 90 + b"\n", "error:11"), (b"G2 X1\n", "error:20"),
-        (b"G0 G1 X1\n", "error:21"), (b"G1 X1\n", "error:22"), (b"G0 X1 X2\n", "error:25"),
-        (b"G4\n", "error:28"), (b"G4 P1 X1\n", "error:31"), (b"$J=X1\n", "error:22"), (b"$J=G0 X1 F10\n", "error:16"),
-        (b"$J=G91 X-5 F100\n", "error:15"), (b"$999=1\n", "error:3"), (b"G0 P2 X1\n", "error:36"),
+        (b"X\n", "error:2"), (b"1G0\n", "error:1"), (b"$Q\n", "error:2"), (b"G1 F-5 X1\n", "error:4"),
+        (b"$22=0\n$20=1\n", "ok"), (b"G" + b"0" * 90 + b"\n", "error:11"), (b"G2 X1\n", "error:22"),
+        (b"G0 G1 X1\n", "error:24"), (b"G90 G91\n", "error:21"), (b"G1 X1\n", "error:22"),
+        (b"G0 X1 X2\n", "error:25"), (b"G4\n", "error:28"), (b"G80 X1\n", "error:31"), (b"$J=X1\n", "error:22"),
+        (b"$J=G0 X1 F10\n", "error:16"), (b"$J=G91 X5 F100\n", "error:15"), (b"$999=1\n", "error:3"),
+        (b"G0 P2 X1\n", "error:36"), (b"$1X\n", "error:3"), (b"G2 X-1 F100\n", "error:35"),
+        (b"G10 L2 P1\n", "error:26"), (b"G92\n", "error:26"), (b"G53 G2 X-1 I1 F10\n", "error:30"),
     ],
 )  # fmt: skip
 def test_grbl_error_paths(grbl, line, reply):
