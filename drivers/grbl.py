@@ -23,11 +23,12 @@ Wire discipline:
   an automatic reset, so it is bounded by ``homing_timeout_s`` alone. In ``ALARM:1/2`` GRBL ignores
   ``?`` too: ``position()`` raises the alarm instead of waiting.
 
-Positions in the API are metres in the stage frame: from 0 at the homed corner into the travel
-(``StageLimits.travel_m``). On the wire they are mm (G21) in GRBL's machine frame, mapped per axis
-by ``machine_frame()`` from ``$23``, ``$13x`` and the ``$I`` build options (stock GRBL homes to the
-positive end, at ``-$27``, with travel ``[-$130, 0]``). Moves are sent with ``G53`` (machine
-coordinates), so work offsets (G54..G59, G92) are left alone and never shift a target.
+Positions in the API are metres in the stage frame: from 0 where homing leaves the carriage into
+the travel (``StageLimits.travel_m``, at most ``$13x - $27``). On the wire they are mm (G21) in
+GRBL's machine frame, mapped per axis by ``machine_frame()`` from ``$23``, ``$27``, ``$13x`` and the
+``$I`` build options (stock GRBL homes to the positive end and sets ``-$27`` there; its travel is
+``[-$130, 0]``). Moves are sent with ``G53`` (machine coordinates), so work offsets (G54..G59,
+G92) are left alone and never shift a target.
 """
 
 from __future__ import annotations
@@ -241,34 +242,45 @@ class Reply:
 
 @dataclass(frozen=True)
 class AxisFrame:
-    """Machine mm of one axis from stage mm: ``machine = edge + sign * stage``.
+    """Machine mm of one axis from stage mm: ``machine = home + sign * stage``.
 
-    The stage frame runs from 0 at the homed end into the travel (``StageLimits.travel_m``); GRBL's
-    machine frame after homing depends on ``$23`` (homing direction), ``$27`` (pull-off), ``$13x``
-    and the HOMING_FORCE_SET_ORIGIN build option (``Z`` in ``$I``'s ``[OPT:...]``), limits.c.
+    The stage frame runs from 0 where homing leaves the carriage (``$27`` off the switch) into the
+    travel, up to ``room_mm``. GRBL's machine frame after homing depends on ``$23`` (homing
+    direction), ``$27`` (pull-off), ``$13x`` and the HOMING_FORCE_SET_ORIGIN build option (``Z`` in
+    ``$I``'s ``[OPT:...]``), limits.c.
     """
 
-    edge_mm: float
+    home_mm: float
     sign: float
+    room_mm: float  # how far the stage may go from home: inside the soft limits and the switches
 
     def machine(self, stage_mm: float) -> float:
-        return self.edge_mm + self.sign * stage_mm
+        return self.home_mm + self.sign * stage_mm
 
     def stage(self, machine_mm: float) -> float:
-        return (machine_mm - self.edge_mm) * self.sign
+        return (machine_mm - self.home_mm) * self.sign
 
 
 def machine_frame(settings: dict[int, float], force_origin: bool, axis: int) -> AxisFrame:
-    """The stage-to-machine map of one axis (0 = X) from ``$23``, ``$13x`` and the build option.
+    """The stage-to-machine map of one axis (0 = X) from ``$23``, ``$27``, ``$13x`` and the build.
 
-    Soft limits (limits.c/system.c): ``[-$13x, 0]``, or ``[0, $13x]`` on a force-origin build for an
-    axis homing to its negative end. The homed end is the positive one unless ``$23`` sets the
-    axis' bit, so stage 0 sits at that end of the soft-limit box and the stage runs away from it.
+    limits.c sets the machine position after homing to 0 (force-origin build), ``-$27`` (homed to
+    the positive end, the default) or ``-$13x + $27`` (``$23`` bit set: the negative end). Soft
+    limits are ``[-$13x, 0]``, or ``[0, $13x]`` on a force-origin build homing to the negative end.
+    The stage runs away from the homed end, and never nearer the far switch than the pull-off:
+    ``room = $13x - $27`` (on a force-origin build the soft-limit box sits a pull-off beyond it).
+    Without homing (``$22=0``) the power-up position is stage 0 and the axes keep their direction.
     """
     travel = float(settings.get(130 + axis, 0.0))
+    pull = float(settings.get(27, 0.0))
     negative_home = bool(int(settings.get(23, 0)) >> axis & 1)
-    lo, hi = (0.0, travel) if (force_origin and negative_home) else (-travel, 0.0)
-    return AxisFrame(lo, 1.0) if negative_home else AxisFrame(hi, -1.0)
+    if not settings.get(22, 1):  # no homing: GRBL counts from power-up, where the stage's 0 is
+        return AxisFrame(0.0, 1.0, travel)
+    if force_origin:
+        home = 0.0
+    else:
+        home = -travel + pull if negative_home else -pull
+    return AxisFrame(home, 1.0 if negative_home else -1.0, max(0.0, travel - pull))
 
 
 class GrblStage(SerialStage):
@@ -311,7 +323,7 @@ class GrblStage(SerialStage):
         self.alarm_code: int | None = None
         self._critical = False  # ALARM:1/2: GRBL serves nothing, not even '?', until a reset
         self._wco: tuple[float, ...] = (0.0, 0.0, 0.0)
-        self._frame = (AxisFrame(0.0, 1.0), AxisFrame(0.0, 1.0))
+        self._frame = (AxisFrame(0.0, 1.0, 0.0), AxisFrame(0.0, 1.0, 0.0))  # set from $$ and $I at start-up
         self._here_mm: tuple[float, float] | None = None  # machine mm where the last motion ended
         self._acks: deque[Reply] = deque()  # ok/error/ALARM/reset/lost, in order
         self._info: list[str] = []
@@ -451,10 +463,12 @@ class GrblStage(SerialStage):
             raise StageError(f"{where}: $13=1 reports inches; set $13=0 (mm) for this driver")
         for axis, key in (("X", 130), ("Y", 131)):
             need_mm = self._limits.travel_m[0 if axis == "X" else 1] * 1e3
-            if need_mm > s[key] + 1e-6:  # $13x bounds the soft limits and the homing search
+            room_mm = self._frame[0 if axis == "X" else 1].room_mm
+            if need_mm > room_mm + 1e-6:  # $13x bounds the soft limits and the homing search
                 raise StageError(
                     f"{where}: config travel_m={need_mm / 1e3:g} m exceeds the firmware's {axis} travel "
-                    f"${key}={s[key]:g} mm; lower travel_m or raise ${key}"
+                    f"from home, ${key}={s[key]:g} mm less the pull-off $27={s.get(27, 0.0):g} mm "
+                    f"(= {room_mm:g} mm); lower travel_m or raise ${key}"
                 )
         for axis, key in (("X", 110), ("Y", 111)):
             rate_mm_min = self._limits.max_speed_m_s * 60_000.0

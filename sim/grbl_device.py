@@ -145,7 +145,6 @@ class GrblDevice(EmulatorEndpoint):
         super().__init__(name, time_scale)
         self.settings: dict[int, float] = dict(DEFAULT_SETTINGS)
         self.settings.update({
-            130: float(travel_mm[0]), 131: float(travel_mm[1]),
             110: float(max_rate_mm_min), 111: float(max_rate_mm_min),
             120: float(accel_mm_s2), 121: float(accel_mm_s2),
             22: int(homing), 20: int(soft_limits), 21: int(hard_limits),
@@ -155,7 +154,11 @@ class GrblDevice(EmulatorEndpoint):
         self.force_origin = force_origin
         self._first_boot = first_boot
         # The physical travel between the switches: $13x is only what GRBL is told.
-        self._travel = (float(travel_mm[0]), float(travel_mm[1]), float(self.settings[132]))
+        # travel_mm is the usable travel from the homed position: the switches sit a pull-off ($27)
+        # beyond it, and $13x (GRBL's soft-limit span) is switch to switch.
+        pull = self.settings[27]
+        self.settings.update({130: float(travel_mm[0]) + pull, 131: float(travel_mm[1]) + pull})
+        self._travel = (self.settings[130], self.settings[131], float(self.settings[132]))
         # Switch faults a test can set (axis letters): a stuck switch reads pressed (homing ends in
         # ALARM:8, power-up says [MSG:Check Limits]); a dead one never triggers (ALARM:9).
         self.stuck_switches: set[str] = set()

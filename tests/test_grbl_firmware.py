@@ -143,7 +143,7 @@ def test_critical_alarms_ignore_status_queries(raw, line):
     ("kw", "opt", "home", "inside", "outside"),
     [
         ({}, "[OPT:V,15,128]", (-1.0, -1.0, -1.0), b"G0 X-499\n", b"G0 X1\n"),  # stock: travel [-$130, 0]
-        ({"homing_dir_mask": 3}, "[OPT:V,15,128]", (-499.0, -499.0, -1.0), b"G0 X-1\n", b"G0 X1\n"),
+        ({"homing_dir_mask": 3}, "[OPT:V,15,128]", (-500.0, -500.0, -1.0), b"G0 X-1\n", b"G0 X1\n"),
         ({"force_origin": True}, "[OPT:VZ,15,128]", (0.0, 0.0, 0.0), b"G0 X-499\n", b"G0 X1\n"),
         ({"force_origin": True, "homing_dir_mask": 3}, "[OPT:VZ,15,128]", (0.0, 0.0, 0.0), b"G0 X499\n", b"G0 X-1\n"),
     ],
@@ -260,7 +260,7 @@ def test_first_boot_reports_eeprom_restore_before_the_banner():
         got = []
         while (line := port.readline().decode().strip()) != GRBL_BANNER:
             got.append(line)
-        assert got[0] == "error:7" and "$0=10" in got and "$130=500.000" in got and got[-1] == ""
+        assert got[0] == "error:7" and "$0=10" in got and "$130=501.000" in got and got[-1] == ""
         device.power_cycle()  # the EEPROM is written now: a plain banner
         assert [port.readline().decode().strip() for _ in range(2)] == ["", GRBL_BANNER]
     finally:
@@ -287,7 +287,7 @@ AFTER_RESET = [(b"?", b""), (b"?", b"<Alarm|MPos:-40.000,-20.000,-1.000|FS:0,0>\
 )
 def test_driver_reset_during_move_is_a_failure(reply, then):
     port, stage = _homed_transcript(
-        [(b"G21 G53 G1 X-100.000 Y-50.000 F3000.0\n", b"ok\r\n"), (b"G4 P0.01\n", reply), *then]
+        [(b"G21 G53 G1 X-101.000 Y-51.000 F3000.0\n", b"ok\r\n"), (b"G4 P0.01\n", reply), *then]
     )
     try:
         stage.home().wait(2.0)
@@ -314,7 +314,7 @@ def test_driver_stop_mid_move_is_aborted_and_truthful():
             status.wait(WAIT_S)
         assert stage.state == StageState.IDLE and stage.homed  # braked, so the position is kept
         here = stage.position()
-        assert 0.001 < here[0] < 0.4 and rig.device.state_name == "Idle"
+        assert 0.0 < here[0] < 0.4 and rig.device.state_name == "Idle"
         assert stage.to_machine_mm(here) == pytest.approx(rig.device.position_mm[:2], abs=1e-3)
     finally:
         stage.close()
@@ -347,7 +347,7 @@ def test_driver_homing_waits_silently_past_command_timeout():
         stage.home().wait(5.0)
         assert stage.homed and stage.state == StageState.IDLE
         port.expect(b"?", HOMED_IDLE)
-        assert stage.position() == pytest.approx((0.001, 0.001))  # pull-off $27 = 1 mm from the switches
+        assert stage.position() == pytest.approx((0.0, 0.0))  # stage 0 is where homing stops
         port.check()  # no '?' was sent while homing
     finally:
         stage.close()
@@ -393,8 +393,8 @@ def test_driver_long_homing_on_the_emulator():
 @pytest.mark.parametrize(
     ("kw", "machine"),
     [
-        ({}, (-10.0, -20.0)),
-        ({"homing_dir_mask": 3}, (-490.0, -480.0)),
+        ({}, (-11.0, -21.0)),  # stock: home at -$27, the stage runs toward -$130
+        ({"homing_dir_mask": 3}, (-490.0, -480.0)),  # home at -$130 + $27 = -500
         ({"force_origin": True}, (-10.0, -20.0)),
         ({"force_origin": True, "homing_dir_mask": 3}, (10.0, 20.0)),
     ],
@@ -416,9 +416,11 @@ def test_driver_maps_the_stage_frame_to_the_machine_frame(kw, machine):
 
 def test_machine_frame_table():
     s = {23: 0, 27: 1.0, 130: 400.0, 131: 300.0}
-    assert machine_frame(s, False, 0).machine(10.0) == -10.0  # stock: home at the + end
-    assert machine_frame({**s, 23: 2}, False, 1).machine(10.0) == -290.0
-    assert machine_frame({**s, 23: 1}, True, 0).machine(10.0) == 10.0
+    assert machine_frame(s, False, 0).machine(10.0) == -11.0  # stock: home at the + end, at -$27
+    assert machine_frame({**s, 23: 2}, False, 1).machine(10.0) == -289.0  # -$131 + $27 + 10
+    assert machine_frame({**s, 23: 1}, True, 0).machine(10.0) == 10.0  # force origin: home is 0
+    assert machine_frame(s, True, 0).machine(10.0) == -10.0
+    assert machine_frame(s, False, 0).room_mm == 399.0 and machine_frame(s, False, 0).stage(-11.0) == 10.0
 
 
 # --- point 4: work offsets -----------------------------------------------------------------------
@@ -430,7 +432,7 @@ def test_driver_ignores_work_offsets():
         stage.command("G10 L2 P1 X5 Y7")
         stage.command("G92 X1 Y1")
         stage.move_to((0.05, 0.05)).wait(WAIT_S)
-        assert rig.device.position_mm[:2] == pytest.approx((-50.0, -50.0), abs=1e-6)
+        assert rig.device.position_mm[:2] == pytest.approx((-51.0, -51.0), abs=1e-6)
         assert stage.position() == pytest.approx((0.05, 0.05), abs=1e-6)
     finally:
         stage.close()

@@ -38,9 +38,7 @@ def test_satisfies_protocol_and_starts_unhomed(stage):
 def test_home_move_position(rig, stage):
     stage.home().wait(WAIT_S)
     assert stage.state == StageState.IDLE and stage.homed
-    # GRBL stops $27 (pull-off) off the switches, inside the travel; Zaber's home is 0.
-    home_m = rig.device.settings[27] / 1e3 if rig.kind == "grbl" else 0.0
-    assert _near(stage.position(), (home_m, home_m))
+    assert _near(stage.position(), (0.0, 0.0))
     status = stage.move_to((0.2, 0.05))
     status.wait(WAIT_S)
     assert status.success and stage.state == StageState.IDLE
@@ -133,7 +131,7 @@ def test_reopen_reaches_same_device(rig):
     try:
         if rig.kind == "grbl":  # opening resets the Arduino: GRBL restarts its count, unhomed
             assert not s2.homed and s2.state == StageState.ALARM
-            assert _near(s2.position(), (0.0, 0.0))
+            assert _near(s2.to_machine_mm(s2.position()), (0.0, 0.0))  # machine 0: the count restarted
             t0 = time.monotonic()
             s2.home().wait(WAIT_S)  # homing travels back from where the carriage really is
             assert time.monotonic() - t0 >= LIMITS.move_time_s(0.086) / rig.device.clock.scale * 0.9

@@ -116,7 +116,7 @@ def test_grbl_settings_dump_and_write(grbl):
     lines = []
     while (line := port.readline().decode().strip()) != "ok":
         lines.append(line)
-    assert "$110=3000.000" in lines and "$22=1" in lines and "$130=500.000" in lines
+    assert "$110=3000.000" in lines and "$22=1" in lines and "$130=501.000" in lines
     assert _ask(port, b"$110=1500\n") == ["ok"]
     assert _ask(port, b"$22=0\n") == ["ok"]
     assert _ask(port, b"$H\n") == ["error:5"]  # homing disabled now
@@ -130,7 +130,9 @@ def test_grbl_motion_hold_resume_and_status_fields(grbl):
     assert _ask(port, b"$H\n") == ["ok"]  # answered once homing is done
     assert _ask(port, b"$10=3\n") == ["ok"]  # MPos + buffer state
     assert _ask(port, b"M3 S1000 M8\n") == ["ok"]
-    assert _ask(port, b"N7 G1 X-400 Y-300 F600\n") == ["ok"]  # stock frame: travel [-500, 0]  # 600 mm/min: 50 s model, 0.25 s real
+    assert _ask(port, b"N7 G1 X-400 Y-300 F600\n") == [
+        "ok"
+    ]  # stock frame: travel [-500, 0]  # 600 mm/min: 50 s model, 0.25 s real
     time.sleep(0.03)
     s = _status(port)
     assert s.state == "Run" and s.line_number == 7 and s.buffer == (14, 128) and 0 < s.feed_mm_min <= 600

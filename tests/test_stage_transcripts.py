@@ -29,11 +29,11 @@ BANNER = b"\r\nGrbl 1.1h ['$' for help]\r\n"
 UNLOCK_MSG = b"[MSG:'$H'|'$X' to unlock]\r\n"
 SETTINGS = (
     b"$0=10\r\n$1=25\r\n$10=1\r\n$13=0\r\n$20=1\r\n$21=1\r\n$22=1\r\n$23=0\r\n$24=25.000\r\n$25=500.000\r\n"
-    b"$27=1.000\r\n$110=3000.000\r\n$111=3000.000\r\n$120=500.000\r\n$121=500.000\r\n$130=500.000\r\n"
-    b"$131=500.000\r\nok\r\n"
+    b"$27=1.000\r\n$110=3000.000\r\n$111=3000.000\r\n$120=500.000\r\n$121=500.000\r\n$130=501.000\r\n"
+    b"$131=501.000\r\nok\r\n"
 )
 BUILD_INFO = b"[VER:1.1h.20190830:]\r\n[OPT:V,15,128]\r\nok\r\n"
-# Stock GRBL after $H: pull-off 1 mm from the switches at the positive ends (machine 0).
+# Stock GRBL after $H: pull-off 1 mm from the switches at the positive ends (machine 0); stage 0 is here.
 HOMED_IDLE = b"<Idle|MPos:-1.000,-1.000,-1.000|FS:0,0>\r\n"
 
 
@@ -213,27 +213,27 @@ def test_grbl_command_bytes():
         port.expect(b"$H\n", b"ok\r\n")
         port.expect(b"?", HOMED_IDLE)
         stage.home().wait(2.0)
-        # Stage (0.1, 0.05) m from the homed corner = machine (-100, -50) mm in stock GRBL, with G53.
-        port.expect(b"G21 G53 G1 X-100.000 Y-50.000 F3000.0\n", b"ok\r\n")
+        # Stage (0.1, 0.05) m from home = machine (-101, -51) mm in stock GRBL, sent with G53.
+        port.expect(b"G21 G53 G1 X-101.000 Y-51.000 F3000.0\n", b"ok\r\n")
         port.expect(b"G4 P0.01\n", b"ok\r\n")
-        port.expect(b"?", b"<Idle|MPos:-100.000,-50.000,-1.000|FS:0,0>\r\n")
+        port.expect(b"?", b"<Idle|MPos:-101.000,-51.000,-1.000|FS:0,0>\r\n")
         assert stage.move_to((0.1, 0.05)).wait(2.0) is None
-        port.expect(b"?", b"<Idle|WPos:-110.000,-60.000,0.000|Bf:15,128|FS:0,0|WCO:10.000,10.000,0.000>\r\n")
+        port.expect(b"?", b"<Idle|WPos:-111.000,-61.000,0.000|Bf:15,128|FS:0,0|WCO:10.000,10.000,0.000>\r\n")
         assert stage.position() == pytest.approx((0.1, 0.05))
-        port.expect(b"G21 G53 G1 X-0.001 Y-499.999 F600.0\n", b"ok\r\n")
+        port.expect(b"G21 G53 G1 X-1.001 Y-500.999 F600.0\n", b"ok\r\n")
         port.expect(b"G4 P0.01\n", b"ok\r\n")
-        port.expect(b"?", b"<Idle|MPos:-0.001,-499.999,-1.000|FS:0,0>\r\n")
+        port.expect(b"?", b"<Idle|MPos:-1.001,-500.999,-1.000|FS:0,0>\r\n")
         stage.move_to((1e-6, 0.499999), speed_m_s=0.01).wait(2.0)
         # stop: feed hold, wait for Hold:0, soft reset, read the state
         port.expect(b"!", b"")
-        port.expect(b"?", b"<Hold:0|MPos:-0.001,-499.999,0.000|FS:0,0>\r\n")
+        port.expect(b"?", b"<Hold:0|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n")
         port.expect(b"\x18", BANNER)
-        port.expect(b"?", b"<Idle|MPos:-0.001,-499.999,0.000|FS:0,0>\r\n")
+        port.expect(b"?", b"<Idle|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n")
         stage.stop()
         port.expect(b"$X\n", b"[MSG:Caution: Unlocked]\r\nok\r\n")
-        port.expect(b"?", b"<Idle|MPos:-0.001,-499.999,0.000|FS:0,0>\r\n")
+        port.expect(b"?", b"<Idle|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n")
         stage.unlock()
-        port.expect(b"?", b"<Idle|MPos:-100.000,-100.000,0.000|FS:0,0>\r\n")
+        port.expect(b"?", b"<Idle|MPos:-101.000,-101.000,0.000|FS:0,0>\r\n")
         port.expect(b"$J=G91 G21 X-10.000 Y0.000 F600.0\n", b"ok\r\n")
         stage.jog((0.01, -0.0), 0.01)
         for byte in (b"\x85", b"!", b"~"):
@@ -302,12 +302,14 @@ def test_grbl_settings_checked_against_config():
     )
     with pytest.raises(StageError, match=r"max_speed_m_s=0.05 exceeds the firmware's X max rate \$110=1000"):
         GrblStage(port, LIMITS, name="t", command_timeout_s=0.5)
-    short = SETTINGS.replace(b"$131=500.000", b"$131=300.000")
+    short = SETTINGS.replace(b"$131=501.000", b"$131=300.000")
     port = ScriptedPort(
         [(b"$$\n", short), (b"$I\n", BUILD_INFO), (b"?", b"<Idle|MPos:0.000,0.000,0.000|FS:0,0>\r\n")],
         greeting=BANNER,
     )
-    with pytest.raises(StageError, match=r"travel_m=0.5 m exceeds the firmware's Y travel \$131=300"):
+    with pytest.raises(
+        StageError, match=r"travel_m=0.5 m exceeds the firmware's Y travel from home, \$131=300"
+    ):
         GrblStage(port, LIMITS, name="t", command_timeout_s=0.5)
 
 
@@ -394,7 +396,7 @@ def test_grbl_silent_controller_times_out_naming_port_and_command():
     port, stage = _open_grbl([(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE)])
     try:
         stage.home().wait(2.0)
-        port.expect(b"G21 G53 G1 X-10.000 Y0.000 F3000.0\n", b"ok\r\n")
+        port.expect(b"G21 G53 G1 X-11.000 Y-1.000 F3000.0\n", b"ok\r\n")
         port.expect(b"G4 P0.01\n", b"")  # the controller falls silent: no ok, no status reports
         for _ in range(20):
             port.expect(b"?", b"")
@@ -405,7 +407,7 @@ def test_grbl_silent_controller_times_out_naming_port_and_command():
         assert "transcript://test" in message and "no status report within 0.5 s" in message
         assert "'G4 P0.01'" in message
         assert stage.state == StageState.UNKNOWN  # it could not be brought back in step
-        assert port.sent[3:7] == [b"$H\n", b"?", b"G21 G53 G1 X-10.000 Y0.000 F3000.0\n", b"G4 P0.01\n"]
+        assert port.sent[3:7] == [b"$H\n", b"?", b"G21 G53 G1 X-11.000 Y-1.000 F3000.0\n", b"G4 P0.01\n"]
         assert set(port.sent[7:]) <= {b"?", b"!", b"\x18"}  # polls, then the recovery's hold and reset
     finally:
         stage.close()
