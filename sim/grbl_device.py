@@ -1,28 +1,47 @@
 """A GRBL 1.1 firmware emulator that speaks the real serial grammar.
 
-What it models (gnea/grbl ``doc/markdown/interface.md``, ``commands.md``):
+What it models (gnea/grbl ``doc/markdown/interface.md``, ``commands.md`` and the sources named below):
 
-- Power-up/reset banner ``\\r\\nGrbl 1.1h ['$' for help]\\r\\n``; ``Alarm`` at power-up when homing
-  is enabled (``$22=1``) with ``[MSG:'$H'|'$X' to unlock]``.
-- The state machine Idle, Run, Hold:0/1, Jog, Home, Alarm, Door:0-3, with real-time commands
+- Power-up/reset (main.c, protocol.c): banner ``\\r\\nGrbl 1.1h ['$' for help]\\r\\n``; with hard
+  limits on and a switch pressed, ``[MSG:Check Limits]`` and Alarm (CHECK_LIMITS_AT_INIT); Alarm at
+  power-up when homing is enabled (``$22=1``) with ``[MSG:'$H'|'$X' to unlock]``; otherwise the
+  start-up lines ``$N0``/``$N1`` run (``>line:ok``). ``first_boot``: ``error:7`` and a settings
+  dump before the first banner (settings.c, an empty EEPROM).
+- The state machine Idle, Run, Hold:0/1, Jog, Home, Alarm, Door:0-3, Check, with real-time commands
   ``?`` (status report), ``!`` (feed hold), ``~`` (cycle start), ``0x18`` (soft reset), ``0x85``
   (jog cancel) handled the moment they arrive, outside the line stream.
-- Lines: G-code (G0/G1/G4/G17/G20/G21/G53/G54/G90/G91/G94, F, M3/M4/M5/M7/M8/M9, N, S, T) and
-  ``$`` commands (``$$``, ``$N=v``, ``$H``, ``$X``, ``$J=``, ``$I``, ``$G``, ``$#``). Every line
-  gets ``ok`` or ``error:N``; ``ok`` of a motion line means *queued* (a 15-block planner), while
-  ``G4`` and ``$H`` answer only once done, so replies stay in order.
+- Soft reset (motion_control.c mc_reset): ``ALARM:3`` if it stopped motion (a jog, a running block
+  or a hold still braking; ``ALARM:6`` while homing), then the ``ok`` of the line GRBL was holding
+  (a ``G4`` or ``$H`` waiting), then the banner. A reset after a completed hold keeps the position.
+- Lines (protocol.c, gcode.c, system.c): whitespace and comments are dropped before the 79-character
+  limit (``error:11``). G0/G1/G2/G3 (arcs run along their chord), G4 (axis words move after the
+  dwell), G10 L2/L20, G17-19, G20/21, G28/G28.1/G30/G30.1, G53, G54-G59, G80, G90/91, G92/G92.1,
+  G93/94, M0-M9/M30 (``[MSG:Pgm End]``), F N P R S T I J K L; checks in gcode.c's order (a second
+  axis command is ``error:24`` before any modal-group check, the feed rate before arc words).
+  ``$`` commands: ``$$``, ``$x=v``, ``$#``, ``$G``, ``$I``, ``$N``, ``$Nx=line``, ``$C`` (check mode;
+  leaving it resets), ``$X``, ``$H``, ``$J=``, ``$SLP``; anything else: ``error:2`` when no number
+  can be read (``$Q``), ``error:3`` otherwise. ``ok`` of a motion line means *queued* (a 15-block
+  planner); ``G4`` and ``$H`` answer once done.
+- Homing (limits.c): seek the switches, locate, pull off ``$27``. The machine frame after it: 0 on a
+  HOMING_FORCE_SET_ORIGIN build (``force_origin``, ``[OPT:VZ,...]``), else ``-$27`` at the positive
+  end or ``-$13x + $27`` at the negative end (``$23`` bit set); soft limits ``[-$13x, 0]`` (or
+  ``[0, $13x]`` on a force-origin build homing to the negative end). No status report while homing:
+  a ``?`` is answered as the cycle ends. A stuck switch gives ``ALARM:8``, a dead one ``ALARM:9``
+  after searching 1.5 x ``$13x``; both are followed by the ``$H`` line's ``ok`` and an automatic reset.
 - Motion follows distance, feed and acceleration (``sim.motion``) on a real-time or scaled clock.
-  Soft limits (``$20``) give ``ALARM:2`` (``error:15`` for jogs); leaving the travel with hard
-  limits on (``$21``) gives ``ALARM:1`` and loses the position. Both are critical alarms: nothing
-  but ``?`` and reset is served until ``0x18``.
-- Status reports ``<State|MPos|WPos,Bf,Ln,FS,Pn,WCO,Ov,A>`` in GRBL's order, with WCO and Ov
-  rotated in every few reports as the firmware does.
+  Soft limits (``$20``) give ``ALARM:2`` (``error:15`` for jogs); crossing a switch with hard limits
+  on (``$21``) gives ``ALARM:1`` and loses the position. Both are critical: nothing, not even ``?``,
+  is served until ``0x18`` (protocol.c loops without reporting).
+- Status reports ``<State|MPos|WPos,Bf,Ln,FS,Pn,WCO,Ov,A>`` in GRBL's order; ``WCO:`` in the first
+  report after a reset, then every 10 (idle) or 30 (busy) reports and at once after an offset
+  change, ``Ov:`` every 10 or 20 (report.c's counters).
 
-Machine frame: homing finds the switches at (0, 0, 0) and the travel is ``[0, $13x]`` mm on each
-axis (the ``HOMING_FORCE_SET_ORIGIN`` build option); this is the frame ``drivers.grbl`` expects.
+``travel_mm`` is the usable travel from the homed position: the switches sit a pull-off beyond it,
+so ``$13x = travel_mm + $27``.
 
 Faults (``GrblFaults``) are switched on per test: a lost ``ok``, garbage bytes, a slow reply, a
-disconnect mid-move, ``ALARM:1`` mid-move, and homing that never ends.
+disconnect mid-move, ``ALARM:1`` mid-move, and homing that never ends; ``stuck_switches`` and
+``dead_switches`` (axis letters) model switch wiring faults.
 
 The emulator has no thread of its own: every read, write or ``in_waiting`` first advances the
 model to the clock's present, and a blocked reader sleeps until the next scheduled event.
