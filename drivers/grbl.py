@@ -755,7 +755,9 @@ class GrblStage(SerialStage):
             self._here_mm = None  # somewhere on the way until the move is done
             self._command("G4 P0.01", 1.5 * model_s + self.command_timeout_s + 1.0, watchdog=True)
             self._confirm_rest(f"move to {line.split('G1 ')[1]}", resets, alarms, target_mm)
-        except StageAborted:
+        except StageAborted as exc:
+            if self._banner_seq == resets and self._state in (StageState.MOVING, StageState.HOLD):
+                self._recover(exc)  # no reset has stopped it: bring it to rest
             raise
         except StageError as exc:
             self._recover(exc)
@@ -799,12 +801,21 @@ class GrblStage(SerialStage):
             self._here_mm = (pos[0], pos[1])
         if report.state != "Idle":
             raise StageAborted(f"{self._where}: {what} ended in state {report.state}, not Idle")
-        if target_mm is not None and pos is not None and math.dist(pos[:2], target_mm) > POSITION_TOL_MM:
+        if (
+            target_mm is not None
+            and pos is not None
+            and math.dist(pos[:2], target_mm) > self._position_tol_mm()
+        ):
             raise StageAborted(
                 f"{self._where}: {what} ended at machine ({pos[0]:.3f}, {pos[1]:.3f}) mm, not at the target "
                 f"({target_mm[0]:.3f}, {target_mm[1]:.3f}) mm"
             )
         return report
+
+    def _position_tol_mm(self) -> float:
+        """How far a finished move may end from its target: GRBL rounds to whole steps ($100/$101)."""
+        steps = min(self.settings.get(100, math.inf), self.settings.get(101, math.inf))
+        return max(POSITION_TOL_MM, 1.0 / steps if 0 < steps < math.inf else 0.0)
 
     def _note_position(self) -> None:
         """Best effort: read where the stage ended up, for a truthful state after a failure."""

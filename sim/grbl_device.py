@@ -762,7 +762,7 @@ class GrblDevice(EmulatorEndpoint):
 
     def _system_query(self, cmd: str) -> None:
         if cmd == "$":
-            if self._state not in (St.IDLE, St.ALARM):
+            if self._state in (St.RUN, St.HOLD):  # system.c: too slow to print during a cycle
                 self._emit("error:8")
                 return
             self._dump_settings()
