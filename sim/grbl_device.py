@@ -16,8 +16,9 @@ What it models (gnea/grbl ``doc/markdown/interface.md``, ``commands.md`` and the
 - Lines (protocol.c, gcode.c, system.c): whitespace and comments are dropped before the 79-character
   limit (``error:11``). G0/G1/G2/G3 (arcs run along their chord), G4 (axis words move after the
   dwell), G10 L2/L20, G17-19, G20/21, G28/G28.1/G30/G30.1, G53, G54-G59, G80, G90/91, G92/G92.1,
-  G93/94, M0-M9/M30 (``[MSG:Pgm End]``), F N P R S T I J K L; checks in gcode.c's order (a second
-  axis command is ``error:24`` before any modal-group check, the feed rate before arc words).
+  G94 (G93 and G38.x, which GRBL has, are error:20 here), M0-M9/M30 (``[MSG:Pgm End]``), words
+  F N P R S T I J K L; checks in gcode.c's order (a second axis command is ``error:24`` before
+  any modal-group check, the feed rate before arc words).
   ``$`` commands: ``$$``, ``$x=v``, ``$#``, ``$G``, ``$I``, ``$N``, ``$Nx=line``, ``$C`` (check mode;
   leaving it resets), ``$X``, ``$H``, ``$J=``, ``$SLP``; anything else: ``error:2`` when no number
   can be read (``$Q``), ``error:3`` otherwise. ``ok`` of a motion line means *queued* (a 15-block
@@ -919,7 +920,7 @@ class GrblDevice(EmulatorEndpoint):
         if code in GrblDevice._NON_MODAL:
             return "nonmodal"
         table = {170: "plane", 180: "plane", 190: "plane", 200: "units", 210: "units", 900: "dist",
-                 910: "dist", 930: "feedmode", 940: "feedmode", 490: "tlo", 610: "path"}  # fmt: skip
+                 910: "dist", 940: "feedmode", 490: "tlo", 610: "path"}  # fmt: skip
         if code in table:
             return table[code]
         if 540 <= code <= 590 and code % 10 == 0:
