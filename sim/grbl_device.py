@@ -124,6 +124,27 @@ class _Block:
     follow: list[_Block] = field(default_factory=list)  # queued once this (synchronous) block ends
 
 
+@dataclass(frozen=True)
+class _BlockWords:
+    """One parsed G-code block with the modal state filled in (gcode.c's gc_block)."""
+
+    values: dict[str, float]  # value words (F, N, P, X, ...) as written
+    mcodes: list[int]
+    jog: bool
+    metric: bool
+    absolute: bool
+    nonmodal: int | None  # G code x10 of the non-modal group (40 = G4, 281 = G28.1, ...)
+    motion: int
+    axes: dict[str, float]  # mm
+    feed: float  # mm/min
+    coord_select: int
+
+    @property
+    def motion_axes(self) -> bool:
+        """Axis words that drive the motion mode (not G10/G28/G30/G92's)."""
+        return bool(self.axes) and self.nonmodal not in (100, 280, 300, 920, 281, 301)
+
+
 @dataclass
 class _Modal:
     motion: int = 0  # 0, 1, 2 or 3
@@ -932,13 +953,29 @@ class GrblDevice(EmulatorEndpoint):
     ) -> int:
         m = self._modal
         metric = groups.get("units", 210 if m.metric else 200) == 210
-        absolute = groups.get("dist", 900 if m.absolute else 910) == 900
         scale = 1.0 if metric else 25.4
-        nonmodal = groups.get("nonmodal")
-        motion = self._MOTION[groups["motion"]] if "motion" in groups else m.motion
-        axes = {k: values[k] * scale for k in "XYZ" if k in values}
-        feed = values["F"] * scale if "F" in values else (0.0 if jog else m.feed_mm_min)
-        coord_select = (groups["coord"] - 540) // 10 if "coord" in groups else m.coord_select
+        b = _BlockWords(
+            values=values,
+            mcodes=mcodes,
+            jog=jog,
+            metric=metric,
+            absolute=groups.get("dist", 900 if m.absolute else 910) == 900,
+            nonmodal=groups.get("nonmodal"),
+            motion=self._MOTION[groups["motion"]] if "motion" in groups else m.motion,
+            axes={k: values[k] * scale for k in "XYZ" if k in values},
+            feed=values["F"] * scale if "F" in values else (0.0 if jog else m.feed_mm_min),
+            coord_select=(groups["coord"] - 540) // 10 if "coord" in groups else m.coord_select,
+        )
+        code = self._check_block(b)
+        if code:
+            return code
+        if jog:
+            return self._run_jog(b)
+        return self._run_block(b, quiet)
+
+    def _check_block(self, b: _BlockWords) -> int:
+        """gcode.c's error checks, in its order; 0 if the block may run."""
+        values, axes, nonmodal, motion, jog = b.values, b.axes, b.nonmodal, b.motion, b.jog
         used = {"N", "F", "S", "T", *axes}
         # [Non-modal checks] gcode.c order: G4 P, G10 L/P, G28/G30, G53, G92.
         if nonmodal == 40:
@@ -959,11 +996,8 @@ class GrblDevice(EmulatorEndpoint):
             return 26
         elif nonmodal == 530 and motion not in (0, 1) and not jog:
             return 30
-        motion_axes = bool(axes) and nonmodal not in (100, 280, 300, 920, 281, 301)
-        if nonmodal in (280, 300):
-            motion_axes = False
-        if motion_axes or (jog and axes):
-            if (motion in (1, 2, 3) or jog) and feed <= 0:
+        if b.motion_axes or (jog and axes):
+            if (motion in (1, 2, 3) or jog) and b.feed <= 0:
                 return 22
             if motion in (2, 3) and not jog:
                 if not ({"X", "Y"} & set(axes)):
@@ -983,17 +1017,23 @@ class GrblDevice(EmulatorEndpoint):
             return 36
         if jog and "F" not in values:
             return 22
-        # --- execute, in gcode.c's order ---
-        if jog:
-            base = self._queue[-1].target if self._queue else self._pos
-            target = self._target(axes, absolute, base, nonmodal == 530, coord_select)
-            if self.settings[20] and not self._inside_soft_limits(target):
-                return 15
-            self._queue.append(_Block("jog", target=target, feed_mm_min=feed))
-            self._ok()
-            self._kick(jog=True)
-            return 0
-        m.metric, m.absolute, m.feed_mm_min, m.motion = metric, absolute, feed, motion
+        return 0
+
+    def _run_jog(self, b: _BlockWords) -> int:
+        base = self._queue[-1].target if self._queue else self._pos
+        target = self._target(b.axes, b.absolute, base, b.nonmodal == 530, b.coord_select)
+        if self.settings[20] and not self._inside_soft_limits(target):
+            return 15
+        self._queue.append(_Block("jog", target=target, feed_mm_min=b.feed))
+        self._ok()
+        self._kick(jog=True)
+        return 0
+
+    def _run_block(self, b: _BlockWords, quiet: bool) -> int:
+        """Execute a checked block in gcode.c's order (modes, dwell, offsets, motion, program end)."""
+        m, values, mcodes, axes, nonmodal = self._modal, b.values, b.mcodes, b.axes, b.nonmodal
+        absolute, coord_select, feed, motion = b.absolute, b.coord_select, b.feed, b.motion
+        m.metric, m.absolute, m.feed_mm_min, m.motion = b.metric, absolute, feed, motion
         if "S" in values:
             m.spindle_speed = values["S"]
         if "T" in values:
@@ -1038,7 +1078,7 @@ class GrblDevice(EmulatorEndpoint):
         elif nonmodal == 921:
             self._g92 = [0.0, 0.0, 0.0]
             self._wco_changed()
-        elif motion_axes:
+        elif b.motion_axes:
             target = self._target(axes, absolute, base, nonmodal == 530, coord_select)
             # Arcs run here along their chord (same end point; the path and timing are approximate).
             rate = math.inf if motion == 0 else feed
