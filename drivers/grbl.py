@@ -759,6 +759,10 @@ class GrblStage(SerialStage):
             if self._banner_seq == resets and self._state in (StageState.MOVING, StageState.HOLD):
                 self._recover(exc)  # no reset has stopped it: bring it to rest
             raise
+        except StageAlarm as exc:
+            self._await_reset_after_alarm(resets)
+            self._recover(exc)
+            raise
         except StageError as exc:
             self._recover(exc)
             raise
@@ -783,6 +787,7 @@ class GrblStage(SerialStage):
             report = self.last_status if self._status_seq > seq else None
         if self._alarm_seq > alarms and self.alarm_code is not None:
             code = self.alarm_code
+            self._await_reset_after_alarm(resets)
             self._note_position()
             raise StageAlarm(f"{self._where}: {what} interrupted: {describe_alarm(code)}", code=code)
         if self._stop_requested.is_set():  # stop() brakes, resets and reads the position itself
@@ -817,6 +822,14 @@ class GrblStage(SerialStage):
         steps = min(self.settings.get(100, math.inf), self.settings.get(101, math.inf))
         return max(POSITION_TOL_MM, 1.0 / steps if 0 < steps < math.inf else 0.0)
 
+    def _await_reset_after_alarm(self, resets: int) -> None:
+        """GRBL raises most alarms from mc_reset(): the held line's ``ok`` and a banner follow. Read
+        them now (briefly), so that they are not taken later for the replies of the next command.
+        ALARM:1/2 wait for our reset instead; a missing banner is only waited for command_timeout_s."""
+        if self._critical or self._banner_seq > resets or self._state == StageState.DISCONNECTED:
+            return
+        self._wait_banner(resets, self.command_timeout_s, raise_=False)
+
     def _note_position(self) -> None:
         """Best effort: read where the stage ended up, for a truthful state after a failure."""
         if self._critical or self._state == StageState.DISCONNECTED:
@@ -850,7 +863,8 @@ class GrblStage(SerialStage):
         except StageTimeout as exc:
             self._abort_homing(exc)
         except StageAlarm as exc:
-            if exc.code in (8, 9):  # limits.c: GRBL reset itself; nothing to halt, no status to wait for
+            self._await_reset_after_alarm(resets)
+            if exc.code in HOMING_RESET_ALARMS:  # limits.c: GRBL reset itself; nothing to halt
                 raise StageAlarm(
                     f"{self._where}: homing failed: {describe_alarm(exc.code)}; GRBL reset itself and is "
                     "in alarm, not homed",

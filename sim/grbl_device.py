@@ -178,11 +178,13 @@ class GrblDevice(EmulatorEndpoint):
         homing_dir_mask: int = 0,
         force_origin: bool = False,
         first_boot: bool = False,
+        stuck_switches: str = "",
         name: str = "grbl",
     ) -> None:
         """``homing_dir_mask`` is ``$23`` (bit set: that axis homes to its negative end);
         ``force_origin`` builds in HOMING_FORCE_SET_ORIGIN (``[OPT:...Z...]``); ``first_boot`` starts
-        with an empty EEPROM (``error:7`` and a settings dump before the first banner)."""
+        with an empty EEPROM (``error:7`` and a settings dump before the first banner);
+        ``stuck_switches`` (axis letters) read pressed from power-up on."""
         super().__init__(name, time_scale)
         self.settings: dict[int, float] = dict(DEFAULT_SETTINGS)
         self.settings.update({
@@ -202,7 +204,7 @@ class GrblDevice(EmulatorEndpoint):
         self._travel = (self.settings[130], self.settings[131], float(self.settings[132]))
         # Switch faults a test can set (axis letters): a stuck switch reads pressed (homing ends in
         # ALARM:8, power-up says [MSG:Check Limits]); a dead one never triggers (ALARM:9).
-        self.stuck_switches: set[str] = set()
+        self.stuck_switches: set[str] = set(stuck_switches.upper())
         self.dead_switches: set[str] = set()
         # EEPROM: coordinate systems G54..G59, G28/G30 positions, start-up lines (survive resets).
         self._coords: list[list[float]] = [[0.0, 0.0, 0.0] for _ in range(6)]

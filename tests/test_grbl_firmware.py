@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 import serial
-from stage_kit import WAIT_S, make_rig
+from stage_kit import LIMITS, WAIT_S, make_rig
 from test_stage_transcripts import BANNER, HOMED_IDLE, UNLOCK_MSG, ScriptedPort, _open_grbl
 
 from drivers.errors import StageAborted, StageAlarm, StageTimeout
-from drivers.grbl import machine_frame, parse_status
+from drivers.grbl import GrblStage, machine_frame, parse_status
 from drivers.positioner import StageState
 from sim.grbl_device import GrblDevice
 from sim.serial_url import register, unregister
@@ -496,3 +496,26 @@ def test_driver_startup_reads_build_options():
         port.check()
     finally:
         stage.close()
+
+
+def test_driver_first_boot_and_a_stuck_switch(caplog):
+    """error:7 and the settings dump before the banner are logged, not taken for replies; a switch
+    pressed at power-up ([MSG:Check Limits]) ends homing in ALARM:8 with the automatic reset."""
+    device = GrblDevice(time_scale=200.0, first_boot=True, stuck_switches="X")
+    key = f"fw-{uuid.uuid4().hex[:8]}"
+    register("grblsim", key, device)
+    stage = GrblStage(f"grblsim://{key}?reset_on_open=0", LIMITS, name=key, command_timeout_s=0.5)
+    try:
+        assert "error:7" in caplog.text and "restored to defaults" in caplog.text
+        assert "Check Limits" in caplog.text and stage.state == StageState.ALARM
+        t0 = time.monotonic()
+        with pytest.raises(StageAlarm) as info:
+            stage.home().wait(WAIT_S)
+        assert info.value.code == 8 and "reset itself" in str(info.value)
+        assert time.monotonic() - t0 < 1.0 and stage.state == StageState.ALARM and not stage.homed
+        device.stuck_switches.clear()  # the switch is fixed: homing works again
+        stage.home().wait(WAIT_S)
+        assert stage.homed and stage.position() == pytest.approx((0.0, 0.0))
+    finally:
+        stage.close()
+        unregister("grblsim", key)
