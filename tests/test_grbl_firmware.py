@@ -14,7 +14,7 @@ import uuid
 import pytest
 import serial
 from stage_kit import LIMITS, WAIT_S, make_rig
-from test_stage_transcripts import BANNER, HOMED_IDLE, UNLOCK_MSG, ScriptedPort, _open_grbl
+from test_stage_transcripts import BANNER, HOMED_IDLE, UNLOCK_MSG, ScriptedPort, scripted_grbl
 
 from drivers.errors import StageAborted, StageAlarm, StageTimeout
 from drivers.grbl import GrblStage, machine_frame, parse_status
@@ -270,7 +270,7 @@ def test_first_boot_reports_eeprom_restore_before_the_banner():
 
 # --- the driver: point 1, a reset is not success ------------------------------------------------
 def _homed_transcript(extra):
-    return _open_grbl([(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE), *extra])
+    return scripted_grbl([(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE), *extra])
 
 
 AFTER_RESET = [(b"?", b""), (b"?", b"<Alarm|MPos:-40.000,-20.000,-1.000|FS:0,0>\r\n")]
@@ -286,10 +286,8 @@ AFTER_RESET = [(b"?", b""), (b"?", b"<Alarm|MPos:-40.000,-20.000,-1.000|FS:0,0>\
     ],
 )
 def test_driver_reset_during_move_is_a_failure(reply, then):
-    port, stage = _homed_transcript(
-        [(b"G21 G53 G1 X-101.000 Y-51.000 F3000.0\n", b"ok\r\n"), (b"G4 P0.01\n", reply), *then]
-    )
-    try:
+    move = [(b"G21 G53 G1 X-101.000 Y-51.000 F3000.0\n", b"ok\r\n"), (b"G4 P0.01\n", reply), *then]
+    with _homed_transcript(move) as (_, stage):
         stage.home().wait(2.0)
         status = stage.move_to((0.1, 0.05))
         with pytest.raises((StageAborted, StageAlarm)) as info:
@@ -297,9 +295,6 @@ def test_driver_reset_during_move_is_a_failure(reply, then):
         assert not status.success
         assert "ALARM:3" in str(info.value) or "reset" in str(info.value)
         assert stage.state == StageState.ALARM and not stage.homed
-        port.check()
-    finally:
-        stage.close()
 
 
 def test_driver_stop_mid_move_is_aborted_and_truthful():
@@ -339,8 +334,10 @@ def test_driver_outside_reset_mid_move_is_a_failure():
 
 # --- point 2: homing is silent ---------------------------------------------------------------
 def test_driver_homing_waits_silently_past_command_timeout():
-    port, stage = _open_grbl([(b"$H\n", b"")])
-    try:
+    with scripted_grbl([(b"$H\n", b"")]) as (
+        port,
+        stage,
+    ):  # the transcript fails on any '?' sent while homing
         timer = threading.Timer(1.0, lambda: _inject(port, b"ok\r\n"))  # homing takes 1 s > 0.5 s
         timer.start()
         port.expect(b"?", HOMED_IDLE)
@@ -348,9 +345,6 @@ def test_driver_homing_waits_silently_past_command_timeout():
         assert stage.homed and stage.state == StageState.IDLE
         port.expect(b"?", HOMED_IDLE)
         assert stage.position() == pytest.approx((0.0, 0.0))  # stage 0 is where homing stops
-        port.check()  # no '?' was sent while homing
-    finally:
-        stage.close()
 
 
 def _inject(port: ScriptedPort, data: bytes) -> None:
@@ -441,8 +435,7 @@ def test_driver_ignores_work_offsets():
 
 # --- point 5: smaller points ----------------------------------------------------------------------
 def test_driver_position_during_critical_alarm_reports_it():
-    port, stage = _homed_transcript([(b"?", b"ALARM:2\r\n[MSG:Reset to continue]\r\n")])
-    try:
+    with _homed_transcript([(b"?", b"ALARM:2\r\n[MSG:Reset to continue]\r\n")]) as (_, stage):
         stage.home().wait(2.0)
         t0 = time.monotonic()
         with pytest.raises(StageAlarm) as info:
@@ -450,24 +443,20 @@ def test_driver_position_during_critical_alarm_reports_it():
         assert info.value.code == 2 and time.monotonic() - t0 < 0.4  # not command_timeout_s=0.5
         with pytest.raises(StageAlarm, match="no status until a reset"):
             stage.position()  # nothing is sent: GRBL would ignore it
-        port.check()
-    finally:
-        stage.close()
 
 
 @pytest.mark.parametrize("code", [8, 9])
 def test_driver_homing_failure_sends_nothing_more(code):
-    port, stage = _open_grbl([(b"$H\n", f"ALARM:{code}\r\nok\r\n".encode() + BANNER + UNLOCK_MSG)])
-    try:
+    with scripted_grbl([(b"$H\n", f"ALARM:{code}\r\nok\r\n".encode() + BANNER + UNLOCK_MSG)]) as (
+        port,
+        stage,
+    ):
         with pytest.raises(StageAlarm) as info:
             stage.home().wait(2.0)
         assert info.value.code == code and "reset itself" in str(info.value)
         time.sleep(0.1)
         assert port.sent[-1] == b"$H\n"  # no feed hold, no status wait, no reset of our own
         assert stage.state == StageState.ALARM and not stage.homed
-        port.check()
-    finally:
-        stage.close()
 
 
 def test_driver_stop_waits_for_braking():
@@ -490,12 +479,8 @@ def test_driver_stop_waits_for_braking():
 
 
 def test_driver_startup_reads_build_options():
-    port, stage = _open_grbl()
-    try:
+    with scripted_grbl() as (_, stage):
         assert stage.build_options == "V" and not stage.force_origin
-        port.check()
-    finally:
-        stage.close()
 
 
 def test_driver_first_boot_and_a_stuck_switch(caplog):

@@ -6,8 +6,10 @@ must equal the next expected bytes, and the paired reply then becomes readable.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
+from collections.abc import Iterator
 
 import pytest
 
@@ -164,6 +166,20 @@ def test_error_and_alarm_tables_are_grbls():
 
 
 # --- GRBL driver transcripts ----------------------------------------------------------------------
+@contextlib.contextmanager
+def scripted_grbl(
+    extra: list[tuple[bytes, bytes]] | None = None, greeting: bytes = BANNER + UNLOCK_MSG
+) -> Iterator[tuple[ScriptedPort, GrblStage]]:
+    """A ``GrblStage`` opened on a transcript (start-up exchange first, then ``extra``); on leaving,
+    the stage is closed and the transcript must have been played to the end with nothing else sent."""
+    port, stage = _open_grbl(extra, greeting)
+    try:
+        yield port, stage
+    finally:
+        stage.close()
+    port.check()
+
+
 def _open_grbl(extra: list[tuple[bytes, bytes]] | None = None, greeting: bytes = BANNER + UNLOCK_MSG):
     port = ScriptedPort(
         [
