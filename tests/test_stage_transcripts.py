@@ -223,45 +223,64 @@ def test_grbl_without_banner_sends_soft_reset():
         stage.close()
 
 
-def test_grbl_command_bytes():
-    port, stage = _open_grbl()
-    try:
-        port.expect(b"$H\n", b"ok\r\n")
-        port.expect(b"?", HOMED_IDLE)
+HOME = [(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE)]
+AT = b"<Idle|MPos:-101.000,-101.000,0.000|FS:0,0>\r\n"
+GRBL_COMMANDS = {
+    # Stage (0.1, 0.05) m from home = machine (-101, -51) mm in stock GRBL, sent with G53; done once
+    # G4's ok and a final Idle status at the target are in.
+    "move": (
+        lambda s: s.move_to((0.1, 0.05)).wait(2.0),
+        [
+            (b"G21 G53 G1 X-101.000 Y-51.000 F3000.0\n", b"ok\r\n"),
+            (b"G4 P0.01\n", b"ok\r\n"),
+            (b"?", b"<Idle|MPos:-101.000,-51.000,-1.000|FS:0,0>\r\n"),
+        ],
+    ),
+    "move slow to the far corner": (
+        lambda s: s.move_to((1e-6, 0.499999), speed_m_s=0.01).wait(2.0),
+        [
+            (b"G21 G53 G1 X-1.001 Y-500.999 F600.0\n", b"ok\r\n"),
+            (b"G4 P0.01\n", b"ok\r\n"),
+            (b"?", b"<Idle|MPos:-1.001,-500.999,-1.000|FS:0,0>\r\n"),
+        ],
+    ),
+    "position from WPos + WCO": (
+        lambda s: s.position(),
+        [(b"?", b"<Idle|WPos:-111.000,-61.000,0.000|Bf:15,128|FS:0,0|WCO:10.000,10.000,0.000>\r\n")],
+        pytest.approx((0.1, 0.05)),
+    ),
+    "stop: hold, Hold:0, reset, read": (
+        lambda s: s.stop(),
+        [
+            (b"!", b""),
+            (b"?", b"<Hold:0|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n"),
+            (b"\x18", BANNER),
+            (b"?", b"<Idle|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n"),
+        ],
+    ),
+    "unlock": (lambda s: s.unlock(), [(b"$X\n", b"[MSG:Caution: Unlocked]\r\nok\r\n"), (b"?", AT)]),
+    "jog (stage +X is machine -X)": (
+        lambda s: s.jog((0.01, -0.0), 0.01),
+        [(b"?", AT), (b"$J=G91 G21 X-10.000 Y0.000 F600.0\n", b"ok\r\n")],
+    ),
+    "jog cancel": (lambda s: s.jog_cancel(), [(b"\x85", b"")]),
+    "feed hold": (lambda s: s.feed_hold(), [(b"!", b"")]),
+    "resume": (lambda s: s.resume(), [(b"~", b"")]),
+    "command returns the info lines": (
+        lambda s: s.command("$I"),
+        [(b"$I\n", b"[VER:1.1h.20190830:]\r\n[OPT:V,15,128]\r\nok\r\n")],
+        ["[VER:1.1h.20190830:]", "[OPT:V,15,128]"],
+    ),
+}
+
+
+@pytest.mark.parametrize("what", list(GRBL_COMMANDS))
+def test_grbl_command_bytes(what):
+    """After homing, one driver call sends exactly these bytes and returns ``expected`` (default None)."""
+    action, pairs, *expected = GRBL_COMMANDS[what]
+    with scripted_grbl(HOME + pairs) as (_, stage):
         stage.home().wait(2.0)
-        # Stage (0.1, 0.05) m from home = machine (-101, -51) mm in stock GRBL, sent with G53.
-        port.expect(b"G21 G53 G1 X-101.000 Y-51.000 F3000.0\n", b"ok\r\n")
-        port.expect(b"G4 P0.01\n", b"ok\r\n")
-        port.expect(b"?", b"<Idle|MPos:-101.000,-51.000,-1.000|FS:0,0>\r\n")
-        assert stage.move_to((0.1, 0.05)).wait(2.0) is None
-        port.expect(b"?", b"<Idle|WPos:-111.000,-61.000,0.000|Bf:15,128|FS:0,0|WCO:10.000,10.000,0.000>\r\n")
-        assert stage.position() == pytest.approx((0.1, 0.05))
-        port.expect(b"G21 G53 G1 X-1.001 Y-500.999 F600.0\n", b"ok\r\n")
-        port.expect(b"G4 P0.01\n", b"ok\r\n")
-        port.expect(b"?", b"<Idle|MPos:-1.001,-500.999,-1.000|FS:0,0>\r\n")
-        stage.move_to((1e-6, 0.499999), speed_m_s=0.01).wait(2.0)
-        # stop: feed hold, wait for Hold:0, soft reset, read the state
-        port.expect(b"!", b"")
-        port.expect(b"?", b"<Hold:0|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n")
-        port.expect(b"\x18", BANNER)
-        port.expect(b"?", b"<Idle|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n")
-        stage.stop()
-        port.expect(b"$X\n", b"[MSG:Caution: Unlocked]\r\nok\r\n")
-        port.expect(b"?", b"<Idle|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n")
-        stage.unlock()
-        port.expect(b"?", b"<Idle|MPos:-101.000,-101.000,0.000|FS:0,0>\r\n")
-        port.expect(b"$J=G91 G21 X-10.000 Y0.000 F600.0\n", b"ok\r\n")
-        stage.jog((0.01, -0.0), 0.01)
-        for byte in (b"\x85", b"!", b"~"):
-            port.expect(byte, b"")
-        stage.jog_cancel()
-        stage.feed_hold()
-        stage.resume()
-        port.expect(b"$I\n", b"[VER:1.1h.20190830:]\r\n[OPT:V,15,128]\r\nok\r\n")
-        assert stage.command("$I") == ["[VER:1.1h.20190830:]", "[OPT:V,15,128]"]
-        port.check()
-    finally:
-        stage.close()
+        assert action(stage) == (expected[0] if expected else None)
 
 
 def test_grbl_refused_move_sends_nothing():
