@@ -50,6 +50,10 @@ class StageCommandError(StageError):
         self.code = code
 
 
+class StageAborted(StageError):
+    """A motion was cut short (stop(), a reset, an outside stop) and did not reach its target."""
+
+
 class StageNotHomed(StageError):
     """The position is unknown (after power-up or a hard-limit alarm): home before moving."""
 

@@ -15,8 +15,20 @@ Wire discipline:
   flush the planner; the position is kept. Any timeout or garbled reply ends the same way, so
   the link is back in step (everything before the new banner is discarded).
 
-Positions in the API are metres in the stage frame; on the wire they are mm (G21) in GRBL's
-machine frame, which must run from 0 at the homing switches over ``[0, $130] x [0, $131]``.
+- A motion is done when its ``G4 P0.01`` is answered *and* a final status report shows Idle at the
+  target. GRBL also answers the held line with ``ok`` when a reset cuts the motion short (with an
+  ``ALARM:3`` before or after it, then the banner), so an ``ok`` alone is never taken as success:
+  a reset, an alarm or ``stop()`` during a motion raises ``StageAborted``/``StageAlarm``.
+- ``$H`` is silent (no status reports, ``?`` ignored) until it ends with ``ok`` or ``ALARM:8/9`` plus
+  an automatic reset, so it is bounded by ``homing_timeout_s`` alone. In ``ALARM:1/2`` GRBL ignores
+  ``?`` too: ``position()`` raises the alarm instead of waiting.
+
+Positions in the API are metres in the stage frame: from 0 where homing leaves the carriage into
+the travel (``StageLimits.travel_m``, at most ``$13x - $27``). On the wire they are mm (G21) in
+GRBL's machine frame, mapped per axis by ``machine_frame()`` from ``$23``, ``$27``, ``$13x`` and the
+``$I`` build options (stock GRBL homes to the positive end and sets ``-$27`` there; its travel is
+``[-$130, 0]``). Moves are sent with ``G53`` (machine coordinates), so work offsets (G54..G59,
+G92) are left alone and never shift a target.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from dataclasses import dataclass, field
 import serial
 
 from drivers.errors import (
+    StageAborted,
     StageAlarm,
     StageCommandError,
     StageError,
@@ -95,7 +108,9 @@ GRBL_ALARMS: dict[int, tuple[str, str]] = {
     9: ("Homing fail", "Homing fail. Could not find limit switch within search distances. Try increasing max travel, decreasing pull-off distance, or check wiring."),
 }  # fmt: skip
 ALARMS_LOSING_POSITION = {1, 3, 6, 7, 8, 9}  # after these the machine must be homed again
-CRITICAL_ALARMS = {1, 2}  # GRBL serves nothing but '?' and reset until a soft reset
+CRITICAL_ALARMS = {1, 2}  # GRBL serves nothing, not even '?', until a soft reset (protocol.c)
+HOMING_RESET_ALARMS = {8, 9}  # limits.c: homing failed, and GRBL reset itself
+POSITION_TOL_MM = 0.01  # a finished move ends within this of its target (GRBL rounds to steps)
 
 RT_STATUS, RT_HOLD, RT_RESUME, RT_RESET, RT_JOG_CANCEL = b"?", b"!", b"~", b"\x18", b"\x85"
 MIN_STATUS_POLL_S = 0.2  # GRBL's advice: status queries at 5 Hz at most
@@ -215,11 +230,71 @@ def _fmt(v: float) -> str:
     return f"{round(v, 3) + 0.0:.3f}"
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One line that answers (or ends) the pending command, in arrival order."""
+
+    kind: str  # "ok", "error", "alarm", "reset", "lost"
+    code: int | None = None
+    text: str = ""
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class AxisFrame:
+    """Machine mm of one axis from stage mm: ``machine = home + sign * stage``.
+
+    The stage frame runs from 0 where homing leaves the carriage (``$27`` off the switch) into the
+    travel, up to ``room_mm``. GRBL's machine frame after homing depends on ``$23`` (homing
+    direction), ``$27`` (pull-off), ``$13x`` and the HOMING_FORCE_SET_ORIGIN build option (``Z`` in
+    ``$I``'s ``[OPT:...]``), limits.c.
+    """
+
+    home_mm: float
+    sign: float
+    room_mm: float  # how far the stage may go from home: inside the soft limits and the switches
+
+    def machine(self, stage_mm: float) -> float:
+        return self.home_mm + self.sign * stage_mm
+
+    def stage(self, machine_mm: float) -> float:
+        return (machine_mm - self.home_mm) * self.sign
+
+
+def machine_frame(settings: dict[int, float], force_origin: bool, axis: int) -> AxisFrame:
+    """The stage-to-machine map of one axis (0 = X) from ``$23``, ``$27``, ``$13x`` and the build.
+
+    limits.c sets the machine position after homing to 0 (force-origin build), ``-$27`` (homed to
+    the positive end, the default) or ``-$13x + $27`` (``$23`` bit set: the negative end). Soft
+    limits are ``[-$13x, 0]``, or ``[0, $13x]`` on a force-origin build homing to the negative end.
+    The stage runs away from the homed end, and never nearer the far switch than the pull-off:
+    ``room = $13x - $27`` (on a force-origin build the soft-limit box sits a pull-off beyond it).
+    Without homing (``$22=0``) the power-up position is stage 0 and the axes keep their direction.
+    """
+    travel = float(settings.get(130 + axis, 0.0))
+    pull = float(settings.get(27, 0.0))
+    negative_home = bool(int(settings.get(23, 0)) >> axis & 1)
+    if not settings.get(22, 1):  # no homing: GRBL counts from power-up, where the stage's 0 is
+        return AxisFrame(0.0, 1.0, travel)
+    if force_origin:
+        home = 0.0
+    else:
+        home = -travel + pull if negative_home else -pull
+    return AxisFrame(home, 1.0 if negative_home else -1.0, max(0.0, travel - pull))
+
+
 class GrblStage(SerialStage):
     """One antenna on one GRBL-driven XY stage (the ``Positioner`` contract).
 
-    G-code lines and real-time bytes over the link, completion from ``G4 P0.01`` (see the module
-    docstring); the contract's plumbing is ``SerialStage``'s.
+    G-code lines and real-time bytes over the link, completion from ``G4 P0.01`` checked against a
+    final status report (see the module docstring); the contract's plumbing is ``SerialStage``'s.
+
+    ``port``: a pyserial URL or an open port. ``limits``: the travel from the homed corner, speed
+    and acceleration the driver enforces. ``command_timeout_s``: how long a reply may take.
+    ``homing_timeout_s``: the one bound on ``$H`` (GRBL says nothing until homing ends).
+    ``settle_s``: pause after each move. ``status_poll_s``: watchdog ``?`` period (>= 0.2 s).
+    ``boot_timeout_s``: wait for the banner after opening. ``check_settings``: compare ``$$`` with
+    the config at start-up.
     """
 
     def __init__(
@@ -242,13 +317,15 @@ class GrblStage(SerialStage):
         super().__init__(port, limits, name, command_timeout_s, homing_timeout_s, settle_s)
         self.status_poll_s = status_poll_s
         self.settings: dict[int, float] = {}
+        self.build_options = ""  # the letters of $I's [OPT:...]
         self.banner: str | None = None
         self.last_status: GrblStatus | None = None
         self.alarm_code: int | None = None
-        self._critical = False
+        self._critical = False  # ALARM:1/2: GRBL serves nothing, not even '?', until a reset
         self._wco: tuple[float, ...] = (0.0, 0.0, 0.0)
-        self._here_mm: tuple[float, float] | None = None  # where the last finished motion left us
-        self._acks: deque[tuple[str, object]] = deque()  # ok/error/ALARM/reset/lost, in order
+        self._frame = (AxisFrame(0.0, 1.0, 0.0), AxisFrame(0.0, 1.0, 0.0))  # set from $$ and $I at start-up
+        self._here_mm: tuple[float, float] | None = None  # machine mm where the last motion ended
+        self._acks: deque[Reply] = deque()  # ok/error/ALARM/reset/lost, in order
         self._info: list[str] = []
         self._garbage: list[str] = []
         self._cmd_lock = threading.Lock()
@@ -256,17 +333,32 @@ class GrblStage(SerialStage):
         self._read_lock = threading.Lock()  # held by the one thread reading the port right now
         self._status_seq = 0
         self._banner_seq = 0
+        self._alarm_seq = 0
         self._open(port, lambda: self._startup(boot_timeout_s, check_settings))
+
+    # --- frames ---------------------------------------------------------------------------------
+    @property
+    def force_origin(self) -> bool:
+        """HOMING_FORCE_SET_ORIGIN built in (``Z`` among ``$I``'s options)."""
+        return "Z" in self.build_options
+
+    def to_machine_mm(self, xy_m: tuple[float, float]) -> tuple[float, float]:
+        """Stage metres -> GRBL machine mm (``G53``)."""
+        return self._frame[0].machine(xy_m[0] * 1e3), self._frame[1].machine(xy_m[1] * 1e3)
+
+    def to_stage_m(self, machine_mm: tuple[float, ...]) -> tuple[float, float]:
+        """GRBL machine mm -> stage metres."""
+        return self._frame[0].stage(machine_mm[0]) / 1e3, self._frame[1].stage(machine_mm[1]) / 1e3
 
     # --- Positioner contract (the rest is SerialStage's) ----------------------------------------
     def position(self) -> tuple[float, float]:
         report = self.query_status()
         pos = report.machine_pos_mm(self._wco)
         if pos is None:
-            raise StageError(f"{self.name} on {self.port_url}: status report carried no position")
+            raise StageError(f"{self._where}: status report carried no position")
         if not self.homed and self.settings.get(22):
             log.debug("%s: position read while not homed; it may not be the true position", self.name)
-        return pos[0] / 1000.0, pos[1] / 1000.0
+        return self.to_stage_m(pos)
 
     def _on_close(self) -> None:
         with self._status_cond:
@@ -286,7 +378,8 @@ class GrblStage(SerialStage):
         target = (here[0] + dxy_m[0], here[1] + dxy_m[1])
         self._check_target(target, speed_m_s)
         feed = speed_m_s * 60_000.0
-        self.command(f"$J=G91 G21 X{_fmt(dxy_m[0] * 1e3)} Y{_fmt(dxy_m[1] * 1e3)} F{feed:.1f}")
+        dx, dy = (f.sign * d * 1e3 for f, d in zip(self._frame, dxy_m, strict=True))
+        self.command(f"$J=G91 G21 X{_fmt(dx)} Y{_fmt(dy)} F{feed:.1f}")
         self._state = StageState.MOVING
 
     def jog_cancel(self) -> None:
@@ -310,28 +403,50 @@ class GrblStage(SerialStage):
         return self._command(line, self.command_timeout_s if timeout_s is None else timeout_s)
 
     def query_status(self, timeout_s: float | None = None) -> GrblStatus:
-        """Send ``?`` and return the next status report."""
+        """Send ``?`` and return the next status report.
+
+        In ALARM:1/2 GRBL answers no ``?`` until a reset, so that alarm is raised (``StageAlarm``) at
+        once, also when it arrives while we wait, instead of a timeout."""
         timeout = self.command_timeout_s if timeout_s is None else timeout_s
-        seq = self._status_seq
+        self._raise_if_critical()
+        seq, alarms = self._status_seq, self._alarm_seq
         self._link.write_raw(RT_STATUS)
-        if not self._pump(lambda: self._status_seq > seq, timeout):
+        if not self._pump(lambda: self._status_seq > seq or self._alarm_seq > alarms, timeout):
             raise StageTimeout(
-                f"{self.name} on {self.port_url}: no status report within {timeout} s "
-                f"(last command {self.last_command!r})"
+                f"{self._where}: no status report within {timeout} s (last command {self.last_command!r})"
+            )
+        if self._status_seq == seq:
+            self._raise_if_critical()
+            code = self.alarm_code
+            raise StageAlarm(
+                f"{self._where}: {describe_alarm(code or -1)} while reading the status", code=code
             )
         assert self.last_status is not None
         return self.last_status
+
+    def _raise_if_critical(self) -> None:
+        if self._critical:
+            code = self.alarm_code
+            raise StageAlarm(
+                f"{self._where}: {describe_alarm(code or -1)}; GRBL answers no status until a reset "
+                "(home() resets and re-homes)",
+                code=code,
+            )
 
     # --- start-up --------------------------------------------------------------------------------
     def _startup(self, boot_timeout_s: float, check: bool) -> None:
         if not self._wait_banner(0, boot_timeout_s, raise_=False):
             # No banner: the board did not reset on open (socket://, no DTR). Reset it ourselves.
             self.soft_reset()
-        lines = self._command("$$", self.command_timeout_s)
-        for line in lines:
+        for line in self._command("$$", self.command_timeout_s):
             parsed = parse_setting(line)
             if parsed:
                 self.settings[parsed[0]] = parsed[1]
+        for line in self._command("$I", self.command_timeout_s):
+            if line.startswith("[OPT:"):
+                self.build_options = line[5:-1].split(",")[0]
+        self._frame = (machine_frame(self.settings, self.force_origin, 0),
+                       machine_frame(self.settings, self.force_origin, 1))  # fmt: skip
         self._refresh_state()
         # GRBL with homing on is Idle only after $H (or a deliberate $X); without homing it counts
         # from wherever it woke up, and nothing better exists.
@@ -340,7 +455,7 @@ class GrblStage(SerialStage):
             self._check_settings()
 
     def _check_settings(self) -> None:
-        s, where = self.settings, f"{self.name} on {self.port_url}"
+        s, where = self.settings, self._where
         missing = [k for k in (13, 110, 111, 130, 131) if k not in s]
         if missing:
             raise StageError(f"{where}: $$ did not list settings {missing}; is this GRBL 1.1?")
@@ -348,10 +463,12 @@ class GrblStage(SerialStage):
             raise StageError(f"{where}: $13=1 reports inches; set $13=0 (mm) for this driver")
         for axis, key in (("X", 130), ("Y", 131)):
             need_mm = self._limits.travel_m[0 if axis == "X" else 1] * 1e3
-            if need_mm > s[key] + 1e-6:  # $13x bounds the soft limits and the homing search
+            room_mm = self._frame[0 if axis == "X" else 1].room_mm
+            if need_mm > room_mm + 1e-6:  # $13x bounds the soft limits and the homing search
                 raise StageError(
                     f"{where}: config travel_m={need_mm / 1e3:g} m exceeds the firmware's {axis} travel "
-                    f"${key}={s[key]:g} mm; lower travel_m or raise ${key}"
+                    f"from home, ${key}={s[key]:g} mm less the pull-off $27={s.get(27, 0.0):g} mm "
+                    f"(= {room_mm:g} mm); lower travel_m or raise ${key}"
                 )
         for axis, key in (("X", 110), ("Y", 111)):
             rate_mm_min = self._limits.max_speed_m_s * 60_000.0
@@ -382,11 +499,9 @@ class GrblStage(SerialStage):
             if done():
                 return True
             if self._state == StageState.DISCONNECTED:
-                raise StageLinkError(
-                    f"{self.name} on {self.port_url}: link lost (last command {self.last_command!r})"
-                )
+                raise StageLinkError(f"{self._where}: link lost (last command {self.last_command!r})")
             if self._closed.is_set():
-                raise StageError(f"{self.name} on {self.port_url}: stage closed")
+                raise StageError(f"{self._where}: stage closed")
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -424,7 +539,7 @@ class GrblStage(SerialStage):
         if self._closed.is_set():
             return
         self._state = StageState.DISCONNECTED
-        self._acks.append(("lost", exc))
+        self._acks.append(Reply("lost", exc=exc))
         with self._status_cond:
             self._status_cond.notify_all()
         log.error("%s: %s", self.name, exc)
@@ -434,10 +549,14 @@ class GrblStage(SerialStage):
         if not line:
             return
         if line == "ok":
-            self._acks.append(("ok", None))
+            self._acks.append(Reply("ok"))
         elif line.startswith("error:"):
             code = int(line[6:]) if line[6:].isdigit() else -1
-            self._acks.append(("error", code))
+            if code == 7:  # settings.c: EEPROM read failed and was restored to defaults (first boot)
+                log.warning(
+                    "%s: GRBL reports error:7: its EEPROM settings were restored to defaults", self._where
+                )
+            self._acks.append(Reply("error", code))
         elif line.startswith("<") and line.endswith(">"):
             try:
                 report = parse_status(line)
@@ -451,7 +570,7 @@ class GrblStage(SerialStage):
         elif line.startswith("Grbl "):
             self.banner = line
             self._critical = False
-            self._acks.append(("reset", line))
+            self._acks.append(Reply("reset", text=line))
             with self._status_cond:
                 self._banner_seq += 1
                 self._status_cond.notify_all()
@@ -460,6 +579,9 @@ class GrblStage(SerialStage):
             if "Reset to continue" in line:
                 self._critical = True
             elif "to unlock" in line:
+                self._state = StageState.ALARM
+            elif "Check Limits" in line:  # a limit switch reads pressed at power-up: GRBL is in alarm
+                log.warning("%s: GRBL reports %s: a limit switch is pressed", self._where, line)
                 self._state = StageState.ALARM
         elif line.startswith("[") or line.startswith("$"):
             self._info.append(line)
@@ -493,12 +615,15 @@ class GrblStage(SerialStage):
         if code in CRITICAL_ALARMS:
             self._critical = True
         log.error("%s: %s", self.name, describe_alarm(code))
-        self._acks.append(("alarm", code))
+        self._acks.append(Reply("alarm", code))
+        with self._status_cond:
+            self._alarm_seq += 1
+            self._status_cond.notify_all()
 
     # --- commands --------------------------------------------------------------------------------
     def _command(self, line: str, timeout_s: float, watchdog: bool = False) -> list[str]:
         """Send ``line`` and wait for its reply; with ``watchdog``, poll ``?`` while waiting."""
-        where = f"{self.name} on {self.port_url}"
+        where = self._where
         if self._state == StageState.DISCONNECTED:
             raise StageLinkError(f"{where}: link lost; reopen the stage (last command {self.last_command!r})")
         with self._cmd_lock:
@@ -530,9 +655,10 @@ class GrblStage(SerialStage):
                         self._link.write_raw(RT_STATUS)
                         last_query = now
                     continue
-                kind, value = self._acks.popleft()
+                reply = self._acks.popleft()
+                kind = reply.kind
                 if kind != "ok" and self._stop_requested.is_set():
-                    raise StageError(f"{where}: {line!r} cancelled by stop()")
+                    raise StageAborted(f"{where}: {line!r} cancelled by stop()")
                 if kind == "ok":
                     if len(self._garbage) > garbage_before:
                         raise StageError(
@@ -541,18 +667,18 @@ class GrblStage(SerialStage):
                         )
                     return list(self._info)
                 if kind == "error":
-                    code = int(value)  # type: ignore[arg-type]
-                    raise StageCommandError(f"{where}: {line!r} rejected: {describe_error(code)}", code=code)
+                    code = reply.code
+                    raise StageCommandError(
+                        f"{where}: {line!r} rejected: {describe_error(code or -1)}", code=code
+                    )
                 if kind == "alarm":
-                    code = int(value)  # type: ignore[arg-type]
-                    raise StageAlarm(f"{where}: {describe_alarm(code)} (during {line!r})", code=code)
+                    code = reply.code
+                    raise StageAlarm(f"{where}: {describe_alarm(code or -1)} (during {line!r})", code=code)
                 if kind == "reset":
-                    if self._stop_requested.is_set():
-                        raise StageError(f"{where}: {line!r} cancelled by stop()")
-                    raise StageError(f"{where}: controller reset while waiting for the reply to {line!r}")
+                    raise StageAborted(f"{where}: controller reset while waiting for the reply to {line!r}")
                 if kind == "lost":
                     raise StageLinkError(
-                        f"{where}: link lost while waiting for the reply to {line!r} ({value})"
+                        f"{where}: link lost while waiting for the reply to {line!r} ({reply.exc})"
                     )
 
     def _wait_banner(self, seq: int, timeout_s: float, raise_: bool = True) -> bool:
@@ -561,12 +687,10 @@ class GrblStage(SerialStage):
         except StageLinkError:
             ok = False
         if self._state == StageState.DISCONNECTED:
-            raise StageLinkError(
-                f"{self.name} on {self.port_url}: link lost while waiting for the GRBL banner"
-            )
+            raise StageLinkError(f"{self._where}: link lost while waiting for the GRBL banner")
         if not ok and raise_:
             raise StageTimeout(
-                f"{self.name} on {self.port_url}: no 'Grbl 1.1' banner within {timeout_s:g} s "
+                f"{self._where}: no 'Grbl 1.1' banner within {timeout_s:g} s "
                 f"(last command {self.last_command!r}); is it GRBL at 115200 baud?"
             )
         return ok
@@ -590,8 +714,9 @@ class GrblStage(SerialStage):
         speed = self._limits.max_speed_m_s if speed_m_s is None else float(speed_m_s)
         self._check_target(xy_m, speed)
         self._check_ready()
-        x_mm, y_mm = xy_m[0] * 1e3, xy_m[1] * 1e3
-        line = f"G90 G21 G1 X{_fmt(x_mm)} Y{_fmt(y_mm)} F{speed * 60_000.0:.1f}"
+        x_mm, y_mm = self.to_machine_mm(xy_m)
+        # G53: machine coordinates, so no work offset (G54..G59, G92, set by anyone) moves the target.
+        line = f"G21 G53 G1 X{_fmt(x_mm)} Y{_fmt(y_mm)} F{speed * 60_000.0:.1f}"
         # For the completion timeout only: from where we last knew we were, else the worst case.
         here = self._here_mm
         worst = math.hypot(*(t * 1e3 for t in self._limits.travel_m))
@@ -599,23 +724,22 @@ class GrblStage(SerialStage):
         return line, distance, speed
 
     def _check_ready(self) -> None:
-        where = f"{self.name} on {self.port_url}"
         if self._state == StageState.DISCONNECTED:
-            raise StageLinkError(f"{where}: link lost; reopen the stage")
+            raise StageLinkError(f"{self._where}: link lost; reopen the stage")
         if not self.homed:
             raise StageNotHomed(
-                f"{where}: position unknown (not homed since power-up or alarm); home() first"
+                f"{self._where}: position unknown (not homed since power-up or alarm); home() first"
             )
         if self._state == StageState.ALARM:
             raise StageAlarm(
-                f"{where}: in alarm ({describe_alarm(self.alarm_code) if self.alarm_code else 'locked'}); "
-                "unlock() or home() first",
+                f"{self._where}: in alarm "
+                f"({describe_alarm(self.alarm_code) if self.alarm_code else 'locked'}); unlock() or home() first",
                 code=self.alarm_code,
             )
 
     def _move_job(self, xy_m: tuple[float, float], speed_m_s: float | None) -> Callable[[], None]:
         line, distance_mm, speed = self._plan_move(xy_m, speed_m_s)
-        target_mm = (xy_m[0] * 1e3, xy_m[1] * 1e3)
+        target_mm = self.to_machine_mm(xy_m)
         return lambda: self._move_body(line, distance_mm, speed, target_mm)
 
     def _move_body(
@@ -623,42 +747,159 @@ class GrblStage(SerialStage):
     ) -> None:
         self._state = StageState.MOVING
         model_s = self._limits.move_time_s(distance_mm / 1e3, speed_m_s)
+        resets, alarms = self._banner_seq, self._alarm_seq
         try:
             self._command(line, self.command_timeout_s)
-            # ok = queued; G4 P0.01's ok comes once the planner has run dry, i.e. the move is done.
+            # ok = queued; G4 P0.01's ok comes once the planner has run dry, i.e. the move is done,
+            # or once a reset cut it short: GRBL answers the line it was holding either way.
             self._here_mm = None  # somewhere on the way until the move is done
             self._command("G4 P0.01", 1.5 * model_s + self.command_timeout_s + 1.0, watchdog=True)
+            self._confirm_rest(f"move to {line.split('G1 ')[1]}", resets, alarms, target_mm)
+        except StageAborted as exc:
+            if self._banner_seq == resets and self._state in (StageState.MOVING, StageState.HOLD):
+                self._recover(exc)  # no reset has stopped it: bring it to rest
+            raise
+        except StageAlarm as exc:
+            self._await_reset_after_alarm(resets)
+            self._recover(exc)
+            raise
         except StageError as exc:
             self._recover(exc)
             raise
-        self._here_mm = target_mm
         if self.settle_s:
             time.sleep(self.settle_s)
         self._state = StageState.IDLE
 
+    def _confirm_rest(
+        self, what: str, resets: int, alarms: int, target_mm: tuple[float, float] | None
+    ) -> GrblStatus:
+        """After the ``ok`` that ends a motion: a reset, an alarm or stop() since it began, or a
+        final status away from the target, means it did not finish (GRBL answers the held line's
+        ``ok`` on reset too, before or after its ALARM:3)."""
+        report: GrblStatus | None = None
+        if not self._stop_requested.is_set() and self._banner_seq == resets and self._alarm_seq == alarms:
+            seq = self._status_seq
+            self._link.write_raw(RT_STATUS)
+            self._pump(
+                lambda: self._status_seq > seq or self._banner_seq > resets or self._alarm_seq > alarms,
+                self.command_timeout_s,
+            )
+            report = self.last_status if self._status_seq > seq else None
+        if self._alarm_seq > alarms and self.alarm_code is not None:
+            code = self.alarm_code
+            self._await_reset_after_alarm(resets)
+            self._note_position()
+            raise StageAlarm(f"{self._where}: {what} interrupted: {describe_alarm(code)}", code=code)
+        if self._stop_requested.is_set():  # stop() brakes, resets and reads the position itself
+            raise StageAborted(f"{self._where}: {what} cut short by stop(); it did not reach its target")
+        if self._banner_seq > resets:
+            self._note_position()
+            raise StageAborted(
+                f"{self._where}: {what} cut short by a controller reset; {self._state_words()}"
+            )
+        if report is None:
+            raise StageTimeout(
+                f"{self._where}: no status report within {self.command_timeout_s:g} s after {what}"
+            )
+        pos = report.machine_pos_mm(self._wco)
+        if pos is not None:
+            self._here_mm = (pos[0], pos[1])
+        if report.state != "Idle":
+            raise StageAborted(f"{self._where}: {what} ended in state {report.state}, not Idle")
+        if (
+            target_mm is not None
+            and pos is not None
+            and math.dist(pos[:2], target_mm) > self._position_tol_mm()
+        ):
+            raise StageAborted(
+                f"{self._where}: {what} ended at machine ({pos[0]:.3f}, {pos[1]:.3f}) mm, not at the target "
+                f"({target_mm[0]:.3f}, {target_mm[1]:.3f}) mm"
+            )
+        return report
+
+    def _position_tol_mm(self) -> float:
+        """How far a finished move may end from its target: GRBL rounds to whole steps ($100/$101)."""
+        steps = min(self.settings.get(100, math.inf), self.settings.get(101, math.inf))
+        return max(POSITION_TOL_MM, 1.0 / steps if 0 < steps < math.inf else 0.0)
+
+    def _await_reset_after_alarm(self, resets: int) -> None:
+        """GRBL raises most alarms from mc_reset(): the held line's ``ok`` and a banner follow. Read
+        them now (briefly), so that they are not taken later for the replies of the next command.
+        ALARM:1/2 wait for our reset instead; a missing banner is only waited for command_timeout_s."""
+        if self._critical or self._banner_seq > resets or self._state == StageState.DISCONNECTED:
+            return
+        self._wait_banner(resets, self.command_timeout_s, raise_=False)
+
+    def _note_position(self) -> None:
+        """Best effort: read where the stage ended up, for a truthful state after a failure."""
+        if self._critical or self._state == StageState.DISCONNECTED:
+            return
+        try:
+            report = self.query_status()
+        except StageError:
+            return
+        pos = report.machine_pos_mm(self._wco)
+        self._here_mm = (pos[0], pos[1]) if pos is not None else None
+
+    def _state_words(self) -> str:
+        if self._state == StageState.ALARM:
+            alarm = describe_alarm(self.alarm_code) if self.alarm_code else "alarm"
+            return f"the stage is in {alarm}" + ("" if self.homed else " and not homed")
+        here = self.to_stage_m(self._here_mm) if self._here_mm is not None else None
+        where = f"at ({here[0]:.4f}, {here[1]:.4f}) m" if here is not None else "at an unknown position"
+        return f"the stage is {self._state.name.lower()} {where}"
+
     def _home_body(self) -> None:
-        where = f"{self.name} on {self.port_url}"
         if self._state == StageState.DISCONNECTED:
-            raise StageLinkError(f"{where}: link lost; reopen the stage")
+            raise StageLinkError(f"{self._where}: link lost; reopen the stage")
         self._ensure_not_critical()
         if not self.settings.get(22):
-            raise StageCommandError(f"{where}: homing is disabled on the controller ($22=0)", code=5)
+            raise StageCommandError(f"{self._where}: homing is disabled on the controller ($22=0)", code=5)
         self._state = StageState.HOMING
+        resets, alarms = self._banner_seq, self._alarm_seq
         try:
-            self._command("$H", self.homing_timeout_s, watchdog=True)
+            # GRBL sends nothing during $H and ignores '?': homing_timeout_s is the only bound.
+            self._command("$H", self.homing_timeout_s)
         except StageTimeout as exc:
+            self._abort_homing(exc)
+        except StageAlarm as exc:
+            self._await_reset_after_alarm(resets)
+            if exc.code in HOMING_RESET_ALARMS:  # limits.c: GRBL reset itself; nothing to halt
+                raise StageAlarm(
+                    f"{self._where}: homing failed: {describe_alarm(exc.code)}; GRBL reset itself and is "
+                    "in alarm, not homed",
+                    code=exc.code,
+                ) from exc
             self._recover(exc)
-            raise StageTimeout(
-                f"{where}: homing did not finish within homing_timeout_s={self.homing_timeout_s:g} s; "
-                "it was aborted (reset) and the stage is in alarm: check the limit switches"
-            ) from exc
+            raise
         except StageError as exc:
             self._recover(exc)
             raise
+        report = self._confirm_rest("homing", resets, alarms, None)
         self.homed = True
         self.alarm_code = None
-        self._here_mm = (0.0, 0.0)
         self._state = StageState.IDLE
+        pos = report.machine_pos_mm(self._wco)
+        self._here_mm = (pos[0], pos[1]) if pos is not None else None
+
+    def _abort_homing(self, exc: StageTimeout) -> None:
+        """$H gave no reply within homing_timeout_s: reset (GRBL answers ALARM:6), say what happened."""
+        alarms = self._alarm_seq
+        try:
+            self.soft_reset()
+            outcome = (
+                f"it was aborted by a soft reset ({describe_alarm(self.alarm_code or -1)})"
+                if self._alarm_seq > alarms
+                else "a soft reset was sent to abort it"
+            )
+        except StageError as again:
+            outcome = f"the soft reset sent to abort it failed too ({again})"
+            self._state = StageState.UNKNOWN
+        self.homed = False
+        raise StageTimeout(
+            f"{self._where}: $H got no reply within homing_timeout_s={self.homing_timeout_s:g} s; {outcome}; "
+            "the stage is not homed: check the limit switches, $24/$25 (homing rates) and $130/$131"
+        ) from exc
 
     @property
     def _log_who(self) -> str:
@@ -666,19 +907,37 @@ class GrblStage(SerialStage):
 
     def _rest_after(self, exc: StageError) -> None:
         """After a failed command: bring the stage to rest and the link back in step."""
-        if isinstance(exc, StageAlarm) and exc.code in CRITICAL_ALARMS:
-            return  # already halted by the controller; home() resets and re-homes
+        if isinstance(exc, StageAlarm):
+            # GRBL raises every alarm through mc_reset(): the motion is already killed and the planner
+            # flushed (ALARM:1/2 wait for our reset, which home() sends); nothing left to halt.
+            return
         self._halt()
 
+    def _braking_s(self) -> float:
+        """How long GRBL may need to brake from full speed: v / a with $11x and $12x (mm, s)."""
+        s = self.settings
+        v = max(s.get(110, 0.0), s.get(111, 0.0)) / 60.0
+        a = min(s.get(120, math.inf), s.get(121, math.inf))
+        if self.last_status is not None and self.last_status.feed_mm_min is not None and v <= 0:
+            v = self.last_status.feed_mm_min / 60.0
+        return v / a if v > 0 and 0 < a < math.inf else 0.0
+
     def _halt(self) -> None:
-        """Halt now: feed hold, wait until braked (Hold:0/Idle/Alarm), soft reset to flush, read the
-        state; the position is kept."""
+        """Halt now: feed hold, wait until braked (Hold:0/Idle/Alarm; as long as braking from full
+        speed takes, plus a reply's time), soft reset to flush, read the state; position is kept."""
+        if self._critical:  # ALARM:1/2: already halted; GRBL waits for a reset and answers no '?'
+            self.soft_reset()
+            return
+        if self.alarm_code in HOMING_RESET_ALARMS and self._state == StageState.ALARM:
+            return  # GRBL reset itself after the homing failure: nothing moves, nothing to flush
         self._link.write_raw(RT_HOLD)
-        deadline = time.monotonic() + self.command_timeout_s
+        deadline = time.monotonic() + self._braking_s() + self.command_timeout_s
         pause = 0.02
         while time.monotonic() < deadline:
             try:
                 report = self.query_status(max(0.05, deadline - time.monotonic()))
+            except StageAlarm:
+                break
             except StageTimeout:
                 break
             if (

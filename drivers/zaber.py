@@ -34,7 +34,14 @@ from collections.abc import Callable
 
 import serial
 
-from drivers.errors import StageAlarm, StageCommandError, StageError, StageNotHomed, StageTimeout
+from drivers.errors import (
+    StageAborted,
+    StageAlarm,
+    StageCommandError,
+    StageError,
+    StageNotHomed,
+    StageTimeout,
+)
 from drivers.positioner import StageLimits, StageState
 from drivers.serial_link import StageLinkError
 from drivers.serial_stage import SerialStage
@@ -60,7 +67,7 @@ VELOCITY_UNIT = 1.6384  # Zaber data units per microstep/s
 ACCEL_UNIT = 1.6384 / 10000.0  # Zaber data units per microstep/s^2
 
 
-class MoveInterrupted(StageError):
+class MoveInterrupted(StageAborted):
     """The device reports ``NI``: someone else (a ``stop``, an ``estop``, another move) cut the move short."""
 
     code = "NI"

@@ -87,7 +87,9 @@ def test_blocked_path_is_sequenced(array, rigs):
     pos = array.positions()
     assert pos["a"] == pytest.approx((0.2, 0.0)) and pos["b"] == pytest.approx((0.1, 0.2))
     # b's move line reached its controller before a's: the batches ran in order.
-    assert rigs["a"].device.lines_received[-2].startswith("G90 G21 G1 X200.000 Y0.000")
+    assert (
+        rigs["a"].device.lines_received[-2].startswith("G21 G53 G1 X-201.000 Y-1.000")
+    )  # GRBL machine frame
 
 
 def test_refuse_policy_and_impossible_swap(array, rigs):

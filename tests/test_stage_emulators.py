@@ -92,11 +92,13 @@ def test_grbl_power_up_and_unlock(grbl):
 @pytest.mark.parametrize(
     ("line", "reply"),
     [
-        (b"X\n", "error:2"), (b"1G0\n", "error:1"), (b"$Q\n", "error:3"), (b"G1 F-5 X1\n", "error:4"),
-        (b"$22=0\n$20=1\n", "ok"), (b"G" + b"0" * 90 + b"\n", "error:11"), (b"G2 X1\n", "error:20"),
-        (b"G0 G1 X1\n", "error:21"), (b"G1 X1\n", "error:22"), (b"G0 X1 X2\n", "error:25"),
-        (b"G4\n", "error:28"), (b"G4 P1 X1\n", "error:31"), (b"$J=X1\n", "error:22"), (b"$J=G0 X1 F10\n", "error:16"),
-        (b"$J=G91 X-5 F100\n", "error:15"), (b"$999=1\n", "error:3"), (b"G0 P2 X1\n", "error:36"),
+        (b"X\n", "error:2"), (b"1G0\n", "error:1"), (b"$Q\n", "error:2"), (b"G1 F-5 X1\n", "error:4"),
+        (b"$22=0\n$20=1\n", "ok"), (b"G" + b"0" * 90 + b"\n", "error:11"), (b"G2 X1\n", "error:22"),
+        (b"G0 G1 X1\n", "error:24"), (b"G90 G91\n", "error:21"), (b"G1 X1\n", "error:22"),
+        (b"G0 X1 X2\n", "error:25"), (b"G4\n", "error:28"), (b"G80 X1\n", "error:31"), (b"$J=X1\n", "error:22"),
+        (b"$J=G0 X1 F10\n", "error:16"), (b"$J=G91 X5 F100\n", "error:15"), (b"$999=1\n", "error:3"),
+        (b"G0 P2 X1\n", "error:36"), (b"$1X\n", "error:3"), (b"G2 X-1 F100\n", "error:35"),
+        (b"G10 L2 P1\n", "error:26"), (b"G92\n", "error:26"), (b"G53 G2 X-1 I1 F10\n", "error:30"),
     ],
 )  # fmt: skip
 def test_grbl_error_paths(grbl, line, reply):
@@ -114,7 +116,7 @@ def test_grbl_settings_dump_and_write(grbl):
     lines = []
     while (line := port.readline().decode().strip()) != "ok":
         lines.append(line)
-    assert "$110=3000.000" in lines and "$22=1" in lines and "$130=500.000" in lines
+    assert "$110=3000.000" in lines and "$22=1" in lines and "$130=501.000" in lines
     assert _ask(port, b"$110=1500\n") == ["ok"]
     assert _ask(port, b"$22=0\n") == ["ok"]
     assert _ask(port, b"$H\n") == ["error:5"]  # homing disabled now
@@ -128,7 +130,9 @@ def test_grbl_motion_hold_resume_and_status_fields(grbl):
     assert _ask(port, b"$H\n") == ["ok"]  # answered once homing is done
     assert _ask(port, b"$10=3\n") == ["ok"]  # MPos + buffer state
     assert _ask(port, b"M3 S1000 M8\n") == ["ok"]
-    assert _ask(port, b"N7 G1 X400 Y300 F600\n") == ["ok"]  # 600 mm/min: 50 s model, 0.25 s real
+    assert _ask(port, b"N7 G1 X-400 Y-300 F600\n") == [
+        "ok"
+    ]  # stock frame: travel [-500, 0]  # 600 mm/min: 50 s model, 0.25 s real
     time.sleep(0.03)
     s = _status(port)
     assert s.state == "Run" and s.line_number == 7 and s.buffer == (14, 128) and 0 < s.feed_mm_min <= 600
@@ -140,8 +144,8 @@ def test_grbl_motion_hold_resume_and_status_fields(grbl):
     assert _status(port).mpos_mm == held.mpos_mm  # holding still
     port.write(b"~")
     assert _ask(port, b"G4 P0.01\n") == ["ok"]  # after the move ends
-    reports = [_status(port) for _ in range(12)]
-    assert reports[-1].mpos_mm == (400.0, 300.0, 0.0) and reports[-1].state == "Idle"
+    reports = [_status(port) for _ in range(30)]  # report.c: WCO every 10-30 reports, Ov (and A:) 10-20
+    assert reports[-1].mpos_mm == (-400.0, -300.0, -1.0) and reports[-1].state == "Idle"
     assert any(r.wco_mm is not None for r in reports)
     assert any(r.overrides == (100, 100, 100) and r.accessories == "SF" for r in reports)
 
@@ -158,7 +162,7 @@ def test_grbl_soft_limit_alarm_needs_reset(grbl):
     assert _ask(port, b"\x18", 3) == ["", "Grbl 1.1h ['$' for help]", "[MSG:'$H'|'$X' to unlock]"]
     assert _status(port).state == "Alarm"
     assert _ask(port, b"$X\n", 2) == ["[MSG:Caution: Unlocked]", "ok"]  # position kept: unlock is safe
-    assert _ask(port, b"G0 X10\n") == ["ok"]
+    assert _ask(port, b"G0 X-10\n") == ["ok"]
 
 
 def test_grbl_hard_limit_without_soft_limits(grbl):
@@ -166,11 +170,16 @@ def test_grbl_hard_limit_without_soft_limits(grbl):
     _lines(port, 3)
     _ask(port, b"$H\n")
     assert _ask(port, b"$20=0\n") == ["ok"]
-    assert _ask(port, b"G1 X520 F3000\n") == ["ok"]  # beyond the 500 mm switch
+    assert _ask(port, b"G1 X20 F3000\n") == ["ok"]  # beyond the switch at machine 0
     assert _lines(port, 2) == ["ALARM:1", "[MSG:Reset to continue]"]
+    port.write(b"?")  # GRBL answers no status report in a critical alarm
+    port.timeout = 0.1
+    assert port.readline() == b""
+    port.timeout = 0.5
+    # The carriage sits on the switch: GRBL says so after the banner (CHECK_LIMITS_AT_INIT).
+    assert _ask(port, b"\x18", 4)[2:] == ["[MSG:Check Limits]", "[MSG:'$H'|'$X' to unlock]"]
     s = _status(port)
-    assert s.state == "Alarm" and s.pins == "X" and s.mpos_mm[0] == pytest.approx(500.0, abs=1e-3)
-    _ask(port, b"\x18", 3)
+    assert s.state == "Alarm" and s.mpos_mm[0] == pytest.approx(0.0, abs=1e-3)
     assert _ask(port, b"$H\n") == ["ok"]
 
 
@@ -178,7 +187,7 @@ def test_grbl_reset_mid_move_loses_position(grbl):
     _, port = grbl
     _lines(port, 3)
     _ask(port, b"$H\n")
-    _ask(port, b"G1 X300 F600\n")
+    _ask(port, b"G1 X-300 F600\n")
     time.sleep(0.02)
     assert _ask(port, b"\x18", 4) == ["ALARM:3", "", "Grbl 1.1h ['$' for help]", "[MSG:'$H'|'$X' to unlock]"]
 
@@ -187,21 +196,21 @@ def test_grbl_jog_and_cancel(grbl):
     _, port = grbl
     _lines(port, 3)
     _ask(port, b"$H\n")
-    assert _ask(port, b"$J=G91 X200 F600\n") == ["ok"]
+    assert _ask(port, b"$J=G91 X-200 F600\n") == ["ok"]
     time.sleep(0.02)
     assert _status(port).state == "Jog"
     assert _ask(port, b"G0 X1\n") == ["error:9"]  # G-code locked while jogging
     port.write(b"\x85")
     time.sleep(0.02)
     s = _status(port)
-    assert s.state == "Idle" and 0 < s.mpos_mm[0] < 200
+    assert s.state == "Idle" and -201 < s.mpos_mm[0] < -1
 
 
 def test_grbl_safety_door(grbl):
     device, port = grbl
     _lines(port, 3)
     _ask(port, b"$H\n")
-    _ask(port, b"G1 X300 F600\n")
+    _ask(port, b"G1 X-300 F600\n")
     time.sleep(0.02)
     device.set_door(True)
     time.sleep(0.02)
@@ -211,7 +220,7 @@ def test_grbl_safety_door(grbl):
     assert _status(port).substate == 0
     port.write(b"~")
     assert _ask(port, b"G4 P0\n") == ["ok"]
-    assert _status(port).mpos_mm[0] == 300.0
+    assert _status(port).mpos_mm[0] == -300.0
 
 
 def test_grbl_over_tcp_socket_url():

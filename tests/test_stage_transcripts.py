@@ -6,8 +6,10 @@ must equal the next expected bytes, and the paired reply then becomes readable.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,9 +37,13 @@ LIMITS = StageLimits(travel_m=(0.5, 0.5), max_speed_m_s=0.05, accel_m_s2=0.5)
 BANNER = b"\r\nGrbl 1.1h ['$' for help]\r\n"
 UNLOCK_MSG = b"[MSG:'$H'|'$X' to unlock]\r\n"
 SETTINGS = (
-    b"$0=10\r\n$1=25\r\n$10=1\r\n$13=0\r\n$20=1\r\n$21=1\r\n$22=1\r\n$24=25.000\r\n$25=500.000\r\n"
-    b"$110=3000.000\r\n$111=3000.000\r\n$120=500.000\r\n$121=500.000\r\n$130=500.000\r\n$131=500.000\r\nok\r\n"
+    b"$0=10\r\n$1=25\r\n$10=1\r\n$13=0\r\n$20=1\r\n$21=1\r\n$22=1\r\n$23=0\r\n$24=25.000\r\n$25=500.000\r\n"
+    b"$27=1.000\r\n$110=3000.000\r\n$111=3000.000\r\n$120=500.000\r\n$121=500.000\r\n$130=501.000\r\n"
+    b"$131=501.000\r\nok\r\n"
 )
+BUILD_INFO = b"[VER:1.1h.20190830:]\r\n[OPT:V,15,128]\r\nok\r\n"
+# Stock GRBL after $H: pull-off 1 mm from the switches at the positive ends (machine 0); stage 0 is here.
+HOMED_IDLE = b"<Idle|MPos:-1.000,-1.000,-1.000|FS:0,0>\r\n"
 
 
 class ScriptedPort:
@@ -167,9 +173,27 @@ def test_error_and_alarm_tables_are_grbls():
 
 
 # --- GRBL driver transcripts ----------------------------------------------------------------------
+@contextlib.contextmanager
+def scripted_grbl(
+    extra: list[tuple[bytes, bytes]] | None = None, greeting: bytes = BANNER + UNLOCK_MSG
+) -> Iterator[tuple[ScriptedPort, GrblStage]]:
+    """A ``GrblStage`` opened on a transcript (start-up exchange first, then ``extra``); on leaving,
+    the stage is closed and the transcript must have been played to the end with nothing else sent."""
+    port, stage = _open_grbl(extra, greeting)
+    try:
+        yield port, stage
+    finally:
+        stage.close()
+    port.check()
+
+
 def _open_grbl(extra: list[tuple[bytes, bytes]] | None = None, greeting: bytes = BANNER + UNLOCK_MSG):
     port = ScriptedPort(
-        [(b"$$\n", SETTINGS), (b"?", b"<Alarm|MPos:0.000,0.000,0.000|FS:0,0|WCO:0.000,0.000,0.000>\r\n")]
+        [
+            (b"$$\n", SETTINGS),
+            (b"$I\n", BUILD_INFO),
+            (b"?", b"<Alarm|MPos:0.000,0.000,0.000|FS:0,0|WCO:0.000,0.000,0.000>\r\n"),
+        ]
         + (extra or []),
         greeting=greeting,
     )
@@ -194,6 +218,7 @@ def test_grbl_without_banner_sends_soft_reset():
         [
             (b"\x18", BANNER + UNLOCK_MSG),
             (b"$$\n", SETTINGS),
+            (b"$I\n", BUILD_INFO),
             (b"?", b"<Alarm|MPos:0.000,0.000,0.000|FS:0,0>\r\n"),
         ]
     )
@@ -205,45 +230,68 @@ def test_grbl_without_banner_sends_soft_reset():
         stage.close()
 
 
-def test_grbl_command_bytes():
-    port, stage = _open_grbl()
-    try:
-        port.expect(b"$H\n", b"ok\r\n")
+HOME = [(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE)]
+AT = b"<Idle|MPos:-101.000,-101.000,0.000|FS:0,0>\r\n"
+GRBL_COMMANDS = {
+    # Stage (0.1, 0.05) m from home = machine (-101, -51) mm in stock GRBL, sent with G53; done once
+    # G4's ok and a final Idle status at the target are in.
+    "move": (
+        lambda s: s.move_to((0.1, 0.05)).wait(2.0),
+        [
+            (b"G21 G53 G1 X-101.000 Y-51.000 F3000.0\n", b"ok\r\n"),
+            (b"G4 P0.01\n", b"ok\r\n"),
+            (b"?", b"<Idle|MPos:-101.000,-51.000,-1.000|FS:0,0>\r\n"),
+        ],
+    ),
+    "move slow to the far corner": (
+        lambda s: s.move_to((1e-6, 0.499999), speed_m_s=0.01).wait(2.0),
+        [
+            (b"G21 G53 G1 X-1.001 Y-500.999 F600.0\n", b"ok\r\n"),
+            (b"G4 P0.01\n", b"ok\r\n"),
+            (b"?", b"<Idle|MPos:-1.001,-500.999,-1.000|FS:0,0>\r\n"),
+        ],
+    ),
+    "position from WPos + WCO": (
+        lambda s: s.position(),
+        [(b"?", b"<Idle|WPos:-111.000,-61.000,0.000|Bf:15,128|FS:0,0|WCO:10.000,10.000,0.000>\r\n")],
+        pytest.approx((0.1, 0.05)),
+    ),
+    "stop: hold, Hold:0, reset, read": (
+        lambda s: s.stop(),
+        [
+            (b"!", b""),
+            (b"?", b"<Hold:0|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n"),
+            (b"\x18", BANNER),
+            (b"?", b"<Idle|MPos:-1.001,-500.999,0.000|FS:0,0>\r\n"),
+        ],
+    ),
+    "unlock": (lambda s: s.unlock(), [(b"$X\n", b"[MSG:Caution: Unlocked]\r\nok\r\n"), (b"?", AT)]),
+    "jog (stage +X is machine -X)": (
+        lambda s: s.jog((0.01, -0.0), 0.01),
+        [(b"?", AT), (b"$J=G91 G21 X-10.000 Y0.000 F600.0\n", b"ok\r\n")],
+    ),
+    "jog cancel": (lambda s: s.jog_cancel(), [(b"\x85", b"")]),
+    "feed hold": (lambda s: s.feed_hold(), [(b"!", b"")]),
+    "resume": (lambda s: s.resume(), [(b"~", b"")]),
+    "command returns the info lines": (
+        lambda s: s.command("$I"),
+        [(b"$I\n", b"[VER:1.1h.20190830:]\r\n[OPT:V,15,128]\r\nok\r\n")],
+        ["[VER:1.1h.20190830:]", "[OPT:V,15,128]"],
+    ),
+}
+
+
+@pytest.mark.parametrize("what", list(GRBL_COMMANDS))
+def test_grbl_command_bytes(what):
+    """After homing, one driver call sends exactly these bytes and returns ``expected`` (default None)."""
+    action, pairs, *expected = GRBL_COMMANDS[what]
+    with scripted_grbl(HOME + pairs) as (_, stage):
         stage.home().wait(2.0)
-        port.expect(b"G90 G21 G1 X100.000 Y50.000 F3000.0\n", b"ok\r\n")
-        port.expect(b"G4 P0.01\n", b"ok\r\n")
-        stage.move_to((0.1, 0.05)).wait(2.0)
-        port.expect(b"?", b"<Idle|WPos:90.000,40.000,0.000|Bf:15,128|FS:0,0|WCO:10.000,10.000,0.000>\r\n")
-        assert stage.position() == pytest.approx((0.1, 0.05))
-        port.expect(b"G90 G21 G1 X0.001 Y499.999 F600.0\n", b"ok\r\n")
-        port.expect(b"G4 P0.01\n", b"ok\r\n")
-        stage.move_to((1e-6, 0.499999), speed_m_s=0.01).wait(2.0)
-        # stop: feed hold, wait for Hold:0, soft reset, read the state
-        port.expect(b"!", b"")
-        port.expect(b"?", b"<Hold:0|MPos:0.001,499.999,0.000|FS:0,0>\r\n")
-        port.expect(b"\x18", BANNER)
-        port.expect(b"?", b"<Idle|MPos:0.001,499.999,0.000|FS:0,0>\r\n")
-        stage.stop()
-        port.expect(b"$X\n", b"[MSG:Caution: Unlocked]\r\nok\r\n")
-        port.expect(b"?", b"<Idle|MPos:0.001,499.999,0.000|FS:0,0>\r\n")
-        stage.unlock()
-        port.expect(b"?", b"<Idle|MPos:0.000,0.000,0.000|FS:0,0>\r\n")
-        port.expect(b"$J=G91 G21 X10.000 Y0.000 F600.0\n", b"ok\r\n")
-        stage.jog((0.01, -0.0), 0.01)
-        for byte in (b"\x85", b"!", b"~"):
-            port.expect(byte, b"")
-        stage.jog_cancel()
-        stage.feed_hold()
-        stage.resume()
-        port.expect(b"$I\n", b"[VER:1.1h.20190830:]\r\n[OPT:V,15,128]\r\nok\r\n")
-        assert stage.command("$I") == ["[VER:1.1h.20190830:]", "[OPT:V,15,128]"]
-        port.check()
-    finally:
-        stage.close()
+        assert action(stage) == (expected[0] if expected else None)
 
 
 def test_grbl_refused_move_sends_nothing():
-    port, stage = _open_grbl([(b"$H\n", b"ok\r\n")])
+    port, stage = _open_grbl([(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE)])
     try:
         stage.home().wait(2.0)
         sent = list(port.sent)
@@ -271,7 +319,7 @@ def test_grbl_every_error_code():
 
 
 def test_grbl_every_alarm_code():
-    port, stage = _open_grbl([(b"$H\n", b"ok\r\n")])
+    port, stage = _open_grbl([(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE)])
     try:
         stage.home().wait(2.0)
         for code, (short, meaning) in GRBL_ALARMS.items():
@@ -291,15 +339,19 @@ def test_grbl_every_alarm_code():
 def test_grbl_settings_checked_against_config():
     slow = SETTINGS.replace(b"$110=3000.000", b"$110=1000.000")
     port = ScriptedPort(
-        [(b"$$\n", slow), (b"?", b"<Idle|MPos:0.000,0.000,0.000|FS:0,0>\r\n")], greeting=BANNER
+        [(b"$$\n", slow), (b"$I\n", BUILD_INFO), (b"?", b"<Idle|MPos:0.000,0.000,0.000|FS:0,0>\r\n")],
+        greeting=BANNER,
     )
     with pytest.raises(StageError, match=r"max_speed_m_s=0.05 exceeds the firmware's X max rate \$110=1000"):
         GrblStage(port, LIMITS, name="t", command_timeout_s=0.5)
-    short = SETTINGS.replace(b"$131=500.000", b"$131=300.000")
+    short = SETTINGS.replace(b"$131=501.000", b"$131=300.000")
     port = ScriptedPort(
-        [(b"$$\n", short), (b"?", b"<Idle|MPos:0.000,0.000,0.000|FS:0,0>\r\n")], greeting=BANNER
+        [(b"$$\n", short), (b"$I\n", BUILD_INFO), (b"?", b"<Idle|MPos:0.000,0.000,0.000|FS:0,0>\r\n")],
+        greeting=BANNER,
     )
-    with pytest.raises(StageError, match=r"travel_m=0.5 m exceeds the firmware's Y travel \$131=300"):
+    with pytest.raises(
+        StageError, match=r"travel_m=0.5 m exceeds the firmware's Y travel from home, \$131=300"
+    ):
         GrblStage(port, LIMITS, name="t", command_timeout_s=0.5)
 
 
@@ -578,10 +630,10 @@ def test_zaber_checksum_refused_names_the_way_out():
 
 
 def test_grbl_silent_controller_times_out_naming_port_and_command():
-    port, stage = _open_grbl([(b"$H\n", b"ok\r\n")])
+    port, stage = _open_grbl([(b"$H\n", b"ok\r\n"), (b"?", HOMED_IDLE)])
     try:
         stage.home().wait(2.0)
-        port.expect(b"G90 G21 G1 X10.000 Y0.000 F3000.0\n", b"ok\r\n")
+        port.expect(b"G21 G53 G1 X-11.000 Y-1.000 F3000.0\n", b"ok\r\n")
         port.expect(b"G4 P0.01\n", b"")  # the controller falls silent: no ok, no status reports
         for _ in range(20):
             port.expect(b"?", b"")
@@ -592,7 +644,7 @@ def test_grbl_silent_controller_times_out_naming_port_and_command():
         assert "transcript://test" in message and "no status report within 0.5 s" in message
         assert "'G4 P0.01'" in message
         assert stage.state == StageState.UNKNOWN  # it could not be brought back in step
-        assert port.sent[2:5] == [b"$H\n", b"G90 G21 G1 X10.000 Y0.000 F3000.0\n", b"G4 P0.01\n"]
-        assert set(port.sent[5:]) <= {b"?", b"!", b"\x18"}  # polls, then the recovery's hold and reset
+        assert port.sent[3:7] == [b"$H\n", b"?", b"G21 G53 G1 X-11.000 Y-1.000 F3000.0\n", b"G4 P0.01\n"]
+        assert set(port.sent[7:]) <= {b"?", b"!", b"\x18"}  # polls, then the recovery's hold and reset
     finally:
         stage.close()
