@@ -295,9 +295,8 @@ class Coordinator:
                 KeyLayout(Path(self.fl.transport.keys_dir)).coordinator_allow
                 / f"{node_identity(k).decode()}.key"
             )
-            key = zmq_security.load_public_key(
-                allowed
-            ).decode()  # z85 text, as ZAP reports if allowed.is_file() else None
+            # z85 text, as ZAP reports it; a missing allow-list file means "not allowed", not a crash.
+            key = zmq_security.load_public_key(allowed).decode() if allowed.is_file() else None
             if key is None or msg.peer_key != key:
                 self._reject(
                     identity, "bad_key", f"HELLO as node {k} without node {k}'s CURVE key ({allowed})"
