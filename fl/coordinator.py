@@ -128,6 +128,8 @@ class Coordinator:
         self._resume_participation: dict[int, int] = {}
         self._edge0_s: float | None = None
         self.initial_val_loss = float("nan")
+        # Called while waiting for the nodes; raises FLError when a (local) node died starting up.
+        self.startup_check: Callable[[], None] | None = None
         self.ctx = zmq.Context()
         self._auth = None
         self.loop: SocketLoop | None = None
@@ -364,6 +366,8 @@ class Coordinator:
             ready = [i for i in self.nodes.values() if i.alive and i.clock_offset_s is not None]
             if len(ready) == self.num_clients:
                 return
+            if self.startup_check is not None:
+                self.startup_check()
             self._pump(0.05)
         have = sorted(i.node for i in self.nodes.values() if i.alive)
         raise FLError(

@@ -95,7 +95,14 @@ class Node:
         time_source: RadioTimeSource | None = None,
         apply_clocks: bool = False,
         workload: Any = None,
+        rejoin_timeout_s: float | None = None,
     ) -> None:
+        """``rejoin_timeout_s``: how long to keep saying HELLO after the coordinator has been
+        silent for heartbeat_s x heartbeat_misses (0: exit at once, as a node of a local
+        federation must, whose coordinator cannot come back; None: fl.transport.join_timeout_s,
+        for a remote node that waits for a resumed coordinator)."""
+        if rejoin_timeout_s is not None and not (rejoin_timeout_s >= 0 and math.isfinite(rejoin_timeout_s)):
+            raise FLError(f"rejoin_timeout_s={rejoin_timeout_s!r}; allowed a finite number of seconds >= 0")
         self.config = config
         self.fl = config.fl
         self.node = int(node)
@@ -106,6 +113,9 @@ class Node:
         self.time_source = time_source or HostClock()
         self.apply_clocks = apply_clocks
         self.work = workload
+        self.rejoin_timeout_s = (
+            float(config.fl.transport.join_timeout_s) if rejoin_timeout_s is None else float(rejoin_timeout_s)
+        )
         self.round = 0
         self.incarnation = uuid.uuid4().hex
         self.ctx = zmq.Context()
@@ -213,10 +223,8 @@ class Node:
             while not self.stop.is_set():
                 msg = self._recv(0.05)
                 if msg is None:
-                    if not self._coordinator_alive():  # coordinator restarted or gone: rejoin
-                        log.warning("node %d: coordinator silent; saying HELLO again", self.node)
-                        if not self._join(time.monotonic() + self.fl.transport.join_timeout_s):
-                            return 1
+                    if not self._coordinator_alive() and not self._rejoin():  # coordinator gone
+                        return 1
                     continue
                 if msg.type is MsgType.PLAN:
                     self._round(msg)
@@ -235,6 +243,29 @@ class Node:
             assert self.loop is not None
             self.loop.close()
             self.ctx.term()
+
+    def _rejoin(self) -> bool:
+        """The coordinator missed heartbeat_s x heartbeat_misses: rejoin within rejoin_timeout_s,
+        or give up (at once when it is 0). False: the node must exit."""
+        t = self.fl.transport
+        silent_s = t.heartbeat_s * t.heartbeat_misses
+        if self.rejoin_timeout_s <= 0:
+            log.error("node %d: no heartbeat from the coordinator for %.2f s; exiting", self.node, silent_s)
+            return False
+        log.warning(
+            "node %d: coordinator silent for %.2f s; saying HELLO again for up to %.1f s",
+            self.node,
+            silent_s,
+            self.rejoin_timeout_s,
+        )
+        if self._join(time.monotonic() + self.rejoin_timeout_s):
+            return True
+        log.error(
+            "node %d: the coordinator did not come back within %.1f s; exiting",
+            self.node,
+            self.rejoin_timeout_s,
+        )
+        return False
 
     def _round(self, plan: Message) -> None:
         from fl.training import adapter_state, load_adapter_state, local_train
@@ -337,6 +368,8 @@ class Node:
         while time.monotonic() < deadline and not self.stop.is_set():
             msg = self._recv(0.05)
             if msg is None:
+                if not self._coordinator_alive():  # no use waiting out the deadline: the main loop decides
+                    return None
                 continue
             if msg.type is kind and msg.round == r:
                 return msg

@@ -175,6 +175,7 @@ class Experiment:
         assert self.lab is not None and self.comparison is not None
         cfg, alloc = self.config, self.config.allocation
         t0 = time.monotonic()
+        rng = self._reseed_round(r)
         remaining = max(1, cfg.fl.rounds - r + 1)
         try:
             rp = plan_round(
@@ -185,7 +186,7 @@ class Experiment:
                 alloc.latency_budget_s - self.state.latency_spent_s,
                 alloc.energy_budget_j - self.state.energy_spent_j,
                 remaining,
-                self.rng,
+                rng,
             )
         except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
@@ -240,6 +241,18 @@ class Experiment:
             b_k=dict(zip(selected, b, strict=True)),
             extra={"mse_predicted": rp.mse, "move_model_s": rp.move_s},
         )
+
+    def _reseed_round(self, r: int) -> np.random.Generator:
+        """Every random draw of round ``r`` (the planner's starts, both airs' noise) comes from
+        generators derived from (seed, stream, r), not from streams carried across rounds: a run
+        resumed at round r then draws exactly what an uninterrupted run draws."""
+        assert self.lab is not None
+        seed = self.config.run.seed
+        for stream, air in ((21, self.lab.air), (22, self.lab.fixed_air)):
+            reseed = getattr(air, "reseed", None)
+            if reseed is not None:
+                reseed(np.random.default_rng([seed, stream, r]))
+        return np.random.default_rng([seed, 11, r])
 
     # --- after each round ----------------------------------------------------------------------
     def on_round(self, fl_record: dict[str, Any]) -> None:
@@ -305,6 +318,9 @@ class Experiment:
                 self._record_whole_run_plan()
             else:
                 self.lab.home()
+                if self.state.positions_m is not None:
+                    # The antennas go back where the last completed round left them, as if never stopped.
+                    self.lab.move_antennas(self.state.positions_m)
                 self.recorder.event("resumed", completed_rounds=sorted(self.done_rounds))
             self.comparison = FixedArrayComparison(
                 self.lab.air, self.lab.fixed_air, cfg.lab.clients.tx_power_w
