@@ -327,5 +327,8 @@ def shared_zygote() -> Zygote:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        sys.exit(_run_child(json.loads(sys.argv[2])))
+        code = _run_child(json.loads(sys.argv[2]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # as a forked child does: no interpreter teardown that may hang on threads
     main()

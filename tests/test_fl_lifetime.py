@@ -166,3 +166,29 @@ def test_a_model_every_node_fails_to_load_ends_the_run_at_once_with_its_error(tm
     assert took < 20, f"the run took {took:.1f} s to notice"
     assert "SafetensorError: Error while deserializing header" in str(err.value)  # the node's own error
     assert all(p.poll() is not None for p in fed.processes.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_nodes_started_as_fresh_interpreters_run_a_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start method GPU nodes get (nothing inherited from the zygote), exercised on CPU.
+    import fl.runner
+    from fl.runner import LocalFederation
+
+    monkeypatch.setattr(fl.runner, "node_start_method", lambda config: "spawn")
+    fed = LocalFederation(load_config(None, [*FAST, "fl.rounds=1"]), tmp_path / "run")
+    metrics = fed.run()
+    assert [m["delivered"] for m in metrics] == [[0, 1]]
+    assert {k: p.returncode for k, p in fed.processes.items()} == {0: 0, 1: 0}
+
+
+def test_gpu_nodes_are_spawned_and_cpu_nodes_forked() -> None:
+    from fl.runner import node_start_method
+
+    assert node_start_method(load_config(None, [])) == "fork"
+    four_bit = load_config(
+        None, ["fl.model.source=pretrained", "fl.model.path=/m", "fl.model.load_in_4bit=true"]
+    )
+    assert node_start_method(four_bit) == "spawn"
