@@ -304,6 +304,8 @@ class Coordinator:
         if weight is not None and not (math.isfinite(weight) and weight > 0):
             return f"weight must be a finite number > 0 (got {weight!r})"
         if msg.type is MsgType.STATS:
+            if msg.frames:
+                return f"statistics carry no tensor frames (got {sorted(msg.frames)[:8]})"
             if list(body["groups"]) != self.payload:
                 return f"statistics for groups {body['groups']!r:.200}; this run's payload is {self.payload}"
             for key in ("mean", "var"):
