@@ -218,7 +218,7 @@ class LocalFederation:
                 "TOKENIZERS_PARALLELISM": "false",
             }
             cmd = [sys.executable, "-m", "testbed.cli", "node", str(cfg_path), "--node-id", str(k),
-                   "--connect", endpoint, "--threads", "1"]  # fmt: skip
+                   "--connect", endpoint, "--threads", "1", "--rejoin-timeout-s", "0"]  # fmt: skip
             with log_path.open("ab") as out:
                 self.processes[k] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
