@@ -244,8 +244,10 @@ class LocalFederation:
         self.processes[k].send_signal(signal.SIGKILL)
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every round. On a crash (not an ``FLError``) the nodes are left running, as they
-        would be in a lab: they wait for a resumed coordinator on the same address and rejoin."""
+        """Run every round. On a crash (not an ``FLError``) no BYE is sent: node processes
+        (``fork``/``process``) exit once the coordinator's heartbeats stop, since a local
+        coordinator never comes back; ``thread`` nodes wait up to fl.transport.join_timeout_s
+        for a resumed coordinator on the same address and rejoin, as remote nodes do."""
         if not self.processes and not self.threads:
             self.start_nodes()
         try:
