@@ -88,11 +88,11 @@ def test_kill_9_of_the_coordinator_leaves_no_node_or_zygote_process(tmp_path: Pa
         pids = json.loads(proc.stdout.readline())
         events = tmp_path / "run" / "events.jsonl"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and '"round_done"' not in (
+        while time.monotonic() < deadline and '"plan_sent"' not in (
             events.read_text() if events.is_file() else ""
         ):
             time.sleep(0.05)
-        assert '"round_done"' in events.read_text(), "the federation never got going"
+        assert '"plan_sent"' in events.read_text(), "the federation never got going"  # nodes are training
         everyone = [pids["zygote"], *pids["nodes"]]
         assert not any(_gone(p) for p in everyone)
         proc.send_signal(signal.SIGKILL)
