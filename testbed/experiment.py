@@ -14,7 +14,9 @@ One run, as data flows (DESIGN.md):
 
 ``--resume RUN_DIR`` continues a run after a crash or Ctrl-C: the federation resumes from its
 last checkpoint, and the planner's state (participation, positions, budgets spent) is rebuilt
-from the round events already on disk.
+from the round events already on disk. The antennas go back to the last round's positions, and
+each round's random draws (planner starts, both airs' noise) come from (seed, round), so the
+resumed run records exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
