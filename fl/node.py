@@ -474,15 +474,21 @@ class Node:
                 if not self._coordinator_alive():  # no use waiting out the deadline: the main loop decides
                     return None
                 continue
-            if msg.type is kind and msg.round == r:
-                problem = self.message_problem(msg)
-                if problem is None:
-                    return msg
+            problem = self.message_problem(msg)
+            if problem is None and msg.type is kind and msg.round != r:
+                problem = f"for round {msg.round}; this node is in round {r}"
+            if problem is not None:
                 self.refuse(msg, problem)
                 continue
+            if msg.type is kind:
+                return msg
             if msg.type is MsgType.BYE:
                 self.stop.set()
             elif msg.type is MsgType.PLAN:  # a newer round began: this one is over for us
                 self._round(msg)
                 return None
+            elif msg.type is MsgType.ERROR:
+                log.warning("node %d: refused: %s", self.node, msg.body)
+            elif msg.type is MsgType.RESULT:
+                self.history.append({"round": msg.round, **msg.body["metrics"]})
         return None

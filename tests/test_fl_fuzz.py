@@ -353,3 +353,23 @@ def test_fuzz_module_leaves_the_run_dir_readable(live: Any) -> None:
     coord, _ = live
     for line in (Path(coord.run_dir) / "events.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+def test_while_waiting_for_shared_stats_the_node_refuses_other_rounds_and_bad_plans(
+    node: Any, live: Any
+) -> None:
+    coord, _ = live
+    node.round, node._plan_body = 5, {"lora_mode": "ffa"}
+    names = coord.payload
+    shared = {"mean": [0.0] * len(names), "var": [1.0] * len(names), "groups": names, "b_k": [1.0, 0.0],
+              "slot_s": 1.0, "num_symbols": ota.num_symbols(sum(coord.global_adapter[n].size for n in names))}  # fmt: skip
+    count = len(node.rejected)
+    for msg in (
+        Message(MsgType.SHARED_STATS, 4, COORDINATOR, shared),  # another round
+        _plan(coord, "wrong_shape"),  # a plan that must not be trained on
+        Message(MsgType.SHARED_STATS, 5, COORDINATOR, shared),
+    ):
+        node.loop.inbox.put((b"", P.decode(P.encode(msg))))
+    got = node._await(MsgType.SHARED_STATS, 5, 5.0)
+    assert got is not None and got.round == 5
+    assert [r["type"] for r in node.rejected[count:]] == ["shared_stats", "plan"]
