@@ -62,6 +62,21 @@ def _reap(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # only the group this test started
 
 
+def _group_alive(pgid: int) -> list[str]:
+    """The live (not zombie) processes of process group ``pgid``, as "pid cmd" strings."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        comm_end = text.rindex(")")
+        fields = text[comm_end + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            alive.append(f"{stat.parent.name} {text[text.index('(') + 1 : comm_end]}")
+    return alive
+
+
 def _run_dir(out: Path) -> Path:
     (run_dir,) = [p for p in (out / "runs").iterdir() if p.is_dir()]
     return run_dir
@@ -112,6 +127,11 @@ def test_killed_after_round_2_and_resumed_equals_a_run_left_alone(tmp_path: Path
         assert proc.poll() is None, (crashed / "stdout.txt").read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)  # mid-run, no clean-up of any kind
         proc.wait()
+        # Its zygote and node processes go with it: nothing is left to train beside a resumed run.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            time.sleep(0.05)
+        assert not _group_alive(proc.pid), f"left behind: {_group_alive(proc.pid)}"
     finally:
         _reap(proc)
     run_dir = _run_dir(crashed)
