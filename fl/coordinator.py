@@ -86,6 +86,10 @@ class NodeInfo:
     key: str | None = None  # the CURVE public key (z85) this node proved it holds
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 class RadioTimeSkew(FLError):
     """The nodes' radio times at a PPS edge disagree beyond fl.transport.max_clock_skew_s."""
 
@@ -128,6 +132,8 @@ class Coordinator:
         self._resume_participation: dict[int, int] = {}
         self._edge0_s: float | None = None
         self.initial_val_loss = float("nan")
+        # Called while waiting for the nodes; raises FLError when a (local) node died starting up.
+        self.startup_check: Callable[[], None] | None = None
         self.ctx = zmq.Context()
         self._auth = None
         self.loop: SocketLoop | None = None
@@ -230,7 +236,12 @@ class Coordinator:
         except queue.Empty:
             identity, msg = None, None
         if identity is not None:
-            self._handle(identity, msg)
+            try:
+                self._handle(identity, msg)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                # The last line of defence: whatever a peer sends, it cannot end the run.
+                log.exception("handling a %s from %r failed", getattr(msg, "type", None), identity)
+                self._reject(identity, "bad_message", f"{type(exc).__name__}: {exc}")
         window = self.fl.transport.heartbeat_s * self.fl.transport.heartbeat_misses
         for info in self.nodes.values():
             if info.alive and not self.loop.seen_within(info.identity, window):
@@ -272,12 +283,63 @@ class Coordinator:
             if msg.round != self._round:
                 self._event("stale", node=node.node, type=str(msg.type), msg_round=msg.round)
                 return
+            problem = self._payload_problem(msg)
+            if problem is not None:
+                self._reject(identity, "bad_payload", f"{msg.type} for round {msg.round}: {problem}")
+                return
             key = (msg.type, node.node)
             if msg.type is MsgType.DIGITAL and msg.body.get("purpose") == "reference":
                 key = (MsgType.DIGITAL, -1 - node.node)  # references are kept apart from updates
             self._msgs[key] = msg
         else:
             self._reject(identity, "wrong_type", f"a node may not send {msg.type}")
+
+    def _payload_problem(self, msg: Message) -> str | None:
+        """What is wrong with an upload for this round (names, shapes, sizes, values), or None.
+
+        Checked on arrival, so nothing malformed reaches aggregation, where it would end the run.
+        """
+        body = msg.body
+        weight = body.get("weight")
+        if weight is not None and not (math.isfinite(weight) and weight > 0):
+            return f"weight must be a finite number > 0 (got {weight!r})"
+        if msg.type is MsgType.STATS:
+            if msg.frames:
+                return f"statistics carry no tensor frames (got {sorted(msg.frames)[:8]})"
+            if list(body["groups"]) != self.payload:
+                return f"statistics for groups {body['groups']!r:.200}; this run's payload is {self.payload}"
+            for key in ("mean", "var"):
+                values = body[key]
+                if len(values) != len(self.payload) or not all(_finite(v) for v in values):
+                    return f"{key} must be {len(self.payload)} finite numbers (got {values!r:.200})"
+            if any(v < 0 for v in body["var"]):
+                return "a variance is negative"
+            return None
+        if msg.type is MsgType.DIGITAL:
+            if body["purpose"] not in ("update", "reference"):
+                return f"purpose {body['purpose']!r}; allowed 'update', 'reference'"
+            if set(msg.frames) != {"update"}:
+                return f"frames {sorted(msg.frames)}; expected exactly ['update']"
+            update = msg.frames["update"]
+            if set(update) != set(self.payload):
+                return f"update tensors {sorted(update)[:8]}; expected this run's payload {self.payload[:8]}"
+            for name, arr in update.items():
+                want = self.global_adapter[name].shape
+                if arr.shape != want or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                    return f"tensor {name!r} is {arr.dtype}{list(arr.shape)}; expected finite floats of shape {list(want)}"
+            return None
+        # OTA: "sent on my own radio", or the burst itself, sized for this run's payload.
+        if len(body["b_k"]) != 2 or not all(_finite(v) for v in body["b_k"]):
+            return f"b_k must be [re, im] (got {body['b_k']!r:.100})"
+        if body["sent_locally"]:
+            return None if not msg.frames else "a burst sent locally carries no symbol frame"
+        if set(msg.frames) != {"symbols"} or set(msg.frames["symbols"]) != {"iq"}:
+            return f"frames {sorted(msg.frames)}; expected exactly symbols/iq"
+        iq = msg.frames["symbols"]["iq"]
+        n = ota.num_symbols(int(sum(self.global_adapter[name].size for name in self.payload)))
+        if iq.shape != (n, 2) or iq.dtype.kind != "f" or not np.all(np.isfinite(iq)):
+            return f"symbols are {iq.dtype}{list(iq.shape)}; the slot holds finite floats of shape [{n}, 2]"
+        return None
 
     def _hello(self, identity: bytes, msg: Message) -> None:
         k = msg.node
@@ -295,9 +357,8 @@ class Coordinator:
                 KeyLayout(Path(self.fl.transport.keys_dir)).coordinator_allow
                 / f"{node_identity(k).decode()}.key"
             )
-            key = zmq_security.load_public_key(
-                allowed
-            ).decode()  # z85 text, as ZAP reports if allowed.is_file() else None
+            # z85 text, as ZAP reports it; a missing allow-list file means "not allowed", not a crash.
+            key = zmq_security.load_public_key(allowed).decode() if allowed.is_file() else None
             if key is None or msg.peer_key != key:
                 self._reject(
                     identity, "bad_key", f"HELLO as node {k} without node {k}'s CURVE key ({allowed})"
@@ -365,6 +426,8 @@ class Coordinator:
             ready = [i for i in self.nodes.values() if i.alive and i.clock_offset_s is not None]
             if len(ready) == self.num_clients:
                 return
+            if self.startup_check is not None:
+                self.startup_check()
             self._pump(0.05)
         have = sorted(i.node for i in self.nodes.values() if i.alive)
         raise FLError(

@@ -33,9 +33,27 @@ from fl.aggregation import payload_names
 from fl.airlink import AirTransmitter
 from fl.clocks import apply_clock, modeled_energy_j
 from fl.keys import KeyLayout, node_name
-from fl.protocol import Message, MsgType, SocketLoop, complex_to_pairs, empty_frame, node_identity
+from fl.protocol import (
+    COORDINATOR,
+    Message,
+    MsgType,
+    SocketLoop,
+    complex_to_pairs,
+    empty_frame,
+    node_identity,
+)
 
 log = logging.getLogger(__name__)
+
+
+# What a coordinator sends a node (anything else from it is refused).
+_FROM_COORDINATOR = frozenset(
+    {MsgType.WELCOME, MsgType.PLAN, MsgType.SHARED_STATS, MsgType.RESULT, MsgType.BYE, MsgType.ERROR}
+)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class RadioTimeSource(Protocol):
@@ -95,7 +113,14 @@ class Node:
         time_source: RadioTimeSource | None = None,
         apply_clocks: bool = False,
         workload: Any = None,
+        rejoin_timeout_s: float | None = None,
     ) -> None:
+        """``rejoin_timeout_s``: how long to keep saying HELLO after the coordinator has been
+        silent for heartbeat_s x heartbeat_misses (0: exit at once, as a node of a local
+        federation must, whose coordinator cannot come back; None: fl.transport.join_timeout_s,
+        for a remote node that waits for a resumed coordinator)."""
+        if rejoin_timeout_s is not None and not (rejoin_timeout_s >= 0 and math.isfinite(rejoin_timeout_s)):
+            raise FLError(f"rejoin_timeout_s={rejoin_timeout_s!r}; allowed a finite number of seconds >= 0")
         self.config = config
         self.fl = config.fl
         self.node = int(node)
@@ -106,6 +131,9 @@ class Node:
         self.time_source = time_source or HostClock()
         self.apply_clocks = apply_clocks
         self.work = workload
+        self.rejoin_timeout_s = (
+            float(config.fl.transport.join_timeout_s) if rejoin_timeout_s is None else float(rejoin_timeout_s)
+        )
         self.round = 0
         self.incarnation = uuid.uuid4().hex
         self.ctx = zmq.Context()
@@ -113,6 +141,9 @@ class Node:
         self.joined = False
         self.stop = threading.Event()
         self.history: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []  # messages refused as malformed or stale
+        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._plan_body: dict[str, Any] | None = None
 
     # --- socket ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -213,34 +244,137 @@ class Node:
             while not self.stop.is_set():
                 msg = self._recv(0.05)
                 if msg is None:
-                    if not self._coordinator_alive():  # coordinator restarted or gone: rejoin
-                        log.warning("node %d: coordinator silent; saying HELLO again", self.node)
-                        if not self._join(time.monotonic() + self.fl.transport.join_timeout_s):
-                            return 1
+                    if not self._coordinator_alive() and not self._rejoin():  # coordinator gone
+                        return 1
                     continue
-                if msg.type is MsgType.PLAN:
-                    self._round(msg)
-                elif msg.type is MsgType.BYE:
-                    return 0
-                elif msg.type is MsgType.ERROR:
-                    log.warning("node %d: refused: %s", self.node, msg.body)
-                    if msg.body["code"] == "unknown_node":
-                        self._join(time.monotonic() + self.fl.transport.join_timeout_s)
-                    elif msg.body["code"] == "clock_skew":
-                        return 2
-                elif msg.type is MsgType.RESULT:
-                    self.history.append({"round": msg.round, **msg.body["metrics"]})
+                rc = self.handle(msg)
+                if rc is not None:
+                    return rc
             return 0
         finally:
             assert self.loop is not None
             self.loop.close()
             self.ctx.term()
 
+    def handle(self, msg: Message) -> int | None:
+        """Act on one message from the coordinator; an exit code when the node must stop.
+
+        A malformed or stale message is refused (logged, kept in ``rejected``), never acted on.
+        """
+        problem = self.message_problem(msg)
+        if problem is not None:
+            self.refuse(msg, problem)
+            return None
+        if msg.type is MsgType.PLAN:
+            self._round(msg)
+        elif msg.type is MsgType.BYE:
+            return 0
+        elif msg.type is MsgType.ERROR:
+            log.warning("node %d: refused: %s", self.node, msg.body)
+            if msg.body["code"] == "unknown_node":
+                self._join(time.monotonic() + self.fl.transport.join_timeout_s)
+            elif msg.body["code"] == "clock_skew":
+                return 2
+        elif msg.type is MsgType.RESULT:
+            self.history.append({"round": msg.round, **msg.body["metrics"]})
+        return None
+
+    def refuse(self, msg: Message, why: str) -> None:
+        self.rejected.append({"type": str(msg.type), "round": msg.round, "why": why})
+        log.warning("node %d: ignored a %s for round %d: %s", self.node, msg.type, msg.round, why)
+
+    def message_problem(self, msg: Message) -> str | None:
+        """What is wrong with a message from the coordinator (sender, type, round, payload), or None."""
+        if msg.node != COORDINATOR:
+            return f"claims to come from node {msg.node}, not the coordinator"
+        if msg.type not in _FROM_COORDINATOR:
+            return f"the coordinator does not send {msg.type}"
+        if msg.type is MsgType.PLAN:
+            return self._plan_problem(msg)
+        if msg.type is MsgType.SHARED_STATS:
+            return self._shared_problem(msg)
+        return None
+
+    def _adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self._shapes is None:
+            from fl.training import adapter_state
+
+            self._shapes = {n: tuple(v.shape) for n, v in adapter_state(self.work.model).items()}
+        return self._shapes
+
+    def _plan_problem(self, msg: Message) -> str | None:
+        body = msg.body
+        if msg.round < max(1, self.round):  # the same round again is fine: a resumed coordinator
+            return f"round {msg.round} is older than this node's round {self.round}"
+        for key in ("local_steps", "batch"):
+            if body[key] < 1:
+                return f"{key} must be >= 1 (got {body[key]})"
+        for key in ("lr", "clock_hz", "deadline_s"):
+            if not (math.isfinite(body[key]) and body[key] > 0):
+                return f"{key} must be a finite number > 0 (got {body[key]!r})"
+        if body["aggregation"] not in ("digital", "ota"):
+            return f"aggregation {body['aggregation']!r}; allowed 'digital', 'ota'"
+        if body["lora_mode"] not in ("standard", "ffa"):
+            return f"lora_mode {body['lora_mode']!r}; allowed 'standard', 'ffa'"
+        if len(body["b_k"]) != 2 or not all(_finite(v) for v in body["b_k"]):
+            return f"b_k must be [re, im] (got {body['b_k']!r:.100})"
+        if "weight" in body and not (_finite(body["weight"]) and body["weight"] > 0):
+            return f"weight must be a finite number > 0 (got {body['weight']!r})"
+        if set(msg.frames) != {"adapter"}:
+            return f"frames {sorted(msg.frames)}; expected exactly ['adapter']"
+        adapter, shapes = msg.frames["adapter"], self._adapter_shapes()
+        if set(adapter) != set(shapes):
+            return f"adapter tensors {sorted(adapter)[:8]} are not this model's LoRA tensors {sorted(shapes)[:8]}"
+        for name, arr in adapter.items():
+            if arr.shape != shapes[name] or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                return f"tensor {name!r} is {arr.dtype}{list(arr.shape)}; expected finite floats of shape {list(shapes[name])}"
+        return None
+
+    def _shared_problem(self, msg: Message) -> str | None:
+        body, plan = msg.body, self._plan_body or {}
+        names = payload_names(list(self._adapter_shapes()), plan.get("lora_mode", self.fl.lora.mode))
+        if list(body.get("groups", [])) != names:
+            return f"groups {body.get('groups')!r:.200}; this round's payload is {names}"
+        for key in ("mean", "var"):
+            if len(body[key]) != len(names) or not all(_finite(v) for v in body[key]):
+                return f"{key} must be {len(names)} finite numbers (got {body[key]!r:.200})"
+        if any(v <= 0 for v in body["var"]):
+            return "a shared variance is not positive"
+        reals = sum(int(np.prod(self._adapter_shapes()[n])) for n in names)
+        if body["num_symbols"] != ota.num_symbols(reals):
+            return f"num_symbols {body['num_symbols']}; this payload needs {ota.num_symbols(reals)}"
+        if len(body["b_k"]) != 2 or not all(_finite(v) for v in body["b_k"]) or not _finite(body["slot_s"]):
+            return "b_k must be [re, im] and slot_s a finite time"
+        return None
+
+    def _rejoin(self) -> bool:
+        """The coordinator missed heartbeat_s x heartbeat_misses: rejoin within rejoin_timeout_s,
+        or give up (at once when it is 0). False: the node must exit."""
+        t = self.fl.transport
+        silent_s = t.heartbeat_s * t.heartbeat_misses
+        if self.rejoin_timeout_s <= 0:
+            log.error("node %d: no heartbeat from the coordinator for %.2f s; exiting", self.node, silent_s)
+            return False
+        log.warning(
+            "node %d: coordinator silent for %.2f s; saying HELLO again for up to %.1f s",
+            self.node,
+            silent_s,
+            self.rejoin_timeout_s,
+        )
+        if self._join(time.monotonic() + self.rejoin_timeout_s):
+            return True
+        log.error(
+            "node %d: the coordinator did not come back within %.1f s; exiting",
+            self.node,
+            self.rejoin_timeout_s,
+        )
+        return False
+
     def _round(self, plan: Message) -> None:
         from fl.training import adapter_state, load_adapter_state, local_train
 
         self.round = r = plan.round
-        body = plan.body
+        body = self._plan_body = plan.body
         load_adapter_state(self.work.model, plan.frames["adapter"])
         before = {n: np.array(v, dtype=np.float32) for n, v in plan.frames["adapter"].items()}
         clock = apply_clock(body["clock_hz"], allowed=self.apply_clocks)
@@ -337,12 +471,24 @@ class Node:
         while time.monotonic() < deadline and not self.stop.is_set():
             msg = self._recv(0.05)
             if msg is None:
+                if not self._coordinator_alive():  # no use waiting out the deadline: the main loop decides
+                    return None
                 continue
-            if msg.type is kind and msg.round == r:
+            problem = self.message_problem(msg)
+            if problem is None and msg.type is kind and msg.round != r:
+                problem = f"for round {msg.round}; this node is in round {r}"
+            if problem is not None:
+                self.refuse(msg, problem)
+                continue
+            if msg.type is kind:
                 return msg
             if msg.type is MsgType.BYE:
                 self.stop.set()
             elif msg.type is MsgType.PLAN:  # a newer round began: this one is over for us
                 self._round(msg)
                 return None
+            elif msg.type is MsgType.ERROR:
+                log.warning("node %d: refused: %s", self.node, msg.body)
+            elif msg.type is MsgType.RESULT:
+                self.history.append({"round": msg.round, **msg.body["metrics"]})
         return None

@@ -218,8 +218,10 @@ def frame_to_tensors(buf: bytes | bytearray | memoryview, where: str = "frame") 
         raise ProtocolError(f"{where}: safetensors header length {header_len} exceeds the frame")
     try:
         header = json.loads(bytes(view[8 : 8 + header_len]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{where}: safetensors header is not JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(
+            f"{where}: safetensors header is not JSON ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(header, dict):
         raise ProtocolError(f"{where}: safetensors header must be an object")
     data = view[8 + header_len :]
@@ -280,6 +282,11 @@ def _buffer(frame: Any) -> memoryview:
     return memoryview(frame)
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are not JSON and poison any sum they enter.
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
 def decode(frames: list[Any], max_frame_bytes: int | None = None) -> Message:
     """Parse and validate one message; raise ``ProtocolError`` saying what is wrong."""
     if not frames:
@@ -294,9 +301,9 @@ def decode(frames: list[Any], max_frame_bytes: int | None = None) -> Message:
     if bufs[0].nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(f"header frame is {bufs[0].nbytes} bytes, over {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(bufs[0]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"header frame is not UTF-8 JSON ({exc})") from None
+        header = json.loads(bytes(bufs[0]).decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"header frame is not UTF-8 JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     if header.get("proto") != PROTOCOL_NAME:
@@ -312,9 +319,9 @@ def decode(frames: list[Any], max_frame_bytes: int | None = None) -> Message:
             f"message type {header.get('type')!r} is unknown; allowed {[t.value for t in MsgType]}"
         ) from None
     rnd, node, body = header.get("round"), header.get("node"), header.get("body")
-    if not isinstance(rnd, int) or rnd < 0:
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
         raise ProtocolError(f"{mtype}: round must be an int >= 0 (got {rnd!r})")
-    if not isinstance(node, int) or node < COORDINATOR:
+    if not isinstance(node, int) or isinstance(node, bool) or node < COORDINATOR:
         raise ProtocolError(f"{mtype}: node must be an int >= {COORDINATOR} (got {node!r})")
     if not isinstance(body, dict):
         raise ProtocolError(f"{mtype}: body must be an object (got {type(body).__name__})")

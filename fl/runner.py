@@ -109,6 +109,28 @@ def build_symbol_air(config: Any, rng: np.random.Generator):  # noqa: ANN201 - S
     return SymbolAir(channel, positions, noise_w, rng)
 
 
+def node_start_method(config: Any) -> str:
+    """``spawn`` for a node that will use CUDA (a fork cannot inherit a usable CUDA state), else
+    ``fork`` from the warm zygote."""
+    model = config.fl.model
+    if model.load_in_4bit:
+        return "spawn"
+    if model.source == "pretrained":
+        import torch
+
+        return "spawn" if torch.cuda.is_available() else "fork"
+    return "fork"
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file (what a node printed before it died)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(the log is empty)"
+
+
 class LocalFederation:
     """The coordinator in this process and U nodes on loopback (processes, or threads)."""
 
@@ -157,6 +179,7 @@ class LocalFederation:
         self.processes: dict[int, Any] = {}  # subprocess.Popen or fl.launcher.ForkedNode
         self.threads: dict[int, threading.Thread] = {}
         self.nodes: dict[int, Any] = {}
+        self.coordinator.startup_check = self.check_started
 
     def start_nodes(self) -> None:
         if self.coordinator.loop is None:
@@ -183,7 +206,11 @@ class LocalFederation:
         elif self.node_mode == "fork":
             from fl.launcher import shared_zygote
 
-            self.processes[k] = shared_zygote().spawn(cfg_path, k, endpoint, log_path)
+            # A node of this federation exits as soon as its coordinator falls silent
+            # (rejoin_timeout_s=0): a local coordinator that died never comes back.
+            self.processes[k] = shared_zygote().spawn(
+                cfg_path, k, endpoint, log_path, start=node_start_method(self.config), rejoin_timeout_s=0.0
+            )
         else:
             env = {
                 **os.environ,
@@ -192,17 +219,36 @@ class LocalFederation:
                 "TOKENIZERS_PARALLELISM": "false",
             }
             cmd = [sys.executable, "-m", "testbed.cli", "node", str(cfg_path), "--node-id", str(k),
-                   "--connect", endpoint, "--threads", "1"]  # fmt: skip
+                   "--connect", endpoint, "--threads", "1", "--rejoin-timeout-s", "0"]  # fmt: skip
             with log_path.open("ab") as out:
                 self.processes[k] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def check_started(self) -> None:
+        """Raise ``FLError`` with its last log lines if a node process exited before joining.
+
+        The coordinator calls this while it waits for the nodes: a node that cannot even load its
+        model must end the run at once, not after fl.transport.join_timeout_s.
+        """
+        joined = self.coordinator.nodes
+        for k, proc in sorted(self.processes.items()):
+            rc = proc.poll()
+            if rc is None or k in joined:
+                continue
+            log_path = self.run_dir / "logs" / f"node-{k}.log"
+            raise FLError(
+                f"node {k} exited with code {rc} during start-up, before it joined; the last lines of "
+                f"{log_path}:\n{log_tail(log_path)}"
+            )
 
     def kill_node(self, k: int) -> None:
         """Fault injection: SIGKILL node ``k``'s process (no BYE, no goodbye)."""
         self.processes[k].send_signal(signal.SIGKILL)
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every round. On a crash (not an ``FLError``) the nodes are left running, as they
-        would be in a lab: they wait for a resumed coordinator on the same address and rejoin."""
+        """Run every round. On a crash (not an ``FLError``) no BYE is sent: node processes
+        (``fork``/``process``) exit once the coordinator's heartbeats stop, since a local
+        coordinator never comes back; ``thread`` nodes wait up to fl.transport.join_timeout_s
+        for a resumed coordinator on the same address and rejoin, as remote nodes do."""
         if not self.processes and not self.threads:
             self.start_nodes()
         try:
@@ -214,7 +260,10 @@ class LocalFederation:
         return metrics
 
     def stop_nodes(self, timeout_s: float = 15.0) -> None:
-        for p in self.processes.values():
+        for k, p in self.processes.items():
+            info = self.coordinator.nodes.get(k)
+            if p.poll() is None and (info is None or not info.alive):
+                p.kill()  # never joined or already lost: no BYE reached it, so it would wait on
             try:
                 p.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -46,6 +46,11 @@ class SymbolAir:
         self._pending: dict[int, dict[int, tuple[complex, np.ndarray]]] = {}
         self.set_positions(positions_m)
 
+    def reseed(self, rng: np.random.Generator) -> None:
+        """Draw the noise from ``rng`` from now on (a run derives one per round, so a resumed run
+        draws exactly what an uninterrupted one would)."""
+        self._rng = rng
+
     @property
     def num_antennas(self) -> int:
         return self._positions.shape[0]

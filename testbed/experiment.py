@@ -14,7 +14,9 @@ One run, as data flows (DESIGN.md):
 
 ``--resume RUN_DIR`` continues a run after a crash or Ctrl-C: the federation resumes from its
 last checkpoint, and the planner's state (participation, positions, budgets spent) is rebuilt
-from the round events already on disk.
+from the round events already on disk. The antennas go back to the last round's positions, and
+each round's random draws (planner starts, both airs' noise) come from (seed, round), so the
+resumed run records exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ class Experiment:
         assert self.lab is not None and self.comparison is not None
         cfg, alloc = self.config, self.config.allocation
         t0 = time.monotonic()
+        rng = self._reseed_round(r)
         remaining = max(1, cfg.fl.rounds - r + 1)
         try:
             rp = plan_round(
@@ -185,7 +188,7 @@ class Experiment:
                 alloc.latency_budget_s - self.state.latency_spent_s,
                 alloc.energy_budget_j - self.state.energy_spent_j,
                 remaining,
-                self.rng,
+                rng,
             )
         except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
@@ -240,6 +243,18 @@ class Experiment:
             b_k=dict(zip(selected, b, strict=True)),
             extra={"mse_predicted": rp.mse, "move_model_s": rp.move_s},
         )
+
+    def _reseed_round(self, r: int) -> np.random.Generator:
+        """Every random draw of round ``r`` (the planner's starts, both airs' noise) comes from
+        generators derived from (seed, stream, r), not from streams carried across rounds: a run
+        resumed at round r then draws exactly what an uninterrupted run draws."""
+        assert self.lab is not None
+        seed = self.config.run.seed
+        for stream, air in ((21, self.lab.air), (22, self.lab.fixed_air)):
+            reseed = getattr(air, "reseed", None)
+            if reseed is not None:
+                reseed(np.random.default_rng([seed, stream, r]))
+        return np.random.default_rng([seed, 11, r])
 
     # --- after each round ----------------------------------------------------------------------
     def on_round(self, fl_record: dict[str, Any]) -> None:
@@ -305,6 +320,9 @@ class Experiment:
                 self._record_whole_run_plan()
             else:
                 self.lab.home()
+                if self.state.positions_m is not None:
+                    # The antennas go back where the last completed round left them, as if never stopped.
+                    self.lab.move_antennas(self.state.positions_m)
                 self.recorder.event("resumed", completed_rounds=sorted(self.done_rounds))
             self.comparison = FixedArrayComparison(
                 self.lab.air, self.lab.fixed_air, cfg.lab.clients.tx_power_w

@@ -389,3 +389,43 @@ def test_keys_command_makes_the_documented_layout(tmp_path: Path) -> None:
     ]
     assert "coordinator.key" in {p.name for p in layout.radio_allow.iterdir()}
     assert main(["keys", str(tmp_path / "k"), "--nodes", "0"]) == 2
+
+
+def test_hello_for_an_id_without_an_allow_list_file_is_refused_and_the_run_goes_on(tmp_path: Path) -> None:
+    # Node 2's allow-list file is missing; a node holding node 0's (allowed) key claims id 2. That
+    # is a bad_key refusal of that one peer, not a ConfigError that ends the coordinator.
+    from fl.coordinator import Coordinator
+    from fl.runner import round_robin_planner
+    from testbed.config import load_config
+
+    make_lab_keys(tmp_path / "keys", nodes=3)
+    keys = KeyLayout(tmp_path / "keys")
+    (keys.coordinator_allow / "node-2.key").unlink()
+    cfg = load_config(
+        None,
+        [
+            "lab.clients.count=3",
+            "fl.data.num_samples=40",
+            "fl.transport.bind=tcp://127.0.0.1:*",
+            f"fl.transport.keys_dir={tmp_path / 'keys'}",
+            "fl.transport.heartbeat_s=0.1",
+        ],
+    )
+    coord = Coordinator(cfg, tmp_path / "run", round_robin_planner(cfg))
+    coord.bind()
+    liar = _dealer(coord, keys, "node-0", P.node_identity(2))
+    honest = _dealer(coord, keys, "node-1", P.node_identity(1))
+    try:
+        liar.send_multipart(P.encode(Message(MsgType.HELLO, 0, 2, _sample_bodies()[MsgType.HELLO])))
+        _pump_until(coord, lambda: any(r["code"] == "bad_key" for r in coord.rejected))
+        reply = _recv(liar)
+        assert reply.type is MsgType.ERROR and reply.body["code"] == "bad_key"
+        assert "node-2.key" in reply.body["reason"] and 2 not in coord.nodes
+        # The coordinator is still serving: an honest node joins afterwards.
+        honest.send_multipart(P.encode(Message(MsgType.HELLO, 0, 1, _sample_bodies()[MsgType.HELLO])))
+        _pump_until(coord, lambda: 1 in coord.nodes)
+        assert _recv(honest).type is MsgType.WELCOME
+    finally:
+        liar.close()
+        honest.close()
+        coord.close()

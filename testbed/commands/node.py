@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply the planned clock (NVML GPU lock or cpufreq) where permitted",
     )
+    parser.add_argument(
+        "--rejoin-timeout-s",
+        type=float,
+        default=None,
+        help="after the coordinator misses heartbeat_s x heartbeat_misses, how long to keep saying HELLO "
+        "before exiting (0: exit at once; default fl.transport.join_timeout_s)",
+    )
     parser.add_argument("--radio-time-offset-s", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
@@ -40,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
         connect,
         time_source=HostClock(args.radio_time_offset_s),
         apply_clocks=args.apply_clock,
+        rejoin_timeout_s=args.rejoin_timeout_s,
     )
     return node.run()
