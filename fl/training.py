@@ -207,6 +207,15 @@ def load_adapter_state(model: Any, tensors: dict[str, np.ndarray]) -> None:
             p.copy_(torch.from_numpy(np.array(arr, dtype=np.float32)).to(p.dtype))
 
 
+def update_sq_norm(update: dict[str, np.ndarray]) -> float:
+    """||Delta||^2 over every tensor of an update, accumulated in float64 (float32 sums drift)."""
+    total = 0.0
+    for v in update.values():
+        flat = np.asarray(v, dtype=np.float64).ravel()
+        total += float(np.dot(flat, flat))
+    return total
+
+
 def trainable_names(model: Any) -> list[str]:
     return [n for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 

@@ -39,6 +39,19 @@ from testbed.records import RunRecorder
 log = logging.getLogger(__name__)
 
 
+def stage_settle_s(stages: Any) -> float:
+    """The longest settle time any stage sleeps after reaching Idle (0 if the drivers have none)."""
+    inner = getattr(stages, "stages", {})
+    return max((float(getattr(s, "settle_s", 0.0) or 0.0) for s in inner.values()), default=0.0)
+
+
+def median_breakdown(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """The median of each time slice over the rounds that recorded a breakdown ({} if none did)."""
+    tables = [r["time_breakdown_s"] for r in rounds if isinstance(r.get("time_breakdown_s"), dict)]
+    names = sorted({k for t in tables for k in t})
+    return {k: float(np.median([float(t.get(k, 0.0)) for t in tables])) for k in names}
+
+
 def db(x: float) -> float:
     return 10.0 * math.log10(x) if x > 0 else float("-inf")
 
@@ -189,9 +202,13 @@ class Experiment:
             )
         except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
+        plan_s = time.monotonic() - t0
+        estimate_s = 0.0
         selected = [k for k in rp.selected if k in available]
         if len(selected) < len(rp.selected):  # a planned node is down: take the strongest live ones
+            t_est = time.monotonic()
             gains = np.linalg.norm(self.lab.air.estimate_channels(available), axis=1)
+            estimate_s += time.monotonic() - t_est
             spare = [k for _, k in sorted(zip(-gains, available, strict=True)) if k not in selected]
             selected += spare[: len(rp.selected) - len(selected)]
             log.warning(
@@ -205,6 +222,8 @@ class Experiment:
         t_move = time.monotonic()
         reached = self.lab.move_antennas(np.asarray(rp.positions_m))
         move_wall_s = time.monotonic() - t_move
+        # The drivers sleep their settle time after Idle, all stages at once: the longest one.
+        settle_s = min(stage_settle_s(self.lab.stages), move_wall_s)
         batch_of = dict(zip(rp.selected, rp.batches, strict=True))
         clock_of = dict(zip(rp.selected, rp.clocks_hz, strict=True))
         batch = {
@@ -213,7 +232,9 @@ class Experiment:
         }
         weights = {k: float(batch[k]) for k in selected}
         power = np.full(len(selected), cfg.lab.clients.tx_power_w)
+        t_est = time.monotonic()
         h = self.lab.air.estimate_channels(selected)  # at the positions the stages reached
+        estimate_s += time.monotonic() - t_est
         m, b, eta = optimal_precoding(h, power, np.array([weights[k] for k in selected]))
         self.comparison.weights = weights
         self.state.pending[r] = {
@@ -238,7 +259,13 @@ class Experiment:
             weights=weights,
             combiner=m,
             b_k=dict(zip(selected, b, strict=True)),
-            extra={"mse_predicted": rp.mse, "move_model_s": rp.move_s},
+            extra={
+                "mse_predicted": rp.mse,
+                "move_model_s": rp.move_s,
+                # Where the planner call's time went besides planning (the coordinator's breakdown).
+                "timing": {"move_s": move_wall_s - settle_s, "settle_s": settle_s, "estimate_s": estimate_s},
+                "plan_solve_s": plan_s,
+            },
         )
 
     # --- after each round ----------------------------------------------------------------------
@@ -258,6 +285,10 @@ class Experiment:
         measured = [n.get("energy_j") for n in nodes.values() if n.get("energy_source") == "nvml"]
         record = {
             "round": r,
+            "time_breakdown_s": fl_record.get("timing_s"),
+            "node_timing_s": fl_record.get("node_timing_s"),
+            "update_sq_norms": fl_record.get("update_sq_norms"),
+            "aggregate_sq_norm": fl_record.get("aggregate_sq_norm"),
             "selected": fl_record.get("selected"),
             "dropped": fl_record.get("dropped", []),
             "train_loss": fl_record.get("train_loss"),
@@ -392,6 +423,7 @@ class Experiment:
             "latency_model_s": float(sum(r.get("latency_model_s") or 0 for r in rounds)),
             "energy_model_j": float(sum(r.get("energy_model_j") or 0 for r in rounds)),
             "wall_s": wall_s,
+            "median_time_breakdown_s": median_breakdown(rounds),
             "num_clients": self.config.lab.clients.count,
             "region_m": self.config.lab.array.region_m,
             "lora_mode": self.config.fl.lora.mode,

@@ -121,6 +121,31 @@ def _plot_cost(rounds: list[dict[str, Any]], out: Path) -> Path | None:
     return _save(fig, out / "cost.png")
 
 
+def _plot_breakdown(rounds: list[dict[str, Any]], out: Path) -> Path | None:
+    """A stacked bar per round: where each round's wall time went (``time_breakdown_s``)."""
+    rows = [
+        (r["round"], r["time_breakdown_s"]) for r in rounds if isinstance(r.get("time_breakdown_s"), dict)
+    ]
+    if not rows:
+        return None
+    names: list[str] = []
+    for _, table in rows:
+        names += [k for k in table if k not in names]
+    fig, ax = _new_figure("Where each round's time went")
+    x = np.array([r for r, _ in rows])
+    bottom = np.zeros(len(rows))
+    for name in names:
+        heights = np.array([float(table.get(name) or 0.0) for _, table in rows])
+        if not heights.any():
+            continue
+        ax.bar(x, heights, bottom=bottom, label=name.removesuffix("_s"))
+        bottom += heights
+    ax.set_xlabel("round")
+    ax.set_ylabel("wall time (s)")
+    ax.legend(fontsize="x-small", ncol=2)
+    return _save(fig, out / "time_breakdown.png")
+
+
 def participation_counts(rounds: list[dict[str, Any]], num_clients: int) -> np.ndarray:
     counts = np.zeros(num_clients, dtype=int)
     for r in rounds:
@@ -231,6 +256,7 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
         "Learning": _plot_learning(rounds, out),
         "Aggregation NMSE": _plot_nmse(rounds, out),
         "Latency and energy": _plot_cost(rounds, out),
+        "Round time breakdown": _plot_breakdown(rounds, out),
         "Participation": _plot_participation(counts, out),
         "Antenna positions": _plot_positions(rounds, region_m, channel_map, out),
         "Against the baselines": _plot_baselines(plans[-1] if plans else None, out),
@@ -244,6 +270,11 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
     if summary:
         lines += ["| figure | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in summary.items() if not isinstance(v, dict | list)]
+        lines.append("")
+    median = summary.get("median_time_breakdown_s")
+    if isinstance(median, dict) and median:
+        lines += ["Median round time breakdown:", "", "| slice | median (s) |", "|---|---|"]
+        lines += [f"| {k.removesuffix('_s')} | {_fmt(v)} |" for k, v in median.items()]
         lines.append("")
     if counts.size and counts.any():
         lines.append(f"Participation per client: {counts.tolist()} (Jain's index {jain_index(counts):.3f})")

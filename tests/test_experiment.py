@@ -62,6 +62,13 @@ def test_dry_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         # The OTA aggregate measured against the digital reference agrees with the symbol-level score.
         assert r["nmse_db"] == pytest.approx(r["nmse_live_symbols_db"], abs=1.0)
         assert r["nmse_db"] == pytest.approx(r["nmse_theory_db"], abs=1.0)
+        # Where the round's time went, the nodes' own slices, and the update norms (issue 12).
+        slices = r["time_breakdown_s"]
+        assert slices["move_s"] > 0 and slices["train_s"] > 0 and slices["ota_slot_s"] > 0
+        assert slices["plan_s"] > 0 and slices["estimate_s"] > 0
+        assert sorted(r["update_sq_norms"]) == sorted(str(k) for k in r["selected"])
+        assert r["aggregate_sq_norm"] > 0
+    assert summary["median_time_breakdown_s"]["train_s"] > 0
     assert summary["mean_nmse_fpa_db"] is not None and summary["ma_gain_over_fpa_db"] is not None
     report = (run_dir / "report" / "report.md").read_text()
     assert "![Aggregation NMSE](nmse.png)" in report and (run_dir / "report" / "nmse.png").exists()
