@@ -246,6 +246,7 @@ class Experiment:
             "move_wall_s": move_wall_s,
             "plan_wall_s": time.monotonic() - t0,
             "mse_predicted": rp.mse,
+            "cycles_per_sample": float(np.mean(self.problem.cycles)),  # what this round was priced at
             "eta": eta,
             "clocks_hz": [clock_of.get(k, alloc.clock_max_hz) for k in selected],
         }
@@ -306,6 +307,7 @@ class Experiment:
             "num_clients": self.config.lab.clients.count,
             **extra,
         }
+        record["cost_model"] = self._calibrate(nodes)  # after this round: what the next plan uses
         self.recorder.event("round", **record)
         self.done_rounds.add(r)
         if self.progress is not None:
@@ -319,9 +321,10 @@ class Experiment:
 
         cfg = self.config
         t0 = time.monotonic()
+        self._price_workload()  # before any device opens: can fl.rounds be paid for at all?
         self.lab = build_lab(cfg, self.rng)
         try:
-            self.problem = build_problem(cfg, self.lab.channel)
+            self.problem = build_problem(self._costed_config(), self.lab.channel)
             if not self.resume:
                 self.recorder.start(
                     name=cfg.run.name,
@@ -331,6 +334,7 @@ class Experiment:
                     wavelength_m=cfg.lab.array.wavelength_m,
                     backends=self.lab.describe(),
                 )
+                self.recorder.event("cost_model", **self.cost.to_record(), **self.cost_floor)
                 self.lab.home()
                 self.recorder.event("homed", positions_m=self.lab.antenna_positions().tolist())
                 self._record_whole_run_plan()
@@ -376,6 +380,40 @@ class Experiment:
         self.recorder.stop("success")
         self.recorder.write_summary(summary)
         return summary
+
+    # --- the cost model of the model that trains (fl.cost) -------------------------------------
+    def _price_workload(self) -> None:
+        """Derive cycles/sample from the model and data; refuse fl.rounds the budgets cannot pay."""
+        from fl.cost import check_rounds, resumed_cost, workload_cost
+
+        try:
+            self.cost = workload_cost(self.config)
+            if self.resume:  # continue the calibration where the run left it
+                self.cost = resumed_cost(self.cost, [d["data"] for d in self.recorder.events("round")])
+            floor = check_rounds(self.config, self.cost)
+        except Exception as exc:
+            self.recorder.stop("failed", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        self.cost_floor = floor  # recorded once the run's start document is written
+
+    def _costed_config(self) -> TestbedConfig:
+        """The config the planner sees: cycles/sample of this workload, tau of fl.training."""
+        alloc = self.config.allocation.model_copy(
+            update={
+                "cycles_per_sample": self.cost.cycles_per_sample,
+                "local_steps": self.config.fl.training.local_steps,
+            }
+        )
+        return self.config.model_copy(update={"allocation": alloc})
+
+    def _calibrate(self, nodes: dict[str, Any]) -> dict[str, Any]:
+        """Fold the nodes' measured tokens/s into the cost model; the next plan prices with it."""
+        import dataclasses
+
+        self.cost = self.cost.calibrated(nodes.values(), self.config.allocation.clock_max_hz)
+        if self.cost.cycles_per_sample != self.problem.cycles_per_sample:
+            self.problem = dataclasses.replace(self.problem, cycles_per_sample=self.cost.cycles_per_sample)
+        return self.cost.to_record()
 
     def _record_whole_run_plan(self) -> None:
         """Solve the whole-run allocation once, beside every baseline, for the report."""

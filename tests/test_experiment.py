@@ -177,15 +177,20 @@ def test_budgets_that_cannot_pay_a_round_stop_the_run_with_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
-        ["run", DRYRUN, *sets(*FAST, "allocation.energy_budget_j=1e-6", f"run.output_dir={tmp_path}")]
+        ["run", DRYRUN, *sets(*FAST, "allocation.energy_budget_j=1e-15", f"run.output_dir={tmp_path}")]
     )
     assert code == 2
-    assert "allocation: energy_budget_j=1e-06 cannot pay for even one round" in capsys.readouterr().err
+    # Refused before any device opens, naming the budget to raise and by how much (fl.cost).
+    err = capsys.readouterr().err
+    assert (
+        "allocation.energy_budget_j=1e-15 cannot pay 5 rounds" in err
+        and "raise allocation.energy_budget_j" in err
+    )
     docs = read_events(only_run_dir(tmp_path) / "events.jsonl")
     assert (
         docs[-1]["doc"] == "stop" and docs[-1]["status"] == "failed" and "ConfigError" in docs[-1]["reason"]
     )
-    assert not [d for d in docs if d.get("kind") == "round"]
+    assert not [d for d in docs if d.get("kind") in ("round", "homed")]
 
 
 @pytest.mark.slow
