@@ -93,3 +93,25 @@ def test_summary_medians_and_the_report_draw_the_breakdown(tmp_path: Path) -> No
         and (rec.run_dir / "report" / "time_breakdown.png").stat().st_size > 1000
     )
     assert "| plan | 0.2 |" in text and "| train | 1 |" in text
+
+
+def test_a_rewritten_report_redraws_only_plots_whose_data_changed(tmp_path: Path) -> None:
+    rec = RunRecorder.create(tmp_path, "r", "", fsync=False)
+    rec.start(num_clients=2, region_m=0.5)
+    rec.event("round", round=1, selected=[0], dropped=[], train_loss=2.0, time_breakdown_s={"train_s": 1.0})
+    rec.close()
+    write_report(rec.run_dir)
+    out = rec.run_dir / "report"
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert {"learning.png", "time_breakdown.png", "participation.png"} <= set(stamps)
+    write_report(rec.run_dir)  # nothing changed: nothing is drawn again
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamps
+    with RunRecorder.reopen(rec.run_dir, fsync=False) as again:
+        again.event("round", round=2, selected=[1], dropped=[], time_breakdown_s={"train_s": 2.0})
+    (out / "participation.png").unlink()
+    text = write_report(rec.run_dir).read_text()
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert after["learning.png"] == stamps["learning.png"]  # its data (train loss) did not change
+    assert after["time_breakdown.png"] != stamps["time_breakdown.png"]  # a new round's breakdown
+    assert "participation.png" in after  # a missing PNG is drawn again
+    assert "](learning.png)" in text and "](time_breakdown.png)" in text
