@@ -255,3 +255,89 @@ def check_rounds(config: Any, cost: WorkloadCost) -> dict[str, float]:
 
 def _fits(need: tuple[float, float], alloc: Any) -> bool:
     return need[0] <= alloc.latency_budget_s and need[1] <= alloc.energy_budget_j
+
+
+# --- memory: gradient checkpointing and 4-bit weights by need ---------------------------------------
+# Activation bytes kept per token per decoder layer for the backward pass, in units of
+# hidden_size x bytes per element (16-bit): fitted to OpenLLaMA-3B on an H200 with SDPA attention
+# (16x512 bf16: 36.6 GiB without checkpointing, 11.3 GiB with; issue 12), close to the 34 h of
+# Korthikanti et al. for a GPT layer with a wider (SwiGLU) MLP.
+ACTIVATION_H_PER_TOKEN_LAYER = 21.0
+_SLACK = 1.10  # allocator fragmentation and workspaces
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a node turns on to fit its GPU, and why (recorded in the run record)."""
+
+    gradient_checkpointing: bool
+    load_in_4bit: bool
+    estimated_bytes: int
+    free_bytes: int | None
+    reason: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "load_in_4bit": self.load_in_4bit,
+            "estimated_gib": self.estimated_bytes / 2**30,
+            "free_gib": None if self.free_bytes is None else self.free_bytes / 2**30,
+            "reason": self.reason,
+        }
+
+
+def training_memory_bytes(
+    dims: ModelDims, batch: int, seq_len: int, bytes_per_param: float, checkpointing: bool, four_bit: bool
+) -> int:
+    """Peak bytes of LoRA training: weights + activations kept for backward + fp32 logits and their
+    gradient (+ the softmax's copy). Checkpointing keeps each layer's input and one layer's full set."""
+    tokens = batch * seq_len
+    weight_bytes = (dims.matmul_params + dims.vocab_size * dims.hidden_size) * (
+        0.55 if four_bit else bytes_per_param
+    )
+    per_layer = ACTIVATION_H_PER_TOKEN_LAYER * dims.hidden_size * bytes_per_param * tokens
+    if checkpointing:
+        activations = dims.num_layers * tokens * dims.hidden_size * bytes_per_param + per_layer
+    else:
+        activations = dims.num_layers * per_layer
+    logits = 3 * tokens * dims.vocab_size * 4
+    return int(_SLACK * (weight_bytes + activations + logits))
+
+
+def plan_memory(
+    dims: ModelDims,
+    batch: int,
+    seq_len: int,
+    bytes_per_param: float,
+    gradient_checkpointing: bool | str,
+    load_in_4bit: bool | str,
+    free_bytes: int | None,
+) -> MemoryPlan:
+    """Resolve ``auto`` settings: the cheapest set of memory savers whose estimate fits ``free_bytes``.
+
+    Order: nothing, then checkpointing (costs ~1/3 more compute), then 4-bit weights as well (slower
+    matmuls, CUDA only). A setting given as True/False is kept. ``free_bytes`` None (no GPU): auto
+    means off, since a CPU node's memory is not the limit this model is for.
+    """
+    choices = [
+        (gc, q)
+        for q in ([False, True] if load_in_4bit == "auto" else [bool(load_in_4bit)])
+        for gc in ([False, True] if gradient_checkpointing == "auto" else [bool(gradient_checkpointing)])
+    ]
+    if free_bytes is None:
+        gc, q = choices[0]
+        need = training_memory_bytes(dims, batch, seq_len, bytes_per_param, gc, q)
+        return MemoryPlan(gc, q, need, None, "no GPU: auto resolves to off")
+    for gc, q in choices:
+        need = training_memory_bytes(dims, batch, seq_len, bytes_per_param, gc, q)
+        if need <= free_bytes:
+            return MemoryPlan(
+                gc, q, need, free_bytes, f"fits: {need / 2**30:.1f} of {free_bytes / 2**30:.1f} GiB free"
+            )
+    gc, q = choices[-1]
+    need = training_memory_bytes(dims, batch, seq_len, bytes_per_param, gc, q)
+    return MemoryPlan(
+        gc, q, need, free_bytes,
+        f"does not fit even so: {need / 2**30:.1f} GiB estimated, {free_bytes / 2**30:.1f} GiB free; "
+        "lower fl.training.batch_size or fl.data.seq_len",
+    )  # fmt: skip

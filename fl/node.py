@@ -267,6 +267,7 @@ class Node:
         )
         t_trained = time.perf_counter()
         metrics["clock"] = clock.as_dict()
+        metrics["memory_plan"] = self.work.memory_plan  # checkpointing / 4-bit, as chosen at start
         if metrics["energy_source"] == "modeled":
             a = self.config.allocation
             metrics["energy_j"] = modeled_energy_j(

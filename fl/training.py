@@ -270,7 +270,9 @@ def length_groups(lengths: Sequence[int], overhead_tokens: int) -> list[list[int
     return groups[::-1]
 
 
-def grouped_loss_backward(model: Any, data: Encoded, idx: torch.Tensor, device: str, overhead_tokens: int) -> tuple[torch.Tensor, int]:
+def grouped_loss_backward(
+    model: Any, data: Encoded, idx: torch.Tensor, device: str, overhead_tokens: int
+) -> tuple[torch.Tensor, int]:
     """The batch's mean token loss, computed on real tokens only; its gradient is accumulated.
 
     Each length group is cut to its longest row: padding is on the right and attention causal, so
@@ -289,12 +291,15 @@ def grouped_loss_backward(model: Any, data: Encoded, idx: torch.Tensor, device: 
         input_ids = data.input_ids[rows, :width].to(device)
         labels = data.labels[rows, :width].to(device)
         logits = model(input_ids=input_ids).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-            labels[:, 1:].reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        ) / n_items
+        loss = (
+            torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            / n_items
+        )
         loss.backward()
         total += loss.detach()
         computed += len(group) * width
@@ -446,6 +451,7 @@ class Workload:
     train: Encoded
     validation: Encoded
     device: str
+    memory_plan: dict[str, Any] | None = None  # what fl.cost.plan_memory chose, for the run record
 
 
 def build_workload(fl_cfg: Any, seed: int, num_clients: int, client: int | None) -> Workload:
@@ -462,8 +468,9 @@ def build_workload(fl_cfg: Any, seed: int, num_clients: int, client: int | None)
     train, val = split_validation(examples, d.validation_fraction, rng)
     tokenizer = load_tokenizer(fl_cfg.model, [e.text() for e in train])
     device = "cuda" if torch.cuda.is_available() and fl_cfg.model.source == "pretrained" else "cpu"
-    base = load_base_model(fl_cfg.model, tokenizer, seed, d.seq_len, device)
-    model = add_lora(base, fl_cfg.model, fl_cfg.lora, seed)
+    model_cfg, memory = resolve_memory(fl_cfg, len(tokenizer), device)
+    base = load_base_model(model_cfg, tokenizer, seed, d.seq_len, device)
+    model = add_lora(base, model_cfg, fl_cfg.lora, seed)
     if client is not None:
         parts = partition(
             train, num_clients, d.partition, np.random.default_rng([seed, 11]), d.dirichlet_alpha
@@ -477,4 +484,26 @@ def build_workload(fl_cfg: Any, seed: int, num_clients: int, client: int | None)
         if val
         else encode_examples(tokenizer, train[:1], d.seq_len),
         device,
+        memory.to_record(),
     )
+
+
+def resolve_memory(fl_cfg: Any, vocab_size: int, device: str) -> tuple[Any, Any]:
+    """``fl.model`` with ``auto`` gradient checkpointing / 4-bit resolved against the free GPU memory
+    (``fl.cost.plan_memory``), and the plan that says what was chosen and why."""
+    from fl.cost import model_dims, plan_memory
+
+    m = fl_cfg.model
+    free = int(torch.cuda.mem_get_info()[0]) if device.startswith("cuda") else None
+    dims = model_dims(m, vocab_size if m.source == "tiny" else None)
+    plan = plan_memory(
+        dims,
+        fl_cfg.training.batch_size,
+        fl_cfg.data.seq_len,
+        _torch_dtype(m.dtype).itemsize,
+        m.gradient_checkpointing,
+        m.load_in_4bit,
+        free,
+    )
+    update = {"gradient_checkpointing": plan.gradient_checkpointing, "load_in_4bit": plan.load_in_4bit}
+    return m.model_copy(update=update), plan

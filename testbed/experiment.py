@@ -288,6 +288,7 @@ class Experiment:
             "round": r,
             "time_breakdown_s": fl_record.get("timing_s"),
             "node_timing_s": fl_record.get("node_timing_s"),
+            "memory_plans": {k: n.get("memory_plan") for k, n in fl_record.get("nodes", {}).items()},
             "update_sq_norms": fl_record.get("update_sq_norms"),
             "aggregate_sq_norm": fl_record.get("aggregate_sq_norm"),
             "selected": fl_record.get("selected"),

@@ -63,6 +63,8 @@ def test_every_round_record_carries_the_breakdown_and_the_norms(tmp_path: Path) 
         for k in m["delivered"]:
             node = m["node_timing_s"][str(k)]
             assert node["train_s"] > 0 and node["train_s"] <= timing["train_s"] + 1e-9
+            plan = m["nodes"][str(k)]["memory_plan"]  # what the node chose for memory, and why
+            assert plan["gradient_checkpointing"] is False and "no GPU" in plan["reason"]
         # The slowest node's compute is the round's train slice.
         assert timing["train_s"] == pytest.approx(max(sum(t.values()) for t in m["node_timing_s"].values()))
         norms = m["update_sq_norms"]

@@ -70,3 +70,34 @@ def test_calibration_takes_the_nodes_measured_speed_and_survives_a_resume() -> N
     assert resumed_cost(cost, rounds).flops_per_cycle == pytest.approx(again.flops_per_cycle)
     fixed = WorkloadCost(1e6, 50, 4.0, "config", cycles_override=3e9)
     assert fixed.calibrated(nodes, 2e9).cycles_per_sample == 3e9  # the config's number is kept
+
+
+def test_memory_savers_are_chosen_by_need_and_recorded() -> None:
+    from transformers import LlamaConfig
+
+    from fl.cost import ModelDims, plan_memory, training_memory_bytes
+    from fl.training import OPEN_LLAMA_3B_SHAPE
+
+    dims = ModelDims.from_hf_config(LlamaConfig(**OPEN_LLAMA_3B_SHAPE))
+    gib = 2**30
+    # Measured on an H200 (issue 12): 15.5 GiB at 4x512, 36.6 without / 11.3 with checkpointing at 16x512.
+    for batch, gc, measured in ((4, False, 15.5), (16, False, 36.6), (16, True, 11.3)):
+        estimate = training_memory_bytes(dims, batch, 512, 2, gc, False) / gib
+        assert measured * 0.9 <= estimate <= measured * 1.2
+    roomy = plan_memory(dims, 16, 512, 2, "auto", "auto", 120 * gib)
+    assert (roomy.gradient_checkpointing, roomy.load_in_4bit) == (False, False)
+    tight = plan_memory(dims, 16, 512, 2, "auto", "auto", 20 * gib)
+    assert (tight.gradient_checkpointing, tight.load_in_4bit) == (True, False)
+    tiny = plan_memory(dims, 16, 512, 2, "auto", "auto", 8 * gib)
+    assert (tiny.gradient_checkpointing, tiny.load_in_4bit) == (True, True)
+    assert "fits" in tiny.reason and tiny.to_record()["estimated_gib"] < 8
+    hopeless = plan_memory(dims, 16, 512, 2, "auto", False, 2 * gib)
+    assert hopeless.gradient_checkpointing and "lower fl.training.batch_size" in hopeless.reason
+    fixed = plan_memory(dims, 16, 512, 2, True, False, 120 * gib)  # an explicit setting is kept
+    assert fixed.gradient_checkpointing and not fixed.load_in_4bit
+    cpu = plan_memory(dims, 16, 512, 2, "auto", "auto", None)
+    assert not cpu.gradient_checkpointing and not cpu.load_in_4bit and "no GPU" in cpu.reason
+    cfg = load_config(DRYRUN, ["fl.model.gradient_checkpointing=auto", "fl.model.load_in_4bit=auto"])
+    assert cfg.fl.model.gradient_checkpointing == "auto"
+    with pytest.raises(ConfigError):
+        load_config(DRYRUN, ["fl.model.gradient_checkpointing=sometimes"])
