@@ -37,7 +37,7 @@ from fl.protocol import Message, MsgType, SocketLoop, build_frame  # noqa: E402
 from fl.training import Encoded  # noqa: E402
 
 ADAPTER_BYTES = 20 * 1024 * 1024
-REPEATS = 24
+REPEATS = 15
 
 
 def _adapter() -> dict[str, np.ndarray]:
@@ -89,9 +89,12 @@ def bench_transfer(ctx: zmq.Context, adapter: dict[str, np.ndarray]) -> dict[str
             assert msg is not None and len(msg.frames["update"]) == len(adapter)
         return time.perf_counter() - t0
 
-    for _ in range(4):  # blocks of each path in turn, so slow spells on the box hit all alike
-        for kind in times:
-            times[kind] += [one(kind) for _ in range(REPEATS // 4)]
+    # Interleaved blocks: each block times every path once, in a rotating order, so a slow spell
+    # on the box hits all paths alike; a block's ratio compares transfers made moments apart.
+    kinds = list(times)
+    for block in range(REPEATS):
+        for kind in kinds[block % 3 :] + kinds[: block % 3]:
+            times[kind].append(one(kind))
     tx.close(0.1)
     rx.close(0.1)
     raw_router.close(0)
@@ -101,7 +104,15 @@ def bench_transfer(ctx: zmq.Context, adapter: dict[str, np.ndarray]) -> dict[str
         f"  (best of {REPEATS}, the box's load set aside: protocol {best['framed'] / 2**20:.0f} MiB/s vs raw "
         f"{best['raw'] / 2**20:.0f} MiB/s; ratio {best['framed'] / best['raw']:.2f})"
     )
-    return {k: len(payload) / statistics.median(v) for k, v in times.items()}
+    rates = {k: len(payload) / statistics.median(v) for k, v in times.items()}
+    # The headline: the median over blocks of (raw time / protocol time) within the block.
+    rates["block_ratio"] = statistics.median(
+        r / f for r, f in zip(times["raw"], times["framed"], strict=True)
+    )
+    rates["block_ratio_dict"] = statistics.median(
+        r / f for r, f in zip(times["raw"], times["dict"], strict=True)
+    )
+    return rates
 
 
 def bench_coordinator(num_nodes: int = 8, rounds: int = 3) -> tuple[float, list[dict]]:
@@ -277,10 +288,10 @@ def main() -> int:
     adapter = _adapter()
     rates = bench_transfer(ctx, adapter)
     ctx.term()
-    transfer_ratio = rates["framed"] / rates["raw"]
+    transfer_ratio = rates["block_ratio"]
     print(
         f"20 MiB adapter ({len(adapter)} tensors): protocol {rates['framed'] / 2**20:.0f} MiB/s vs raw ZeroMQ "
-        f"bytes {rates['raw'] / 2**20:.0f} MiB/s; ratio {transfer_ratio:.2f} (target >= 0.7). The adapter is "
+        f"bytes {rates['raw'] / 2**20:.0f} MiB/s; ratio {transfer_ratio:.2f} (median over interleaved blocks of the in-block ratio; target >= 0.8). The adapter is "
         "held as a safetensors frame, as the node's update and the coordinator's global adapter are."
     )
     print(
