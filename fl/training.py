@@ -14,12 +14,13 @@ names, which are identical in every process that builds the same model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -415,6 +416,27 @@ def local_train(
     }
 
 
+# Below this many parameters a CPU forward is too small to split across threads: OpenMP's
+# spin-waiting costs more than it saves, and on a shared host (a dry run's node processes, other
+# jobs) it burns the cores the nodes need. Measured on the dry run's tiny Llama under load:
+# evaluate 2.5-6 s wall with 2 threads, 0.4-0.8 s with one.
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+@contextlib.contextmanager
+def _cpu_threads_for(model: Any, device: str) -> Iterator[None]:
+    """One torch thread while evaluating a small model on the CPU; as configured otherwise."""
+    small = not device.startswith("cuda") and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+    before = torch.get_num_threads()
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def evaluate(model: Any, data: Encoded, batch: int = 16, device: str = "cpu") -> float:
     """Mean token-level cross-entropy (nats) over ``data``; perplexity is exp of it."""
@@ -423,7 +445,7 @@ def evaluate(model: Any, data: Encoded, batch: int = 16, device: str = "cpu") ->
     # Rows sorted by length, each batch cut to its longest row: no compute on padding (right
     # padding and causal attention leave the real tokens' logits unchanged; see local_train).
     order = torch.argsort(data.lengths, stable=True)
-    with TRAIN_LOCK:
+    with TRAIN_LOCK, _cpu_threads_for(model, device):
         for start in range(0, len(data), batch):
             rows = order[start : start + batch]
             width = max(int(data.lengths[rows].max()), 2)
