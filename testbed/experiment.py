@@ -302,7 +302,8 @@ class Experiment:
             "nmse_theory_db": db(air["mse_theory_live"] / signal) if signal else None,
             "nmse_fpa_theory_db": db(air["mse_theory_fpa"] / signal) if signal else None,
             "effective_snr_db": fl_record.get("effective_snr_db"),
-            "latency_wall_s": float(fl_record.get("round_time_s", 0.0)) + extra.get("move_wall_s", 0.0),
+            # The coordinator's round time already holds the planner call, and so the move in it.
+            "latency_wall_s": float(fl_record.get("round_time_s", 0.0)),
             "energy_measured_j": float(sum(measured)) if measured else None,
             "jain_fairness": fl_record.get("jain_fairness"),
             "num_clients": self.config.lab.clients.count,

@@ -6,7 +6,9 @@ does not have is left out, and the report says so, rather than drawn empty.
 
 Round events carry (any may be missing): round, selected, dropped, train_loss, val_loss,
 val_ppl, nmse_db, nmse_fpa_db, nmse_theory_db, snr_db, positions_m, latency_model_s,
-latency_wall_s, energy_model_j, energy_measured_j, num_clients.
+latency_wall_s, energy_model_j, energy_measured_j, num_clients, time_breakdown_s (slice -> s).
+Plots are drawn on the Agg canvas (no pyplot) and cached by a hash of their data in
+``report/.plots.json``: rewriting a report redraws only the plots whose data changed.
 """
 
 from __future__ import annotations
