@@ -600,7 +600,11 @@ class Coordinator:
         with clock.slice("checkpoint_s"):
             record["timing_s"] = clock.breakdown(time.monotonic() - t0)  # so far: the checkpoint keeps it
             self._checkpoint(r)
-        record["timing_s"] = clock.breakdown(time.monotonic() - t0)
+        # The round ends with its checkpoint: the wall and CPU times and the slices all include it.
+        record["round_time_s"] = time.monotonic() - t0
+        record["coordinator_time_s"] += clock.slices["checkpoint_s"]
+        record["coordinator_cpu_s"] = time.thread_time() - cpu0
+        record["timing_s"] = clock.breakdown(record["round_time_s"])
         self._event("round_done", dropped=dropped, val_loss=val_loss, metrics=record)
         result = {"val_loss": val_loss, "dropped": dropped, "delivered": delivered}
         for k in self._alive():
