@@ -128,6 +128,15 @@ class WorkloadCost:
         return replace(self, flops_per_cycle=mean, source="calibrated", observations=n + len(seen))
 
 
+def costed_config(config: Any, cost: WorkloadCost) -> Any:
+    """``config`` as the planner should see it: this workload's cycles/sample, and tau of
+    ``fl.training.local_steps`` (the steps nodes really take), in ``allocation``."""
+    alloc = config.allocation.model_copy(
+        update={"cycles_per_sample": cost.cycles_per_sample, "local_steps": config.fl.training.local_steps}
+    )
+    return config.model_copy(update={"allocation": alloc})
+
+
 def resumed_cost(cost: WorkloadCost, rounds: Sequence[Mapping[str, Any]]) -> WorkloadCost:
     """``cost`` with the calibration the last recorded round carried (a resumed run keeps it)."""
     costed = sorted(

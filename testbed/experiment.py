@@ -400,13 +400,9 @@ class Experiment:
 
     def _costed_config(self) -> TestbedConfig:
         """The config the planner sees: cycles/sample of this workload, tau of fl.training."""
-        alloc = self.config.allocation.model_copy(
-            update={
-                "cycles_per_sample": self.cost.cycles_per_sample,
-                "local_steps": self.config.fl.training.local_steps,
-            }
-        )
-        return self.config.model_copy(update={"allocation": alloc})
+        from fl.cost import costed_config
+
+        return costed_config(self.config, self.cost)
 
     def _calibrate(self, nodes: dict[str, Any]) -> dict[str, Any]:
         """Fold the nodes' measured tokens/s into the cost model; the next plan prices with it."""

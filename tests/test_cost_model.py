@@ -101,3 +101,14 @@ def test_memory_savers_are_chosen_by_need_and_recorded() -> None:
     assert cfg.fl.model.gradient_checkpointing == "auto"
     with pytest.raises(ConfigError):
         load_config(DRYRUN, ["fl.model.gradient_checkpointing=sometimes"])
+
+
+def test_the_planner_sees_the_workloads_cost_and_the_steps_nodes_take() -> None:
+    from fl.cost import costed_config
+
+    cfg = load_config(DRYRUN, [])
+    cost = WorkloadCost(flops_per_token=1e6, tokens_per_sample=50, flops_per_cycle=5.0, source="model")
+    seen = costed_config(cfg, cost)
+    assert seen.allocation.cycles_per_sample == pytest.approx(1e7)
+    assert seen.allocation.local_steps == cfg.fl.training.local_steps == 8
+    assert cfg.allocation.cycles_per_sample == 2e10  # the config itself is left as it was
