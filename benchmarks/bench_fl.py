@@ -150,6 +150,18 @@ def bench_useful_tokens(
     """Useful (real) tokens/s of local_train on real tokens only vs today's padded path: one model,
     the same batches for both (same rng draws), lr 0 so the weights never change, blocks interleaved."""
     import torch
+
+    # One torch thread, as node processes run (fl.launcher / fl.runner set OMP_NUM_THREADS=1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _useful_tokens(blocks, steps, batch, seq_len)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _useful_tokens(blocks: int, steps: int, batch: int, seq_len: int) -> dict[str, float]:
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from fl import training
@@ -180,7 +192,7 @@ def bench_useful_tokens(
                 fractions[path].append(out["useful_fraction"])
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(
-        f"useful tokens/s, Alpaca-like lengths (median ~150 of {seq_len}), batch {batch}, CPU fp32: "
+        f"useful tokens/s, Alpaca-like lengths (median ~150 of {seq_len}), batch {batch}, CPU fp32, 1 thread: "
         f"real tokens only {med['useful']:.0f} (useful fraction {statistics.median(fractions['useful']):.2f}) vs "
         f"padded {med['padded']:.0f} (useful fraction {statistics.median(fractions['padded']):.2f}); ratio "
         f"{med['useful'] / med['padded']:.2f} (target >= 2; median of {blocks} interleaved blocks)"
