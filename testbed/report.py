@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DPI = 100
 # Bump when a plot's drawing changes, so cached PNGs of older reports are redrawn.
-PLOT_VERSION = 2
+PLOT_VERSION = 3
 
 
 def jain_index(counts: np.ndarray) -> float:
@@ -140,15 +140,28 @@ def _plot_breakdown(rounds: list[dict[str, Any]], out: Path) -> Path | None:
     names: list[str] = []
     for _, table in rows:
         names += [k for k in table if k not in names]
+    from matplotlib.collections import PolyCollection
+
     fig, ax = _new_figure("Where each round's time went")
-    x = np.array([r for r, _ in rows])
+    x = np.array([r for r, _ in rows], dtype=float)
     bottom = np.zeros(len(rows))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    colors = iter(palette(i % 20) for i in range(len(names)))  # 12 slices: no colour repeats
     for name in names:
         heights = np.array([float(table.get(name) or 0.0) for _, table in rows])
         if not heights.any():
             continue
-        ax.bar(x, heights, bottom=bottom, label=name.removesuffix("_s"))
-        bottom += heights
+        # One collection of rectangles per slice: far quicker to draw than a patch per bar.
+        left, right, top = x - 0.4, x + 0.4, bottom + heights
+        verts = np.stack(
+            [np.c_[left, bottom], np.c_[right, bottom], np.c_[right, top], np.c_[left, top]], axis=1
+        )
+        ax.add_collection(PolyCollection(verts, facecolors=next(colors), label=name.removesuffix("_s")))
+        bottom = top
+    ax.set_xlim(x.min() - 0.6, x.max() + 0.6)
+    ax.set_ylim(0, max(float(bottom.max()), 1e-9) * 1.05)
     ax.set_xlabel("round")
     ax.set_ylabel("wall time (s)")
     ax.legend(fontsize="x-small", ncol=2)
