@@ -591,7 +591,10 @@ class Coordinator:
             "plan": {k: v for k, v in plan.extra.items() if isinstance(v, (int, float, str, list, bool))},
             # ||Delta_k||^2 as each node reported it, and that of the update actually applied.
             "update_sq_norms": {
-                k: float(m["update_sq_norm"]) for k, m in node_metrics.items() if "update_sq_norm" in m
+                k: float(m["update_sq_norm"])
+                for k, m in node_metrics.items()
+                if isinstance(m.get("update_sq_norm"), int | float)
+                and not isinstance(m["update_sq_norm"], bool)
             },
             "aggregate_sq_norm": update_sq_norm(estimate),
             "node_timing_s": {k: node_timing[k] for k in node_metrics},
