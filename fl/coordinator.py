@@ -20,6 +20,7 @@ and the metrics so far are checkpointed; ``resume=True`` continues after the las
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ import os
 import queue
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,66 @@ class NodeInfo:
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# The slices of a round's wall time, in critical-path order (seconds each; "other_s" is the rest).
+TIMING_SLICES = (
+    "plan_s",
+    "move_s",
+    "settle_s",
+    "estimate_s",
+    "dispatch_s",
+    "train_s",
+    "upload_s",
+    "ota_slot_s",
+    "aggregate_s",
+    "evaluate_s",
+    "checkpoint_s",
+)
+
+
+class RoundClock:
+    """Adds wall time into named slices of one round; ``breakdown`` also gives the unexplained rest."""
+
+    def __init__(self) -> None:
+        self.slices: dict[str, float] = dict.fromkeys(TIMING_SLICES, 0.0)
+
+    @contextlib.contextmanager
+    def slice(self, name: str) -> Iterator[None]:
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - t)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.slices[name] = self.slices.get(name, 0.0) + max(float(seconds), 0.0)
+
+    def move(self, source: str, target: str, seconds: float) -> None:
+        """Re-label up to ``seconds`` of ``source`` as ``target`` (never more than ``source`` holds)."""
+        amount = min(max(float(seconds), 0.0), self.slices.get(source, 0.0))
+        self.slices[source] -= amount
+        self.add(target, amount)
+
+    def rename(self, source: str, target: str) -> None:
+        self.move(source, target, self.slices.get(source, 0.0))
+        self.slices.pop(source, None)
+
+    def total(self) -> float:
+        return float(sum(self.slices.values()))
+
+    def breakdown(self, round_s: float) -> dict[str, float]:
+        out = dict(self.slices)
+        out["other_s"] = max(round_s - self.total(), 0.0)
+        return out
+
+
+def _node_timing(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The node's own slices (load, train, update), as plain floats; {} if it sent none."""
+    timing = metrics.get("timing")
+    if not isinstance(timing, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in timing.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 class RadioTimeSkew(FLError):
@@ -471,10 +532,20 @@ class Coordinator:
         alive = self._alive()
         if not alive:
             raise FLError(f"round {r}: no node is alive")
-        channels = self.air.estimate_channels(list(range(self.num_clients))) if self.air is not None else None
-        plan = self.planner(r, channels, alive)
+        clock = RoundClock()
+        with clock.slice("estimate_s"):
+            channels = (
+                self.air.estimate_channels(list(range(self.num_clients))) if self.air is not None else None
+            )
+        with clock.slice("plan_s"):
+            plan = self.planner(r, channels, alive)
+        # The planner may say where its time went (move, settle, its own estimates): those are
+        # not planning, so they move to their own slices.
+        for name, value in (plan.extra.get("timing") or {}).items():
+            clock.move("plan_s", name, float(value))
         if self.air is not None:  # the planner may have moved the antennas: precode on what the air is now
-            channels = self.air.estimate_channels(list(range(self.num_clients)))
+            with clock.slice("estimate_s"):
+                channels = self.air.estimate_channels(list(range(self.num_clients)))
         bad = [k for k in plan.selected if k not in alive]
         missing = [
             f"{name}[{k}]"
@@ -521,31 +592,39 @@ class Coordinator:
         shapes = {n: self.global_adapter[n].shape for n in self.payload}
         num_reals = int(sum(self.global_adapter[n].size for n in self.payload))
         air_metrics: dict[str, Any] = {}
+        clock.add("dispatch_s", t_plan - t0 - clock.total())
+        first = MsgType.STATS if ota_mode else MsgType.DIGITAL
+        with clock.slice("collect_s"):  # split below into the nodes' compute and the upload
+            delivered = self._collect(first, plan.selected, deadline)
+        if not delivered:
+            what = "statistics" if ota_mode else "update"
+            raise FLError(f"round {r}: no selected node delivered its {what} by the deadline")
+        node_metrics = {str(k): self._msgs[(first, k)].body["metrics"] for k in delivered}
+        node_timing = {k: _node_timing(m) for k, m in node_metrics.items()}
+        # The critical path waits for the slowest node: its compute is "train", the rest "upload".
+        clock.move("collect_s", "train_s", max((sum(t.values()) for t in node_timing.values()), default=0.0))
+        clock.rename("collect_s", "upload_s")
         if ota_mode:
-            delivered = self._collect(MsgType.STATS, plan.selected, deadline)
-            if not delivered:
-                raise FLError(f"round {r}: no selected node delivered its statistics by the deadline")
-            estimate, delivered, air_metrics = self._ota_slot(
-                r, plan, delivered, channels, shapes, num_reals, deadline
-            )
+            with clock.slice("ota_slot_s"):
+                estimate, delivered, air_metrics = self._ota_slot(
+                    r, plan, delivered, channels, shapes, num_reals, deadline
+                )
+            t_agg = time.monotonic()
         else:
-            delivered = self._collect(MsgType.DIGITAL, plan.selected, deadline)
-            if not delivered:
-                raise FLError(f"round {r}: no selected node delivered its update by the deadline")
-            updates = {k: self._msgs[(MsgType.DIGITAL, k)].frames["update"] for k in delivered}
-            estimate = DigitalFedAvg().aggregate(updates, {k: plan.weights[k] for k in delivered}).update
-        t_agg = time.monotonic()
-        self.global_adapter = build_frame(apply_update(self.global_adapter, estimate))
-        self.version = r
-        from fl.training import evaluate, load_adapter_state
+            t_agg = time.monotonic()
+            with clock.slice("aggregate_s"):
+                updates = {k: self._msgs[(MsgType.DIGITAL, k)].frames["update"] for k in delivered}
+                estimate = DigitalFedAvg().aggregate(updates, {k: plan.weights[k] for k in delivered}).update
+        from fl.training import evaluate, load_adapter_state, update_sq_norm
 
-        load_adapter_state(self.work.model, self.global_adapter)
-        val_loss = evaluate(self.work.model, self.work.validation, device=self.work.device)
+        with clock.slice("aggregate_s"):
+            self.global_adapter = build_frame(apply_update(self.global_adapter, estimate))
+            self.version = r
+            load_adapter_state(self.work.model, self.global_adapter)
+        with clock.slice("evaluate_s"):
+            val_loss = evaluate(self.work.model, self.work.validation, device=self.work.device)
         dropped = [k for k in plan.selected if k not in delivered]
-        node_metrics = {}
-        for k in delivered:
-            m = self._msgs.get((MsgType.STATS, k)) or self._msgs.get((MsgType.DIGITAL, k))
-            node_metrics[str(k)] = m.body["metrics"] if m is not None else {}
+        node_metrics = {str(k): node_metrics[str(k)] for k in delivered}
         counts = np.array(
             [self.nodes[k].participation if k in self.nodes else 0 for k in range(self.num_clients)]
         )
@@ -573,9 +652,25 @@ class Coordinator:
             "coordinator_time_s": (t_plan - t0) + (time.monotonic() - t_agg),
             "coordinator_cpu_s": time.thread_time() - cpu0,  # this thread's own work, waits excluded
             "plan": {k: v for k, v in plan.extra.items() if isinstance(v, (int, float, str, list, bool))},
+            # ||Delta_k||^2 as each node reported it, and that of the update actually applied.
+            "update_sq_norms": {
+                k: float(m["update_sq_norm"])
+                for k, m in node_metrics.items()
+                if isinstance(m.get("update_sq_norm"), int | float)
+                and not isinstance(m["update_sq_norm"], bool)
+            },
+            "aggregate_sq_norm": update_sq_norm(estimate),
+            "node_timing_s": {k: node_timing[k] for k in node_metrics},
         }
         self.metrics.append(record)
-        self._checkpoint(r)
+        with clock.slice("checkpoint_s"):
+            record["timing_s"] = clock.breakdown(time.monotonic() - t0)  # so far: the checkpoint keeps it
+            self._checkpoint(r)
+        # The round ends with its checkpoint: the wall and CPU times and the slices all include it.
+        record["round_time_s"] = time.monotonic() - t0
+        record["coordinator_time_s"] += clock.slices["checkpoint_s"]
+        record["coordinator_cpu_s"] = time.thread_time() - cpu0
+        record["timing_s"] = clock.breakdown(record["round_time_s"])
         self._event("round_done", dropped=dropped, val_loss=val_loss, metrics=record)
         result = {"val_loss": val_loss, "dropped": dropped, "delivered": delivered}
         for k in self._alive():

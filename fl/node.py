@@ -92,11 +92,17 @@ class RadioClock:
 class CoordinatorRelay:
     """An ``AirTransmitter`` that ships the burst to the coordinator, whose air sends it."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, encode_s: float = 0.0) -> None:
         self.node = node
+        self.encode_s = encode_s  # the node's time to normalise and pack the burst, reported with it
 
     def send(self, client: int, symbols: np.ndarray, scale: complex, at_s: float) -> None:
-        body = {"slot_s": at_s, "b_k": ota.complex_list(np.array([scale]))[0], "sent_locally": False}
+        body = {
+            "slot_s": at_s,
+            "b_k": ota.complex_list(np.array([scale]))[0],
+            "sent_locally": False,
+            "encode_s": self.encode_s,
+        }
         frames = {"symbols": {"iq": complex_to_pairs(symbols)}}
         self.node.send(Message(MsgType.OTA, self.node.round, client, body, frames))
 
@@ -371,13 +377,15 @@ class Node:
         return False
 
     def _round(self, plan: Message) -> None:
-        from fl.training import adapter_state, load_adapter_state, local_train
+        from fl.training import adapter_state, load_adapter_state, local_train, update_sq_norm
 
         self.round = r = plan.round
         body = self._plan_body = plan.body
+        t_start = time.perf_counter()
         load_adapter_state(self.work.model, plan.frames["adapter"])
         before = {n: np.array(v, dtype=np.float32) for n, v in plan.frames["adapter"].items()}
         clock = apply_clock(body["clock_hz"], allowed=self.apply_clocks)
+        t_train = time.perf_counter()
         seed = self.config.run.seed
         rng = np.random.default_rng([seed, self.node, r])
         metrics = local_train(
@@ -391,7 +399,9 @@ class Node:
             weight_decay=self.fl.training.weight_decay,
             device=self.work.device,
         )
+        t_trained = time.perf_counter()
         metrics["clock"] = clock.as_dict()
+        metrics["memory_plan"] = self.work.memory_plan  # checkpointing / 4-bit, as chosen at start
         if metrics["energy_source"] == "modeled":
             a = self.config.allocation
             metrics["energy_j"] = modeled_energy_j(
@@ -407,7 +417,14 @@ class Node:
         update = empty_frame({n: after[n].shape for n in names})
         for n in names:
             np.subtract(after[n], before[n], out=update[n])
+        metrics["update_sq_norm"] = update_sq_norm(update)  # ||Delta_k||^2, for the bound's G^2
         weight = float(body.get("weight", body["batch"]))
+        # The node's own slices of the round (wall seconds), as it measured them.
+        metrics["timing"] = {
+            "load_s": t_train - t_start,
+            "train_s": t_trained - t_train,
+            "update_s": time.perf_counter() - t_trained,
+        }
         if body["aggregation"] == "digital":
             self.send(
                 Message(
@@ -438,10 +455,12 @@ class Node:
         if shared_msg is None:
             return
         sb = shared_msg.body
+        t_encode = time.perf_counter()
         shared = ota.GroupStats(
             tuple(sb["groups"]), np.asarray(sb["mean"], float), np.asarray(sb["var"], float)
         )
         symbols = ota.pack(ota.normalize(update, shared))
+        encode_s = time.perf_counter() - t_encode
         scale = ota.from_complex_list([sb["b_k"]])[0]
         if body.get("reference", False):  # the digital copy first: NMSE reference and fallback
             self.send(
@@ -454,7 +473,7 @@ class Node:
                 )
             )
         if self.transmitter is None:
-            CoordinatorRelay(self).send(self.node, symbols, scale, sb["slot_s"])
+            CoordinatorRelay(self, encode_s).send(self.node, symbols, scale, sb["slot_s"])
         else:
             self.transmitter.send(self.node, symbols, scale, sb["slot_s"])
             self.send(
@@ -462,7 +481,7 @@ class Node:
                     MsgType.OTA,
                     r,
                     self.node,
-                    {"slot_s": sb["slot_s"], "b_k": sb["b_k"], "sent_locally": True},
+                    {"slot_s": sb["slot_s"], "b_k": sb["b_k"], "sent_locally": True, "encode_s": encode_s},
                 )
             )
 

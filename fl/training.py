@@ -14,12 +14,13 @@ names, which are identical in every process that builds the same model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +208,15 @@ def load_adapter_state(model: Any, tensors: dict[str, np.ndarray]) -> None:
             p.copy_(torch.from_numpy(np.array(arr, dtype=np.float32)).to(p.dtype))
 
 
+def update_sq_norm(update: dict[str, np.ndarray]) -> float:
+    """||Delta||^2 over every tensor of an update, accumulated in float64 (float32 sums drift)."""
+    total = 0.0
+    for v in update.values():
+        flat = np.asarray(v, dtype=np.float64).ravel()
+        total += float(np.dot(flat, flat))
+    return total
+
+
 def trainable_names(model: Any) -> list[str]:
     return [n for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 
@@ -221,11 +231,80 @@ def cosine_lr(round_index: int, rounds: int, lr: float, lr_min: float) -> float:
 
 @dataclass
 class Encoded:
-    input_ids: torch.Tensor  # (n, L) int64
+    input_ids: torch.Tensor  # (n, L) int64, right-padded
     labels: torch.Tensor  # (n, L) int64, -100 on padding
+    lengths: torch.Tensor | None = None  # (n,) real tokens per row; derived from labels if not given
+
+    def __post_init__(self) -> None:
+        if self.lengths is None:
+            self.lengths = (self.labels != -100).sum(dim=1)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+
+# What one extra forward/backward call costs, in padded tokens it could have computed instead:
+# a group is split off only when it saves more padding than this (kernel launches, small matmuls).
+GROUP_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 2048}
+
+
+def length_groups(lengths: Sequence[int], overhead_tokens: int) -> list[list[int]]:
+    """Split a batch into groups of similar length, each padded only to its own longest row.
+
+    Positions into ``lengths``, grouped so that sum(rows x longest) + overhead x groups is least:
+    sorted by length, the best contiguous split by dynamic programming (batches are small).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [max(int(lengths[i]), 1) for i in order]
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: least cost of the first j rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # rows i..j-1 form the last group, padded to sizes[j-1]
+            cost = best[i] + (j - i) * sizes[j - 1] + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def grouped_loss_backward(
+    model: Any, data: Encoded, idx: torch.Tensor, device: str, overhead_tokens: int
+) -> tuple[torch.Tensor, int]:
+    """The batch's mean token loss, computed on real tokens only; its gradient is accumulated.
+
+    Each length group is cut to its longest row: padding is on the right and attention causal, so
+    a real token never sees padding and its logits are those of the padded batch. The loss sums
+    token losses over the groups and divides by the batch's predicted-token count, so loss and
+    gradient equal the padded computation's (``model(input_ids, labels=labels).loss``). Returns
+    (the loss, detached; the token positions computed).
+    """
+    lengths = data.lengths[idx].tolist()
+    n_items = max(sum(max(n - 1, 0) for n in lengths), 1)  # the first token of a row is never predicted
+    total = torch.zeros((), device=device)
+    computed = 0
+    for group in length_groups(lengths, overhead_tokens):
+        rows = idx[group]
+        width = max(max(lengths[g] for g in group), 2)
+        input_ids = data.input_ids[rows, :width].to(device)
+        labels = data.labels[rows, :width].to(device)
+        logits = model(input_ids=input_ids).logits
+        loss = (
+            torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            / n_items
+        )
+        loss.backward()
+        total += loss.detach()
+        computed += len(group) * width
+    return total, computed
 
 
 def encode_examples(tokenizer: Any, examples: Sequence[Example], seq_len: int) -> Encoded:
@@ -275,8 +354,13 @@ def local_train(
     torch_seed: int,
     weight_decay: float = 0.0,
     device: str = "cpu",
+    useful_only: bool = True,
 ) -> dict[str, Any]:
-    """``steps`` AdamW steps of ``batch`` examples drawn by ``rng``; returns the node's metrics."""
+    """``steps`` AdamW steps of ``batch`` examples drawn by ``rng``; returns the node's metrics.
+
+    ``useful_only``: compute on real tokens only (length groups, ``grouped_loss_backward``); False
+    is the padded path (every row at the full ``seq_len``), kept as the benchmark's baseline.
+    """
     params = [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     meter = EnergyMeter()
@@ -284,24 +368,29 @@ def local_train(
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
-    losses, tokens = [], 0
+    losses, tokens, computed = [], 0, 0
+    overhead = GROUP_OVERHEAD_TOKENS["cuda" if device.startswith("cuda") else "cpu"]
     with TRAIN_LOCK:
         torch.manual_seed(torch_seed)  # dropout masks: the same every run with the same seed
         model.train()
         t0 = time.perf_counter()
         for _ in range(steps):
             idx = torch.from_numpy(rng.choice(len(data), size=batch, replace=len(data) < batch))
-            input_ids = data.input_ids[idx].to(device)
-            labels_cpu = data.labels[idx]
-            tokens += int((labels_cpu != -100).sum())  # counted on the host: no device sync
-            labels = labels_cpu.to(device)
-            # Padding is on the right, so causal attention never lets a real token see it: no
-            # mask needed, which keeps the fused causal attention path (and matches plain loops).
-            out = model(input_ids=input_ids, labels=labels)
+            tokens += int(data.lengths[idx].sum())  # real tokens, counted on the host: no device sync
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            if useful_only:
+                loss, width = grouped_loss_backward(model, data, idx, device, overhead)
+                computed += width
+            else:
+                # Padding is on the right, so causal attention never lets a real token see it: no
+                # mask needed, which keeps the fused causal attention path (and matches plain loops).
+                labels = data.labels[idx].to(device)
+                loss = model(input_ids=data.input_ids[idx].to(device), labels=labels).loss
+                loss.backward()
+                loss = loss.detach()
+                computed += int(labels.numel())
             optimizer.step()
-            losses.append(out.loss.detach())  # no per-step device sync
+            losses.append(loss)  # no per-step device sync
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -315,9 +404,11 @@ def local_train(
         "loss": float(np.mean(loss_values)),
         "loss_last": loss_values[-1],
         "steps": steps,
-        "tokens": tokens,
+        "tokens": tokens,  # real tokens trained on (the round's data accounting)
+        "computed_tokens": computed,  # token positions the model computed (real + group padding)
+        "useful_fraction": tokens / computed if computed else 0.0,
         "train_time_s": elapsed,
-        "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+        "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,  # useful tokens per second
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
         "energy_j": None if e0 is None or e1 is None else e1 - e0,
@@ -325,16 +416,42 @@ def local_train(
     }
 
 
+# Below this many parameters a CPU forward is too small to split across threads: OpenMP's
+# spin-waiting costs more than it saves, and on a shared host (a dry run's node processes, other
+# jobs) it burns the cores the nodes need. Measured on the dry run's tiny Llama under load:
+# evaluate 2.5-6 s wall with 2 threads, 0.4-0.8 s with one.
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+@contextlib.contextmanager
+def _cpu_threads_for(model: Any, device: str) -> Iterator[None]:
+    """One torch thread while evaluating a small model on the CPU; as configured otherwise."""
+    small = not device.startswith("cuda") and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+    before = torch.get_num_threads()
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def evaluate(model: Any, data: Encoded, batch: int = 16, device: str = "cpu") -> float:
     """Mean token-level cross-entropy (nats) over ``data``; perplexity is exp of it."""
     model.eval()
     total, count = 0.0, 0
-    with TRAIN_LOCK:
+    # Rows sorted by length, each batch cut to its longest row: no compute on padding (right
+    # padding and causal attention leave the real tokens' logits unchanged; see local_train).
+    order = torch.argsort(data.lengths, stable=True)
+    with TRAIN_LOCK, _cpu_threads_for(model, device):
         for start in range(0, len(data), batch):
-            ids = data.input_ids[start : start + batch].to(device)
-            labels = data.labels[start : start + batch].to(device)
-            logits = model(input_ids=ids).logits.float()  # right padding: see local_train
+            rows = order[start : start + batch]
+            width = max(int(data.lengths[rows].max()), 2)
+            ids = data.input_ids[rows, :width].to(device)
+            labels = data.labels[rows, :width].to(device)
+            logits = model(input_ids=ids).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
                 shift_logits.reshape(-1, shift_logits.shape[-1]),
@@ -356,6 +473,7 @@ class Workload:
     train: Encoded
     validation: Encoded
     device: str
+    memory_plan: dict[str, Any] | None = None  # what fl.sizing.plan_memory chose, for the run record
 
 
 def build_workload(fl_cfg: Any, seed: int, num_clients: int, client: int | None) -> Workload:
@@ -372,8 +490,9 @@ def build_workload(fl_cfg: Any, seed: int, num_clients: int, client: int | None)
     train, val = split_validation(examples, d.validation_fraction, rng)
     tokenizer = load_tokenizer(fl_cfg.model, [e.text() for e in train])
     device = "cuda" if torch.cuda.is_available() and fl_cfg.model.source == "pretrained" else "cpu"
-    base = load_base_model(fl_cfg.model, tokenizer, seed, d.seq_len, device)
-    model = add_lora(base, fl_cfg.model, fl_cfg.lora, seed)
+    model_cfg, memory = resolve_memory(fl_cfg, len(tokenizer), device)
+    base = load_base_model(model_cfg, tokenizer, seed, d.seq_len, device)
+    model = add_lora(base, model_cfg, fl_cfg.lora, seed)
     if client is not None:
         parts = partition(
             train, num_clients, d.partition, np.random.default_rng([seed, 11]), d.dirichlet_alpha
@@ -387,4 +506,26 @@ def build_workload(fl_cfg: Any, seed: int, num_clients: int, client: int | None)
         if val
         else encode_examples(tokenizer, train[:1], d.seq_len),
         device,
+        memory.to_record(),
     )
+
+
+def resolve_memory(fl_cfg: Any, vocab_size: int, device: str) -> tuple[Any, Any]:
+    """``fl.model`` with ``auto`` gradient checkpointing / 4-bit resolved against the free GPU memory
+    (``fl.sizing.plan_memory``), and the plan that says what was chosen and why."""
+    from fl.sizing import model_dims, plan_memory
+
+    m = fl_cfg.model
+    free = int(torch.cuda.mem_get_info()[0]) if device.startswith("cuda") else None
+    dims = model_dims(m, vocab_size if m.source == "tiny" else None)
+    plan = plan_memory(
+        dims,
+        fl_cfg.training.batch_size,
+        fl_cfg.data.seq_len,
+        _torch_dtype(m.dtype).itemsize,
+        m.gradient_checkpointing,
+        m.load_in_4bit,
+        free,
+    )
+    update = {"gradient_checkpointing": plan.gradient_checkpointing, "load_in_4bit": plan.load_in_4bit}
+    return m.model_copy(update=update), plan

@@ -324,8 +324,9 @@ class ModelSection(Section):
     )
     path: str = Field("", description="local path (or hub id, if already cached) of the base model")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    load_in_4bit: bool = False
-    gradient_checkpointing: bool = False
+    # "auto": on only when the estimated training memory does not fit the node's free GPU memory.
+    load_in_4bit: bool | Literal["auto"] = False
+    gradient_checkpointing: bool | Literal["auto"] = False
     tiny_hidden: int = Field(64, ge=8)
     tiny_layers: int = Field(2, ge=1)
     tiny_heads: int = Field(4, ge=1)

@@ -41,6 +41,19 @@ from testbed.records import RunRecorder
 log = logging.getLogger(__name__)
 
 
+def stage_settle_s(stages: Any) -> float:
+    """The longest settle time any stage sleeps after reaching Idle (0 if the drivers have none)."""
+    inner = getattr(stages, "stages", {})
+    return max((float(getattr(s, "settle_s", 0.0) or 0.0) for s in inner.values()), default=0.0)
+
+
+def median_breakdown(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """The median of each time slice over the rounds that recorded a breakdown ({} if none did)."""
+    tables = [r["time_breakdown_s"] for r in rounds if isinstance(r.get("time_breakdown_s"), dict)]
+    names = sorted({k for t in tables for k in t})
+    return {k: float(np.median([float(t.get(k, 0.0)) for t in tables])) for k in names}
+
+
 def db(x: float) -> float:
     return 10.0 * math.log10(x) if x > 0 else float("-inf")
 
@@ -192,9 +205,13 @@ class Experiment:
             )
         except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
+        plan_s = time.monotonic() - t0
+        estimate_s = 0.0
         selected = [k for k in rp.selected if k in available]
         if len(selected) < len(rp.selected):  # a planned node is down: take the strongest live ones
+            t_est = time.monotonic()
             gains = np.linalg.norm(self.lab.air.estimate_channels(available), axis=1)
+            estimate_s += time.monotonic() - t_est
             spare = [k for _, k in sorted(zip(-gains, available, strict=True)) if k not in selected]
             selected += spare[: len(rp.selected) - len(selected)]
             log.warning(
@@ -208,6 +225,8 @@ class Experiment:
         t_move = time.monotonic()
         reached = self.lab.move_antennas(np.asarray(rp.positions_m))
         move_wall_s = time.monotonic() - t_move
+        # The drivers sleep their settle time after Idle, all stages at once: the longest one.
+        settle_s = min(stage_settle_s(self.lab.stages), move_wall_s)
         batch_of = dict(zip(rp.selected, rp.batches, strict=True))
         clock_of = dict(zip(rp.selected, rp.clocks_hz, strict=True))
         batch = {
@@ -216,7 +235,9 @@ class Experiment:
         }
         weights = {k: float(batch[k]) for k in selected}
         power = np.full(len(selected), cfg.lab.clients.tx_power_w)
+        t_est = time.monotonic()
         h = self.lab.air.estimate_channels(selected)  # at the positions the stages reached
+        estimate_s += time.monotonic() - t_est
         m, b, eta = optimal_precoding(h, power, np.array([weights[k] for k in selected]))
         self.comparison.weights = weights
         self.state.pending[r] = {
@@ -228,6 +249,7 @@ class Experiment:
             "move_wall_s": move_wall_s,
             "plan_wall_s": time.monotonic() - t0,
             "mse_predicted": rp.mse,
+            "cycles_per_sample": float(np.mean(self.problem.cycles)),  # what this round was priced at
             "eta": eta,
             "clocks_hz": [clock_of.get(k, alloc.clock_max_hz) for k in selected],
         }
@@ -241,7 +263,13 @@ class Experiment:
             weights=weights,
             combiner=m,
             b_k=dict(zip(selected, b, strict=True)),
-            extra={"mse_predicted": rp.mse, "move_model_s": rp.move_s},
+            extra={
+                "mse_predicted": rp.mse,
+                "move_model_s": rp.move_s,
+                # Where the planner call's time went besides planning (the coordinator's breakdown).
+                "timing": {"move_s": move_wall_s - settle_s, "settle_s": settle_s, "estimate_s": estimate_s},
+                "plan_solve_s": plan_s,
+            },
         )
 
     def _reseed_round(self, r: int) -> np.random.Generator:
@@ -273,6 +301,11 @@ class Experiment:
         measured = [n.get("energy_j") for n in nodes.values() if n.get("energy_source") == "nvml"]
         record = {
             "round": r,
+            "time_breakdown_s": fl_record.get("timing_s"),
+            "node_timing_s": fl_record.get("node_timing_s"),
+            "memory_plans": {k: n.get("memory_plan") for k, n in fl_record.get("nodes", {}).items()},
+            "update_sq_norms": fl_record.get("update_sq_norms"),
+            "aggregate_sq_norm": fl_record.get("aggregate_sq_norm"),
             "selected": fl_record.get("selected"),
             "dropped": fl_record.get("dropped", []),
             "train_loss": fl_record.get("train_loss"),
@@ -284,12 +317,14 @@ class Experiment:
             "nmse_theory_db": db(air["mse_theory_live"] / signal) if signal else None,
             "nmse_fpa_theory_db": db(air["mse_theory_fpa"] / signal) if signal else None,
             "effective_snr_db": fl_record.get("effective_snr_db"),
-            "latency_wall_s": float(fl_record.get("round_time_s", 0.0)) + extra.get("move_wall_s", 0.0),
+            # The coordinator's round time already holds the planner call, and so the move in it.
+            "latency_wall_s": float(fl_record.get("round_time_s", 0.0)),
             "energy_measured_j": float(sum(measured)) if measured else None,
             "jain_fairness": fl_record.get("jain_fairness"),
             "num_clients": self.config.lab.clients.count,
             **extra,
         }
+        record["cost_model"] = self._calibrate(nodes)  # after this round: what the next plan uses
         self.recorder.event("round", **record)
         self.done_rounds.add(r)
         if self.progress is not None:
@@ -303,9 +338,10 @@ class Experiment:
 
         cfg = self.config
         t0 = time.monotonic()
+        self._price_workload()  # before any device opens: can fl.rounds be paid for at all?
         self.lab = build_lab(cfg, self.rng)
         try:
-            self.problem = build_problem(cfg, self.lab.channel)
+            self.problem = build_problem(self._costed_config(), self.lab.channel)
             if not self.resume:
                 self.recorder.start(
                     name=cfg.run.name,
@@ -315,6 +351,7 @@ class Experiment:
                     wavelength_m=cfg.lab.array.wavelength_m,
                     backends=self.lab.describe(),
                 )
+                self.recorder.event("cost_model", **self.cost.to_record(), **self.cost_floor)
                 self.lab.home()
                 self.recorder.event("homed", positions_m=self.lab.antenna_positions().tolist())
                 self._record_whole_run_plan()
@@ -364,6 +401,36 @@ class Experiment:
         self.recorder.write_summary(summary)
         return summary
 
+    # --- the cost model of the model that trains (fl.cost) -------------------------------------
+    def _price_workload(self) -> None:
+        """Derive cycles/sample from the model and data; refuse fl.rounds the budgets cannot pay."""
+        from fl.cost import check_rounds, resumed_cost, workload_cost
+
+        try:
+            self.cost = workload_cost(self.config)
+            if self.resume:  # continue the calibration where the run left it
+                self.cost = resumed_cost(self.cost, [d["data"] for d in self.recorder.events("round")])
+            floor = check_rounds(self.config, self.cost)
+        except Exception as exc:
+            self.recorder.stop("failed", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        self.cost_floor = floor  # recorded once the run's start document is written
+
+    def _costed_config(self) -> TestbedConfig:
+        """The config the planner sees: cycles/sample of this workload, tau of fl.training."""
+        from fl.cost import costed_config
+
+        return costed_config(self.config, self.cost)
+
+    def _calibrate(self, nodes: dict[str, Any]) -> dict[str, Any]:
+        """Fold the nodes' measured tokens/s into the cost model; the next plan prices with it."""
+        import dataclasses
+
+        self.cost = self.cost.calibrated(nodes.values(), self.config.allocation.clock_max_hz)
+        if self.cost.cycles_per_sample != self.problem.cycles_per_sample:
+            self.problem = dataclasses.replace(self.problem, cycles_per_sample=self.cost.cycles_per_sample)
+        return self.cost.to_record()
+
     def _record_whole_run_plan(self) -> None:
         """Solve the whole-run allocation once, beside every baseline, for the report."""
         from allocation import AllocationError, solve, solve_baselines
@@ -410,6 +477,7 @@ class Experiment:
             "latency_model_s": float(sum(r.get("latency_model_s") or 0 for r in rounds)),
             "energy_model_j": float(sum(r.get("energy_model_j") or 0 for r in rounds)),
             "wall_s": wall_s,
+            "median_time_breakdown_s": median_breakdown(rounds),
             "num_clients": self.config.lab.clients.count,
             "region_m": self.config.lab.array.region_m,
             "lora_mode": self.config.fl.lora.mode,

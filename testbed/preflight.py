@@ -80,12 +80,16 @@ def check_fl_files(config: TestbedConfig) -> None:
 
 def check_run_config(config: TestbedConfig) -> None:
     """Everything ``testbed run`` would refuse without a device; raise ``ConfigError``."""
+    from fl.cost import check_rounds, costed_config, workload_cost
     from testbed.planning import build_problem
 
     check_radios(config)
     check_stage_reach(config)
     check_fl_files(config)
-    build_problem(config)  # reads allocation.channel_map; ConfigError on bad budgets or sizes
+    # The budgets priced at the workload that trains (fl.cost), as the run's planner sees them.
+    cost = workload_cost(config)
+    check_rounds(config, cost)
+    build_problem(costed_config(config, cost))  # reads allocation.channel_map; bad budgets or sizes
 
 
 __all__ = ["check_fl_files", "check_radios", "check_run_config", "check_stage_reach"]

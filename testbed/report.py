@@ -6,11 +6,14 @@ does not have is left out, and the report says so, rather than drawn empty.
 
 Round events carry (any may be missing): round, selected, dropped, train_loss, val_loss,
 val_ppl, nmse_db, nmse_fpa_db, nmse_theory_db, snr_db, positions_m, latency_model_s,
-latency_wall_s, energy_model_j, energy_measured_j, num_clients.
+latency_wall_s, energy_model_j, energy_measured_j, num_clients, time_breakdown_s (slice -> s).
+Plots are drawn on the Agg canvas (no pyplot) and cached by a hash of their data in
+``report/.plots.json``: rewriting a report redraws only the plots whose data changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -21,6 +24,10 @@ import numpy as np
 from testbed.records import read_events
 
 log = logging.getLogger(__name__)
+
+DPI = 100
+# Bump when a plot's drawing changes, so cached PNGs of older reports are redrawn.
+PLOT_VERSION = 3
 
 
 def jain_index(counts: np.ndarray) -> float:
@@ -39,24 +46,28 @@ def _series(rounds: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndar
     return np.asarray(x), np.asarray(y, dtype=float)
 
 
+def _figure(ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.0)):  # noqa: ANN202 - matplotlib objects
+    """A figure on the Agg canvas directly: no pyplot state, no GUI backend to pick."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
 def _new_figure(title: str):  # noqa: ANN202 - matplotlib objects
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = _figure()
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     return fig, ax
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
+def _save(fig, path: Path, bottom: float = 0.12) -> Path:  # noqa: ANN001
+    # Fixed margins instead of tight_layout: tight_layout draws the figure once more to measure it.
+    fig.subplots_adjust(left=0.1, right=0.9, top=0.9, bottom=bottom, wspace=0.3)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -102,9 +113,7 @@ def _plot_cost(rounds: list[dict[str, Any]], out: Path) -> Path | None:
     keys = ["latency_model_s", "latency_wall_s", "energy_model_j", "energy_measured_j"]
     if not any(_series(rounds, k)[1].size for k in keys):
         return None
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=110)
+    fig, (ax1, ax2) = _figure(2, (9.6, 3.8))
     for key, label in [("latency_model_s", "modeled"), ("latency_wall_s", "measured (wall)")]:
         x, y = _series(rounds, key)
         if y.size:
@@ -119,6 +128,44 @@ def _plot_cost(rounds: list[dict[str, Any]], out: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
         ax.legend()
     return _save(fig, out / "cost.png")
+
+
+def _plot_breakdown(rounds: list[dict[str, Any]], out: Path) -> Path | None:
+    """A stacked bar per round: where each round's wall time went (``time_breakdown_s``)."""
+    rows = [
+        (r["round"], r["time_breakdown_s"]) for r in rounds if isinstance(r.get("time_breakdown_s"), dict)
+    ]
+    if not rows:
+        return None
+    names: list[str] = []
+    for _, table in rows:
+        names += [k for k in table if k not in names]
+    from matplotlib.collections import PolyCollection
+
+    fig, ax = _new_figure("Where each round's time went")
+    x = np.array([r for r, _ in rows], dtype=float)
+    bottom = np.zeros(len(rows))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    colors = iter(palette(i % 20) for i in range(len(names)))  # 12 slices: no colour repeats
+    for name in names:
+        heights = np.array([float(table.get(name) or 0.0) for _, table in rows])
+        if not heights.any():
+            continue
+        # One collection of rectangles per slice: far quicker to draw than a patch per bar.
+        left, right, top = x - 0.4, x + 0.4, bottom + heights
+        verts = np.stack(
+            [np.c_[left, bottom], np.c_[right, bottom], np.c_[right, top], np.c_[left, top]], axis=1
+        )
+        ax.add_collection(PolyCollection(verts, facecolors=next(colors), label=name.removesuffix("_s")))
+        bottom = top
+    ax.set_xlim(x.min() - 0.6, x.max() + 0.6)
+    ax.set_ylim(0, max(float(bottom.max()), 1e-9) * 1.05)
+    ax.set_xlabel("round")
+    ax.set_ylabel("wall time (s)")
+    ax.legend(fontsize="x-small", ncol=2)
+    return _save(fig, out / "time_breakdown.png")
 
 
 def participation_counts(rounds: list[dict[str, Any]], num_clients: int) -> np.ndarray:
@@ -174,9 +221,7 @@ def _plot_baselines(plan: dict[str, Any] | None, out: Path) -> Path | None:
         return None
     names = ["optimized", *plan["baselines"]]
     rows = [plan.get("optimized", {}), *plan["baselines"].values()]
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=110)
+    fig, axes = _figure(2, (10.5, 4.0))
     idx = np.arange(len(names))
     for ax, key, title, unit, color in [
         (axes[0], "mse_db", "Predicted aggregation MSE", "dB", "tab:purple"),
@@ -204,7 +249,7 @@ def _plot_baselines(plan: dict[str, Any] | None, out: Path) -> Path | None:
         ax.set(title=title, ylabel=unit)
         ax.set_xticks(idx, names, rotation=35, ha="right", fontsize="small")
         ax.grid(True, axis="y", alpha=0.3)
-    return _save(fig, out / "baselines.png")
+    return _save(fig, out / "baselines.png", bottom=0.3)
 
 
 def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None) -> Path:
@@ -227,14 +272,41 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
         channel_map = _load_channel_map(run_dir)
 
     counts = participation_counts(rounds, num_clients) if num_clients else np.array([])
+    cache = _PlotCache(out)
+
+    def cols(*keys: str) -> list[list[Any]]:  # a plot's data: the rounds that have any of its keys
+        rows = [[r.get(k) for k in keys] for r in rounds]
+        return [
+            [r.get("round"), *row]
+            for r, row in zip(rounds, rows, strict=True)
+            if any(v is not None for v in row)
+        ]
+
+    plan = plans[-1] if plans else None
     figures = {
-        "Learning": _plot_learning(rounds, out),
-        "Aggregation NMSE": _plot_nmse(rounds, out),
-        "Latency and energy": _plot_cost(rounds, out),
-        "Participation": _plot_participation(counts, out),
-        "Antenna positions": _plot_positions(rounds, region_m, channel_map, out),
-        "Against the baselines": _plot_baselines(plans[-1] if plans else None, out),
+        "Learning": cache.draw(
+            "learning.png", cols("train_loss", "val_ppl"), lambda: _plot_learning(rounds, out)
+        ),
+        "Aggregation NMSE": cache.draw(
+            "nmse.png", cols("nmse_db", "nmse_fpa_db", "nmse_theory_db"), lambda: _plot_nmse(rounds, out)
+        ),
+        "Latency and energy": cache.draw(
+            "cost.png",
+            cols("latency_model_s", "latency_wall_s", "energy_model_j", "energy_measured_j"),
+            lambda: _plot_cost(rounds, out),
+        ),
+        "Round time breakdown": cache.draw(
+            "time_breakdown.png", cols("time_breakdown_s"), lambda: _plot_breakdown(rounds, out)
+        ),
+        "Participation": cache.draw("participation.png", counts, lambda: _plot_participation(counts, out)),
+        "Antenna positions": cache.draw(
+            "positions.png",
+            [cols("positions_m"), region_m, channel_map],
+            lambda: _plot_positions(rounds, region_m, channel_map, out),
+        ),
+        "Against the baselines": cache.draw("baselines.png", plan, lambda: _plot_baselines(plan, out)),
     }
+    cache.save()
     lines = [f"# Report: {run_dir.name}", ""]
     stop = next((d for d in reversed(docs) if d.get("doc") == "stop"), None)
     lines.append(f"Status: **{stop['status'] if stop else 'incomplete (no stop record)'}**")
@@ -244,6 +316,11 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
     if summary:
         lines += ["| figure | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in summary.items() if not isinstance(v, dict | list)]
+        lines.append("")
+    median = summary.get("median_time_breakdown_s")
+    if isinstance(median, dict) and median:
+        lines += ["Median round time breakdown:", "", "| slice | median (s) |", "|---|---|"]
+        lines += [f"| {k.removesuffix('_s')} | {_fmt(v)} |" for k, v in median.items()]
         lines.append("")
     if counts.size and counts.any():
         lines.append(f"Participation per client: {counts.tolist()} (Jain's index {jain_index(counts):.3f})")
@@ -256,6 +333,54 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
     report.write_text("\n".join(lines), encoding="utf-8")
     log.info("report written to %s", report)
     return report
+
+
+class _PlotCache:
+    """Redraw a plot only when its data changed: ``report/.plots.json`` keeps each PNG's data hash.
+
+    ``testbed report`` on a finished run, or a report rewritten after a resume, then only draws
+    what is new. A PNG that is missing or was drawn from other data is drawn again.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".plots.json"
+        try:
+            self.keys: dict[str, str] = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.keys = {}
+
+    def draw(self, name: str, data: Any, render: Any) -> Path | None:
+        key = _fingerprint([PLOT_VERSION, name, data])
+        png = self.path.parent / name
+        stored = self.keys.get(name)
+        if stored == key and png.exists():
+            return png
+        if stored == key + ":empty":
+            return None  # still no data for this plot
+        result = render()
+        self.keys[name] = key if result is not None else key + ":empty"
+        return result
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.keys, sort_keys=True), encoding="utf-8")
+        tmp.replace(self.path)
+
+
+def _fingerprint(data: Any) -> str:
+    def default(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return [
+                str(value.dtype),
+                value.shape,
+                hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest(),
+            ]
+        if isinstance(value, np.generic):
+            return value.item()
+        return str(value)
+
+    text = json.dumps(data, default=default, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def _load_channel_map(run_dir: Path) -> dict[str, Any] | None:

@@ -62,6 +62,16 @@ def test_dry_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         # The OTA aggregate measured against the digital reference agrees with the symbol-level score.
         assert r["nmse_db"] == pytest.approx(r["nmse_live_symbols_db"], abs=1.0)
         assert r["nmse_db"] == pytest.approx(r["nmse_theory_db"], abs=1.0)
+        # Where the round's time went, the nodes' own slices, and the update norms (issue 12).
+        slices = r["time_breakdown_s"]
+        assert slices["move_s"] > 0 and slices["train_s"] > 0 and slices["ota_slot_s"] > 0
+        assert slices["plan_s"] > 0 and slices["estimate_s"] > 0
+        # The slices add up to the round's wall time, the move counted once.
+        assert sum(slices.values()) == pytest.approx(r["latency_wall_s"], rel=1e-9)
+        assert slices["move_s"] + slices["settle_s"] == pytest.approx(r["move_wall_s"], rel=1e-6)
+        assert sorted(r["update_sq_norms"]) == sorted(str(k) for k in r["selected"])
+        assert r["aggregate_sq_norm"] > 0
+    assert summary["median_time_breakdown_s"]["train_s"] > 0
     assert summary["mean_nmse_fpa_db"] is not None and summary["ma_gain_over_fpa_db"] is not None
     report = (run_dir / "report" / "report.md").read_text()
     assert "![Aggregation NMSE](nmse.png)" in report and (run_dir / "report" / "nmse.png").exists()
@@ -170,11 +180,16 @@ def test_budgets_that_cannot_pay_a_round_stop_the_run_with_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
-        ["run", DRYRUN, *sets(*FAST, "allocation.energy_budget_j=1e-6", f"run.output_dir={tmp_path}")]
+        ["run", DRYRUN, *sets(*FAST, "allocation.energy_budget_j=1e-15", f"run.output_dir={tmp_path}")]
     )
     assert code == 2
-    assert "allocation: energy_budget_j=1e-06 cannot pay for even one round" in capsys.readouterr().err
-    # Refused before it started (testbed.preflight, as `testbed check` refuses it): no run directory.
+    # Refused before it started (testbed.preflight, as `testbed check` refuses it), naming the budget
+    # to raise and by how much (fl.cost): no run directory.
+    err = capsys.readouterr().err
+    assert (
+        "allocation.energy_budget_j=1e-15 cannot pay 5 rounds" in err
+        and "raise allocation.energy_budget_j" in err
+    )
     assert not any(tmp_path.iterdir())
 
 
