@@ -5,7 +5,7 @@ Pure maths: this package imports nothing from the rest of the project.
 
 from __future__ import annotations
 
-from allocation.baselines import BASELINES, solve_baseline, solve_baselines
+from allocation.baselines import BASELINES, solve_baseline, solve_baselines, solve_with_baselines
 from allocation.bound import (
     UpdateNormTracker,
     convergence_bound,
@@ -25,7 +25,7 @@ def solve(problem: Problem, shared: dict | None = None) -> Plan:
     Raises ``AllocationError`` for bad or infeasible data. Pass the same ``shared`` dict to
     ``solve_baselines`` to let the max-clock baseline reuse these round designs.
     """
-    plan = solve_with(problem, Strategy(), shared=shared)
+    plan = solve_with(problem, Strategy(portfolio=True), shared=shared)
     _sdr_diagnostic(problem, plan)
     return plan
 
@@ -67,4 +67,5 @@ __all__ = [
     "solve",
     "solve_baseline",
     "solve_baselines",
+    "solve_with_baselines",
 ]
