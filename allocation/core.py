@@ -27,8 +27,8 @@ from allocation.beamformer import optimize_beamformer
 from allocation.plan import Plan, RoundPlan, complex_to_pairs
 from allocation.positions import (
     is_feasible,
+    ma_positions,
     random_feasible_positions,
-    search_positions,
 )
 from allocation.problem import (
     AllocationError,
@@ -111,12 +111,21 @@ def grid_coordinate_search(problem: Problem, demand: np.ndarray, sweeps: int = 2
     if not is_feasible(pos, half, d, 1e-9):
         pos = start
 
+    warm: list[np.ndarray | None] = [None]  # the best point's combiner warm-starts every candidate
+
     def value(p: np.ndarray) -> float:
-        return optimize_beamformer(
-            problem.effective_channels(p), demand, solver=problem.beamformer_solver, max_steps=10
-        ).objective
+        res = optimize_beamformer(
+            problem.effective_channels(p),
+            demand,
+            start=warm[0],
+            solver=problem.beamformer_solver,
+            max_steps=10,
+        )
+        value.last = res.combiner  # type: ignore[attr-defined]
+        return res.objective
 
     best = value(pos)
+    warm[0] = value.last  # type: ignore[attr-defined]
     for _ in range(sweeps):
         improved = False
         for n in range(problem.num_antennas):
@@ -129,6 +138,7 @@ def grid_coordinate_search(problem: Problem, demand: np.ndarray, sweeps: int = 2
                 v = value(cand)
                 if v < best * (1 - 1e-9):
                     pos, best, improved = cand, v, True
+                    warm[0] = value.last  # type: ignore[attr-defined]
         if not improved:
             break
     return pos, best
@@ -205,12 +215,7 @@ def design_round(
                 starts.append(grid)
             while len(starts) < n_starts:
                 starts.append(random_feasible_positions(rng, problem.num_antennas, half, d))
-            best = None
-            for s in starts[: max(n_starts, 1)]:
-                r = search_positions(problem, s, demand, iterations=10, tol=1e-3)
-                if best is None or r.objective < best.objective:
-                    best = r
-            assert best is not None
+            best = ma_positions(problem, starts[: max(n_starts, 1)], demand)
             pos = best.positions_m
             traces["position_objective"] = list(best.trace)
         elif strategy.positions == "fixed":

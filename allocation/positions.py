@@ -413,11 +413,10 @@ def lattice_step(
     return pos, best
 
 
-def search_positions(
-    problem: Problem, start_m: np.ndarray, demand: np.ndarray, iterations: int = 10, tol: float = 1e-3
+def lattice_polish(
+    problem: Problem, res: PositionResult, demand: np.ndarray, iterations: int = 10, tol: float = 1e-3
 ) -> PositionResult:
-    """MM steps from ``start_m``, then global lattice moves, then MM again from there (never worse)."""
-    res = optimize_positions(problem, start_m, demand, iterations=iterations, tol=tol)
+    """Global lattice moves from an MM result, then MM again from there (never worse)."""
     pos, bf = lattice_step(problem, res.positions_m, res.beamformer, demand)
     if bf.objective < res.objective * (1 - 1e-9):
         again = optimize_positions(problem, pos, demand, iterations=iterations, tol=tol, combiner=bf.combiner)
@@ -427,3 +426,31 @@ def search_positions(
             )
         return PositionResult(pos, bf, bf.objective, [*res.trace, bf.objective])
     return res
+
+
+def search_positions(
+    problem: Problem, start_m: np.ndarray, demand: np.ndarray, iterations: int = 10, tol: float = 1e-3
+) -> PositionResult:
+    """MM steps from ``start_m``, then global lattice moves, then MM again from there (never worse)."""
+    res = optimize_positions(problem, start_m, demand, iterations=iterations, tol=tol)
+    return lattice_polish(problem, res, demand, iterations, tol)
+
+
+def ma_positions(
+    problem: Problem,
+    starts: list[np.ndarray],
+    demand: np.ndarray,
+    iterations: int = 10,
+    tol: float = 1e-3,
+    polished: int = 2,
+) -> PositionResult:
+    """The full method's position search: MM from every start, then lattice moves (and MM again)
+    from the ``polished`` best of them, since the lattice step costs more than the MM steps."""
+    runs = [optimize_positions(problem, s, demand, iterations=iterations, tol=tol) for s in starts]
+    if not runs:
+        raise AllocationError("the position search needs at least one start")
+    runs.sort(key=lambda r: r.objective)
+    return min(
+        (lattice_polish(problem, r, demand, iterations, tol) for r in runs[:polished]),
+        key=lambda r: r.objective,
+    )

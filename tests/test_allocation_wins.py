@@ -12,42 +12,42 @@ from allocation_kit import SEEDED_PROBLEMS, seeded_problem
 
 from allocation import BASELINES, solve_with_baselines
 from allocation.core import Strategy, evaluate, grid_coordinate_search, plan_schedule
-from allocation.positions import random_feasible_positions, search_positions
+from allocation.positions import ma_positions, random_feasible_positions
 from allocation.problem import lambda_half_grid
 from allocation.selection import floor_violations, forced_by_floor, random_select
 from testbed.commands.plan import REFERENCES, plan_rows
 
 
 @pytest.mark.slow
-def test_ours_is_not_beaten_on_twenty_seeded_problems() -> None:
+@pytest.mark.parametrize("seed", range(SEEDED_PROBLEMS))
+def test_ours_is_not_beaten_on_the_seeded_problems(seed: int) -> None:
     """U = 10, N = 4, K in {1, 2, 4}: ours' bound <= every feasible baseline's, same budgets and floor."""
     assert SEEDED_PROBLEMS == 20
     infeasible_seen = 0
-    for seed in range(SEEDED_PROBLEMS):
-        p = seeded_problem(seed)
-        ours, base = solve_with_baselines(p)
-        assert set(base) == set(BASELINES)
-        assert ours.feasible, (seed, ours.notes)
-        for rp in ours.round_plans:  # ours keeps the constraints it is judged by
-            assert len(rp.selected) == p.clients_per_round
-        assert not floor_violations(
-            [rp.selected for rp in ours.round_plans], p.num_clients, p.effective_floor
-        ), seed
-        assert ours.latency_s <= p.latency_budget_s * (1 + 1e-9)
-        assert ours.energy_j <= p.energy_budget_j * (1 + 1e-9)
-        rows = {r["method"]: r for r in plan_rows(ours, base)}
-        for name, plan in base.items():
-            if not plan.feasible:
-                infeasible_seen += 1
-                assert plan.violations, (seed, name)  # it says why
-                assert rows[name]["infeasible"] and not rows[name]["ranked"]
-                continue
-            if name in REFERENCES:
-                continue
-            assert ours.bound["total"] <= plan.bound["total"] * (1 + 1e-9), (seed, name)
-            assert not rows[name]["beats_ours"]
-    # The budgets bind on the even seeds: max clock cannot pay its batches there.
-    assert infeasible_seen >= 10
+    p = seeded_problem(seed)
+    ours, base = solve_with_baselines(p)
+    assert set(base) == set(BASELINES)
+    assert ours.feasible, (seed, ours.notes)
+    for rp in ours.round_plans:  # ours keeps the constraints it is judged by
+        assert len(rp.selected) == p.clients_per_round
+    assert not floor_violations([rp.selected for rp in ours.round_plans], p.num_clients, p.effective_floor), (
+        seed
+    )
+    assert ours.latency_s <= p.latency_budget_s * (1 + 1e-9)
+    assert ours.energy_j <= p.energy_budget_j * (1 + 1e-9)
+    rows = {r["method"]: r for r in plan_rows(ours, base)}
+    for name, plan in base.items():
+        if not plan.feasible:
+            infeasible_seen += 1
+            assert plan.violations, (seed, name)  # it says why
+            assert rows[name]["infeasible"] and not rows[name]["ranked"]
+            continue
+        if name in REFERENCES:
+            continue
+        assert ours.bound["total"] <= plan.bound["total"] * (1 + 1e-9), (seed, name)
+        assert not rows[name]["beats_ours"]
+    # The energy budget binds on the even seeds: max clock cannot pay its batches there.
+    assert infeasible_seen >= 1 or seed % 2 == 1
 
 
 @pytest.mark.parametrize("seed", [2, 5, 8, 11])
@@ -60,7 +60,7 @@ def test_ma_positions_match_or_beat_the_grid_search_at_equal_selection(seed: int
     _, grid_value = grid_coordinate_search(p, demand)
     grid = lambda_half_grid(p.num_antennas, p.wavelength_m, p.region_m, p.min_spacing_m)
     starts = [grid, random_feasible_positions(rng, p.num_antennas, p.half_region_m, p.min_spacing_m)]
-    ours = min(search_positions(p, s, demand).objective for s in starts)
+    ours = ma_positions(p, starts, demand).objective  # what design_round runs
     assert 10 * math.log10(ours / grid_value) <= 0.1
 
 
