@@ -10,7 +10,11 @@
 - ``non_ma``: conventional OTA-FL without movable antennas: the fixed array, uniform random
   selection, max clock and a fixed batch (the paper's "non-MA" comparison, as we read it).
 - ``digital``: error-free digital FedAvg (TDMA airtime at the fixed array): the learning upper
-  bound, with its real latency and energy.
+  bound, with its real latency and energy (a reference, not ranked against ours).
+
+Every method keeps the problem's participation floor (the forced clients come first, whatever
+fills the rest) and, unless it fixes them, picks its clocks and batches by the same search
+(``resources="best"``), so energies and bounds compare like for like.
 """
 
 from __future__ import annotations

@@ -235,6 +235,8 @@ def _sca(
     active = np.flatnonzero(x > _ACTIVE)
     if active.size == 0:
         raise ValueError("no client has a positive demand: nothing to beamform for")
+    if active.size == 1:
+        return _single_client(h_all, x, int(active[0]))
     s = _scale(h_all[active])
     h = h_all[active] / s
     xa = x[active]
@@ -272,6 +274,21 @@ def _sca(
         trace=[v / s**2 for v in trace],
         solver=solver,
         step_s=elapsed,
+    )
+
+
+def _single_client(h_all: np.ndarray, x: np.ndarray, k: int) -> BeamformerResult:
+    """One client: matched filtering is optimal, m = sqrt(x_k) h~_k / ||h~_k||^2, ||m||^2 = x_k / ||h~_k||^2."""
+    h = h_all[k]
+    g = float(np.real(np.vdot(h, h)))
+    if g <= 0:
+        raise ValueError(f"client {k} has a zero channel: no combiner reaches it")
+    m = np.sqrt(x[k]) * h / g
+    obj = float(x[k] / g)
+    duals = np.zeros(h_all.shape[0])
+    duals[k] = obj / x[k]  # d objective / d x_k
+    return BeamformerResult(
+        combiner=m, objective=obj, duals=duals, trace=[obj], solver="closed form", step_s=0.0
     )
 
 

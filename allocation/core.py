@@ -11,6 +11,11 @@ through the same code under the same budgets:
 ``solve`` plans ``max_rounds`` rounds one after another (participation counts feed the
 fairness floor, and each round starts from the previous positions), then searches R: for every
 prefix it allocates clocks and batches and evaluates the bound, keeping the best feasible R.
+The participation floor (selection "hybrid") is a constraint of the problem: every method keeps
+it, and a prefix that breaks it is infeasible. The full method (``portfolio``) also weighs
+plans it could have picked: its selections with the antennas held still (moving costs latency,
+hence batches), and any round designs another strategy already made for the same problem
+(``shared``), so it never reports a worse bound than a feasible baseline.
 ``plan_round`` re-plans a single round from the current channels and what is left of the budgets.
 """
 
@@ -215,7 +220,9 @@ def design_round(
                 starts.append(grid)
             while len(starts) < n_starts:
                 starts.append(random_feasible_positions(rng, problem.num_antennas, half, d))
-            best = ma_positions(problem, starts[: max(n_starts, 1)], demand)
+            # Re-planning on the round's critical path polishes only the best MM run.
+            polished = 1 if position_starts is not None else 2
+            best = ma_positions(problem, starts[: max(n_starts, 1)], demand, polished=polished)
             pos = best.positions_m
             traces["position_objective"] = list(best.trace)
         elif strategy.positions == "fixed":
