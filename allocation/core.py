@@ -48,6 +48,7 @@ from allocation.problem import (
 )
 from allocation.resources import allocate, integer_batches
 from allocation.selection import (
+    enumerate_select,
     floor_violations,
     forced_by_floor,
     greedy_select,
@@ -195,11 +196,22 @@ def design_round(
     if method in ("pdd", "hybrid"):
         key = ("pdd", tuple(forced), strategy.positions, None if previous_m is None else previous_m.tobytes())
         if key not in cache:
-            cache[key] = pdd_select(problem, k, start, rng, forced=forced, movable=movable)
+            # Few enough candidate sets: the exact answer (every set judged by the round's true
+            # objective) is cheaper than PDD's relaxation; PDD takes the large problems.
+            exact = enumerate_select(problem, k, start, forced)
+            cache[key] = (
+                exact
+                if exact is not None
+                else pdd_select(problem, k, start, rng, forced=forced, movable=movable)
+            )
         res = cache[key]
-        selected = res.selected
-        pdd_positions = res.positions_m
-        traces = {"pdd_objective": list(res.objective_trace), "pdd_violation": list(res.violation_trace)}
+        if isinstance(res, np.ndarray):
+            selected = res
+            traces = {"selection_enumerated": [1.0]}
+        else:
+            selected = res.selected
+            pdd_positions = res.positions_m
+            traces = {"pdd_objective": list(res.objective_trace), "pdd_violation": list(res.violation_trace)}
     elif method == "greedy":
         selected = greedy_select(problem, k, start, forced)
     elif method == "random":

@@ -232,6 +232,31 @@ def pdd_select(
     return SelectionResult(sel, r, bf, obj_trace, viol_trace, forced)
 
 
+ENUMERATION_LIMIT = 64  # candidate sets up to which selection is exact enumeration
+
+
+def enumerate_select(
+    problem: Problem, k: int, positions_m: np.ndarray, forced: np.ndarray, limit: int = ENUMERATION_LIMIT
+) -> np.ndarray | None:
+    """The best K-set (forced clients in) by the round's true objective at ``positions_m``, by
+    trying every set; None when there are more than ``limit`` sets (PDD's job then)."""
+    import itertools
+    import math
+
+    free = np.setdiff1d(np.arange(problem.num_clients), forced)
+    need = k - len(forced)
+    if math.comb(len(free), need) > limit:
+        return None
+    h = problem.effective_channels(np.asarray(positions_m, dtype=float))
+    best, best_v = None, np.inf
+    for extra in itertools.combinations(free.tolist(), need):
+        sel = np.sort(np.concatenate([forced, np.array(extra, dtype=int)]).astype(int))
+        v = round_objective(problem, h, sel, max_steps=10)
+        if v < best_v:
+            best, best_v = sel, v
+    return best
+
+
 def round_objective(problem: Problem, h: np.ndarray, sel: np.ndarray, max_steps: int = 6) -> float:
     """The round's share of the bound for set ``sel`` at channels ``h`` (common 1 / R dropped):
     L eta G^2 NMSE + zeta^2 bias, with NMSE = sigma^2 J / K^2 and J the beamformer's ||m||^2."""
