@@ -56,7 +56,7 @@ def solve_baselines(
 
 
 def solve_with_baselines(
-    problem: Problem, names: list[str] | None = None, shared: dict | None = None
+    problem: Problem, names: list[str] | None = None, shared: dict | None = None, sdr_diagnostic: bool = False
 ) -> tuple[Plan, dict[str, Plan]]:
     """The full method and the baselines, like for like: ours is solved first (its own designs and
     its own time), then the baselines, then ours again over every design now in ``shared``: the
@@ -68,6 +68,6 @@ def solve_with_baselines(
     shared = {} if shared is None else shared
     first = solve(problem, shared)
     baselines = solve_baselines(problem, names, shared)
-    ours = solve(problem, shared)
+    ours = solve(problem, shared, sdr_diagnostic=sdr_diagnostic)
     ours.solve_s += first.solve_s
     return ours, baselines

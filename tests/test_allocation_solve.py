@@ -26,7 +26,7 @@ BUDGETS = {
 def solved() -> tuple[Problem, Plan, dict[str, Plan]]:
     p = make_problem(0, **BUDGETS)
     shared: dict = {}
-    plan = solve(p, shared)
+    plan = solve(p, shared, sdr_diagnostic=True)
     return p, plan, solve_baselines(p, ["fpa", "max_clock", "non_ma", "digital", "random_placement"], shared)
 
 

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         problem = build_problem(config)
         # Ours, the baselines, then ours over their designs too (plans it could have picked).
-        ours, baselines = solve_with_baselines(problem, names)
+        ours, baselines = solve_with_baselines(problem, names, sdr_diagnostic=True)
     except AllocationError as exc:
         raise ConfigError(f"{args.config}: allocation: {exc}") from exc
     rows = plan_rows(ours, baselines)
