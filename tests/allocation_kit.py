@@ -62,7 +62,7 @@ def seeded_problem(seed: int, **over: Any) -> Problem:
         "max_rounds": 3,
         "position_starts": 2,
         "latency_budget_s": 3 * (100.0 * 8 + 5.0),
-        "energy_budget_j": (40.0 if seed % 2 == 0 else 400.0) * k,  # max clock affordable on odd seeds
+        "energy_budget_j": (40.0 if seed % 2 == 0 else 2000.0) * k,  # max clock affordable on odd seeds
     }
     kwargs.update(over)
     return make_problem(seed, **kwargs)

@@ -46,8 +46,9 @@ def test_ours_is_not_beaten_on_the_seeded_problems(seed: int) -> None:
             continue
         assert ours.bound["total"] <= plan.bound["total"] * (1 + 1e-9), (seed, name)
         assert not rows[name]["beats_ours"]
-    # The energy budget binds on the even seeds: max clock cannot pay its batches there.
-    assert infeasible_seen >= 1 or seed % 2 == 1
+    # The energy budget binds on the even seeds (max clock cannot pay its batches there), and
+    # on the odd ones every baseline fits, so each is ranked against ours somewhere.
+    assert infeasible_seen >= 1 if seed % 2 == 0 else infeasible_seen == 0
 
 
 @pytest.mark.parametrize("seed", [2, 5, 8, 11])
