@@ -192,12 +192,15 @@ def pdd_select(
     viol_trace: list[float] = []
     for it in range(max_outer + warmup):
         # (b) m: SCA warm-started, on the current fractional demands.
-        bf = optimize_beamformer(h, x, start=bf.combiner, solver=problem.beamformer_solver, max_steps=5)
+        # The m and r blocks see the 2K leading candidates only: with U >> K the others' tiny
+        # fractional demands cost a large dual (one constraint each) and move nothing.
+        xb = _leading(x, 2 * k, forced)
+        bf = optimize_beamformer(h, xb, start=bf.combiner, solver=problem.beamformer_solver, max_steps=5)
         # (c) r: dual-weighted position step (feasible, never worse).
         # Positions move in the first passes only: once x settles, the position search after
         # selection (lattice moves included) does better than more MM steps here, at less cost.
         if movable and it < warmup + 5:
-            r_new, bf, _ = position_step(problem, r, bf, x, max_backtracks=4, sca_steps=3)
+            r_new, bf, _ = position_step(problem, r, bf, xb, max_backtracks=4, sca_steps=3)
             if r_new is not r:
                 r = r_new
                 h = problem.effective_channels(r)
@@ -230,6 +233,16 @@ def pdd_select(
         eta = 0.7 * viol
     sel = swap_polish(problem, np.flatnonzero(x_t > 0.5), h, forced, x, rng)
     return SelectionResult(sel, r, bf, obj_trace, viol_trace, forced)
+
+
+def _leading(x: np.ndarray, count: int, forced: np.ndarray) -> np.ndarray:
+    """``x`` with all but its ``count`` largest entries (and the forced ones) set to 0."""
+    if x.shape[0] <= count:
+        return x
+    keep = np.zeros(x.shape[0], dtype=bool)
+    keep[np.argsort(-x, kind="stable")[:count]] = True
+    keep[np.asarray(forced, dtype=int)] = True
+    return np.where(keep, x, 0.0)
 
 
 ENUMERATION_LIMIT = 64  # candidate sets up to which selection is exact enumeration
