@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from allocation.core import Strategy, solve_with
+from allocation.method import solve
 from allocation.plan import Plan
 from allocation.problem import Problem
 
@@ -63,8 +64,6 @@ def solve_with_baselines(
     baselines' round designs are plans it could have picked, so it keeps the best of them and
     never reports a worse bound than a feasible baseline. ``solve_s`` adds both of ours' passes.
     """
-    from allocation import solve
-
     shared = {} if shared is None else shared
     first = solve(problem, shared)
     baselines = solve_baselines(problem, names, shared)
