@@ -31,10 +31,10 @@ import numpy as np
 
 from allocation.aircomp import effective_channels, power_scale, zero_forcing_scalars
 from allocation.beamformer import optimize_beamformer
-from drivers.errors import PlanError
+from drivers.errors import ConfigError, PlanError
 from testbed.config import TestbedConfig
 from testbed.lab import Lab, build_lab
-from testbed.records import RunRecorder
+from testbed.records import RunRecorder, read_events
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,59 @@ class PlannerState:
         return state
 
 
+# --- schemes: which plan drives the whole run ------------------------------------------------
+SCHEMES = ("ours", "fpa", "random_placement", "non_ma", "digital")
+
+
+def scheme_strategy(scheme: str) -> Any:
+    """The allocation Strategy a scheme re-plans with each round (ours: the full method)."""
+    from allocation import BASELINES, Strategy
+
+    if scheme not in SCHEMES:
+        raise ConfigError(f"--scheme: {scheme!r} is not a scheme; allowed: {', '.join(SCHEMES)}")
+    return Strategy() if scheme == "ours" else BASELINES[scheme]
+
+
+def scheme_config(config: TestbedConfig, scheme: str) -> TestbedConfig:
+    """The config a scheme's run uses: digital aggregates error-free (FedAvg), the rest over the air."""
+    scheme_strategy(scheme)  # validates the name
+    if scheme != "digital" or config.fl.aggregation == "digital":
+        return config
+    config = config.model_copy(deep=True)
+    config.fl.aggregation = "digital"
+    return config
+
+
+def at_max_clock(problem: Any, rp: Any) -> Any:
+    """``rp`` with every client at f_max and the largest batch (the non-MA baseline's resources).
+
+    ``plan_round`` sizes clocks and batches to the round's deadline; a max-clock strategy instead
+    runs flat out, so its compute time and energy follow from f_max (MODEL.md 3).
+    """
+    from dataclasses import replace
+
+    from allocation.problem import compute_energy_j
+
+    s = np.asarray(rp.selected, dtype=int)
+    f = problem.clock_max[s]
+    b = np.full(len(s), int(problem.batch_max))
+    air_e = rp.energy_j - float(
+        np.sum(compute_energy_j(problem.switched_capacitance, problem.local_steps, problem.cycles[s],
+                                np.asarray(rp.batches), np.asarray(rp.clocks_hz)))
+    )  # fmt: skip
+    comp_e = float(
+        np.sum(compute_energy_j(problem.switched_capacitance, problem.local_steps, problem.cycles[s], b, f))
+    )
+    comp_s = float(np.max(problem.local_steps * problem.cycles[s] * b / f))
+    return replace(
+        rp,
+        clocks_hz=[float(v) for v in f],
+        batches=[int(v) for v in b],
+        compute_s=comp_s,
+        energy_j=comp_e + air_e,
+    )
+
+
 class Experiment:
     """The per-round loop of ``testbed run`` around ``fl.runner.LocalFederation``."""
 
@@ -153,7 +206,18 @@ class Experiment:
         resume: bool = False,
         remote_nodes: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        scheme: str = "ours",
+        node_mode: str = "fork",
+        whole_run_plan: bool = True,
     ) -> None:
+        """``scheme``: whose plan drives every round (``SCHEMES``); ``node_mode``: how local nodes
+        run (``fl.runner.LocalFederation``); ``whole_run_plan``: also solve the whole-run plan
+        beside every baseline for the report (a compare cell skips it: its report compares runs)."""
+        self.scheme = scheme
+        self.strategy = scheme_strategy(scheme)
+        config = scheme_config(config, scheme)
+        self.node_mode = node_mode
+        self.whole_run_plan = whole_run_plan
         self.config = config
         self.recorder = recorder
         self.resume = resume
@@ -186,7 +250,10 @@ class Experiment:
                 alloc.energy_budget_j - self.state.energy_spent_j,
                 remaining,
                 self.rng,
+                strategy=self.strategy,
             )
+            if self.strategy.resources == "max_clock":
+                rp = at_max_clock(self.problem, rp)
         except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
         selected = [k for k in rp.selected if k in available]
@@ -258,12 +325,13 @@ class Experiment:
         measured = [n.get("energy_j") for n in nodes.values() if n.get("energy_source") == "nvml"]
         record = {
             "round": r,
+            "scheme": self.scheme,
             "selected": fl_record.get("selected"),
             "dropped": fl_record.get("dropped", []),
             "train_loss": fl_record.get("train_loss"),
             "val_loss": fl_record.get("val_loss"),
             "val_ppl": fl_record.get("val_perplexity"),
-            "nmse_db": db(fl_record["nmse"]) if fl_record.get("nmse") else None,
+            "nmse_db": self._nmse_db(fl_record),
             "nmse_live_symbols_db": air.get("nmse_symbols_db"),
             "nmse_fpa_db": air.get("nmse_fpa_db"),
             "nmse_theory_db": db(air["mse_theory_live"] / signal) if signal else None,
@@ -281,6 +349,12 @@ class Experiment:
             self.progress(len(self.done_rounds), self.config.fl.rounds)
         self.comparison.last = {}
 
+    def _nmse_db(self, fl_record: dict[str, Any]) -> float | None:
+        """The aggregate's NMSE; error-free digital FedAvg has none: -inf dB."""
+        if self.config.fl.aggregation == "digital":
+            return float("-inf")
+        return db(fl_record["nmse"]) if fl_record.get("nmse") else None
+
     # --- the whole run --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from fl.runner import LocalFederation
@@ -294,6 +368,7 @@ class Experiment:
             if not self.resume:
                 self.recorder.start(
                     name=cfg.run.name,
+                    scheme=self.scheme,
                     num_clients=cfg.lab.clients.count,
                     num_antennas=cfg.lab.num_antennas,
                     region_m=cfg.lab.array.region_m,
@@ -302,7 +377,8 @@ class Experiment:
                 )
                 self.lab.home()
                 self.recorder.event("homed", positions_m=self.lab.antenna_positions().tolist())
-                self._record_whole_run_plan()
+                if self.whole_run_plan:
+                    self._record_whole_run_plan()
             else:
                 self.lab.home()
                 self.recorder.event("resumed", completed_rounds=sorted(self.done_rounds))
@@ -316,6 +392,7 @@ class Experiment:
                 planner=self.plan,
                 on_round=self.on_round,
                 resume=self.resume,
+                node_mode=self.node_mode,
                 bind=cfg.fl.transport.bind if self.remote_nodes else "tcp://127.0.0.1:*",
                 radio_clock=getattr(self.lab.air, "time_now", None),  # the radios' time, on the radio path
             )
@@ -380,12 +457,14 @@ class Experiment:
 
         last = max(rounds, key=lambda r: r["round"]) if rounds else {}
         live, fixed = mean_of("nmse_live_symbols_db"), mean_of("nmse_fpa_db")
+        digital = self.config.fl.aggregation == "digital"
         return {
+            "scheme": self.scheme,
             "rounds": len(rounds),
             "final_val_loss": last.get("val_loss"),
             "final_val_ppl": last.get("val_ppl"),
             "first_val_loss": min(rounds, key=lambda r: r["round"]).get("val_loss") if rounds else None,
-            "mean_nmse_db": mean_of("nmse_db"),
+            "mean_nmse_db": float("-inf") if digital else mean_of("nmse_db"),
             "mean_nmse_ma_db": live,
             "mean_nmse_fpa_db": fixed,
             "ma_gain_over_fpa_db": (fixed - live) if live is not None and fixed is not None else None,
@@ -403,8 +482,15 @@ def run_experiment(
     resume_dir: str | Path | None = None,
     remote_nodes: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    scheme: str | None = None,
+    node_mode: str = "fork",
+    whole_run_plan: bool = True,
+    report: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or resume) an experiment; return its run directory and summary.
+
+    ``scheme`` (``SCHEMES``; default ours) is whose plan every round uses; a resumed run keeps the
+    scheme it started with, and naming another one is an error.
 
     ``remote_nodes``: start no local node processes; wait on ``fl.transport.bind`` for nodes
     started with ``testbed node`` on other hosts (keys from ``testbed keys``).
@@ -413,17 +499,39 @@ def run_experiment(
 
     if resume_dir is not None:
         recorder = RunRecorder.reopen(resume_dir)
+        scheme = resumed_scheme(recorder, scheme)
     else:
+        scheme = scheme or "ours"
+        config = scheme_config(config, scheme)  # a bad name fails before the run directory exists
         recorder = RunRecorder.create(config.run.output_dir, config.run.name, to_yaml(config))
     recorder.attach_log(config.run.log_level)
     log.info("run directory: %s", recorder.run_dir)
     try:
         summary = Experiment(
-            config, recorder, resume=resume_dir is not None, remote_nodes=remote_nodes, progress=progress
+            config,
+            recorder,
+            resume=resume_dir is not None,
+            remote_nodes=remote_nodes,
+            progress=progress,
+            scheme=scheme,
+            node_mode=node_mode,
+            whole_run_plan=whole_run_plan,
         ).run()
-        from testbed.report import write_report
+        if report:
+            from testbed.report import write_report
 
-        write_report(recorder.run_dir)
+            write_report(recorder.run_dir)
         return recorder.run_dir, summary
     finally:
         recorder.close()
+
+
+def resumed_scheme(recorder: RunRecorder, requested: str | None) -> str:
+    """The scheme a run started with (its start document); another one requested is an error."""
+    starts = [d for d in read_events(recorder.events_path) if d.get("doc") == "start"]
+    started = str(starts[0].get("scheme", "ours")) if starts else (requested or "ours")
+    if requested is not None and requested != started:
+        raise ConfigError(
+            f"--scheme: {recorder.run_dir} ran scheme {started!r}; it resumes with that one (got {requested!r})"
+        )
+    return started
