@@ -142,7 +142,9 @@ def _field_exists(data: dict[str, Any], path: list[str]) -> str | None:
             if i + 1 < len(path):
                 name = path[i + 1]
                 if name not in node:
-                    return f"{'.'.join(path[: i + 1])} has no entry {name!r}; it has {', '.join(sorted(node))}"
+                    return (
+                        f"{'.'.join(path[: i + 1])} has no entry {name!r}; it has {', '.join(sorted(node))}"
+                    )
                 rest = _field_exists_in(annotation.__args__[-1], path[i + 2 :], ".".join(path[: i + 2]))
                 return rest
             return None
@@ -151,7 +153,7 @@ def _field_exists(data: dict[str, Any], path: list[str]) -> str | None:
 
 
 def _field_exists_in(model: Any, path: list[str], prefix: str) -> str | None:
-    for i, part in enumerate(path):
+    for part in path:
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:
             allowed = ", ".join(sorted(fields or {}))
@@ -166,7 +168,9 @@ def parse_grid(options: list[str], data: dict[str, Any], source: str) -> list[Gr
     axes: list[GridAxis] = []
     for text in options:
         if "=" not in text:
-            raise ConfigError(f"--grid {text!r}: expected KEY=v1,v2,... (e.g. allocation.clients_per_round=1,2)")
+            raise ConfigError(
+                f"--grid {text!r}: expected KEY=v1,v2,... (e.g. allocation.clients_per_round=1,2)"
+            )
         key, raw = (part.strip() for part in text.split("=", 1))
         path = key.split(".")
         if not key or not all(path):
@@ -226,6 +230,7 @@ def build_spec(
 def cell_config(spec: CompareSpec, cell: Cell, cells_dir: Path) -> TestbedConfig:
     """The config of one cell: the base, its grid point and seed, its run directory's parent."""
     data = apply_overrides(
-        yaml.safe_load(spec.config_yaml), [*cell.overrides, f"run.output_dir={json.dumps(str(cells_dir / cell.cell_id))}"]
+        yaml.safe_load(spec.config_yaml),
+        [*cell.overrides, f"run.output_dir={json.dumps(str(cells_dir / cell.cell_id))}"],
     )
     return validate(data, f"cell {cell.cell_id}")

@@ -57,9 +57,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     return done
 
 
-def run_local(
-    jobs: list[dict[str, Any]], workers: int, on_done: Callable[[dict[str, Any]], None]
-) -> None:
+def run_local(jobs: list[dict[str, Any]], workers: int, on_done: Callable[[dict[str, Any]], None]) -> None:
     """Each cell in a fresh spawned process, ``workers`` at a time."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed

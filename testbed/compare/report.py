@@ -46,7 +46,9 @@ def cell_series(run_dir: str | Path) -> dict[str, Any]:
         "energy_j": np.cumsum(np.nan_to_num(col("energy_model_j"))),
         "latency_s": np.cumsum(np.nan_to_num(col("latency_model_s"))),
         "nmse_db": nmse,
-        "mean_nmse_db": float(np.mean(nmse)) if nmse.size and np.all(np.isneginf(nmse)) else _finite_mean(nmse),
+        "mean_nmse_db": float(np.mean(nmse))
+        if nmse.size and np.all(np.isneginf(nmse))
+        else _finite_mean(nmse),
     }
 
 
@@ -72,7 +74,9 @@ def analyse(cells: list[dict[str, Any]]) -> dict[str, Any]:
     for c in sorted(cells, key=lambda c: c["cell"]["cell_id"]):
         cell, s = c["cell"], c["series"]
         ref = by_key.get((cell["point"], cell["seed"], "non_ma"))
-        target = float(ref["series"]["val_ppl"][-1]) if ref is not None and ref["series"]["val_ppl"].size else None
+        target = (
+            float(ref["series"]["val_ppl"][-1]) if ref is not None and ref["series"]["val_ppl"].size else None
+        )
         r, e = rounds_to(s, target) if target is not None else (None, None)
         rows.append(
             {
@@ -117,7 +121,9 @@ def iso_learning(cells: list[dict[str, Any]], axes: list[dict[str, Any]]) -> dic
     for c in cells:
         cell, s = c["cell"], c["series"]
         others = tuple(sorted((k, json.dumps(v)) for k, v in cell["grid"].items() if k != key))
-        final[(others, cell["seed"], cell["scheme"], json.dumps(cell["grid"][key]))] = float(s["val_loss"][-1])
+        final[(others, cell["seed"], cell["scheme"], json.dumps(cell["grid"][key]))] = float(
+            s["val_loss"][-1]
+        )
     need: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for others, seed, scheme, _ in {(o, sd, sc, None) for (o, sd, sc, _v) in final}:
         if scheme == "digital":
@@ -144,7 +150,11 @@ def iso_learning(cells: list[dict[str, Any]], axes: list[dict[str, Any]]) -> dic
     savings = {}
     for label, d in need.items():
         if "ours" in d and "fpa" in d:
-            pairs = [(a, b) for a, b in zip(d["ours"], d["fpa"], strict=False) if math.isfinite(a) and math.isfinite(b)]
+            pairs = [
+                (a, b)
+                for a, b in zip(d["ours"], d["fpa"], strict=False)
+                if math.isfinite(a) and math.isfinite(b)
+            ]
             if pairs:
                 savings[label] = float(np.mean([to_db(b) - to_db(a) for a, b in pairs]))
     return {"key": key, "needed": {k: dict(v) for k, v in need.items()}, "saving_db_vs_fpa": savings}
@@ -166,7 +176,9 @@ def _plot(cells: list[dict[str, Any]], points: list[int], labels: dict[int, str]
         for ax, p in zip(axs[0], points, strict=True):
             schemes = sorted({c["cell"]["scheme"] for c in cells if c["cell"]["point"] == p})
             for scheme in schemes:
-                runs = [c["series"] for c in cells if c["cell"]["point"] == p and c["cell"]["scheme"] == scheme]
+                runs = [
+                    c["series"] for c in cells if c["cell"]["point"] == p and c["cell"]["scheme"] == scheme
+                ]
                 n = min(s["round"].size for s in runs)
                 if n == 0:
                     continue
@@ -201,7 +213,9 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
     labels = {}
     for c in cells:
         grid = c["cell"]["grid"]
-        labels[c["cell"]["point"]] = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in grid.items()) or "base"
+        labels[c["cell"]["point"]] = (
+            ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in grid.items()) or "base"
+        )
     numbers = analyse(cells)
     iso = iso_learning(cells, axes)
     figures = _plot(cells, points, labels, out_dir) if cells else []
@@ -244,8 +258,12 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
             k = _clients_per_round(cells, p)
             paper = PAPER_PPL_CHANGE.get(k) if k is not None else None
             for scheme, v in sorted(rel[p].items()):
-                ref = f"{paper['Alpaca']:+.1f}% / {paper['Dolly']:+.1f}%" if paper and scheme == "ours" else "-"
-                lines.append(f"| {labels[p]} | {scheme} | {v['mean']:+.1f} +- {v['std']:.1f} (n={v['n']}) | {ref} |")
+                ref = (
+                    f"{paper['Alpaca']:+.1f}% / {paper['Dolly']:+.1f}%" if paper and scheme == "ours" else "-"
+                )
+                lines.append(
+                    f"| {labels[p]} | {scheme} | {v['mean']:+.1f} +- {v['std']:.1f} (n={v['n']}) | {ref} |"
+                )
         lines += ["", _paper_note(rel, cells)]
     lines += ["", "## Iso-learning transmit power", ""]
     if iso is None:
@@ -264,7 +282,9 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
             for scheme, vals in sorted(d.items()):
                 lines.append(f"| {label} | {scheme} | {', '.join(_fmt(v) for v in vals)} {unit} |")
         for label, s in iso["saving_db_vs_fpa"].items():
-            lines.append(f"\nMA's saving over the fixed array ({label}): **{s:+.1f} dB** of TX power per client.")
+            lines.append(
+                f"\nMA's saving over the fixed array ({label}): **{s:+.1f} dB** of TX power per client."
+            )
     (out_dir / "compare_summary.json").write_text(
         json.dumps({"numbers": numbers, "iso_learning": iso}, default=str, indent=1), encoding="utf-8"
     )
