@@ -3,7 +3,7 @@
 A cell is finished when its ``cells/<id>/done.json`` exists: it is written atomically after the
 run's summary, so a compare killed at any moment leaves each cell either finished (kept) or not
 (its partial run directory is removed and the cell runs again from the start). Each cell runs in
-a fresh process (local) or a worker process (Dask) with one torch thread, its FL nodes as
+a worker process (local or Dask) with one torch thread, its FL nodes as
 threads of that process: a cell costs one CPU core.
 """
 
@@ -58,12 +58,17 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_local(jobs: list[dict[str, Any]], workers: int, on_done: Callable[[dict[str, Any]], None]) -> None:
-    """Each cell in a fresh spawned process, ``workers`` at a time."""
+    """The cells on ``workers`` spawned processes, one cell at a time each.
+
+    A worker runs cell after cell: importing torch, transformers and peft costs tens of CPU
+    seconds, more than a short cell's training, so it is paid once per worker, not per cell.
+    Each cell still gets a fresh Experiment, lab, federation and seeds.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("spawn")  # no forked torch/zmq state from this process
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(run_cell, job) for job in jobs]
         for future in as_completed(futures):
             on_done(future.result())
