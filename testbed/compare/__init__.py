@@ -79,6 +79,7 @@ def load_cells(compare_dir: Path, spec: CompareSpec) -> list[dict[str, Any]]:
                 "cell": cell.to_dict(),
                 "series": cell_series(done["run_dir"]),
                 "summary": done["summary"],
+                "run_dir": done["run_dir"],
                 "clients_per_round": config.allocation.clients_per_round,
             }
         )

@@ -285,8 +285,12 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
             lines.append(
                 f"\nMA's saving over the fixed array ({label}): **{s:+.1f} dB** of TX power per client."
             )
+    check = _bound_section(cells, axes, spec["schemes"], lines)
     (out_dir / "compare_summary.json").write_text(
-        json.dumps({"numbers": numbers, "iso_learning": iso}, default=str, indent=1), encoding="utf-8"
+        json.dumps(
+            {"numbers": numbers, "iso_learning": iso, "bound_vs_measurement": check}, default=str, indent=1
+        ),
+        encoding="utf-8",
     )
     path = out_dir / "compare.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -327,3 +331,39 @@ def _paper_note(rel: dict[int, dict[str, Any]], cells: list[dict[str, Any]]) -> 
         "a figure here says how much the aggregation noise of each scheme costs this task, not the paper's."
     )
     return " ".join(notes)
+
+
+def _bound_section(
+    cells: list[dict[str, Any]], axes: list[dict[str, Any]], schemes: list[str], lines: list[str]
+) -> dict[str, Any] | None:
+    """The bound's ordering by rounds-to-target against the measured one, per noise/power point."""
+    axis = next((a for a in axes if a["key"] in (POWER_KEY, NOISE_KEY)), None)
+    lines += ["", "## The bound against measurement", ""]
+    if axis is None or "digital" not in schemes or not all("run_dir" in c for c in cells):
+        lines.append(
+            "_Needs a noise or TX-power grid and the digital scheme (its loss curve calibrates the bound)._"
+        )
+        return None
+    from testbed.compare.bound_check import bound_vs_measurement, points_from_cells
+
+    try:
+        check = bound_vs_measurement(points_from_cells(cells, axis["key"]))
+    except Exception as exc:  # noqa: BLE001 - a failed calibration must not sink the report
+        lines.append(f"_The bound could not be calibrated on these runs: {exc}_")
+        return None
+    lines += [
+        "Rounds to reach digital's half-way validation loss: measured, and predicted by the bound with each "
+        "scheme's measured NMSE (eta_eff and Delta0 fitted to digital's loss curve, G^2 from its checkpoints).",
+        "",
+        "| point | measured rounds | predicted rounds | agree |",
+        "|---|---|---|---|",
+    ]
+    for label, p in check["points"].items():
+        m = ", ".join(f"{s}: {_fmt(v)}" for s, v in sorted(p["measured_rounds"].items()))
+        q = ", ".join(f"{s}: {_fmt(v)}" for s, v in sorted(p["predicted_rounds"].items()))
+        lines.append(f"| {label} | {m} | {q} | {'yes' if p['agree'] else 'no'} |")
+    lines.append(
+        f"\nOrderings agree at {_fmt(check['point_agreement'], '.0%')} of the points "
+        f"({_fmt(check['pair_agreement'], '.0%')} of scheme pairs; a one-round difference counts as even)."
+    )
+    return check
