@@ -6,6 +6,12 @@ Pure maths: this package imports nothing from the rest of the project.
 from __future__ import annotations
 
 from allocation.baselines import BASELINES, solve_baseline, solve_baselines
+from allocation.bound import (
+    UpdateNormTracker,
+    convergence_bound,
+    fit_pilot,
+    heterogeneity_from_partition,
+)
 from allocation.core import Strategy, min_energy_to_target, plan_round, solve_with
 from allocation.plan import Plan, RoundPlan
 from allocation.problem import AllocationError, BoundConstants, Problem
@@ -52,6 +58,10 @@ __all__ = [
     "Problem",
     "RoundPlan",
     "Strategy",
+    "UpdateNormTracker",
+    "convergence_bound",
+    "fit_pilot",
+    "heterogeneity_from_partition",
     "min_energy_to_target",
     "plan_round",
     "solve",

@@ -282,7 +282,7 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
             energies.append(math.inf)
             continue
         agg = np.array([np.sum(b) for b in rp.batches])
-        terms = convergence_bound(problem.bound, agg, eps[:r], bias[:r], problem.payload_reals)
+        terms = convergence_bound(problem.bound, agg, eps[:r], bias[:r])
         bounds.append(terms["total"])
         energies.append(rp.energy_j)
         if best is None or terms["total"] < best[1]["total"]:
@@ -299,6 +299,7 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
         for key, values in des.traces.items():
             traces.setdefault(key, []).extend(values)
     plan.traces = traces
+    plan.constants = problem.bound.to_record()
     if best is None:
         plan.notes.append("no R fits the budgets: " + (plans[0].reason if plans else ""))
         plan.solve_s = time.perf_counter() - t0

@@ -59,7 +59,8 @@ class Plan:
     compute_energy_j: float = 0.0
     air_energy_j: float = 0.0
     mean_mse: float = 0.0
-    bound: dict[str, float] = field(default_factory=dict)
+    bound: dict[str, float] = field(default_factory=dict)  # the bound's terms at R and "total"
+    constants: dict[str, Any] = field(default_factory=dict)  # BoundConstants.to_record(): value + source
     bound_by_rounds: list[float] = field(default_factory=list)  # bound at R = 1.. (inf: infeasible)
     energy_by_rounds: list[float] = field(default_factory=list)
     traces: dict[str, list[float]] = field(default_factory=dict)

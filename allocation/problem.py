@@ -2,8 +2,8 @@
 
 Everything here is plain arithmetic on arrays: the latency and energy of a round (compute, air,
 antenna movement), the closed-form clock that just meets a deadline, and the convergence bound
-with all its terms. ``Problem`` holds the data of one allocation problem and checks it, raising
-``AllocationError`` with the field, the value and what is allowed.
+(``allocation.bound``, re-exported here). ``Problem`` holds the data of one allocation problem
+and checks it, raising ``AllocationError`` with the field, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -13,29 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Re-exported: older code imports the bound and the error from here.
+from allocation.bound import BoundConstants as BoundConstants
+from allocation.bound import convergence_bound as convergence_bound
+from allocation.bound import selection_bias as selection_bias
 from allocation.channel import ChannelModel
+from allocation.errors import AllocationError as AllocationError
 
 SELECTIONS = ("pdd", "hybrid", "random", "greedy", "round_robin")
 BEAMFORMER_SOLVERS = ("auto", "cvxpy", "numpy")
-
-
-class AllocationError(ValueError):
-    """The problem data cannot give a valid plan (bad value, infeasible budget, NaN channel)."""
-
-
-@dataclass(frozen=True)
-class BoundConstants:
-    """Constants of the convergence bound (MODEL.md section 5); the config's ``allocation.bound``."""
-
-    smoothness: float = 1.0
-    gradient_variance: float = 1.0
-    learning_rate: float = 5e-5
-    pretrain_rounds: int = 100
-    pretrain_batch: int = 64
-    initial_gap: float = 10.0
-    wasserstein: float = 0.1
-    lipschitz_data: float = 1.0
-    c1: float = 1.0
 
 
 @dataclass
@@ -273,46 +259,6 @@ def movement_time_s(previous_m: np.ndarray | None, new_m: np.ndarray, speed_m_s:
 def round_latency_s(compute_s: np.ndarray, air_s: float, move_s: float) -> float:
     """T(t) = max_k T_k + T_air + T_mov: the slowest selected client sets the pace."""
     return float(np.max(compute_s)) + air_s + move_s
-
-
-# --- the convergence bound (MODEL.md section 5) --------------------------------------------------
-def selection_bias(weights: np.ndarray, selected: np.ndarray) -> float:
-    """(4 / (sum_k K_k)^2) (sum_{k not in S} K_k)^2 for one round."""
-    w = np.asarray(weights, dtype=float)
-    mask = np.zeros(w.shape[0], dtype=bool)
-    mask[np.asarray(selected, dtype=int)] = True
-    return float(4.0 * np.sum(w[~mask]) ** 2 / np.sum(w) ** 2)
-
-
-def convergence_bound(
-    constants: BoundConstants,
-    aggregate_batches: np.ndarray,
-    ota_errors: np.ndarray,
-    biases: np.ndarray,
-    payload_reals: int,
-) -> dict[str, float]:
-    """Every term of the bound for R = len(aggregate_batches) fine-tuning rounds, and the total.
-
-    ``aggregate_batches[t]`` is B_t = sum_{k in S_t} b_k, ``ota_errors[t]`` the normalised OTA error
-    eps_t and ``biases[t]`` the selection-bias term of round t.
-    """
-    c = constants
-    b_t = np.asarray(aggregate_batches, dtype=float)
-    rounds = b_t.shape[0]
-    total = c.pretrain_rounds + rounds
-    terms = {
-        "optimization": 2.0 * c.initial_gap / (c.learning_rate * total),
-        "variance": c.smoothness
-        * c.learning_rate
-        * c.gradient_variance
-        / total
-        * (c.pretrain_rounds / c.pretrain_batch + float(np.sum(1.0 / b_t))),
-        "distribution_shift": c.c1 * c.pretrain_rounds / total * c.lipschitz_data**2 * c.wasserstein**2,
-        "ota": c.smoothness * c.learning_rate * payload_reals / total * float(np.sum(ota_errors)),
-        "selection_bias": float(np.sum(biases)) / total,
-    }
-    terms["total"] = float(sum(terms.values()))
-    return terms
 
 
 def lambda_half_grid(

@@ -9,8 +9,8 @@ then updates lambda when the violation dropped enough, else shrinks rho. (The bi
 x (1 - x~) = 0 has a fractional fixed point, mass spread evenly, so the copy holds the binaries.)
 
 f is the selection-dependent part of the convergence bound: the OTA term
-L eta q sigma^2 J(x) / K^2, with J(x) = max_k x_k ||m||^2 / |h~_k^H m|^2, plus the selection-bias
-term 4 (sum_{k not in S} K_k)^2 / (sum_k K_k)^2 (both divided by the same M + R).
+L eta G^2 sigma^2 J(x) / K^2, with J(x) = max_k x_k ||m||^2 / |h~_k^H m|^2, plus the selection-bias
+term zeta^2 4 (sum_{k not in S} K_k)^2 / (sum_k K_k)^2 (both averaged over the same R rounds).
 
 "hybrid": a participation floor. Any client a whole round behind its floor share is forced in
 (most behind first); PDD chooses the rest by channel.
@@ -133,12 +133,10 @@ def pdd_select(
         sel = np.sort(forced[:k]) if k < u else np.arange(u)
         return SelectionResult(sel, np.asarray(positions_m, float), None, [], [0.0], forced)
     c = problem.bound
-    # f(x) = alpha J(x) + bias(x); alpha = L eta q sigma^2 / K^2 (the common 1/(M+R) dropped).
-    alpha = (
-        c.smoothness * c.learning_rate * problem.payload_reals * problem.noise_power_w / k**2
-        if ota_weight is None
-        else ota_weight
-    )
+    # f(x) = alpha J(x) + zeta^2 bias(x), the round's share of the bound (the common 1/R dropped):
+    # NMSE = sigma^2 J / K^2, so alpha = L eta G^2 sigma^2 / K^2.
+    alpha = c.ota_coefficient * problem.noise_power_w / k**2 if ota_weight is None else ota_weight
+    bias_weight = c.heterogeneity
     x = np.full(u, (k - len(forced)) / max(u - len(forced), 1))
     x[forced] = 1.0
     # Start from the channel-greedy corner, a little: it speeds PDD up without fixing the answer.
@@ -148,7 +146,7 @@ def pdd_select(
     wn = weights / np.sum(weights)
 
     def f_val(xv: np.ndarray, d: np.ndarray) -> float:
-        return float(alpha * np.max(xv * d) + 4.0 * (1.0 - wn @ xv) ** 2)
+        return float(alpha * np.max(xv * d) + bias_weight * 4.0 * (1.0 - wn @ xv) ** 2)
 
     d = np.sum(np.abs(bf.combiner) ** 2) / np.maximum(np.abs(np.conj(h) @ bf.combiner) ** 2, 1e-300)
     f_scale = max(f_val(x, d), 1e-300)
@@ -172,7 +170,9 @@ def pdd_select(
         g = np.abs(np.conj(h) @ bf.combiner) ** 2
         d = np.sum(np.abs(bf.combiner) ** 2) / np.maximum(g, 1e-300 * np.max(g))
         d_scale = float(np.max(d))
-        x_new = block.solve(d / d_scale, alpha * d_scale / f_scale, 4.0 / f_scale, rho, x_t, lam, lb, ub, k)
+        x_new = block.solve(
+            d / d_scale, alpha * d_scale / f_scale, bias_weight * 4.0 / f_scale, rho, x_t, lam, lb, ub, k
+        )
         if x_new is not None:
             x = x_new
         if it < warmup:

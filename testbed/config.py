@@ -193,17 +193,48 @@ class LabSection(Section):
 
 # --- allocation ---------------------------------------------------------------------------------
 class BoundSection(Section):
-    """Constants of the convergence bound (MODEL.md section 5)."""
+    """Constants of the convergence bound (MODEL.md section 5; ``allocation.bound``).
 
-    smoothness: PositiveFloat = 1.0
-    gradient_variance: PositiveFloat = 1.0
-    learning_rate: PositiveFloat = 5e-5
-    pretrain_rounds: int = Field(100, ge=0)
-    pretrain_batch: int = Field(64, ge=1)
-    initial_gap: PositiveFloat = 10.0
+    The plan records each one as "config" when set here, else "default"; a run replaces G^2 and
+    zeta^2 with estimates from the nodes' update norms as it goes.
+    """
+
+    smoothness: PositiveFloat = Field(1.0, description="L")
+    sgd_step: PositiveFloat | None = Field(
+        None, description="eta_eff, the SGD-equivalent step (eta_eff * L <= 1); unset: 1/L. Never Adam's lr"
+    )
+    initial_gap: PositiveFloat = Field(1.0, description="Delta0 = F(w_0) - F*, in loss units")
+    gradient_variance: PositiveFloat = Field(1.0, description="sigma_g^2 per sample")
+    update_sq_norm: NonNegFloat = Field(0.1, description="G^2, mean squared norm of the aggregated update")
+    heterogeneity: NonNegFloat = Field(0.05, description="zeta^2, scales the selection bias (~0 for IID)")
+    pretrain_rounds: int = Field(100, ge=0, description="M, only in the distribution-shift term")
     wasserstein: NonNegFloat = 0.1
     lipschitz_data: NonNegFloat = 1.0
     c1: NonNegFloat = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # Old keys get a message saying what replaced them (not just "unknown key").
+        renamed = {
+            "learning_rate": "was renamed: use sgd_step (the SGD-equivalent step, sgd_step * smoothness "
+            "<= 1, or leave it unset for 1/smoothness); Adam's learning rate does not belong here",
+            "pretrain_batch": "was removed: the pre-training rounds only enter the shift term (pretrain_rounds)",
+        }
+        if isinstance(data, dict):
+            for key, what in renamed.items():
+                if key in data:
+                    raise ValueError(f"bound.{key} {what} (got {key}={data[key]!r})")
+        return data
+
+    @model_validator(mode="after")
+    def _step_fits(self) -> BoundSection:
+        if self.sgd_step is not None and self.sgd_step * self.smoothness > 1.0 + 1e-9:
+            raise ValueError(
+                f"sgd_step={self.sgd_step:g} breaks sgd_step * smoothness <= 1 (smoothness "
+                f"{self.smoothness:g}): use at most {1.0 / self.smoothness:g}, or leave it unset for 1/L"
+            )
+        return self
 
 
 class AllocationSection(Section):

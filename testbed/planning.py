@@ -62,7 +62,9 @@ def build_problem(config: TestbedConfig, channel: Any | None = None, initial_pos
     lab, alloc = config.lab, config.allocation
     channel = default_channel(config) if channel is None else channel
     speed = min(s.max_speed_m_s for s in lab.stages.values())
-    bound = BoundConstants(**alloc.bound.model_dump())
+    # A constant set in the YAML (or by --set) is recorded as "config", the rest as "default".
+    given = alloc.bound.model_fields_set
+    bound = BoundConstants(**alloc.bound.model_dump(), sources=dict.fromkeys(given, "config"))
     try:
         return Problem(
             channel=channel,
