@@ -196,6 +196,48 @@ def at_max_clock(problem: Any, rp: Any) -> Any:
     )
 
 
+class UpdateNorms:
+    """Feeds the bound's UpdateNormTracker each round and gives the current bound constants.
+
+    The nodes' own reports (``update_sq_norms`` {node: ||Delta_k||^2} and ``aggregate_sq_norm``
+    in the coordinator's round record) are used when present; otherwise the aggregate's squared
+    norm is measured here from the change of the global adapter's aggregated tensors.
+    """
+
+    def __init__(self, lora_mode: str) -> None:
+        from allocation import UpdateNormTracker
+
+        self.tracker = UpdateNormTracker()
+        self.lora_mode = lora_mode
+        self._previous: dict[str, np.ndarray] | None = None
+
+    def snapshot(self, adapter: Any) -> None:
+        from fl.aggregation import payload_names
+
+        names = payload_names(list(adapter), self.lora_mode)
+        self._previous = {n: np.array(adapter[n], dtype=np.float64) for n in names}
+
+    def observe(self, fl_record: dict[str, Any], adapter: Any | None) -> dict[str, Any]:
+        """Fold in one round; return what was observed (for the round record)."""
+        clients = {int(k): float(v) for k, v in (fl_record.get("update_sq_norms") or {}).items()}
+        aggregate = fl_record.get("aggregate_sq_norm")
+        if aggregate is None and adapter is not None and self._previous is not None:
+            aggregate = float(
+                sum(np.sum((np.asarray(adapter[n], np.float64) - v) ** 2) for n, v in self._previous.items())
+            )
+        if adapter is not None:
+            self.snapshot(adapter)
+        if aggregate is None or not math.isfinite(float(aggregate)):
+            return {}
+        self.tracker.observe(clients, float(aggregate))
+        return {"update_sq_norms": clients or None, "aggregate_sq_norm": float(aggregate)}
+
+    def constants(self, base: Any) -> Any:
+        """``base`` (the config's constants) with G^2 and zeta^2 as estimated so far."""
+        estimates = self.tracker.estimates()
+        return base.with_estimates("estimated", **estimates) if estimates else base
+
+
 class Experiment:
     """The per-round loop of ``testbed run`` around ``fl.runner.LocalFederation``."""
 
@@ -228,6 +270,13 @@ class Experiment:
         self.comparison: FixedArrayComparison | None = None
         rounds = [d["data"] for d in recorder.events("round")] if resume else []
         self.state = PlannerState.from_rounds(config.lab.clients.count, rounds)
+        self.norms = UpdateNorms(config.fl.lora.mode)
+        for r in sorted(rounds, key=lambda r: r["round"]):  # resume: the estimates so far
+            if r.get("aggregate_sq_norm") is not None:
+                self.norms.tracker.observe(
+                    {int(k): v for k, v in (r.get("update_sq_norms") or {}).items()}, r["aggregate_sq_norm"]
+                )
+        self.federation: Any = None
         self.done_rounds = {r["round"] for r in rounds}
 
     # --- the per-round planner the coordinator calls ------------------------------------------
@@ -240,6 +289,8 @@ class Experiment:
         cfg, alloc = self.config, self.config.allocation
         t0 = time.monotonic()
         remaining = max(1, cfg.fl.rounds - r + 1)
+        # Each re-plan sees the bound's constants with G^2 and zeta^2 as estimated so far.
+        self.problem.bound = self.norms.constants(self.base_constants)
         try:
             rp = plan_round(
                 self.problem,
@@ -292,6 +343,7 @@ class Experiment:
             "move_wall_s": move_wall_s,
             "plan_wall_s": time.monotonic() - t0,
             "mse_predicted": rp.mse,
+            "bound_constants": self.problem.bound.to_record(),
             "eta": eta,
             "clocks_hz": [clock_of.get(k, alloc.clock_max_hz) for k in selected],
         }
@@ -319,6 +371,8 @@ class Experiment:
             self.state.positions_m = np.asarray(extra["positions_m"])
         self.state.latency_spent_s += extra.get("latency_model_s", 0.0)
         self.state.energy_spent_j += extra.get("energy_model_j", 0.0)
+        coordinator = getattr(self.federation, "coordinator", None)
+        norms = self.norms.observe(fl_record, getattr(coordinator, "global_adapter", None))
         air = self.comparison.last
         signal = air.get("signal_per_symbol")
         nodes = fl_record.get("nodes", {})
@@ -341,6 +395,7 @@ class Experiment:
             "energy_measured_j": float(sum(measured)) if measured else None,
             "jain_fairness": fl_record.get("jain_fairness"),
             "num_clients": self.config.lab.clients.count,
+            **norms,
             **extra,
         }
         self.recorder.event("round", **record)
@@ -365,10 +420,12 @@ class Experiment:
         self.lab = build_lab(cfg, self.rng)
         try:
             self.problem = build_problem(cfg, self.lab.channel)
+            self.base_constants = self.problem.bound
             if not self.resume:
                 self.recorder.start(
                     name=cfg.run.name,
                     scheme=self.scheme,
+                    bound_constants=self.problem.bound.to_record(),
                     num_clients=cfg.lab.clients.count,
                     num_antennas=cfg.lab.num_antennas,
                     region_m=cfg.lab.array.region_m,
@@ -396,6 +453,8 @@ class Experiment:
                 bind=cfg.fl.transport.bind if self.remote_nodes else "tcp://127.0.0.1:*",
                 radio_clock=getattr(self.lab.air, "time_now", None),  # the radios' time, on the radio path
             )
+            self.federation = federation
+            self.norms.snapshot(federation.coordinator.global_adapter)
             try:
                 if self.remote_nodes:
                     log.info("waiting for %d nodes on %s", cfg.lab.clients.count, cfg.fl.transport.bind)
@@ -445,7 +504,12 @@ class Experiment:
             self.recorder.event("plan", error=str(exc))
             log.warning("whole-run plan: %s", exc)
             return
-        self.recorder.event("plan", optimized=row(ours), baselines={k: row(v) for k, v in baselines.items()})
+        self.recorder.event(
+            "plan",
+            optimized=row(ours),
+            baselines={k: row(v) for k, v in baselines.items()},
+            constants=self.problem.bound.to_record(),
+        )
 
     def summarize(self, wall_s: float) -> dict[str, Any]:
         rounds = [d["data"] for d in self.recorder.events("round")]

@@ -47,6 +47,12 @@ def test_fpa_antennas_stay_on_the_half_wavelength_grid(tmp_path: Path) -> None:
         # Its own optimal combiner on the same fixed array: the live NMSE is the fixed array's.
         assert r["nmse_live_symbols_db"] == pytest.approx(r["nmse_fpa_db"], abs=1.5)
     assert rounds[1]["move_model_s"] < 1e-3  # nothing moves after the first round
+    # The planner feeds the bound's G^2 tracker: round 1 plans on the config's constants, round 2
+    # on G^2 estimated from round 1's aggregated update.
+    assert all(r["aggregate_sq_norm"] > 0 for r in rounds)
+    first, second = (r["bound_constants"]["update_sq_norm"] for r in rounds)
+    assert first["source"] in ("config", "default") and second["source"] == "estimated"
+    assert second["value"] == pytest.approx(rounds[0]["aggregate_sq_norm"])
     assert summary["scheme"] == "fpa"
 
 
