@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drivers.errors import ConfigError
+from drivers.errors import ConfigError, TestbedError
 from testbed.compare.cells import Cell, CompareSpec, build_spec, cell_config
 from testbed.compare.engine import is_done, read_done, run_jobs
 from testbed.compare.report import cell_series, write_compare_report
@@ -28,6 +28,11 @@ from testbed.config import to_yaml
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "compare.json"
+
+
+class CompareError(TestbedError):
+    """Some cells of a compare failed (the others finished, and the report covers them)."""
+
 
 __all__ = ["CompareSpec", "build_spec", "load_cells", "open_compare_dir", "run_compare"]
 
@@ -113,8 +118,14 @@ def run_compare(
         for c in todo
     ]
 
+    failed: dict[str, str] = {}
+
     def on_done(result: dict[str, Any]) -> None:
         nonlocal finished
+        if "error" in result:
+            failed[result["cell_id"]] = result["error"]
+            log.error("cell %s failed: %s", result["cell_id"], result["error"])
+            return
         finished += 1
         ran.append(result["cell_id"])
         log.info("cell %s done (%d/%d)", result["cell_id"], finished, len(cells))
@@ -123,4 +134,10 @@ def run_compare(
 
     run_jobs(jobs, engine, workers, scheduler, on_done)
     report = write_compare_report(compare_dir, spec.to_dict(), load_cells(compare_dir, spec))
+    if failed:
+        raise CompareError(
+            f"{len(failed)} of {len(cells)} cells failed: "
+            + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+            + f". {report} covers the {finished} finished; `--resume {compare_dir}` runs the rest again"
+        )
     return report, ran

@@ -47,9 +47,13 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(cell_dir)
     cell_dir.mkdir(parents=True)
     config = validate(yaml.safe_load(job["config_yaml"]), f"cell {job['cell_id']}")
-    run_dir, summary = run_experiment(
-        config, scheme=job["scheme"], node_mode="thread", whole_run_plan=False, report=False
-    )
+    try:
+        run_dir, summary = run_experiment(
+            config, scheme=job["scheme"], node_mode="thread", whole_run_plan=False, report=False
+        )
+    except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
+        # The failure comes back as data (no done.json: a resume runs the cell again).
+        return {"cell_id": job["cell_id"], "error": f"{type(exc).__name__}: {exc}"}
     done = {"cell_id": job["cell_id"], "run_dir": str(run_dir), "summary": summary}
     tmp = cell_dir / (DONE + ".tmp")
     tmp.write_text(json.dumps(done, default=str), encoding="utf-8")
