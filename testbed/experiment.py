@@ -31,7 +31,7 @@ import numpy as np
 
 from allocation.aircomp import effective_channels, power_scale, zero_forcing_scalars
 from allocation.beamformer import optimize_beamformer
-from drivers.errors import ConfigError, PlanError
+from drivers.errors import ConfigError, PlanError, StageLimitError
 from testbed.config import TestbedConfig
 from testbed.lab import Lab, build_lab
 from testbed.records import RunRecorder, read_events
@@ -321,7 +321,7 @@ class Experiment:
             )
         selected = sorted(selected)
         t_move = time.monotonic()
-        reached = self.lab.move_antennas(np.asarray(rp.positions_m))
+        reached = self._move_or_stay(r, np.asarray(rp.positions_m))
         move_wall_s = time.monotonic() - t_move
         batch_of = dict(zip(rp.selected, rp.batches, strict=True))
         clock_of = dict(zip(rp.selected, rp.clocks_hz, strict=True))
@@ -359,6 +359,19 @@ class Experiment:
             b_k=dict(zip(selected, b, strict=True)),
             extra={"mse_predicted": rp.mse, "move_model_s": rp.move_s},
         )
+
+    def _move_or_stay(self, r: int, positions_m: np.ndarray) -> np.ndarray:
+        """Move the antennas to the plan's positions; where the stages find no collision-free
+        route (refused before anything moves), the round runs where the antennas are, and the
+        record shows it (positions_m against planned_positions_m)."""
+        assert self.lab is not None
+        try:
+            return self.lab.move_antennas(positions_m)
+        except StageLimitError as exc:
+            log.warning("round %d: the antennas stay where they are: %s", r, exc)
+            reached = self.lab.antenna_positions()
+            self.lab.air.set_positions(reached)
+            return reached
 
     # --- after each round ----------------------------------------------------------------------
     def on_round(self, fl_record: dict[str, Any]) -> None:
