@@ -150,7 +150,8 @@ def main() -> int:
 
     learning = learning_figures(sweep, seed_cells)
     iso = iso_learning(sweep, [{"key": NOISE_KEY, "values": list(NOISE_LEVELS_DBM)}])
-    saving = (iso or {}).get("saving_db_vs_fpa", {}).get("-")
+    saving = (iso or {}).get("saving_db_vs_fpa_interp", {}).get("-")
+    saving_grid = (iso or {}).get("saving_db_vs_fpa", {}).get("-")
     check = bound_vs_measurement(points_from_cells(sweep, NOISE_KEY))
     energy, energy_detail = energy_ratio_vs_fpa()
     not_beaten, source = ours_not_beaten()
@@ -172,7 +173,10 @@ def main() -> int:
         f"ppl change vs non_ma (K=1, edge.yaml): {pc['mean_pct']:+.1f}% +- {pc['spread_pct']:.1f} "
         f"(per seed {pc['per_seed_pct']}); paper: -17.4% Alpaca, -54.4% Dolly"
     )
-    print(f"iso-loss: needed noise level per scheme {iso['needed'] if iso else None}; saving {saving} dB")
+    print(
+        f"iso-loss: tolerable noise per scheme, grid {iso['needed'] if iso else None}, interpolated "
+        f"{iso['needed_interp'] if iso else None}; saving {saving} dB interpolated, {saving_grid} dB at 8 dB steps"
+    )
     print(
         "bound vs measurement: "
         + "; ".join(
@@ -194,6 +198,7 @@ def main() -> int:
                 "bound_pair_agreement": check["pair_agreement"],
                 "ours_not_beaten": not_beaten,
                 "iso_loss_power_saving_db": saving,
+                "iso_loss_power_saving_db_grid": saving_grid,
                 "wall_s": round(wall, 1),
             },
             default=str,

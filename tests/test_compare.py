@@ -202,5 +202,9 @@ def test_iso_learning_power_saving_in_db() -> None:
             cells.append(_cell(scheme, 0, s, {key: power}, p))
     iso = iso_learning(cells, [{"key": key, "values": [0.001, 0.01, 0.1]}])
     assert iso is not None
-    assert iso["needed"]["-"]["ours"] == [0.001] and iso["needed"]["-"]["fpa"] == [0.01]
+    assert iso["needed"]["-"]["ours"] == {0: 0.001} and iso["needed"]["-"]["fpa"] == {0: 0.01}
     assert iso["saving_db_vs_fpa"]["-"] == pytest.approx(10.0)
+    # Interpolated: fpa's margin goes from -0.02 (0.01 W) to +0.45 (0.001 W): it crosses the target
+    # 0.02 / 0.47 of the way down the 10 dB step.
+    assert iso["needed_interp"]["-"]["fpa"][0] == pytest.approx(10 ** (-2 - 0.02 / 0.47), rel=1e-6)
+    assert iso["saving_db_vs_fpa_interp"]["-"] == pytest.approx(10.0 * (1 - 0.02 / 0.47), rel=1e-6)
