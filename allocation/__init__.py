@@ -5,7 +5,7 @@ Pure maths: this package imports nothing from the rest of the project.
 
 from __future__ import annotations
 
-from allocation.baselines import BASELINES, solve_baseline, solve_baselines
+from allocation.baselines import BASELINES, solve_baseline, solve_baselines, solve_with_baselines
 from allocation.bound import (
     UpdateNormTracker,
     convergence_bound,
@@ -17,16 +17,19 @@ from allocation.plan import Plan, RoundPlan
 from allocation.problem import AllocationError, BoundConstants, Problem
 
 
-def solve(problem: Problem, shared: dict | None = None) -> Plan:
+def solve(problem: Problem, shared: dict | None = None, sdr_diagnostic: bool = False) -> Plan:
     """Solve the allocation problem (MODEL.md 6-7): the plan with the lowest convergence bound.
 
     Plans ``problem.max_rounds`` rounds (PDD selection with the fairness option, MA positions,
     SCA beamformers), then searches R, clocks and batches under the latency and energy budgets.
     Raises ``AllocationError`` for bad or infeasible data. Pass the same ``shared`` dict to
-    ``solve_baselines`` to let the max-clock baseline reuse these round designs.
+    ``solve_baselines`` to let the max-clock baseline reuse these round designs (and ours adopt
+    theirs). ``sdr_diagnostic`` adds round 0's gap to the SDR bound (SCS through cvxpy: seconds
+    to import, so off on the run's critical path).
     """
-    plan = solve_with(problem, Strategy(), shared=shared)
-    _sdr_diagnostic(problem, plan)
+    plan = solve_with(problem, Strategy(portfolio=True), shared=shared)
+    if sdr_diagnostic:
+        _sdr_diagnostic(problem, plan)
     return plan
 
 
@@ -67,4 +70,5 @@ __all__ = [
     "solve",
     "solve_baseline",
     "solve_baselines",
+    "solve_with_baselines",
 ]

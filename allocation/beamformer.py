@@ -9,7 +9,8 @@ so each step is a small SOCP whose optimum is feasible for the true constraints 
 Two exact solvers of that step:
 - ``cvxpy``: built once with Parameters (DPP), solved with Clarabel;
 - ``numpy``: the K-dimensional dual, a non-negative QP solved by an active set.
-``auto`` runs both once per size, checks they agree and keeps the faster.
+``auto`` is the numpy dual: importing and compiling cvxpy costs seconds, more than a whole
+round's planning; ``cvxpy`` stays as the reference (tests check that both agree).
 ``sdr_lower_bound`` (SCS) is a diagnostic lower bound, never the answer.
 """
 
@@ -59,10 +60,18 @@ def feasible_start(channels: np.ndarray, demand: np.ndarray, guess: np.ndarray |
     return guess / np.sqrt(ratio)
 
 
-def nnqp(q: np.ndarray, t: np.ndarray, tol: float = 1e-12) -> np.ndarray:
-    """min 1/2 mu^T Q mu - t^T mu over mu >= 0 (Lawson-Hanson style active set)."""
+def nnqp(q: np.ndarray, t: np.ndarray, tol: float = 1e-12, support: np.ndarray | None = None) -> np.ndarray:
+    """min 1/2 mu^T Q mu - t^T mu over mu >= 0 (active set).
+
+    ``support`` (a boolean mask, e.g. the previous SCA step's active constraints) warm-starts the
+    active set; successive SCA steps rarely change it, so one or two small solves suffice.
+    """
     k = t.shape[0]
     ridge = 1e-12 * max(float(np.trace(q)) / max(k, 1), 1e-300)
+    if support is not None and np.any(support) and not np.all(support):
+        warm = _active_set_from_full(q, t, ridge, free=np.asarray(support, dtype=bool).copy())
+        if warm is not None:
+            return warm
     # Fast path: every constraint active (common when K <= 2N) is one linear solve.
     try:
         full = np.linalg.solve(q + ridge * np.eye(k), t)
@@ -70,6 +79,9 @@ def nnqp(q: np.ndarray, t: np.ndarray, tol: float = 1e-12) -> np.ndarray:
             return full
     except np.linalg.LinAlgError:
         pass
+    fast = _active_set_from_full(q, t, ridge)
+    if fast is not None:
+        return fast
     mu = np.zeros(k)
     free = np.zeros(k, dtype=bool)
     w = t - q @ mu
@@ -95,7 +107,35 @@ def nnqp(q: np.ndarray, t: np.ndarray, tol: float = 1e-12) -> np.ndarray:
     return mu
 
 
-def _numpy_step(channels: np.ndarray, demand: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _active_set_from_full(
+    q: np.ndarray, t: np.ndarray, ridge: float, tol: float = 1e-12, free: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Primal active set from "every constraint active": drop the negative multipliers, add back
+    any dropped one whose gradient says it should be active, re-solve. A handful of small solves
+    where Lawson-Hanson from zero takes one per constraint; None if it cycles (use the latter)."""
+    k = t.shape[0]
+    free = np.ones(k, dtype=bool) if free is None else free
+    scale = max(float(np.max(np.abs(t))), 1e-300)
+    for _ in range(2 * k + 2):
+        idx = np.flatnonzero(free)
+        mu = np.zeros(k)
+        if idx.size:
+            mu[idx] = np.linalg.solve(q[np.ix_(idx, idx)] + ridge * np.eye(idx.size), t[idx])
+        if np.any(mu[idx] < 0):
+            free[idx[mu[idx] < 0]] = False
+            continue
+        w = t - q @ mu  # KKT: w <= 0 wherever mu = 0
+        w[free] = -np.inf
+        j = int(np.argmax(w))
+        if w[j] <= tol * scale:
+            return mu
+        free[j] = True
+    return None
+
+
+def _numpy_step(
+    channels: np.ndarray, demand: np.ndarray, m: np.ndarray, support: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One SCA step via the dual: min ||m||^2 s.t. Re(a_k^H m) >= t_k, a_k = c_k h_k.
 
     Stationarity gives m = A mu / 2; the dual is max t^T mu - mu^T Re(A^H A) mu / 4, mu >= 0.
@@ -104,7 +144,7 @@ def _numpy_step(channels: np.ndarray, demand: np.ndarray, m: np.ndarray) -> tupl
     a = channels * c[:, None]  # rows a_k = c_k h_k  (so a_k^H m = c_k^* h_k^H m)
     t = (demand + np.abs(c) ** 2) / 2.0
     gram = np.real(np.conj(a) @ a.T)  # Re(a_i^H a_j)
-    mu = nnqp(gram / 2.0, t)
+    mu = nnqp(gram / 2.0, t, support=support)
     m_new = (a.T @ mu) / 2.0
     return m_new, mu
 
@@ -142,7 +182,6 @@ class _CvxpyStep:
 
 
 _CVXPY_CACHE: dict[tuple[int, int], _CvxpyStep] = {}
-_CHOICE: dict[tuple[int, int], str] = {}  # per (K, N): the dual wins small K, Clarabel large K
 
 
 def _cvxpy_step(k: int, n: int) -> _CvxpyStep:
@@ -150,11 +189,6 @@ def _cvxpy_step(k: int, n: int) -> _CvxpyStep:
     if key not in _CVXPY_CACHE:
         _CVXPY_CACHE[key] = _CvxpyStep(k, n)
     return _CVXPY_CACHE[key]
-
-
-def solver_choice() -> dict[tuple[int, int], str]:
-    """What ``auto`` picked for each (K, N) so far (for reports)."""
-    return dict(_CHOICE)
 
 
 def optimize_beamformer(
@@ -201,20 +235,22 @@ def _sca(
     active = np.flatnonzero(x > _ACTIVE)
     if active.size == 0:
         raise ValueError("no client has a positive demand: nothing to beamform for")
+    if active.size == 1:
+        return _single_client(h_all, x, int(active[0]))
     s = _scale(h_all[active])
     h = h_all[active] / s
     xa = x[active]
     m = feasible_start(h, xa, None if start is None else np.asarray(start) * s)
     k, n = h.shape
-    if solver == "auto":
-        solver = _CHOICE.get((k, n)) or _pick(h, xa, m)
+    if solver == "auto":  # the dual in numpy: importing and compiling cvxpy alone costs seconds
+        solver = "numpy"
     step = _numpy_step if solver == "numpy" else _cvxpy_step(k, n)
     trace = [float(np.sum(np.abs(m) ** 2))]
     mu = np.zeros(k)
     t0 = time.perf_counter()
     steps = 0
     for _ in range(max_steps):
-        m_new, mu = step(h, xa, m)
+        m_new, mu = step(h, xa, m, mu > 0) if solver == "numpy" else step(h, xa, m)
         steps += 1
         # The minorant makes m_new feasible; rescale to the tight point (ratio >= 1 up to round-off).
         ratio = np.min(np.abs(np.conj(h) @ m_new) ** 2 / xa)
@@ -241,25 +277,19 @@ def _sca(
     )
 
 
-def _pick(h: np.ndarray, x: np.ndarray, m: np.ndarray) -> str:
-    """Run one step with each solver; if they agree, remember the faster for this size."""
-    k, n = h.shape
-    t0 = time.perf_counter()
-    m_np, _ = _numpy_step(h, x, m)
-    t_np = time.perf_counter() - t0
-    if t_np < 5e-4:  # well under any conic solver's overhead: no need to compile one
-        _CHOICE[(k, n)] = "numpy"
-        return "numpy"
-    cv = _cvxpy_step(k, n)
-    cv(h, x, m)  # first call compiles; time the second
-    t0 = time.perf_counter()
-    m_cv, _ = cv(h, x, m)
-    t_cv = time.perf_counter() - t0
-    o_np, o_cv = np.sum(np.abs(m_np) ** 2), np.sum(np.abs(m_cv) ** 2)
-    agree = abs(o_np - o_cv) <= 1e-4 * max(o_np, o_cv)
-    choice = ("numpy" if t_np <= t_cv else "cvxpy") if agree else "cvxpy"
-    _CHOICE[(k, n)] = choice
-    return choice
+def _single_client(h_all: np.ndarray, x: np.ndarray, k: int) -> BeamformerResult:
+    """One client: matched filtering is optimal, m = sqrt(x_k) h~_k / ||h~_k||^2, ||m||^2 = x_k / ||h~_k||^2."""
+    h = h_all[k]
+    g = float(np.real(np.vdot(h, h)))
+    if g <= 0:
+        raise ValueError(f"client {k} has a zero channel: no combiner reaches it")
+    m = np.sqrt(x[k]) * h / g
+    obj = float(x[k] / g)
+    duals = np.zeros(h_all.shape[0])
+    duals[k] = obj / x[k]  # d objective / d x_k
+    return BeamformerResult(
+        combiner=m, objective=obj, duals=duals, trace=[obj], solver="closed form", step_s=0.0
+    )
 
 
 def sdr_lower_bound(channels: np.ndarray, demand: np.ndarray | None = None) -> float:

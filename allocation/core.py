@@ -4,12 +4,18 @@ A ``Strategy`` names how each part is decided, so the full method and every base
 through the same code under the same budgets:
   selection  pdd | hybrid | random | greedy | round_robin   (None: the problem's)
   positions  ma (optimised) | fixed (lambda/2 array) | random_best (best of N) | grid_search
-  resources  optimized (deadline clocks, batches by KKT + repair) | max_clock (f_max, fixed b)
+  resources  best (the better of the two below at each R) | optimized (deadline clocks, batches
+             by KKT + repair) | max_clock (f_max, fixed b)
   aggregation ota | digital (error-free, TDMA airtime: the learning upper bound)
 
 ``solve`` plans ``max_rounds`` rounds one after another (participation counts feed the
 fairness floor, and each round starts from the previous positions), then searches R: for every
 prefix it allocates clocks and batches and evaluates the bound, keeping the best feasible R.
+The participation floor (selection "hybrid") is a constraint of the problem: every method keeps
+it, and a prefix that breaks it is infeasible. The full method (``portfolio``) also weighs
+plans it could have picked: its selections with the antennas held still (moving costs latency,
+hence batches), and any round designs another strategy already made for the same problem
+(``shared``), so it never reports a worse bound than a feasible baseline.
 ``plan_round`` re-plans a single round from the current channels and what is left of the budgets.
 """
 
@@ -26,7 +32,7 @@ from allocation.beamformer import optimize_beamformer
 from allocation.plan import Plan, RoundPlan, complex_to_pairs
 from allocation.positions import (
     is_feasible,
-    optimize_positions,
+    ma_positions,
     random_feasible_positions,
 )
 from allocation.problem import (
@@ -42,6 +48,8 @@ from allocation.problem import (
 )
 from allocation.resources import allocate, integer_batches
 from allocation.selection import (
+    enumerate_select,
+    floor_violations,
     forced_by_floor,
     greedy_select,
     pdd_select,
@@ -55,10 +63,12 @@ class Strategy:
     name: str = "ma-ota"
     selection: str | None = None
     positions: str = "ma"
-    resources: str = "optimized"
+    resources: str = "best"
     aggregation: str = "ota"
     random_placements: int = 50
     fixed_batch: int | None = None
+    # The full method: also weigh held antennas and other strategies' designs (see solve_with).
+    portfolio: bool = False
 
 
 @dataclass
@@ -107,12 +117,21 @@ def grid_coordinate_search(problem: Problem, demand: np.ndarray, sweeps: int = 2
     if not is_feasible(pos, half, d, 1e-9):
         pos = start
 
+    warm: list[np.ndarray | None] = [None]  # the best point's combiner warm-starts every candidate
+
     def value(p: np.ndarray) -> float:
-        return optimize_beamformer(
-            problem.effective_channels(p), demand, solver=problem.beamformer_solver, max_steps=10
-        ).objective
+        res = optimize_beamformer(
+            problem.effective_channels(p),
+            demand,
+            start=warm[0],
+            solver=problem.beamformer_solver,
+            max_steps=10,
+        )
+        value.last = res.combiner  # type: ignore[attr-defined]
+        return res.objective
 
     best = value(pos)
+    warm[0] = value.last  # type: ignore[attr-defined]
     for _ in range(sweeps):
         improved = False
         for n in range(problem.num_antennas):
@@ -125,6 +144,7 @@ def grid_coordinate_search(problem: Problem, demand: np.ndarray, sweeps: int = 2
                 v = value(cand)
                 if v < best * (1 - 1e-9):
                     pos, best, improved = cand, v, True
+                    warm[0] = value.last  # type: ignore[attr-defined]
         if not improved:
             break
     return pos, best
@@ -166,26 +186,38 @@ def design_round(
         else grid
     )
     traces: dict[str, list[float]] = {}
+    # The floor is a constraint of the problem (selection "hybrid"), so every method keeps it.
     forced = (
         forced_by_floor(counts, round_index, problem.effective_floor, k)
-        if method == "hybrid"
+        if problem.has_floor
         else np.zeros(0, dtype=int)
     )
     pdd_positions = None
     if method in ("pdd", "hybrid"):
         key = ("pdd", tuple(forced), strategy.positions, None if previous_m is None else previous_m.tobytes())
         if key not in cache:
-            cache[key] = pdd_select(problem, k, start, rng, forced=forced, movable=movable)
+            # Few enough candidate sets: the exact answer (every set judged by the round's true
+            # objective) is cheaper than PDD's relaxation; PDD takes the large problems.
+            exact = enumerate_select(problem, k, start, forced)
+            cache[key] = (
+                exact
+                if exact is not None
+                else pdd_select(problem, k, start, rng, forced=forced, movable=movable)
+            )
         res = cache[key]
-        selected = res.selected
-        pdd_positions = res.positions_m
-        traces = {"pdd_objective": list(res.objective_trace), "pdd_violation": list(res.violation_trace)}
+        if isinstance(res, np.ndarray):
+            selected = res
+            traces = {"selection_enumerated": [1.0]}
+        else:
+            selected = res.selected
+            pdd_positions = res.positions_m
+            traces = {"pdd_objective": list(res.objective_trace), "pdd_violation": list(res.violation_trace)}
     elif method == "greedy":
         selected = greedy_select(problem, k, start, forced)
     elif method == "random":
-        selected = random_select(rng, u, k)
+        selected = random_select(rng, u, k, forced)
     elif method == "round_robin":
-        selected = round_robin_select(u, k, round_index)
+        selected = round_robin_select(u, k, round_index, forced)
     else:
         raise AllocationError(f"unknown selection {method!r}")
     demand = np.zeros(u)
@@ -200,12 +232,9 @@ def design_round(
                 starts.append(grid)
             while len(starts) < n_starts:
                 starts.append(random_feasible_positions(rng, problem.num_antennas, half, d))
-            best = None
-            for s in starts[: max(n_starts, 1)]:
-                r = optimize_positions(problem, s, demand, iterations=10, tol=1e-3)
-                if best is None or r.objective < best.objective:
-                    best = r
-            assert best is not None
+            # Re-planning on the round's critical path polishes only the best MM run.
+            polished = 1 if position_starts is not None else 2
+            best = ma_positions(problem, starts[: max(n_starts, 1)], demand, polished=polished)
             pos = best.positions_m
             traces["position_objective"] = list(best.trace)
         elif strategy.positions == "fixed":
@@ -220,6 +249,18 @@ def design_round(
         bf = optimize_beamformer(h_eff, demand, solver=problem.beamformer_solver, starts=3, rng=rng)
         cache[pkey] = (pos, bf.combiner / np.linalg.norm(bf.combiner))
     pos, m = cache[pkey]
+    return _finish_design(problem, strategy, selected, pos, m, traces)
+
+
+def _finish_design(
+    problem: Problem,
+    strategy: Strategy,
+    selected: np.ndarray,
+    pos: np.ndarray,
+    m: np.ndarray,
+    traces: dict[str, list[float]],
+) -> RoundDesign:
+    """The round's transmit scalars, MSE, airtime and air energy for set, positions and combiner."""
     h_raw = np.asarray(problem.channel.response(pos))[selected]
     power, phi = problem.power[selected], problem.phi[selected]
     if strategy.aggregation == "digital":
@@ -262,27 +303,41 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
     airtimes = np.array([des.airtime_s for des in designs])
     eps = np.array([des.mse / k**2 for des in designs])
     bias = np.array([selection_bias(problem.phi, des.selected) for des in designs])
-    max_clock = strategy.resources == "max_clock"
+    # "best": the optimised allocation and the max-clock one are both feasible choices of f and b,
+    # so the full method keeps whichever gives the lower bound at each R.
+    modes = {"optimized": [False], "max_clock": [True], "best": [False, True]}[strategy.resources]
     fixed = strategy.fixed_batch
+    floor_broken = _floor_breaks(problem, selections)
     bounds, energies, plans, best = [], [], [], None
     for r in range(1, len(designs) + 1):
-        rp = allocate(
-            problem,
-            selections,
-            moves_arr,
-            air_e,
-            r,
-            fixed_batch=fixed,
-            max_clock=max_clock,
-            airtimes_s=airtimes,
-        )
+        chosen = None
+        for max_clock in modes:
+            rp = allocate(
+                problem,
+                selections,
+                moves_arr,
+                air_e,
+                r,
+                fixed_batch=fixed,
+                max_clock=max_clock,
+                airtimes_s=airtimes,
+            )
+            if r >= floor_broken[0]:
+                rp.feasible, rp.reason = False, floor_broken[1]
+            if not rp.feasible:
+                chosen = chosen or (rp, None)
+                continue
+            agg = np.array([np.sum(b) for b in rp.batches])
+            terms = convergence_bound(problem.bound, agg, eps[:r], bias[:r])
+            if chosen is None or chosen[1] is None or terms["total"] < chosen[1]["total"]:
+                chosen = (rp, terms)
+        assert chosen is not None
+        rp, terms = chosen
         plans.append(rp)
-        if not rp.feasible:
+        if terms is None:
             bounds.append(math.inf)
             energies.append(math.inf)
             continue
-        agg = np.array([np.sum(b) for b in rp.batches])
-        terms = convergence_bound(problem.bound, agg, eps[:r], bias[:r])
         bounds.append(terms["total"])
         energies.append(rp.energy_j)
         if best is None or terms["total"] < best[1]["total"]:
@@ -301,7 +356,9 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
     plan.traces = traces
     plan.constants = problem.bound.to_record()
     if best is None:
-        plan.notes.append("no R fits the budgets: " + (plans[0].reason if plans else ""))
+        reason = plans[0].reason if plans else ""
+        plan.violations.append(reason)
+        plan.notes.append("no R fits the budgets and constraints: " + reason)
         plan.solve_s = time.perf_counter() - t0
         return plan
     r, terms = best
@@ -332,6 +389,17 @@ def evaluate(problem: Problem, strategy: Strategy, designs: list[RoundDesign], t
     return plan
 
 
+def _floor_breaks(problem: Problem, selections: list[np.ndarray]) -> tuple[float, str]:
+    """(the first R whose prefix breaks the participation floor, why); (inf, "") if none does."""
+    if not problem.has_floor:
+        return math.inf, ""
+    for r in range(1, len(selections) + 1):
+        broken = floor_violations(selections[:r], problem.num_clients, problem.effective_floor)
+        if broken:
+            return float(r), broken[0]
+    return math.inf, ""
+
+
 def _design_key(problem: Problem, strategy: Strategy) -> tuple:
     """Strategies that differ only in resources share their round designs."""
     return (
@@ -359,7 +427,67 @@ def solve_with(
         designs = plan_schedule(problem, strategy, rng)
         if shared is not None:
             shared[key] = designs
-    return evaluate(problem, strategy, designs, t0)
+    plan = evaluate(problem, strategy, designs, t0)
+    if not strategy.portfolio or strategy.positions != "ma" or strategy.aggregation != "ota":
+        return plan
+    # Moving costs latency (hence batches) that a quiet link may not pay back: the same selections
+    # with the antennas held where round 0 put them, or never moved from the start, are plans the
+    # method could have chosen, so it keeps the best of the three.
+    start = _start_positions(problem)
+    for label, held in (("held after round 0", designs[0].positions_m), ("held at the start", start)):
+        alt = evaluate(problem, strategy, hold_positions(problem, strategy, designs, held), t0)
+        if alt.feasible and (not plan.feasible or alt.bound["total"] < plan.bound["total"] * (1 - 1e-12)):
+            alt.notes.append(f"antennas {label}: moving every round gained less than its latency cost")
+            alt.traces = plan.traces
+            plan = alt
+    # Round designs other strategies already made for this problem (``shared``) are plans this
+    # method could have picked too (same constraints, any positions are allowed): keep the best.
+    for other, other_designs in list((shared or {}).items()):
+        if not _is_design_key(other) or other == key or other[0] != key[0] or other[3] != "ota":
+            continue
+        alt = evaluate(problem, strategy, other_designs, t0)
+        if alt.feasible and (not plan.feasible or alt.bound["total"] < plan.bound["total"] * (1 - 1e-12)):
+            alt.notes.append(f"round designs seeded by the {other[1]} selection with {other[2]} positions")
+            alt.traces = plan.traces
+            plan = alt
+    plan.solve_s = time.perf_counter() - t0
+    return plan
+
+
+def _is_design_key(key: object) -> bool:
+    return isinstance(key, tuple) and len(key) == 5 and key[3] in ("ota", "digital")
+
+
+def _start_positions(problem: Problem) -> np.ndarray:
+    """Where the antennas are before round 0: the given initial positions, else the fixed array."""
+    grid = lambda_half_grid(
+        problem.num_antennas, problem.wavelength_m, problem.region_m, problem.min_spacing_m
+    )
+    init = problem.initial_positions_m
+    if init is not None and is_feasible(
+        np.asarray(init, float), problem.half_region_m, problem.min_spacing_m, 1e-7
+    ):
+        return np.asarray(init, dtype=float)
+    return grid
+
+
+def hold_positions(
+    problem: Problem, strategy: Strategy, designs: list[RoundDesign], positions_m: np.ndarray
+) -> list[RoundDesign]:
+    """The same selections with the antennas held at ``positions_m`` (beamformers re-optimised)."""
+    out = []
+    for des in designs:
+        demand = np.zeros(problem.num_clients)
+        demand[des.selected] = 1.0
+        bf = optimize_beamformer(
+            problem.effective_channels(positions_m),
+            demand,
+            start=des.combiner,
+            solver=problem.beamformer_solver,
+        )
+        m = bf.combiner / np.linalg.norm(bf.combiner)
+        out.append(_finish_design(problem, strategy, des.selected, np.asarray(positions_m, float), m, {}))
+    return out
 
 
 # --- per-round re-planning ----------------------------------------------------------------------

@@ -66,6 +66,8 @@ class Plan:
     traces: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     solve_s: float = 0.0
+    # Why no R is feasible (budgets, participation floor): a plan with violations is never ranked.
+    violations: list[str] = field(default_factory=list)
 
     # --- queries -------------------------------------------------------------------------------
     def rounds_to(self, target: float) -> int | None:

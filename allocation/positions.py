@@ -340,3 +340,117 @@ def optimize_positions_multistart(
             best = res
     assert best is not None
     return best
+
+
+def lattice_points(half_m: float, pitch_m: float) -> np.ndarray:
+    """A square lattice of pitch ``pitch_m`` centred in the box |x|, |y| <= half (Q x 2)."""
+    axis = np.arange(-half_m, half_m + 1e-12, pitch_m)
+    axis = axis - (axis[0] + axis[-1]) / 2.0
+    xx, yy = np.meshgrid(axis, axis, indexing="ij")
+    return np.column_stack([xx.ravel(), yy.ravel()])
+
+
+def lattice_step(
+    problem: Problem,
+    positions_m: np.ndarray,
+    current: BeamformerResult,
+    demand: np.ndarray,
+    pitch_m: float | None = None,
+    top: int = 6,
+    sweeps: int = 3,
+) -> tuple[np.ndarray, BeamformerResult]:
+    """A global move per antenna: jump to the best point of a fine lattice, never worse.
+
+    The MM step is local and stalls in the ripples of the field response. Here each antenna in
+    turn scores every free lattice point at once with the combiner held fixed (the gains
+    h~_k^H m change only through its own column, so all points cost one matrix product), the
+    ``top`` best are re-judged with the beamformer re-optimised, and the best true improvement is
+    kept. The pitch defaults to lambda / 8, finer than the lambda / 2 lattice of the grid search.
+    """
+    half, d = problem.half_region_m, problem.min_spacing_m
+    pitch = problem.wavelength_m / 8.0 if pitch_m is None else pitch_m
+    lattice = lattice_points(half, pitch)
+    try:
+        h_lat = problem.effective_channels(lattice)  # U x Q: each point as if an antenna stood there
+    except Exception:  # noqa: BLE001 - a channel that only answers N positions: no global step
+        return np.asarray(positions_m, dtype=float), current
+    if h_lat.shape != (problem.num_clients, lattice.shape[0]):
+        return np.asarray(positions_m, dtype=float), current
+    active = np.flatnonzero(demand > 1e-9)
+    x = demand[active]
+    pos, best = np.asarray(positions_m, dtype=float).copy(), current
+    for _ in range(sweeps):
+        improved = False
+        for n in range(problem.num_antennas):
+            m = best.combiner
+            h = problem.effective_channels(pos)[active]
+            gains = np.conj(h) @ m  # (K,)
+            others = np.delete(pos, n, axis=0)
+            free = np.ones(lattice.shape[0], dtype=bool)
+            if others.size and d > 0:
+                dist = np.linalg.norm(lattice[:, None, :] - others[None, :, :], axis=-1)
+                free = np.all(dist >= d * (1 + 1e-9), axis=1)
+            # gains if antenna n stood at each lattice point, m fixed: (K, Q)
+            moved = gains[:, None] + (np.conj(h_lat[active]) - np.conj(h[:, n])[:, None]) * m[n]
+            score = np.min(np.abs(moved) ** 2 / x[:, None], axis=0)
+            score[~free] = -np.inf
+            for q in np.argsort(-score)[:top]:
+                if not np.isfinite(score[q]):
+                    break
+                cand = pos.copy()
+                cand[n] = lattice[q]
+                bf = optimize_beamformer(
+                    problem.effective_channels(cand),
+                    demand,
+                    start=m,
+                    solver=problem.beamformer_solver,
+                    max_steps=10,
+                )
+                if bf.objective < best.objective * (1 - 1e-9):
+                    pos, best, improved = cand, bf, True
+        if not improved:
+            break
+    return pos, best
+
+
+def lattice_polish(
+    problem: Problem, res: PositionResult, demand: np.ndarray, iterations: int = 10, tol: float = 1e-3
+) -> PositionResult:
+    """Global lattice moves from an MM result, then MM again from there (never worse)."""
+    pos, bf = lattice_step(problem, res.positions_m, res.beamformer, demand)
+    if bf.objective < res.objective * (1 - 1e-9):
+        again = optimize_positions(problem, pos, demand, iterations=iterations, tol=tol, combiner=bf.combiner)
+        if again.objective <= bf.objective:
+            return PositionResult(
+                again.positions_m, again.beamformer, again.objective, res.trace + again.trace
+            )
+        return PositionResult(pos, bf, bf.objective, [*res.trace, bf.objective])
+    return res
+
+
+def search_positions(
+    problem: Problem, start_m: np.ndarray, demand: np.ndarray, iterations: int = 10, tol: float = 1e-3
+) -> PositionResult:
+    """MM steps from ``start_m``, then global lattice moves, then MM again from there (never worse)."""
+    res = optimize_positions(problem, start_m, demand, iterations=iterations, tol=tol)
+    return lattice_polish(problem, res, demand, iterations, tol)
+
+
+def ma_positions(
+    problem: Problem,
+    starts: list[np.ndarray],
+    demand: np.ndarray,
+    iterations: int = 10,
+    tol: float = 1e-3,
+    polished: int = 2,
+) -> PositionResult:
+    """The full method's position search: MM from every start, then lattice moves (and MM again)
+    from the ``polished`` best of them, since the lattice step costs more than the MM steps."""
+    runs = [optimize_positions(problem, s, demand, iterations=iterations, tol=tol) for s in starts]
+    if not runs:
+        raise AllocationError("the position search needs at least one start")
+    runs.sort(key=lambda r: r.objective)
+    return min(
+        (lattice_polish(problem, r, demand, iterations, tol) for r in runs[:polished]),
+        key=lambda r: r.objective,
+    )

@@ -99,6 +99,11 @@ class Problem:
         """The participation floor actually enforced: at most K/U, the share everyone could get."""
         return min(self.fairness_floor, self.clients_per_round / self.num_clients)
 
+    @property
+    def has_floor(self) -> bool:
+        """Whether the participation floor binds every method (selection "hybrid", floor > 0)."""
+        return self.selection == "hybrid" and self.effective_floor > 0
+
     def effective_channels(self, positions_m: np.ndarray) -> np.ndarray:
         """h~_k = sqrt(P_k) / phi_k h_k at ``positions_m`` (U x N), checked for NaN."""
         h = np.asarray(self.channel.response(positions_m))

@@ -38,11 +38,44 @@ class SelectionResult:
 
 
 def forced_by_floor(counts: np.ndarray, round_index: int, floor: float, k: int) -> np.ndarray:
-    """Clients at least one whole participation behind floor * (t + 1), most behind first (<= K)."""
-    deficit = floor * (round_index + 1) - np.asarray(counts, dtype=float)
-    behind = np.flatnonzero(deficit >= 1.0 - 1e-9)
-    order = behind[np.argsort(-deficit[behind], kind="stable")]
-    return np.sort(order[:k])
+    """Clients that must take part now so that every prefix keeps the floor (at most K, sorted).
+
+    The floor is the constraint count_k(R) >= floor(floor * R) after every R rounds. Client k's
+    next participation is due before round R_k - 1 with R_k = ceil((count_k + 1) / floor), so it
+    has slack s_k = R_k - 1 - t rounds after this one. Earliest-deadline reasoning: if more than
+    K h clients have slack <= h, the next h rounds cannot serve them all, so the excess (the most
+    urgent, most behind first) goes now.
+    """
+    c = np.asarray(counts, dtype=float)
+    if floor <= 0:
+        return np.zeros(0, dtype=int)
+    due = np.ceil((c + 1.0) / floor - 1e-9)  # the first prefix R that needs one more participation
+    slack = due - 1.0 - round_index
+    deficit = floor * (round_index + 1) - c
+    order = np.lexsort((-deficit, slack))  # most urgent first, then most behind
+    sorted_slack = slack[order]
+    need = 0
+    for i, s_i in enumerate(sorted_slack):
+        # clients order[: i + 1] all need a turn within max(s_i, 0) rounds after this one
+        need = max(need, i + 1 - k * int(max(s_i, 0)))
+    return np.sort(order[: min(need, k)])
+
+
+def floor_violations(selections: list[np.ndarray], num_clients: int, floor: float) -> list[str]:
+    """Where a schedule breaks count_k(R) >= floor(floor * R) for some client and prefix R (empty: kept)."""
+    counts = np.zeros(num_clients, dtype=int)
+    out: list[str] = []
+    for r, sel in enumerate(selections, start=1):
+        counts[np.asarray(sel, dtype=int)] += 1
+        need = int(np.floor(floor * r + 1e-9))
+        short = np.flatnonzero(counts < need)
+        if short.size:
+            out.append(
+                f"fairness floor {floor:g}: after {r} rounds clients {short.tolist()} took part "
+                f"{counts[short].tolist()} times (< {need})"
+            )
+            break
+    return out
 
 
 class _XBlock:
@@ -161,7 +194,9 @@ def pdd_select(
         # (b) m: SCA warm-started, on the current fractional demands.
         bf = optimize_beamformer(h, x, start=bf.combiner, solver=problem.beamformer_solver, max_steps=5)
         # (c) r: dual-weighted position step (feasible, never worse).
-        if movable:
+        # Positions move in the first passes only: once x settles, the position search after
+        # selection (lattice moves included) does better than more MM steps here, at less cost.
+        if movable and it < warmup + 5:
             r_new, bf, _ = position_step(problem, r, bf, x, max_backtracks=4, sca_steps=3)
             if r_new is not r:
                 r = r_new
@@ -197,10 +232,42 @@ def pdd_select(
     return SelectionResult(sel, r, bf, obj_trace, viol_trace, forced)
 
 
-def _set_value(h: np.ndarray, sel: np.ndarray, solver: str) -> float:
+ENUMERATION_LIMIT = 64  # candidate sets up to which selection is exact enumeration
+
+
+def enumerate_select(
+    problem: Problem, k: int, positions_m: np.ndarray, forced: np.ndarray, limit: int = ENUMERATION_LIMIT
+) -> np.ndarray | None:
+    """The best K-set (forced clients in) by the round's true objective at ``positions_m``, by
+    trying every set; None when there are more than ``limit`` sets (PDD's job then)."""
+    import itertools
+    import math
+
+    free = np.setdiff1d(np.arange(problem.num_clients), forced)
+    need = k - len(forced)
+    if math.comb(len(free), need) > limit:
+        return None
+    h = problem.effective_channels(np.asarray(positions_m, dtype=float))
+    best, best_v = None, np.inf
+    for extra in itertools.combinations(free.tolist(), need):
+        sel = np.sort(np.concatenate([forced, np.array(extra, dtype=int)]).astype(int))
+        v = round_objective(problem, h, sel, max_steps=10)
+        if v < best_v:
+            best, best_v = sel, v
+    return best
+
+
+def round_objective(problem: Problem, h: np.ndarray, sel: np.ndarray, max_steps: int = 6) -> float:
+    """The round's share of the bound for set ``sel`` at channels ``h`` (common 1 / R dropped):
+    L eta G^2 NMSE + zeta^2 bias, with NMSE = sigma^2 J / K^2 and J the beamformer's ||m||^2."""
+    from allocation.bound import selection_bias
+
+    c, k = problem.bound, len(sel)
     x = np.zeros(h.shape[0])
     x[sel] = 1.0
-    return optimize_beamformer(h, x, solver=solver, max_steps=6).objective
+    j = optimize_beamformer(h, x, solver=problem.beamformer_solver, max_steps=max_steps).objective
+    ota = c.ota_coefficient * problem.noise_power_w * j / k**2
+    return float(ota + c.heterogeneity * selection_bias(problem.phi, sel))
 
 
 def swap_polish(
@@ -212,19 +279,22 @@ def swap_polish(
     rng: np.random.Generator,
     passes: int = 2,
 ) -> np.ndarray:
-    """Rounding repair: try the channel-greedy set, then single swaps in/out while J improves.
+    """Rounding repair on the round's true objective (OTA error plus weighted selection bias):
+    try the channel-greedy and the heaviest-data sets, then single swaps while it improves.
 
-    Candidates to swap in are the min(2K, 6) unselected clients with the largest relaxed x
-    (bounded cost at large U).
+    Candidates to swap in are the 2K unselected clients with the largest relaxed x (bounded cost
+    at large U).
     """
+    del rng
     k = len(sel)
-    solver = problem.beamformer_solver
-    best, best_v = np.sort(sel), _set_value(h, sel, solver)
+    best, best_v = np.sort(sel), round_objective(problem, h, sel)
+    is_forced = np.isin(np.arange(h.shape[0]), forced)
     norms = np.linalg.norm(h, axis=1)
-    greedy = np.argsort(-np.where(np.isin(np.arange(h.shape[0]), forced), np.inf, norms), kind="stable")[:k]
-    gv = _set_value(h, greedy, solver)
-    if gv < best_v:
-        best, best_v = np.sort(greedy), gv
+    for key in (norms, problem.phi):
+        cand = np.sort(np.argsort(-np.where(is_forced, np.inf, key), kind="stable")[:k])
+        v = round_objective(problem, h, cand)
+        if v < best_v:
+            best, best_v = cand, v
     for _ in range(passes):
         improved = False
         out_pool = [i for i in best if i not in set(forced.tolist())]
@@ -235,7 +305,7 @@ def swap_polish(
         for i in out_pool:
             for j in in_pool:
                 cand = np.sort(np.append(best[best != i], j))
-                v = _set_value(h, cand, solver)
+                v = round_objective(problem, h, cand)
                 if v < best_v * (1 - 1e-6):
                     best, best_v, improved = cand, v, True
                     break
@@ -257,9 +327,15 @@ def greedy_select(
     return np.sort(np.argsort(-score, kind="stable")[:k])
 
 
-def random_select(rng: np.random.Generator, u: int, k: int) -> np.ndarray:
-    return np.sort(rng.choice(u, size=k, replace=False))
+def random_select(rng: np.random.Generator, u: int, k: int, forced: np.ndarray | None = None) -> np.ndarray:
+    """Forced clients, then a uniform draw of the rest."""
+    forced = np.zeros(0, dtype=int) if forced is None else np.asarray(forced, dtype=int)
+    rest = np.setdiff1d(np.arange(u), forced)
+    return np.sort(np.concatenate([forced, rng.choice(rest, size=k - len(forced), replace=False)]))
 
 
-def round_robin_select(u: int, k: int, round_index: int) -> np.ndarray:
-    return np.sort((round_index * k + np.arange(k)) % u)
+def round_robin_select(u: int, k: int, round_index: int, forced: np.ndarray | None = None) -> np.ndarray:
+    """Forced clients, then the next in turn."""
+    forced = np.zeros(0, dtype=int) if forced is None else np.asarray(forced, dtype=int)
+    turn = [int(v) for v in (round_index * k + np.arange(u)) % u if v not in set(forced.tolist())]
+    return np.sort(np.concatenate([forced, np.array(turn[: k - len(forced)], dtype=int)]))

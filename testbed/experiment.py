@@ -490,6 +490,7 @@ class Experiment:
             raise
         finally:
             self.lab.close()
+        self._finish_whole_run_plan()
         summary = self.summarize(time.monotonic() - t0)
         self.recorder.stop("success")
         self.recorder.write_summary(summary)
@@ -508,21 +509,46 @@ class Experiment:
                 "mse_db": db(float(np.mean([rp.mse for rp in plan.round_plans])))
                 if plan.round_plans
                 else None,
+                "bound": plan.bound,
+                "violations": plan.violations,
             }
 
         try:
             ours = solve(self.problem)
-            baselines = solve_baselines(self.problem)
         except AllocationError as exc:
             self.recorder.event("plan", error=str(exc))
             log.warning("whole-run plan: %s", exc)
             return
-        self.recorder.event(
-            "plan",
-            optimized=row(ours),
-            baselines={k: row(v) for k, v in baselines.items()},
-            constants=self.problem.bound.to_record(),
-        )
+        # The baselines are only for the report: they run in a separate process beside the rounds,
+        # never before the first one; the event is written when they are done (see run()).
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+        future = pool.submit(solve_baselines, self.problem)
+        pool.shutdown(wait=False)
+
+        def record(done: Any) -> None:
+            try:
+                baselines = done.result()
+            except Exception as exc:  # noqa: BLE001 - a failed comparison must not sink the run
+                error = f"{type(exc).__name__}: {exc}"
+                self.recorder.event(
+                    "plan", optimized=row(ours), constants=ours.constants, baselines_error=error
+                )
+                return
+            rows = {k: row(v) for k, v in baselines.items()}
+            self.recorder.event("plan", optimized=row(ours), constants=ours.constants, baselines=rows)
+
+        self._whole_run_baselines = (future, record)
+
+    def _finish_whole_run_plan(self) -> None:
+        """Wait for the baselines started by ``_record_whole_run_plan`` and record the plan event."""
+        pending = getattr(self, "_whole_run_baselines", None)
+        if pending is not None:
+            self._whole_run_baselines = None
+            future, record = pending
+            record(future)
 
     def summarize(self, wall_s: float) -> dict[str, Any]:
         rounds = [d["data"] for d in self.recorder.events("round")]

@@ -40,3 +40,29 @@ def problem_kwargs(
 def make_problem(seed: int = 0, /, **kwargs: Any) -> Problem:
     """``Problem(**problem_kwargs(seed, **kwargs))``."""
     return Problem(**problem_kwargs(seed, **kwargs))
+
+
+# The 20 seeded problems of the "ours is not beaten" test (issue 10): U = 10, N = 4, K in {1, 2, 4},
+# unequal data sizes, a participation floor at half of K/U, budgets that bind, and noise levels
+# from "the air does not matter" (-90 dBm) to noise-limited.
+SEEDED_PROBLEMS = 20
+SEEDED_NOISE_W = (1e-12, 1e-9, 1e-8)
+
+
+def seeded_problem(seed: int, **over: Any) -> Problem:
+    """Problem ``seed`` of the seeded suite (``over`` replaces any field)."""
+    rng = np.random.default_rng(10_000 + seed)
+    k = (1, 2, 4)[seed % 3]
+    kwargs: dict[str, Any] = {
+        "clients": 10,
+        "weights": rng.uniform(0.5, 2.0, 10),
+        "clients_per_round": k,
+        "fairness_floor": 0.5 * k / 10,
+        "noise_power_w": SEEDED_NOISE_W[(seed // 3) % 3],
+        "max_rounds": 3,
+        "position_starts": 2,
+        "latency_budget_s": 3 * (100.0 * 8 + 5.0),
+        "energy_budget_j": (40.0 if seed % 2 == 0 else 2000.0) * k,  # max clock affordable on odd seeds
+    }
+    kwargs.update(over)
+    return make_problem(seed, **kwargs)

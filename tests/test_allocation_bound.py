@@ -159,3 +159,40 @@ def test_heterogeneity_from_partition_is_zero_for_iid_and_grows_with_skew() -> N
     )
     with pytest.raises(AllocationError, match="at least one sample"):
         heterogeneity_from_partition(np.array([[1, 2], [0, 0]]))
+
+
+def test_config_bound_section_records_sources_and_rejects_old_keys() -> None:
+    from drivers.errors import ConfigError
+    from testbed.config import load_config
+    from testbed.planning import build_problem
+
+    over = ["lab.clients.count=3", "allocation.max_rounds=2", "allocation.bound.sgd_step=0.5"]
+    problem = build_problem(load_config(None, over))
+    assert problem.bound.eta == 0.5 and problem.bound.sources["sgd_step"] == "config"
+    assert problem.bound.sources["update_sq_norm"] == "default"
+    # The config's defaults are the dataclass's.
+    defaults = build_problem(load_config(None, over[:2])).bound
+    assert {n: getattr(defaults, n) for n in CONSTANT_NAMES} == {
+        n: getattr(BoundConstants(), n) for n in CONSTANT_NAMES
+    }
+    with pytest.raises(ConfigError, match=r"learning_rate was renamed: use sgd_step"):
+        load_config(None, ["allocation.bound.learning_rate=5e-5"])
+    with pytest.raises(ConfigError, match=r"pretrain_batch was removed"):
+        load_config(None, ["allocation.bound.pretrain_batch=64"])
+    with pytest.raises(ConfigError, match=r"sgd_step \* smoothness <= 1"):
+        load_config(None, ["allocation.bound.smoothness=4", "allocation.bound.sgd_step=0.5"])
+
+
+def test_plans_carry_every_constant_and_its_source() -> None:
+    from allocation_kit import make_problem
+
+    from allocation import solve
+
+    p = make_problem(
+        0, max_rounds=2, position_starts=1, bound=BoundConstants().with_estimates("pilot", initial_gap=0.3)
+    )
+    plan = solve(p)
+    assert plan.constants["initial_gap"] == {"value": 0.3, "source": "pilot"}
+    assert set(CONSTANT_NAMES) <= set(plan.constants)
+    assert plan.to_dict()["constants"]["update_sq_norm"]["source"] == "default"
+    assert plan.bound["optimization"] == pytest.approx(2 * 0.3 / (1.0 * plan.rounds))

@@ -40,10 +40,14 @@ def test_pdd_with_fixed_positions_finds_the_best_set_on_small_instances() -> Non
 
 def test_hybrid_floor_forces_clients_that_fell_behind() -> None:
     counts = np.array([3, 0, 2, 1])
-    # Round t = 4, floor 0.5: share 2.5; clients 1 (2.5 behind) and 3 (1.5 behind) are forced.
+    # Round t = 4, floor 0.5: clients 1 and 3 already owe turns (most behind first); client 2
+    # owes one by round 5, client 0 by round 7, so neither has to go now.
     assert forced_by_floor(counts, 4, 0.5, 2).tolist() == [1, 3]
     assert forced_by_floor(counts, 4, 0.5, 1).tolist() == [1]
-    assert forced_by_floor(np.zeros(4), 0, 0.5, 2).tolist() == []
+    # Everyone owes a turn by R = 2 and two rounds seat only 2 + 2: two must go now.
+    assert len(forced_by_floor(np.zeros(4), 0, 0.5, 2)) == 2
+    # A loose floor forces nobody at the start.
+    assert forced_by_floor(np.zeros(4), 0, 0.1, 2).tolist() == []
 
 
 def test_pdd_keeps_forced_clients_and_copy_update_is_k_hot() -> None:

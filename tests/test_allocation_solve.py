@@ -26,7 +26,7 @@ BUDGETS = {
 def solved() -> tuple[Problem, Plan, dict[str, Plan]]:
     p = make_problem(0, **BUDGETS)
     shared: dict = {}
-    plan = solve(p, shared)
+    plan = solve(p, shared, sdr_diagnostic=True)
     return p, plan, solve_baselines(p, ["fpa", "max_clock", "non_ma", "digital", "random_placement"], shared)
 
 
@@ -42,7 +42,8 @@ def test_plan_respects_budgets_and_constraints(solved: tuple) -> None:
         assert all(1 <= b <= p.batch_max for b in rp.batches)
         assert np.all(np.abs(rp.tx_scalar_array()) ** 2 <= 0.1 * (1 + 1e-9))  # power caps
     assert plan.bound["total"] == pytest.approx(plan.bound_by_rounds[plan.rounds - 1])
-    assert "pdd_violation" in plan.traces and plan.traces["pdd_violation"][-1] < 1e-3
+    # 5 clients, K = 2: few enough sets that selection is exact enumeration, not PDD.
+    assert "selection_enumerated" in plan.traces or plan.traces["pdd_violation"][-1] < 1e-3
     assert -0.05 <= plan.traces["sdr_gap_db"][0] <= 1.0  # round 0's beamformer vs the SDR bound
     assert Plan.from_json(plan.to_json()).to_dict() == plan.to_dict()
 
