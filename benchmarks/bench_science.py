@@ -48,7 +48,9 @@ BASE_NOISE_DBM = -90
 
 def _run(overrides: list[str], schemes: str, grid: list[str], out: Path, workers: int) -> list[dict]:
     spec = build_spec(EDGE, overrides, schemes, grid, 1)
-    run_compare(spec, open_compare_dir(spec, out, None), workers=workers)
+    # An --out that already holds this compare is resumed: only its unfinished cells run.
+    resume = out if (out / "compare.json").is_file() else None
+    run_compare(spec, open_compare_dir(spec, None if resume else out, resume), workers=workers)
     return load_cells(out, spec)
 
 
@@ -137,7 +139,12 @@ def ours_not_beaten() -> tuple[float | None, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="keep the compare directories here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="keep the compare directories here (an existing one is resumed)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.monotonic()

@@ -5,9 +5,11 @@ For each grid point (a noise level, say) the schemes' runs give:
   half-way through the run), None if it never does;
 - predicted: the rounds at which the bound (``allocation.bound.convergence_bound``) with that
   scheme's measured per-round NMSE falls to the bound digital has when it reaches the target.
-  The constants are calibrated on the same point: eta_eff and Delta0 fitted to digital's loss
-  curve (``fit_pilot``, source "pilot"), G^2 the mean squared norm of digital's aggregated update
-  read from its checkpoints (source "estimated"), zeta^2 = 0 (an IID split).
+  The constants are calibrated on the same point: the contraction per round and Delta0 fitted
+  to digital's loss curve (``fit_pilot``), L and eta_eff from them and digital's first update
+  under the fit's quadratic model (source "pilot"), G^2 the mean squared norm of digital's
+  aggregated updates (read from its checkpoints) in gradient units, i.e. over eta^2 (source
+  "estimated"), zeta^2 = 0 (an IID split).
 
 Two orderings agree on a pair of schemes when both say the same one is faster, or both call
 them even (within ``TIE_ROUNDS``: a round is the measurement's resolution). A grid point agrees
@@ -76,13 +78,23 @@ def predict_point(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     losses = np.asarray(digital["val_loss"], dtype=float)
     rounds = losses.size
     target_loss = float(losses[max(0, math.ceil(rounds / 2) - 1)])
-    eta, gap = fit_pilot(losses, smoothness=1.0)
-    g2 = float(np.mean(digital["g2"])) if len(digital["g2"]) else 0.0
-    constants = (
-        BoundConstants()
-        .with_estimates("pilot", sgd_step=eta, initial_gap=gap)
-        .with_estimates("estimated", update_sq_norm=g2, heterogeneity=0.0)
+    # The pilot fit's contraction per round c = eta L (fit_pilot at L = 1 returns c itself).
+    c, gap = fit_pilot(losses, smoothness=1.0)
+    g2_updates = np.asarray(digital["g2"], dtype=float)
+    if not g2_updates.size or not g2_updates[0] > 0:
+        raise ValueError("digital's checkpoints give no update norm to calibrate G^2 with")
+    # The quadratic model the fit assumes, F - F* = L/2 ||w - w*||^2 with the distance shrinking by
+    # (1 - c) a round, ties the scales together: the first update is c ||w_0 - w*||, so
+    # L = 2 c^2 Delta0 / ||Delta_1||^2 (||Delta_1||^2 from round 2's, over (1 - c)^2), eta = c / L.
+    first_sq = float(g2_updates[0]) / (1.0 - c) ** 2
+    smoothness = 2.0 * c * c * gap / first_sq
+    eta = c / smoothness
+    # G^2 enters the bound in gradient units: the updates' mean squared norm over eta^2.
+    g2 = float(np.mean(g2_updates)) / eta**2
+    constants = BoundConstants(smoothness=smoothness, sources={"smoothness": "pilot"}).with_estimates(
+        "pilot", sgd_step=min(eta, 1.0 / smoothness), initial_gap=gap
     )
+    constants = constants.with_estimates("estimated", update_sq_norm=g2, heterogeneity=0.0)
 
     def bound_at(nmse_db: np.ndarray, r: int) -> float:
         eps = np.where(np.isneginf(nmse_db[:r]), 0.0, 10.0 ** (nmse_db[:r] / 10.0))
