@@ -123,17 +123,20 @@ def ours_not_beaten() -> tuple[float | None, str]:
         from allocation_kit import SEEDED_PROBLEMS, seeded_problem  # type: ignore[import-not-found]
     except ImportError:
         return None, "no seeded problem suite (tests/allocation_kit.seeded_problem) in this tree"
-    from allocation import solve, solve_baselines
+    from allocation import solve_with_baselines
+    from testbed.commands.plan import REFERENCES
 
+    # As tests/test_allocation_wins.py judges it: feasible baselines only, references (digital,
+    # error-free) not ranked.
     fine = 0
     for seed in range(SEEDED_PROBLEMS):
-        problem = seeded_problem(seed)
-        shared: dict = {}
-        ours = solve(problem, shared=shared)
-        others = solve_baselines(problem, shared=shared)
-        best = min((p.bound["total"] for p in others.values() if p.feasible), default=math.inf)
-        fine += bool(ours.feasible and ours.bound["total"] <= best * (1 + 1e-9))
-    return fine / SEEDED_PROBLEMS, "tests/allocation_kit.seeded_problem, computed here"
+        ours, others = solve_with_baselines(seeded_problem(seed))
+        ranked = [p.bound["total"] for n, p in others.items() if p.feasible and n not in REFERENCES]
+        fine += bool(ours.feasible and ours.bound["total"] <= min(ranked, default=math.inf) * (1 + 1e-9))
+    return (
+        fine / SEEDED_PROBLEMS,
+        "tests/allocation_kit.seeded_problem, judged as tests/test_allocation_wins.py",
+    )
 
 
 def main() -> int:
