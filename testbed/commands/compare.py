@@ -25,12 +25,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=v1,v2",
         help="a config field and its values (repeatable; the cells cover every combination)",
     )
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per grid point: run.seed, run.seed+1, ...")
-    parser.add_argument("--out", type=Path, default=None, help="the compare directory (default under run.output_dir)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="DIR", help="finish the unfinished cells of DIR")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds per grid point: run.seed, run.seed+1, ..."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the compare directory (default under run.output_dir)"
+    )
+    parser.add_argument(
+        "--resume", type=Path, default=None, metavar="DIR", help="finish the unfinished cells of DIR"
+    )
     parser.add_argument("--engine", choices=("local", "dask"), default="local", help="where the cells run")
-    parser.add_argument("--scheduler", default=None, metavar="ADDRESS", help="--engine dask: the scheduler's address")
-    parser.add_argument("--workers", type=int, default=2, help="--engine local: cells at once (one core each)")
+    parser.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="--engine dask: the scheduler's address"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="--engine local: cells at once (one core each)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
