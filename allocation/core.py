@@ -531,8 +531,13 @@ def plan_round(
             f"round {round_index}: the remaining budgets ({remaining_latency_s:.4g} s, "
             f"{remaining_energy_j:.4g} J over {remaining_rounds} rounds) cannot pay batch 1"
         )
-    b = integer_batches(a, cap, energy)
-    f = tau * cyc * b / deadline
+    if strategy.resources == "max_clock":
+        # Flat out at f_max with one batch for all: the largest that still meets the deadline.
+        b = np.full(len(s), np.min(cap))
+        f = np.asarray(fmax, dtype=float)
+    else:
+        b = integer_batches(a, cap, energy)
+        f = tau * cyc * b / deadline
     return _round_plan(problem, round_index, des, b, f, move, deadline, des.airtime_s)
 
 

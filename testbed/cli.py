@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "run": "run an experiment: plan, move antennas, federated rounds with OTA aggregation",
     "measure": "run a channel measurement campaign over a grid of antenna positions",
     "plan": "solve the allocation problem and compare it with every baseline",
+    "compare": "full FL runs per scheme over a grid of configs and seeds, and their report",
     "coordinator": "start the FL coordinator (parameter server) of a lab run",
     "node": "start one FL edge node (client) of a lab run",
     "check": "validate a config and probe each configured device",

@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from allocation.aircomp import effective_channels, power_scale, zero_forcing_scalars
-from allocation.beamformer import optimize_beamformer
-from drivers.errors import PlanError
+from drivers.errors import PlanError, StageLimitError
+from testbed.air.comparison import FixedArrayComparison, db, optimal_precoding
 from testbed.config import TestbedConfig
 from testbed.lab import Lab, build_lab
 from testbed.records import RunRecorder
+from testbed.schemes import UpdateNorms, resumed_scheme, scheme_config, scheme_strategy
 
 log = logging.getLogger(__name__)
 
@@ -52,87 +52,6 @@ def median_breakdown(rounds: list[dict[str, Any]]) -> dict[str, float]:
     tables = [r["time_breakdown_s"] for r in rounds if isinstance(r.get("time_breakdown_s"), dict)]
     names = sorted({k for t in tables for k in t})
     return {k: float(np.median([float(t.get(k, 0.0)) for t in tables])) for k in names}
-
-
-def db(x: float) -> float:
-    return 10.0 * math.log10(x) if x > 0 else float("-inf")
-
-
-def optimal_precoding(
-    channels: np.ndarray, power_w: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """The min-MSE unit-norm combiner for these channels, with its zero-forcing b_k and eta."""
-    m = optimize_beamformer(effective_channels(channels, power_w, weights)).combiner
-    m = m / np.linalg.norm(m)
-    eta = power_scale(m, channels, power_w, weights)
-    return m, zero_forcing_scalars(m, channels, weights, eta), eta
-
-
-class FixedArrayComparison:
-    """An AirLink that forwards to the live air and replays every slot through a fixed array.
-
-    The coordinator sees the live air only. Each burst's symbols are kept, and at ``collect`` the
-    same symbols go through ``fixed_air`` (the same channel model with the antennas on the
-    lambda/2 grid) with that array's own optimal combiner and precoding. Both estimates of
-    sum_k phi_k s_k are scored against the true sum, so ``last`` holds the two NMSEs of one round
-    on identical updates.
-    """
-
-    def __init__(self, air: Any, fixed_air: Any | None, power_w: float) -> None:
-        self.air = air
-        self.fixed_air = fixed_air  # None: no fixed array to compare with (real radios)
-        self.power_w = float(power_w)
-        self.weights: dict[int, float] = {}
-        self.last: dict[str, float] = {}
-        self._symbols: dict[int, np.ndarray] = {}
-        self._estimates: dict[int, np.ndarray] = {}  # the channels the coordinator precoded on
-
-    @property
-    def num_antennas(self) -> int:
-        return self.air.num_antennas
-
-    @property
-    def noise_power_w(self) -> float:
-        return self.air.noise_power_w
-
-    def estimate_channels(self, clients: list[int]) -> np.ndarray:
-        h = self.air.estimate_channels(clients)
-        self._estimates.update({int(k): row for k, row in zip(clients, h, strict=True)})
-        return h
-
-    def send(self, client: int, symbols: np.ndarray, scale: complex, at_s: float) -> None:
-        self._symbols[int(client)] = np.asarray(symbols)
-        self.air.send(client, symbols, scale, at_s)
-
-    def collect(self, num_symbols: int, at_s: float, combiner: np.ndarray) -> np.ndarray:
-        y = self.air.collect(num_symbols, at_s, combiner)
-        clients = sorted(self._symbols)
-        symbols, self._symbols = self._symbols, {}
-        if not clients or self.fixed_air is None:
-            return y
-        phi = np.array([self.weights.get(k, 1.0) for k in clients])
-        power = np.full(len(clients), self.power_w)
-        truth = sum(phi[i] * symbols[k][:num_symbols] for i, k in enumerate(clients))
-        signal = float(np.sum(np.abs(truth) ** 2))
-        # The live array, as the coordinator precoded it (zero forcing on these channels).
-        eta = power_scale(combiner, np.array([self._estimates[k] for k in clients]), power, phi)
-        live_err = float(np.sum(np.abs(y / np.sqrt(eta) - truth) ** 2))
-        # The fixed array, with its own best combiner, on the very same symbols.
-        h_fixed = self.fixed_air.estimate_channels(clients)
-        m_fixed, b_fixed, eta_fixed = optimal_precoding(h_fixed, power, phi)
-        for i, k in enumerate(clients):
-            self.fixed_air.send(k, symbols[k], b_fixed[i], at_s)
-        y_fixed = self.fixed_air.collect(num_symbols, at_s, m_fixed)
-        fixed_err = float(np.sum(np.abs(y_fixed / np.sqrt(eta_fixed) - truth) ** 2))
-        noise = self.noise_power_w
-        self.last = {
-            "nmse_symbols_db": db(live_err / signal),
-            "nmse_fpa_db": db(fixed_err / signal),
-            "mse_theory_live": noise * float(np.sum(np.abs(combiner) ** 2)) / eta,
-            "mse_theory_fpa": self.fixed_air.noise_power_w / eta_fixed,  # the fixed air has its own noise
-            "signal_per_symbol": signal / num_symbols,
-        }
-        return y
 
 
 @dataclass
@@ -168,7 +87,18 @@ class Experiment:
         resume: bool = False,
         remote_nodes: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        scheme: str = "ours",
+        node_mode: str = "fork",
+        whole_run_plan: bool = True,
     ) -> None:
+        """``scheme``: whose plan drives every round (``SCHEMES``); ``node_mode``: how local nodes
+        run (``fl.runner.LocalFederation``); ``whole_run_plan``: also solve the whole-run plan
+        beside every baseline for the report (a compare cell skips it: its report compares runs)."""
+        self.scheme = scheme
+        self.strategy = scheme_strategy(scheme)
+        config = scheme_config(config, scheme)
+        self.node_mode = node_mode
+        self.whole_run_plan = whole_run_plan
         self.config = config
         self.recorder = recorder
         self.resume = resume
@@ -179,6 +109,10 @@ class Experiment:
         self.comparison: FixedArrayComparison | None = None
         rounds = [d["data"] for d in recorder.events("round")] if resume else []
         self.state = PlannerState.from_rounds(config.lab.clients.count, rounds)
+        self.norms = UpdateNorms()
+        for r in sorted(rounds, key=lambda r: r["round"]):  # resume: the estimates so far
+            self.norms.observe(r)
+        self.federation: Any = None
         self.done_rounds = {r["round"] for r in rounds}
 
     # --- the per-round planner the coordinator calls ------------------------------------------
@@ -192,6 +126,8 @@ class Experiment:
         t0 = time.monotonic()
         rng = self._reseed_round(r)
         remaining = max(1, cfg.fl.rounds - r + 1)
+        # Each re-plan sees the bound's constants with G^2 and zeta^2 as estimated so far.
+        self.problem.bound = self.norms.constants(self.base_constants)
         try:
             rp = plan_round(
                 self.problem,
@@ -202,6 +138,7 @@ class Experiment:
                 alloc.energy_budget_j - self.state.energy_spent_j,
                 remaining,
                 rng,
+                strategy=self.strategy,
             )
         except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
@@ -223,7 +160,7 @@ class Experiment:
             )
         selected = sorted(selected)
         t_move = time.monotonic()
-        reached = self.lab.move_antennas(np.asarray(rp.positions_m))
+        reached = self._move_or_stay(r, np.asarray(rp.positions_m))
         move_wall_s = time.monotonic() - t_move
         # The drivers sleep their settle time after Idle, all stages at once: the longest one.
         settle_s = min(stage_settle_s(self.lab.stages), move_wall_s)
@@ -250,6 +187,7 @@ class Experiment:
             "plan_wall_s": time.monotonic() - t0,
             "mse_predicted": rp.mse,
             "cycles_per_sample": float(np.mean(self.problem.cycles)),  # what this round was priced at
+            "bound_constants": self.problem.bound.to_record(),
             "eta": eta,
             "clocks_hz": [clock_of.get(k, alloc.clock_max_hz) for k in selected],
         }
@@ -284,6 +222,19 @@ class Experiment:
                 reseed(np.random.default_rng([seed, stream, r]))
         return np.random.default_rng([seed, 11, r])
 
+    def _move_or_stay(self, r: int, positions_m: np.ndarray) -> np.ndarray:
+        """Move the antennas to the plan's positions; where the stages find no collision-free
+        route (refused before anything moves), the round runs where the antennas are, and the
+        record shows it (positions_m against planned_positions_m)."""
+        assert self.lab is not None
+        try:
+            return self.lab.move_antennas(positions_m)
+        except StageLimitError as exc:
+            log.warning("round %d: the antennas stay where they are: %s", r, exc)
+            reached = self.lab.antenna_positions()
+            self.lab.air.set_positions(reached)
+            return reached
+
     # --- after each round ----------------------------------------------------------------------
     def on_round(self, fl_record: dict[str, Any]) -> None:
         assert self.comparison is not None
@@ -295,23 +246,23 @@ class Experiment:
             self.state.positions_m = np.asarray(extra["positions_m"])
         self.state.latency_spent_s += extra.get("latency_model_s", 0.0)
         self.state.energy_spent_j += extra.get("energy_model_j", 0.0)
+        norms = self.norms.observe(fl_record)
         air = self.comparison.last
         signal = air.get("signal_per_symbol")
         nodes = fl_record.get("nodes", {})
         measured = [n.get("energy_j") for n in nodes.values() if n.get("energy_source") == "nvml"]
         record = {
             "round": r,
+            "scheme": self.scheme,
             "time_breakdown_s": fl_record.get("timing_s"),
             "node_timing_s": fl_record.get("node_timing_s"),
             "memory_plans": {k: n.get("memory_plan") for k, n in fl_record.get("nodes", {}).items()},
-            "update_sq_norms": fl_record.get("update_sq_norms"),
-            "aggregate_sq_norm": fl_record.get("aggregate_sq_norm"),
             "selected": fl_record.get("selected"),
             "dropped": fl_record.get("dropped", []),
             "train_loss": fl_record.get("train_loss"),
             "val_loss": fl_record.get("val_loss"),
             "val_ppl": fl_record.get("val_perplexity"),
-            "nmse_db": db(fl_record["nmse"]) if fl_record.get("nmse") else None,
+            "nmse_db": self._nmse_db(fl_record),
             "nmse_live_symbols_db": air.get("nmse_symbols_db"),
             "nmse_fpa_db": air.get("nmse_fpa_db"),
             "nmse_theory_db": db(air["mse_theory_live"] / signal) if signal else None,
@@ -322,6 +273,7 @@ class Experiment:
             "energy_measured_j": float(sum(measured)) if measured else None,
             "jain_fairness": fl_record.get("jain_fairness"),
             "num_clients": self.config.lab.clients.count,
+            **norms,
             **extra,
         }
         record["cost_model"] = self._calibrate(nodes)  # after this round: what the next plan uses
@@ -330,6 +282,12 @@ class Experiment:
         if self.progress is not None:
             self.progress(len(self.done_rounds), self.config.fl.rounds)
         self.comparison.last = {}
+
+    def _nmse_db(self, fl_record: dict[str, Any]) -> float | None:
+        """The aggregate's NMSE; error-free digital FedAvg has none: -inf dB."""
+        if self.config.fl.aggregation == "digital":
+            return float("-inf")
+        return db(fl_record["nmse"]) if fl_record.get("nmse") else None
 
     # --- the whole run --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -342,9 +300,12 @@ class Experiment:
         self.lab = build_lab(cfg, self.rng)
         try:
             self.problem = build_problem(self._costed_config(), self.lab.channel)
+            self.base_constants = self.problem.bound
             if not self.resume:
                 self.recorder.start(
                     name=cfg.run.name,
+                    scheme=self.scheme,
+                    bound_constants=self.problem.bound.to_record(),
                     num_clients=cfg.lab.clients.count,
                     num_antennas=cfg.lab.num_antennas,
                     region_m=cfg.lab.array.region_m,
@@ -354,7 +315,8 @@ class Experiment:
                 self.recorder.event("cost_model", **self.cost.to_record(), **self.cost_floor)
                 self.lab.home()
                 self.recorder.event("homed", positions_m=self.lab.antenna_positions().tolist())
-                self._record_whole_run_plan()
+                if self.whole_run_plan:
+                    self._record_whole_run_plan()
             else:
                 self.lab.home()
                 if self.state.positions_m is not None:
@@ -371,9 +333,11 @@ class Experiment:
                 planner=self.plan,
                 on_round=self.on_round,
                 resume=self.resume,
+                node_mode=self.node_mode,
                 bind=cfg.fl.transport.bind if self.remote_nodes else "tcp://127.0.0.1:*",
                 radio_clock=getattr(self.lab.air, "time_now", None),  # the radios' time, on the radio path
             )
+            self.federation = federation
             try:
                 if self.remote_nodes:
                     log.info("waiting for %d nodes on %s", cfg.lab.clients.count, cfg.fl.transport.bind)
@@ -496,12 +460,14 @@ class Experiment:
 
         last = max(rounds, key=lambda r: r["round"]) if rounds else {}
         live, fixed = mean_of("nmse_live_symbols_db"), mean_of("nmse_fpa_db")
+        digital = self.config.fl.aggregation == "digital"
         return {
+            "scheme": self.scheme,
             "rounds": len(rounds),
             "final_val_loss": last.get("val_loss"),
             "final_val_ppl": last.get("val_ppl"),
             "first_val_loss": min(rounds, key=lambda r: r["round"]).get("val_loss") if rounds else None,
-            "mean_nmse_db": mean_of("nmse_db"),
+            "mean_nmse_db": float("-inf") if digital else mean_of("nmse_db"),
             "mean_nmse_ma_db": live,
             "mean_nmse_fpa_db": fixed,
             "ma_gain_over_fpa_db": (fixed - live) if live is not None and fixed is not None else None,
@@ -520,8 +486,15 @@ def run_experiment(
     resume_dir: str | Path | None = None,
     remote_nodes: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    scheme: str | None = None,
+    node_mode: str = "fork",
+    whole_run_plan: bool = True,
+    report: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or resume) an experiment; return its run directory and summary.
+
+    ``scheme`` (``SCHEMES``; default ours) is whose plan every round uses; a resumed run keeps the
+    scheme it started with, and naming another one is an error.
 
     ``remote_nodes``: start no local node processes; wait on ``fl.transport.bind`` for nodes
     started with ``testbed node`` on other hosts (keys from ``testbed keys``).
@@ -532,17 +505,28 @@ def run_experiment(
     check_run_config(config)  # what `testbed check` checks, before a run directory exists
     if resume_dir is not None:
         recorder = RunRecorder.reopen(resume_dir)
+        scheme = resumed_scheme(recorder, scheme)
     else:
+        scheme = scheme or "ours"
+        config = scheme_config(config, scheme)  # a bad name fails before the run directory exists
         recorder = RunRecorder.create(config.run.output_dir, config.run.name, to_yaml(config))
     recorder.attach_log(config.run.log_level)
     log.info("run directory: %s", recorder.run_dir)
     try:
         summary = Experiment(
-            config, recorder, resume=resume_dir is not None, remote_nodes=remote_nodes, progress=progress
+            config,
+            recorder,
+            resume=resume_dir is not None,
+            remote_nodes=remote_nodes,
+            progress=progress,
+            scheme=scheme,
+            node_mode=node_mode,
+            whole_run_plan=whole_run_plan,
         ).run()
-        from testbed.report import write_report
+        if report:
+            from testbed.report import write_report
 
-        write_report(recorder.run_dir)
+            write_report(recorder.run_dir)
         return recorder.run_dir, summary
     finally:
         recorder.close()

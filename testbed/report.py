@@ -307,7 +307,8 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
         "Against the baselines": cache.draw("baselines.png", plan, lambda: _plot_baselines(plan, out)),
     }
     cache.save()
-    lines = [f"# Report: {run_dir.name}", ""]
+    scheme = start.get("scheme") or summary.get("scheme") or "ours"
+    lines = [f"# Report: {run_dir.name}", "", f"Scheme: **{scheme}** (whose plan drove every round)", ""]
     stop = next((d for d in reversed(docs) if d.get("doc") == "stop"), None)
     lines.append(f"Status: **{stop['status'] if stop else 'incomplete (no stop record)'}**")
     if stop and stop.get("reason"):

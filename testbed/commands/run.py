@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue a crashed or interrupted run from its last complete round (uses its config.yaml)",
     )
     parser.add_argument(
+        "--scheme",
+        default=None,
+        metavar="SCHEME",
+        help="whose plan drives every round: ours (default), fpa, random_placement, non_ma, digital "
+        "(error-free FedAvg); a resumed run keeps its own",
+    )
+    parser.add_argument(
         "--remote-nodes",
         action="store_true",
         help="start no local nodes: wait on fl.transport.bind for `testbed node` on other hosts",
@@ -30,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from drivers.errors import ConfigError
     from testbed.config import load_config
     from testbed.experiment import run_experiment
+    from testbed.schemes import scheme_strategy
 
+    if args.scheme is not None:
+        scheme_strategy(args.scheme)  # an unknown scheme exits 2 before anything runs
     if args.resume is not None:
         if args.config is not None:
             raise ConfigError("--resume takes its config from RUN_DIR/config.yaml; give no CONFIG")
@@ -42,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     def work(progress: Callable[[int, int], None] | None) -> tuple[Path, dict]:
         return run_experiment(
-            config, resume_dir=args.resume, remote_nodes=args.remote_nodes, progress=progress
+            config,
+            resume_dir=args.resume,
+            remote_nodes=args.remote_nodes,
+            progress=progress,
+            scheme=args.scheme,
         )
 
     if args.quiet or args.json or not sys.stderr.isatty():

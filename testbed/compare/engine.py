@@ -1,0 +1,120 @@
+"""Where the cells run: local processes (default) or a Dask ``distributed`` cluster.
+
+A cell is finished when its ``cells/<id>/done.json`` exists: it is written atomically after the
+run's summary, so a compare killed at any moment leaves each cell either finished (kept) or not
+(its partial run directory is removed and the cell runs again from the start). Each cell runs in
+a worker process (local or Dask) with one torch thread, its FL nodes as
+threads of that process: a cell costs one CPU core.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from drivers.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+
+
+def is_done(cells_dir: Path, cell_id: str) -> bool:
+    return (cells_dir / cell_id / DONE).is_file()
+
+
+def read_done(cells_dir: Path, cell_id: str) -> dict[str, Any]:
+    return json.loads((cells_dir / cell_id / DONE).read_text(encoding="utf-8"))
+
+
+def run_cell(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell (in a worker process): ``job`` holds the config YAML, scheme and paths."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+    import yaml
+
+    from testbed.config import validate
+    from testbed.experiment import run_experiment
+
+    torch.set_num_threads(1)
+    cell_dir = Path(job["cell_dir"])
+    if cell_dir.exists():  # a cell killed half-way starts again from nothing
+        shutil.rmtree(cell_dir)
+    cell_dir.mkdir(parents=True)
+    config = validate(yaml.safe_load(job["config_yaml"]), f"cell {job['cell_id']}")
+    try:
+        run_dir, summary = run_experiment(
+            config, scheme=job["scheme"], node_mode="thread", whole_run_plan=False, report=False
+        )
+    except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
+        # The failure comes back as data (no done.json: a resume runs the cell again).
+        return {"cell_id": job["cell_id"], "error": f"{type(exc).__name__}: {exc}"}
+    done = {"cell_id": job["cell_id"], "run_dir": str(run_dir), "summary": summary}
+    tmp = cell_dir / (DONE + ".tmp")
+    tmp.write_text(json.dumps(done, default=str), encoding="utf-8")
+    tmp.replace(cell_dir / DONE)  # atomic: the marker is all or nothing
+    return done
+
+
+def run_local(jobs: list[dict[str, Any]], workers: int, on_done: Callable[[dict[str, Any]], None]) -> None:
+    """The cells on ``workers`` spawned processes, one cell at a time each.
+
+    A worker runs cell after cell: importing torch, transformers and peft costs tens of CPU
+    seconds, more than a short cell's training, so it is paid once per worker, not per cell.
+    Each cell still gets a fresh Experiment, lab, federation and seeds.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")  # no forked torch/zmq state from this process
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(run_cell, job) for job in jobs]
+        for future in as_completed(futures):
+            on_done(future.result())
+
+
+def run_dask(
+    jobs: list[dict[str, Any]], scheduler: str | Any, on_done: Callable[[dict[str, Any]], None]
+) -> None:
+    """Each cell as a task on a Dask ``distributed`` cluster (``scheduler``: address or Client)."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError(
+            "--engine dask: the 'distributed' package is not installed; pip install '.[dask]' "
+            "(or use --engine local)"
+        ) from None
+    own = not hasattr(scheduler, "submit")
+    client = Client(scheduler) if own else scheduler
+    try:
+        futures = [client.submit(run_cell, job, key=f"cell-{job['cell_id']}", pure=False) for job in jobs]
+        for future in as_completed(futures):
+            on_done(future.result())
+    finally:
+        if own:
+            client.close()
+
+
+def run_jobs(
+    jobs: Iterable[dict[str, Any]],
+    engine: str,
+    workers: int,
+    scheduler: str | Any | None,
+    on_done: Callable[[dict[str, Any]], None],
+) -> None:
+    jobs = list(jobs)
+    if not jobs:
+        return
+    if engine == "local":
+        run_local(jobs, workers, on_done)
+    elif engine == "dask":
+        if scheduler is None:
+            raise ConfigError("--engine dask: give --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
+        run_dask(jobs, scheduler, on_done)
+    else:
+        raise ConfigError(f"--engine: {engine!r}; allowed local, dask")
