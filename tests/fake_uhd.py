@@ -420,7 +420,10 @@ class StreamArgs:
 
 
 def parse_device_args(text: str) -> dict[str, str]:
-    """UHD's ``device_addr_t(string)``: comma-separated key=value pairs (empty pairs skipped)."""
+    """UHD's ``device_addr_t(string)``: comma-separated key=value pairs (empty pairs skipped).
+
+    Written out here as UHD's C++ does it, not imported from ``drivers.radio``, so that the driver's
+    own check is tested against an independent reading of UHD."""
     out: dict[str, str] = {}
     for pair in text.split(","):
         if not pair.strip():

@@ -30,6 +30,7 @@ SAMPLES = {
     "Y": "0.2",
     "I": "1",
     "U": "4",
+    "N": "2",
     "ADDR": "tcp://127.0.0.1:5570",
 }
 COMMAND = re.compile(r"^(testbed [a-z]|python3? -m [\w.]+)")  # a bare `testbed` names the tool
