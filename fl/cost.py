@@ -150,7 +150,10 @@ def workload_cost(config: Any) -> WorkloadCost:
     tokens = mean_tokens_per_sample(tokenizer, [train[i].text() for i in sorted(pick)], d.seq_len)
     dims = model_dims(fl.model, len(tokenizer) if fl.model.source == "tiny" else None)
     kind = "gpu" if fl.model.source == "pretrained" else "cpu"
-    explicit = "cycles_per_sample" in config.allocation.model_fields_set
+    # A cost other than the default is the user's word (by value: a resumed run reads a fully
+    # resolved config.yaml, in which every field is written out).
+    default = type(config.allocation).model_fields["cycles_per_sample"].default
+    explicit = config.allocation.cycles_per_sample != default
     return WorkloadCost(
         flops_per_token=FLOPS_PER_PARAM["lora"] * dims.matmul_params,
         tokens_per_sample=tokens,

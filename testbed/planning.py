@@ -43,8 +43,10 @@ def build_problem(config: TestbedConfig, channel: Any | None = None, initial_pos
     lab, alloc = config.lab, config.allocation
     channel = default_channel(config) if channel is None else channel
     speed = min(s.max_speed_m_s for s in lab.stages.values())
-    # A constant set in the YAML (or by --set) is recorded as "config", the rest as "default".
-    given = alloc.bound.model_fields_set
+    # A constant that differs from its default is recorded as "config", the rest as "default"
+    # (by value, not by which keys were written: a resumed run reads a fully resolved config.yaml).
+    defaults = type(alloc.bound).model_fields
+    given = {name for name in defaults if getattr(alloc.bound, name) != defaults[name].default}
     bound = BoundConstants(**alloc.bound.model_dump(), sources=dict.fromkeys(given, "config"))
     try:
         return Problem(

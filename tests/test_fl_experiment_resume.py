@@ -28,8 +28,11 @@ SHRINK = [
     "fl.training.local_steps=2",
     "fl.training.batch_size=4",
     "allocation.batch_max=4",
+    # A fixed cost per sample: the online calibration from measured tokens/s (fl.cost) would
+    # re-price the rounds from wall-clock speed, which no two runs share.
+    "allocation.cycles_per_sample=2e7",
 ]
-WALL_CLOCK = {"latency_wall_s", "move_wall_s", "plan_wall_s"}
+WALL_CLOCK = {"latency_wall_s", "move_wall_s", "plan_wall_s", "time_breakdown_s", "node_timing_s"}
 
 
 def _testbed(args: list[str], out: Path) -> subprocess.Popen:
