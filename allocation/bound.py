@@ -12,7 +12,9 @@ In words: after R fine-tuning rounds, the average squared gradient norm is bound
   heterogeneity zeta^2 is about 0 for an IID split, so leaving clients out costs nothing then.
 
 eta is the SGD-equivalent step with eta L <= 1 (default 1 / L), or fitted from a pilot loss
-curve; it is never the Adam learning rate of the LoRA recipe. Every constant carries its source
+curve; it is never the Adam learning rate of the LoRA recipe. L must be the curvature the
+aggregation noise meets: a loss-curve fit sees only the (flatter) training path, so measure L with
+a noisy pilot (``noise_curvature``) or the OTA term comes out too weak. Every constant carries its source
 ("config", "default", "estimated" or "pilot") so a plan and a run record say what they rest on.
 
 This module is pure arithmetic: it imports nothing from the rest of the project.
