@@ -10,6 +10,7 @@ digital is faster.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from testbed.compare.bound_check import (
     LOSS_RESOLUTION,
     aggregate_sq_norms,
     bound_vs_measurement,
+    clean_update_energies,
     noise_probe,
     pair_agreement,
     points_from_cells,
@@ -55,6 +57,17 @@ def test_noise_probe_reads_the_curvature_from_round_one_only_when_it_is_clean() 
     assert quiet["curvature"] is None and f"{LOSS_RESOLUTION:g}" in quiet["reason"]
     with pytest.raises(AllocationError, match="loss_excess"):
         noise_curvature(-0.1, 100.0)
+
+
+def test_clean_update_energies_take_the_air_error_out_of_the_applied_norm(tmp_path: Path) -> None:
+    rows = [
+        {"kind": "round", "data": {"round": 2, "aggregate_sq_norm": 30.0, "nmse_db": 3.0103}},
+        {"kind": "round", "data": {"round": 1, "aggregate_sq_norm": 50.0, "nmse_db": None}},
+        {"kind": "event", "data": {"round": 1}},
+    ]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Round 1 digital (exact); round 2 at +3 dB (twice the update's energy): 30 / (1 + 2) = 10.
+    assert clean_update_energies(tmp_path) == pytest.approx([50.0, 10.0], rel=1e-4)
 
 
 def test_bound_ordering_agrees_with_real_runs(tmp_path: Path) -> None:

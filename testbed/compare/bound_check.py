@@ -15,7 +15,9 @@ For each grid point (a noise level, say) the schemes' runs give:
     noise probe always comes from other runs than those predicted (a pilot point, or leave one
     out). eta is capped at 1 / L;
   - G^2 the mean squared norm of digital's aggregated updates (read from its checkpoints) in
-    gradient units, i.e. over eta^2; zeta^2 = 0 (an IID split); M = 0 (the runs start from the
+    gradient units, i.e. over eta^2; round t of a scheme weighs its NMSE_t by that run's own
+    error-free update energy over the mean (``clean_update_energies``), since the error a round
+    injects is NMSE_t ||Delta_t||^2 and the early updates are the large ones; zeta^2 = 0 (an IID split); M = 0 (the runs start from the
     same untrained adapter; source "estimated").
 
 Why the noise probe: the loss curve sees only the flat directions training moves along, while the
@@ -71,6 +73,31 @@ def first_round(run_dir: str | Path) -> dict[str, Any] | None:
         if doc.get("kind") == "round" and data.get("round") == 1:
             return {key: data.get(key) for key in ("selected", "update_sq_norms", "aggregate_sq_norm")}
     return None
+
+
+def clean_update_energies(run_dir: str | Path) -> np.ndarray:
+    """||Delta_t||^2 of each round's error-free aggregate: the applied update's norm over 1 + NMSE_t.
+
+    The coordinator records the norm of the update it applied, which for an OTA round holds the
+    air's error too; the error is independent of the update, so in expectation
+    ||Delta_t + n_t||^2 = ||Delta_t||^2 (1 + NMSE_t). Digital rounds (no NMSE) are exact.
+    """
+    from testbed.records import read_events
+
+    rows = {
+        d["data"]["round"]: d["data"]
+        for d in read_events(Path(run_dir) / "events.jsonl")
+        if d.get("kind") == "round"
+        and isinstance((d.get("data") or {}).get("aggregate_sq_norm"), int | float)
+    }
+
+    def error_ratio(row: dict[str, Any]) -> float:
+        db = row.get("nmse_db")
+        return 0.0 if db is None or not math.isfinite(float(db)) else 10.0 ** (float(db) / 10.0)
+
+    return np.array(
+        [float(rows[r]["aggregate_sq_norm"]) / (1.0 + error_ratio(rows[r])) for r in sorted(rows)]
+    )
 
 
 def first_round_at(values: np.ndarray, target: float) -> int | None:
@@ -178,8 +205,14 @@ def predict_point(runs: dict[str, dict[str, Any]], noise_curv: float | None = No
     # term (it would only fade with R the same for every scheme). zeta^2 = 0: an IID split.
     constants = constants.with_estimates("estimated", update_sq_norm=g2, heterogeneity=0.0, pretrain_rounds=0)
 
-    def bound_at(nmse_db: np.ndarray, r: int) -> float:
+    mean_sq = float(np.mean(g2_updates))
+
+    def bound_at(nmse_db: np.ndarray, r: int, energies: np.ndarray | None = None) -> float:
         eps = np.where(np.isneginf(nmse_db[:r]), 0.0, 10.0 ** (nmse_db[:r] / 10.0))
+        # Round t's error energy is NMSE_t ||Delta_t||^2: with the run's own update energies the
+        # term is L eta G_t^2 NMSE_t (early rounds' larger updates carry more noise), else G^2's mean.
+        if energies is not None and energies.size >= r:
+            eps = eps * energies[:r] / mean_sq
         return convergence_bound(constants, np.ones(r), eps, np.zeros(r))["total"]
 
     measured = {s: first_round_at(np.asarray(run["val_loss"]), target_loss) for s, run in runs.items()}
@@ -189,7 +222,12 @@ def predict_point(runs: dict[str, dict[str, Any]], noise_curv: float | None = No
     for scheme, run in runs.items():
         nmse = np.asarray(run["nmse_db"], dtype=float)
         predicted[scheme] = next(
-            (r for r in range(1, nmse.size + 1) if bound_at(nmse, r) <= target_bound * (1 + 1e-12)), None
+            (
+                r
+                for r in range(1, nmse.size + 1)
+                if bound_at(nmse, r, run.get("update_sq")) <= target_bound * (1 + 1e-12)
+            ),
+            None,
         )
     pairs = pair_agreement(predicted, measured)
     return {
@@ -249,6 +287,7 @@ def points_from_cells(cells: list[dict[str, Any]], key: str, seed: int | None = 
             "nmse_db": s["nmse_db"],
             "g2": np.zeros(0),
             "first_round": first_round(c["run_dir"]),
+            "update_sq": clean_update_energies(c["run_dir"]),
         }
         if cell["scheme"] == "digital":
             run["g2"] = aggregate_sq_norms(c["run_dir"])
