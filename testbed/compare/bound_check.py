@@ -21,9 +21,11 @@ For each grid point (a noise level, say) the schemes' runs give:
     same untrained adapter; source "estimated").
 
 Why the noise probe: the loss curve sees only the flat directions training moves along, while the
-air's error is spread over every coordinate of the adapter. At configs/edge.yaml the noise meets a
-curvature 25-45x L_path, so a calibration on the loss curve alone makes the OTA term that much
-too weak and predicts that even +20 dB of NMSE barely slows learning.
+air's error is spread over every coordinate of the adapter. At configs/edge.yaml the probes read
+8e-5 to 1.1e-4 at round-1 NMSEs from -19 to +5 dB (a property of the task, not of the noise level;
+louder probes saturate), which is about 3x L_path on 12-round runs and 25-45x on the test's 6-round
+runs (whose short curve gives a flatter path). A calibration on the loss curve alone makes the OTA
+term that much too weak and predicts that even +20 dB of NMSE barely slows learning.
 
 Two orderings agree on a pair of schemes when both say the same one is faster, or both call
 them even (within ``TIE_ROUNDS``: a round is the measurement's resolution). A grid point agrees
