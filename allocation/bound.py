@@ -12,7 +12,9 @@ In words: after R fine-tuning rounds, the average squared gradient norm is bound
   heterogeneity zeta^2 is about 0 for an IID split, so leaving clients out costs nothing then.
 
 eta is the SGD-equivalent step with eta L <= 1 (default 1 / L), or fitted from a pilot loss
-curve; it is never the Adam learning rate of the LoRA recipe. Every constant carries its source
+curve; it is never the Adam learning rate of the LoRA recipe. L must be the curvature the
+aggregation noise meets: a loss-curve fit sees only the (flatter) training path, so measure L with
+a noisy pilot (``noise_curvature``) or the OTA term comes out too weak. Every constant carries its source
 ("config", "default", "estimated" or "pilot") so a plan and a run record say what they rest on.
 
 This module is pure arithmetic: it imports nothing from the rest of the project.
@@ -328,3 +330,19 @@ def heterogeneity_from_partition(label_counts: np.ndarray, update_sq_norm: float
     pooled = counts.sum(axis=0) / sizes.sum()
     tv = 0.5 * np.abs(mix - pooled).sum(axis=1)
     return float(np.sum(sizes * tv**2) / np.sum(sizes) * update_sq_norm)
+
+
+def noise_curvature(loss_excess: float, noise_sq_norm: float) -> float:
+    """The curvature the aggregation noise meets, 2 e / ||n||^2, from one noisy pilot round.
+
+    ``loss_excess`` e is how much higher the loss is after a round whose update carried the
+    error n (``noise_sq_norm`` = NMSE ||Delta||^2) than after the same round without it (same
+    start, same update). Under the bound's L-smooth model the noise raises the loss by at most
+    L/2 ||n||^2 (its first-order part averages out), so 2 e / ||n||^2 is a measured lower bound on L
+    in the directions the noise takes. A fit to the loss curve alone (``fit_pilot``) sees only the
+    curvature along the training path, which can be much lower: it then under-weights the noise.
+    """
+    for name, value in (("loss_excess", loss_excess), ("noise_sq_norm", noise_sq_norm)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise AllocationError(f"{name} must be finite and > 0 (got {value!r})")
+    return 2.0 * float(loss_excess) / float(noise_sq_norm)

@@ -196,3 +196,20 @@ def test_plans_carry_every_constant_and_its_source() -> None:
     assert set(CONSTANT_NAMES) <= set(plan.constants)
     assert plan.to_dict()["constants"]["update_sq_norm"]["source"] == "default"
     assert plan.bound["optimization"] == pytest.approx(2 * 0.3 / (1.0 * plan.rounds))
+
+
+def test_noise_curvature_reads_the_mean_curvature_of_a_quadratic_under_isotropic_noise() -> None:
+    from allocation.bound import noise_curvature
+
+    rng = np.random.default_rng(0)
+    # F(w) = 1/2 w' H w with a flat training direction (0.01) and steep others: isotropic noise
+    # meets the mean curvature trace(H) / d, far above the flat direction's.
+    h = np.concatenate([[0.01], rng.uniform(1.0, 3.0, 4999)])
+    w = np.zeros_like(h)
+    w[0] = 1.0  # the run sits along the flat direction
+    noise = rng.normal(0.0, 0.01, h.size)
+    loss = lambda x: 0.5 * float(np.sum(h * x * x))  # noqa: E731
+    curv = noise_curvature(loss(w + noise) - loss(w), float(noise @ noise))
+    assert curv == pytest.approx(h.mean(), rel=0.05) and curv > 100 * h[0]
+    with pytest.raises(AllocationError, match="noise_sq_norm"):
+        noise_curvature(0.1, 0.0)
