@@ -12,7 +12,7 @@ from allocation.bound import (
     fit_pilot,
     heterogeneity_from_partition,
 )
-from allocation.core import Strategy, min_energy_to_target, plan_round
+from allocation.core import Strategy, min_energy_to_target, plan_round, solve_with
 from allocation.method import solve
 from allocation.plan import Plan, RoundPlan
 from allocation.problem import AllocationError, BoundConstants, Problem
@@ -34,5 +34,6 @@ __all__ = [
     "solve",
     "solve_baseline",
     "solve_baselines",
+    "solve_with",
     "solve_with_baselines",
 ]

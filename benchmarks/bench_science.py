@@ -92,12 +92,9 @@ def learning_figures(sweep: list[dict], seeds: list[dict]) -> dict:
 
 def energy_ratio_vs_fpa() -> tuple[float | None, dict]:
     """Least energy to reach fpa's best bound: ours over fpa, the same bisection for both."""
-    try:  # the same-search energy comparison lives on the bound engineer's branch
-        from allocation import BASELINES, Strategy, min_energy_to_target, solve_with
-    except ImportError as exc:
-        return None, {"note": f"no same-search energy comparison in this tree ({exc})"}
+    from allocation import BASELINES, Strategy, min_energy_to_target, solve_with
     from testbed.config import load_config
-    from testbed.lab import draw_channel
+    from testbed.world import draw_channel
     from testbed.planning import build_problem
 
     config = load_config(EDGE)

@@ -390,7 +390,8 @@ def _bound_section(
         return None
     lines += [
         "Rounds to reach digital's half-way validation loss: measured, and predicted by the bound with each "
-        "scheme's measured NMSE (eta_eff and Delta0 fitted to digital's loss curve, G^2 from its checkpoints).",
+        "scheme's measured NMSE (eta_eff and Delta0 fitted to digital's loss curve, G^2 from its checkpoints, "
+        "L from a noisy pilot's round-1 loss response, taken from the other points: leave one out).",
         "",
         "| point | measured rounds | predicted rounds | agree |",
         "|---|---|---|---|",
