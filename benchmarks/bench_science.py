@@ -94,8 +94,8 @@ def energy_ratio_vs_fpa() -> tuple[float | None, dict]:
     """Least energy to reach fpa's best bound: ours over fpa, the same bisection for both."""
     from allocation import BASELINES, Strategy, min_energy_to_target, solve_with
     from testbed.config import load_config
-    from testbed.world import draw_channel
     from testbed.planning import build_problem
+    from testbed.world import draw_channel
 
     config = load_config(EDGE)
     problem = build_problem(config, draw_channel(config))
