@@ -214,6 +214,10 @@ class Coordinator:
         t = self.fl.transport
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A node that reconnects (restarted, or cut off for an oversized message) before the old
+        # connection is torn down takes its identity over; else ZeroMQ ignores the new connection.
+        # Messages still have to carry that node's CURVE key (the ZAP User-Id check).
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 500)
         zmq_security.cap_inbound_size(sock, t.max_message_bytes)
         if t.insecure:
