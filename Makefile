@@ -13,11 +13,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) $(TORCH)
-	$(PIP) install -q $(FIND_LINKS) -e '.[dev]'
+	$(PIP) install -q $(FIND_LINKS) -e '.[dev,dask]'
 	@$(MAKE) --no-print-directory system-deps
 	@touch $(STAMP)
 
