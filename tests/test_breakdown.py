@@ -62,7 +62,7 @@ def test_every_round_record_carries_the_breakdown_and_the_norms(tmp_path: Path) 
         assert timing["ota_slot_s"] == 0.0  # digital: no slot
         for k in m["delivered"]:
             node = m["node_timing_s"][str(k)]
-            assert node["train_s"] > 0 and node["train_s"] <= timing["train_s"] + 1e-9
+            assert node["train_s"] > 0  # its own clock; the round slice is checked below
             plan = m["nodes"][str(k)]["memory_plan"]  # what the node chose for memory, and why
             assert plan["gradient_checkpointing"] is False and "no GPU" in plan["reason"]
         # The slowest node's compute is the round's train slice, up to the coordinator's own wait for
