@@ -116,3 +116,9 @@ def test_bound_ordering_agrees_with_real_runs_at_four_noise_levels(tmp_path: Pat
     reach = bound_vs_measurement(points, target="all_reach")["points"][f"{NOISE}=-82"]
     assert all(r is not None for r in reach["measured_rounds"].values())
     assert reach["predicted_rounds"]["fpa"] is None
+
+    # compare.md shows the same check, a row per point.
+    report = (out / "compare.md").read_text()
+    section = report[report.index("## The bound against measurement") :]
+    assert all(f"| {NOISE}={v} | 3 |" in section for v in levels)
+    assert f"Orderings agree at {check['point_agreement']:.0%} of the points" in section
