@@ -351,11 +351,13 @@ class Experiment:
                         process.kill()
                         process.wait(timeout=10)
         except KeyboardInterrupt:
+            self._abandon_whole_run_plan()
             self.recorder.stop(
                 "interrupted", reason="Ctrl-C: stages stopped, radios closed; --resume continues"
             )
             raise
         except Exception as exc:
+            self._abandon_whole_run_plan()
             self.recorder.stop("failed", reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
@@ -420,35 +422,44 @@ class Experiment:
             log.warning("whole-run plan: %s", exc)
             return
         # The baselines are only for the report: they run in a separate process beside the rounds,
-        # never before the first one; the event is written when they are done (see run()).
-        from concurrent.futures import ProcessPoolExecutor
+        # never before the first one; the event is written when they are done (see run()). A
+        # multiprocessing pool, not a ProcessPoolExecutor: a failed run must be able to kill it.
         from multiprocessing import get_context
 
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
-        future = pool.submit(solve_baselines, self.problem)
-        pool.shutdown(wait=False)
+        pool = get_context("spawn").Pool(1)
+        pending = pool.apply_async(solve_baselines, (self.problem,))
+        pool.close()  # no more work for it
 
-        def record(done: Any) -> None:
+        def record() -> None:
             try:
-                baselines = done.result()
+                baselines = pending.get()
             except Exception as exc:  # noqa: BLE001 - a failed comparison must not sink the run
                 error = f"{type(exc).__name__}: {exc}"
                 self.recorder.event(
                     "plan", optimized=row(ours), constants=ours.constants, baselines_error=error
                 )
                 return
+            finally:
+                pool.join()
             rows = {k: row(v) for k, v in baselines.items()}
             self.recorder.event("plan", optimized=row(ours), constants=ours.constants, baselines=rows)
 
-        self._whole_run_baselines = (future, record)
+        self._whole_run_baselines = (pool, record)
 
     def _finish_whole_run_plan(self) -> None:
         """Wait for the baselines started by ``_record_whole_run_plan`` and record the plan event."""
         pending = getattr(self, "_whole_run_baselines", None)
         if pending is not None:
             self._whole_run_baselines = None
-            future, record = pending
-            record(future)
+            pending[1]()
+
+    def _abandon_whole_run_plan(self) -> None:
+        """A run that failed or was interrupted kills the baselines' process instead of waiting."""
+        pending = getattr(self, "_whole_run_baselines", None)
+        if pending is not None:
+            self._whole_run_baselines = None
+            pending[0].terminate()
+            pending[0].join()
 
     def summarize(self, wall_s: float) -> dict[str, Any]:
         rounds = [d["data"] for d in self.recorder.events("round")]

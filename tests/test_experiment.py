@@ -193,6 +193,36 @@ def test_budgets_that_cannot_pay_a_round_stop_the_run_with_a_clear_error(
     assert not any(tmp_path.iterdir())
 
 
+def slow_baselines(problem: object) -> dict:
+    """Stands in for allocation.solve_baselines in the spawned process: still solving when the run fails."""
+    time.sleep(300)
+    return {}
+
+
+def test_a_failed_run_leaves_no_baselines_process_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole-run baselines solve in a process beside the rounds; a run that fails before they
+    are done kills it (it used to outlive the failure and hold the interpreter's exit until done)."""
+    import multiprocessing
+
+    import allocation
+    from fl.runner import LocalFederation
+
+    def fall_over(self: LocalFederation) -> None:
+        assert multiprocessing.active_children()  # the baselines are still solving
+        raise RuntimeError("the federation fell over")
+
+    monkeypatch.setattr(allocation, "solve_baselines", slow_baselines)
+    monkeypatch.setattr(LocalFederation, "run", fall_over)
+    with pytest.raises(RuntimeError, match="fell over"):
+        main(["run", DRYRUN, *sets(*FAST, "fl.rounds=2", f"run.output_dir={tmp_path}")])
+    assert multiprocessing.active_children() == []
+    docs = read_events(only_run_dir(tmp_path) / "events.jsonl")
+    assert docs[-1]["doc"] == "stop" and docs[-1]["status"] == "failed"
+    assert "fell over" in docs[-1]["reason"]
+
+
 @pytest.mark.slow
 def test_remote_nodes_dial_in_with_their_own_keys(tmp_path: Path) -> None:
     """The lab recipe of the README: `testbed keys`, then `testbed run --remote-nodes` on the
