@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from process_kit import hears_ctrl_c
 
 from drivers.errors import ConfigError
 from sim.channel import FieldResponseChannel
@@ -179,7 +180,7 @@ def test_campaign_killed_and_resumed_gives_the_uninterrupted_table(tmp_path: Pat
     campaign writes (the symbol sounder draws each step's noise from (seed, step))."""
     sets = ["--set", "campaign.sounder=symbol"]
     out = tmp_path / "a"
-    popen = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    popen = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "preexec_fn": hears_ctrl_c}
     interrupted = subprocess.Popen(
         _cli(str(CAMPAIGN), "--set", f"run.output_dir={out}", *sets, "-q"), **popen
     )

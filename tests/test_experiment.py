@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from process_kit import hears_ctrl_c
 
 from sim.grbl_device import GrblDevice
 from sim.serial_url import EmulatorTcpServer
@@ -128,6 +129,7 @@ def test_ctrl_c_with_a_real_stage_driver_then_resume(tmp_path: Path) -> None:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            preexec_fn=hears_ctrl_c,
         )
         try:
             _wait_for(lambda: out.exists() and any(out.iterdir()) and _rounds_in(only_run_dir(out)),
