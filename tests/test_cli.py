@@ -140,3 +140,31 @@ def test_check_refuses_what_run_refuses_for_real_radios(capsys: pytest.CaptureFi
     for override, words in bad:
         assert main(["check", DRYRUN, "--no-probe", "--set", override]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_plan_prices_compute_as_the_run_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """`testbed plan` plans on this workload's cycles/sample (fl.cost), as `testbed run` does, not on
+    the config's default; a value the config sets is the user's word."""
+    from fl.cost import workload_cost
+    from testbed.config import load_config
+
+    quick = ["allocation.position_starts=1", "allocation.max_outer_iterations=5"]
+
+    def plan(*overrides: str) -> dict:
+        args = [a for o in (*quick, *overrides) for a in ("--set", o)]
+        assert main(["plan", DRYRUN, *args, "--baselines", "fpa", "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    config = load_config(DRYRUN)
+    expected = workload_cost(config).cycles_per_sample
+    default = type(config.allocation).model_fields["cycles_per_sample"].default
+    out = plan()
+    assert out["cost_model"]["source"] == "model"
+    assert out["cost_model"]["cycles_per_sample"] == pytest.approx(expected) != default
+    tau = config.fl.training.local_steps
+    for rp in out["plan"]["round_plans"]:
+        # Each client's compute time tau c b / f, at the priced c, is the round's compute slot.
+        times = [tau * expected * b / f for b, f in zip(rp["batches"], rp["clocks_hz"], strict=True)]
+        assert max(times) == pytest.approx(rp["compute_s"], rel=1e-6)
+    given = plan("allocation.cycles_per_sample=3.0e7")["cost_model"]
+    assert given["source"] == "config" and given["cycles_per_sample"] == pytest.approx(3.0e7)

@@ -147,10 +147,15 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from allocation import BASELINES, AllocationError, solve_with_baselines
     from drivers.errors import ConfigError
+    from fl.cost import costed_config, workload_cost
     from testbed.config import load_config
     from testbed.planning import SWEEP_BASELINES, build_problem, parse_sweep, plot_sweep, run_sweep
 
+    # Priced as `testbed run` prices its first plan: this workload's cycles/sample (fl.cost; the
+    # config's value when it sets one) and tau = fl.training.local_steps.
     config = load_config(args.config, args.overrides)
+    cost = workload_cost(config)
+    config = costed_config(config, cost)
     names = None
     if args.baselines:
         names = [n.strip() for n in args.baselines.split(",") if n.strip()]
@@ -186,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         (args.out / "plan.json").write_text(ours.to_json(indent=1))
         (args.out / "baselines.json").write_text(json.dumps({k: v.to_dict() for k, v in baselines.items()}))
     if args.json:
-        print(json.dumps({"plan": ours.to_dict(), "comparison": rows}))
+        print(json.dumps({"plan": ours.to_dict(), "comparison": rows, "cost_model": cost.to_record()}))
     else:
         _print_table(
             rows,
@@ -200,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             "bound constants: "
             + ", ".join(f"{k}={v['value']} ({v['source']})" for k, v in ours.constants.items())
+        )
+        print(
+            f"compute priced at {cost.cycles_per_sample:.3g} cycles/sample ({cost.source}), "
+            f"tau = {config.allocation.local_steps} local steps"
         )
     return 0 if ours.feasible else 1
 
