@@ -322,7 +322,15 @@ class Experiment:
                 if self.state.positions_m is not None:
                     # The antennas go back where the last completed round left them, as if never stopped.
                     self.lab.move_antennas(self.state.positions_m)
-                self.recorder.event("resumed", completed_rounds=sorted(self.done_rounds))
+                # A new start document, as a resumed campaign writes: every event sits between a
+                # start and its stop, and the old run's stop (interrupted, failed) stays as it was.
+                self.recorder.start(
+                    name=cfg.run.name,
+                    scheme=self.scheme,
+                    resumed=True,
+                    completed_rounds=sorted(self.done_rounds),
+                    backends=self.lab.describe(),
+                )
             self.comparison = FixedArrayComparison(
                 self.lab.air, self.lab.fixed_air, cfg.lab.clients.tx_power_w
             )

@@ -6,6 +6,7 @@ and four node processes training a tiny Llama. Rounds are few to keep the suite 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -153,7 +154,13 @@ def test_ctrl_c_with_a_real_stage_driver_then_resume(tmp_path: Path) -> None:
     rounds = _rounds_in(run_dir)
     assert sorted(rounds) == [1, 2, 3]  # each round recorded once: nothing lost, nothing twice
     final = read_events(run_dir / "events.jsonl")
-    assert final[-1]["status"] == "success" and any(d.get("kind") == "resumed" for d in final)
+    assert final[-1]["status"] == "success"
+    # The resume opened a new start after the interrupted run's stop: nothing after a stop but a start.
+    docs = [d["doc"] for d in final]
+    assert all(after == "start" for doc, after in itertools.pairwise(docs) if doc == "stop")
+    starts = [d for d in final if d["doc"] == "start"]
+    assert [d.get("resumed", False) for d in starts] == [False, True]
+    assert starts[1]["completed_rounds"] == sorted(done)
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 3
 
 

@@ -141,8 +141,11 @@ def test_killed_after_round_2_and_resumed_equals_a_run_left_alone(tmp_path: Path
     assert sorted(_rounds(run_dir)) == [1, 2]
     _run(["--resume", str(run_dir)], crashed)
 
-    resumed = [e for e in _events(run_dir) if e.get("kind") == "resumed"]
-    assert [e["data"]["completed_rounds"] for e in resumed] == [[1, 2]]
+    starts = [e for e in _events(run_dir) if e.get("doc") == "start"]
+    assert [(e.get("resumed", False), e.get("completed_rounds")) for e in starts] == [
+        (False, None),
+        (True, [1, 2]),
+    ]
     want, got = _rounds(_run_dir(alone)), _rounds(run_dir)
     assert sorted(got) == [1, 2, 3]
     for r in (1, 2, 3):
