@@ -370,6 +370,10 @@ def _paper_note(rel: dict[int, dict[str, Any]], cells: list[dict[str, Any]]) -> 
     return " ".join(notes)
 
 
+def _rounds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
+
+
 def _bound_section(
     cells: list[dict[str, Any]], axes: list[dict[str, Any]], schemes: list[str], lines: list[str]
 ) -> dict[str, Any] | None:
@@ -394,14 +398,15 @@ def _bound_section(
         "Rounds for the seeds' mean validation loss to reach digital's half-way loss: measured, and "
         "predicted by the bound with each seed's measured NMSE (eta_eff and Delta0 fitted to digital's "
         "mean loss curve, G^2 from its round records, L from a noisy pilot's round-1 loss response, "
-        "taken from the other points: leave one out). Never: not within the run's rounds.",
+        "taken from the other points: leave one out). Rounds are interpolated between the measured ones; "
+        "never: not within the run.",
         "",
         "| point | seeds | measured rounds | predicted rounds | agree |",
         "|---|---|---|---|---|",
     ]
     for label, p in check["points"].items():
-        m = ", ".join(f"{s}: {'never' if v is None else v}" for s, v in sorted(p["measured_rounds"].items()))
-        q = ", ".join(f"{s}: {'never' if v is None else v}" for s, v in sorted(p["predicted_rounds"].items()))
+        m = ", ".join(f"{s}: {_rounds(v)}" for s, v in sorted(p["measured_rounds"].items()))
+        q = ", ".join(f"{s}: {_rounds(v)}" for s, v in sorted(p["predicted_rounds"].items()))
         lines.append(f"| {label} | {p['seeds']} | {m} | {q} | {'yes' if p['agree'] else 'no'} |")
     lines.append(
         f"\nOrderings agree at {_fmt(check['point_agreement'], '.0%')} of the points "
