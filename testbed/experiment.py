@@ -77,6 +77,17 @@ class PlannerState:
         return state
 
 
+def _solve_into(solve: Any, problem: Any, send: Any) -> None:
+    """In the baselines' process: ``solve(problem)`` sent down ``send`` as ("ok", result), or
+    ("error", message) when it raises."""
+    try:
+        send.send(("ok", solve(problem)))
+    except Exception as exc:  # noqa: BLE001 - the parent records it; the run goes on
+        send.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        send.close()
+
+
 class Experiment:
     """The per-round loop of ``testbed run`` around ``fl.runner.LocalFederation``."""
 
@@ -430,29 +441,36 @@ class Experiment:
             log.warning("whole-run plan: %s", exc)
             return
         # The baselines are only for the report: they run in a separate process beside the rounds,
-        # never before the first one; the event is written when they are done (see run()). A
-        # multiprocessing pool, not a ProcessPoolExecutor: a failed run must be able to kill it.
+        # never before the first one; the event is written when they are done (see run()). A plain
+        # process and a pipe: a failed run can kill it, and one that dies (OOM, say) reads as EOF
+        # on the pipe instead of a result that never comes.
         from multiprocessing import get_context
 
-        pool = get_context("spawn").Pool(1)
-        pending = pool.apply_async(solve_baselines, (self.problem,))
-        pool.close()  # no more work for it
+        context = get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_solve_into, args=(solve_baselines, self.problem, send), name="whole-run baselines"
+        )
+        process.start()
+        send.close()  # the child holds the only sending end: its death closes the pipe
 
         def record() -> None:
             try:
-                baselines = pending.get()
-            except Exception as exc:  # noqa: BLE001 - a failed comparison must not sink the run
-                error = f"{type(exc).__name__}: {exc}"
+                status, result = receive.recv()
+            except EOFError:
+                status, result = "error", f"the baselines' process died (exit code {process.exitcode})"
+            finally:
+                process.join()
+                receive.close()
+            if status != "ok":  # a failed comparison must not sink the run
                 self.recorder.event(
-                    "plan", optimized=row(ours), constants=ours.constants, baselines_error=error
+                    "plan", optimized=row(ours), constants=ours.constants, baselines_error=result
                 )
                 return
-            finally:
-                pool.join()
-            rows = {k: row(v) for k, v in baselines.items()}
+            rows = {k: row(v) for k, v in result.items()}
             self.recorder.event("plan", optimized=row(ours), constants=ours.constants, baselines=rows)
 
-        self._whole_run_baselines = (pool, record)
+        self._whole_run_baselines = (process, record)
 
     def _finish_whole_run_plan(self) -> None:
         """Wait for the baselines started by ``_record_whole_run_plan`` and record the plan event."""

@@ -232,6 +232,24 @@ def test_a_failed_run_leaves_no_baselines_process_behind(
     assert "fell over" in docs[-1]["reason"]
 
 
+def dying_baselines(problem: object) -> dict:
+    """Stands in for allocation.solve_baselines: its process dies as an OOM kill would end it."""
+    os._exit(3)
+
+
+def test_a_run_whose_baselines_process_dies_records_why_and_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import allocation
+
+    monkeypatch.setattr(allocation, "solve_baselines", dying_baselines)
+    assert main(["run", DRYRUN, "-q", *sets(*FAST, "fl.rounds=1", f"run.output_dir={tmp_path}")]) == 0
+    docs = read_events(only_run_dir(tmp_path) / "events.jsonl")
+    (plan,) = [d["data"] for d in docs if d.get("kind") == "plan"]
+    assert "died (exit code 3)" in plan["baselines_error"] and plan["optimized"]["feasible"]
+    assert docs[-1]["doc"] == "stop" and docs[-1]["status"] == "success"
+
+
 @pytest.mark.slow
 def test_remote_nodes_dial_in_with_their_own_keys(tmp_path: Path) -> None:
     """The lab recipe of the README: `testbed keys`, then `testbed run --remote-nodes` on the
