@@ -177,9 +177,11 @@ def main() -> int:
     iso = iso_learning(sweep + quiet, [{"key": NOISE_KEY, "values": [*QUIET_LEVELS_DBM, *NOISE_LEVELS_DBM]}])
     saving = (iso or {}).get("saving_db_vs_fpa_interp", {}).get("-")
     saving_grid = (iso or {}).get("saving_db_vs_fpa", {}).get("-")
-    check = bound_vs_measurement(points_from_cells(sweep, NOISE_KEY))
-    all_reach = bound_vs_measurement(points_from_cells(sweep, NOISE_KEY), target="all_reach")
-    with_quiet = bound_vs_measurement(points_from_cells(sweep + quiet, NOISE_KEY))
+    # Each cell's round records are read once: the sweep's points serve both targets.
+    points = points_from_cells(sweep, NOISE_KEY)
+    check = bound_vs_measurement(points)
+    all_reach = bound_vs_measurement(points, target="all_reach")
+    with_quiet = bound_vs_measurement({**points, **points_from_cells(quiet, NOISE_KEY)})
     per_seed = [
         bound_vs_measurement(points_from_cells([c for c in sweep if c["cell"]["seed"] == seed], NOISE_KEY))
         for seed in sorted({c["cell"]["seed"] for c in sweep})

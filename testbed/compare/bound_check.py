@@ -30,7 +30,8 @@ Why the noise probe: the loss curve sees only the flat directions training moves
 air's error is spread over every coordinate of the adapter. At configs/edge.yaml the probes read
 8e-5 to 1.1e-4 at round-1 NMSEs from -19 to +5 dB (a property of the task, not of the noise level;
 louder probes saturate), which is 6-9x L_path on 12-round runs (three seeds pooled; L_path from
-digital's first update) and more on shorter runs, whose short curve gives a flatter path. A calibration on the loss curve alone makes the OTA
+digital's first update) and more on shorter runs, whose short curve gives a flatter path. A
+calibration on the loss curve alone makes the OTA
 term that much too weak and predicts that even +20 dB of NMSE barely slows learning.
 
 Two orderings agree on a pair of schemes when they put it the same way round (a faster, b
@@ -120,10 +121,10 @@ def first_round_at(values: np.ndarray, target: float) -> float | None:
     return float(i + (y[i - 1] - target) / (y[i - 1] - y[i]))
 
 
-def pair_agreement(predicted: dict[str, int | None], measured: dict[str, int | None]) -> list[bool]:
+def pair_agreement(predicted: dict[str, float | None], measured: dict[str, float | None]) -> list[bool]:
     """For every pair of schemes (sorted by name): do the two orderings agree (module docstring)?"""
 
-    def rounds(value: int | None) -> float:
+    def rounds(value: float | None) -> float:
         return math.inf if value is None else float(value)
 
     def agree(a: str, b: str) -> bool:
