@@ -20,24 +20,17 @@ import numpy as np
 import pytest
 from fake_uhd import DeviceState, build_module, describe_fake, raw
 
-from drivers import usrp
 from drivers.errors import ConfigError, RadioError, RadioLimitError, RadioTimingError
 from drivers.radio import TIMING_CODES, RadioSettings
-from drivers.usrp import (
-    RX_ERROR_CODES,
-    TX_EVENT_CODES,
-    UHD_API_USED,
-    BurstTracker,
-    RxAssembler,
+from drivers.usrp import UsrpRadio
+from drivers.usrp_bursts import BurstTracker, tx_packets
+from drivers.usrp_capture import RX_TRANSPORT_MARGIN_S, RxAssembler, check_capture_window, recv_timeouts_s
+from drivers.usrp_metadata import RX_ERROR_CODES, TX_EVENT_CODES, UHD_API_USED, rx_code, tx_event_code
+from drivers.usrp_timing import (
+    FATAL_CODES,
     TimingLog,
-    UsrpRadio,
-    check_capture_window,
     check_schedule,
-    recv_timeouts_s,
-    rx_code,
     split_time,
-    tx_event_code,
-    tx_packets,
     wait_for_lock,
     wait_for_pps_edge,
 )
@@ -66,7 +59,7 @@ def test_tx_events_map_to_contract_codes() -> None:
     assert tx_event_code("underflow_in_packet") == "underflow"
     assert tx_event_code("seq_error") == "seq_error"
     every_code = {c for c in [*RX_ERROR_CODES.values(), *TX_EVENT_CODES.values()] if c}
-    assert every_code - usrp.FATAL_CODES <= set(TIMING_CODES)
+    assert every_code - FATAL_CODES <= set(TIMING_CODES)
     with pytest.raises(RadioError, match="unknown TX async event"):
         tx_event_code("nonsense")
     with pytest.raises(RadioError, match="unknown RX metadata"):
@@ -98,10 +91,8 @@ def test_scheduling_checks_and_time_split() -> None:
     with pytest.raises(RadioTimingError, match="window ends 3.000 s from now, beyond timeout_s=2.5") as info:
         check_capture_window(12.0, 1000, 1e3, 10.0, 2.5, TimingLog([], "r", "receive"))
     assert info.value.code == "timeout"
-    assert recv_timeouts_s(2.0, started=100.0, clock_now=100.5) == pytest.approx(
-        1.5 + usrp.RX_TRANSPORT_MARGIN_S
-    )
-    assert recv_timeouts_s(2.0, started=100.0, clock_now=103.0) == usrp.RX_TRANSPORT_MARGIN_S
+    assert recv_timeouts_s(2.0, started=100.0, clock_now=100.5) == pytest.approx(1.5 + RX_TRANSPORT_MARGIN_S)
+    assert recv_timeouts_s(2.0, started=100.0, clock_now=103.0) == RX_TRANSPORT_MARGIN_S
     full, frac = split_time(123456.000001)
     assert full == 123456 and frac == pytest.approx(1e-6, abs=1e-9)
     with pytest.raises(RadioError, match=">= 0"):
@@ -219,19 +210,19 @@ def test_tx_gain_over_the_cap_never_reaches_the_device(fake_uhd: Any) -> None:
 
 def test_configure_changes_only_what_changed(fake_uhd: Any) -> None:
     radio, dev = open_radio(fake_uhd)
-    streamer, tuned = radio._tx_streamer, dict(radio.tune_results)
+    streamer, tuned = radio._tx.streamer, dict(radio.tune_results)
     dev.calls.clear()
     radio.configure(radio.settings)
     assert dev.calls == []  # nothing changed: the device is not touched (no retune, no new LO phase)
     radio.configure(RadioSettings(tx_gain_db=20.0))
-    assert dev.calls == ["tx_gain=20.0"] and radio._tx_streamer is streamer
+    assert dev.calls == ["tx_gain=20.0"] and radio._tx.streamer is streamer
     assert radio.tune_results == tuned
     x = np.ones(50, np.complex64)
     radio.transmit(x, dev.now + 0.5)
     radio.configure(RadioSettings(tx_gain_db=10.0))  # waits for the burst in flight first
     assert radio.sensors()["tx_bursts_pending"] == 0.0 and dev.now >= dev.bursts[-1][0]
     radio.configure(RadioSettings(tx_gain_db=10.0, rate_sps=2e6, frequency_hz=2.45e9))
-    assert "rx_rate=2000000.0" in dev.calls and radio._tx_streamer is not streamer
+    assert "rx_rate=2000000.0" in dev.calls and radio._tx.streamer is not streamer
     assert radio.tune_results["rx0"]["target_rf_freq"] == pytest.approx(2.449e9)
 
 
@@ -257,7 +248,7 @@ def test_timed_capture_starts_at_its_time_with_a_first_timeout_covering_the_wait
     assert cmd._mode.name == "num_done" and cmd.num_samps == 250 and cmd.stream_now is False
     assert cmd.time_spec.get_real_secs() == pytest.approx(at_s)
     assert dev.recv_timeouts[0] >= 1.5 + 0.00025  # the first recv covers the wait and the window
-    assert all(t <= 2.0 + usrp.RX_TRANSPORT_MARGIN_S for t in dev.recv_timeouts)
+    assert all(t <= 2.0 + RX_TRANSPORT_MARGIN_S for t in dev.recv_timeouts)
     assert out.samples.shape == (1, 250) and out.start_time_s == pytest.approx(at_s)
     first = round(at_s * 1e6) % 10_000
     np.testing.assert_array_equal(out.samples[0].real, (first + np.arange(250)) % 10_000)
@@ -281,7 +272,7 @@ def test_capture_errors_carry_code_and_time_or_count_when_tolerated(fake_uhd: An
     assert info.value.code == "overflow" and info.value.time_s == pytest.approx(at_s + 100e-6)
     assert dev.rx_cmds[-1]._mode.name == "stop_cont"  # drained after the error
     dev.rx_faults = {1: ("overflow", 50)}
-    radio._rx_streamer._obj.packets = 0
+    radio._rx.streamer._obj.packets = 0
     at_s = dev.now + 0.1
     out = radio.receive(300, at_s, tolerate=["overflow"])
     assert out.warnings == {"overflow": 1}
@@ -338,7 +329,7 @@ def test_device_verdicts_surface_on_the_next_call_or_at_once_with_wait_for_ack(f
 
 def test_device_reported_late_burst_is_late(fake_uhd: Any) -> None:
     radio, dev = open_radio(fake_uhd, min_lead_s=0.0, wait_for_ack=True)
-    radio.time_now = lambda: 0.0  # type: ignore[method-assign]  # the host thinks it has time
+    radio.clock.now = lambda: 0.0  # type: ignore[method-assign]  # the host thinks it has time
     with pytest.raises(RadioTimingError, match="UHD event time_error") as info:
         radio.transmit(np.ones(10, np.complex64), 5.0)
     assert info.value.code == "late" and info.value.time_s == 5.0

@@ -1,7 +1,8 @@
 """Against the real python3-uhd under the system Python (skipped where it is not installed).
 
-1. Every uhd class, method, field and enum value ``drivers/usrp.py`` uses (``UHD_API_USED``)
-   exists in the installed module, and the constructors take the arguments the driver passes.
+1. Every uhd class, method, field and enum value the USRP driver (``drivers/usrp*.py``) uses
+   (``UHD_API_USED``) exists in the installed module, and the constructors take the arguments
+   the driver passes.
 2. The fake uhd the driver tests run on (``tests/fake_uhd.py``) has the real module's names,
    kinds, pybind11 signatures (each ``__doc__``'s signature lines), field writability and enum
    values: a fake kinder than uhd fails here.
@@ -40,7 +41,8 @@ pytestmark = [
 INTROSPECT = r"""
 import json
 import uhd
-from drivers.usrp import UHD_API_USED, split_time
+from drivers.usrp_metadata import UHD_API_USED
+from drivers.usrp_timing import split_time
 
 missing = []
 for owner, names in UHD_API_USED.items():
