@@ -42,7 +42,11 @@ class JsonlTail:
         with self.path.open("rb") as f:
             f.seek(self.offset)
             chunk = f.read(self.max_bytes if self.max_bytes is not None else size - self.offset)
-        end = chunk.rfind(b"\n") + 1
+            end = chunk.rfind(b"\n") + 1
+            if end == 0 and self.max_bytes is not None and len(chunk) >= self.max_bytes:
+                # One line longer than a chunk: read on to its end, or the reader would stall here.
+                chunk += f.readline()
+                end = chunk.rfind(b"\n") + 1
         if end == 0:
             return []
         docs: list[dict[str, Any]] = []
