@@ -76,10 +76,37 @@ class MoveInterrupted(StageAborted):
 class ZaberStage(SerialStage):
     """One antenna on a two-axis Zaber controller (the ``Positioner`` contract).
 
-    ``port`` is a pyserial URL, an open port, or a ``ZaberChain``; stages on the same port share
-    one chain and must have distinct ``address``es. ``checksum`` (default on) sends LRC checksums
-    and has the device send them (``comm.checksum 1``). ``position_tol_m`` is how far from the
-    target a finished move may end. See the module docstring for the protocol.
+    See the module docstring for the protocol.
+
+    Parameters
+    ----------
+    port
+        A pyserial URL, an open port, or a ``ZaberChain``; stages on the same port share one chain
+        and must have distinct ``address``es.
+    limits
+        The travel from home (metres), the top speed and the acceleration; the driver refuses any
+        move outside them before anything is sent.
+    name
+        The stage's name in logs and errors (``"<name> on <port>"``).
+    address
+        The controller's device address on the chain, 1..99.
+    microstep_m
+        Metres per microstep (the axis' ``resolution`` and lead screw); positions on the wire are
+        microsteps.
+    command_timeout_s
+        How long one reply may take.
+    homing_timeout_s
+        The bound on ``home`` (the device reports busy until it ends).
+    settle_s
+        Pause after each finished move.
+    poll_s
+        How often a running motion is polled (``/0`` with no command: status and flags).
+    baudrate
+        The serial rate (115200 for the ASCII protocol's default).
+    checksum
+        Send LRC checksums and have the device send them (``comm.checksum 1``); default on.
+    position_tol_m
+        How far from the target a finished move may end (at least one microstep).
     """
 
     def __init__(
