@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivers.radio import RadioSettings  # noqa: E402
 from sim.channel import FieldResponseChannel, wavelength_m  # noqa: E402
-from sim.medium import FieldResponseLinks, Impairments, Medium  # noqa: E402
+from sim.impairments import Impairments  # noqa: E402
+from sim.links import FieldResponseLinks  # noqa: E402
+from sim.medium import Medium  # noqa: E402
 from sim.radio import SimRadio  # noqa: E402
 from sim.symbol_air import SymbolAir  # noqa: E402
 from testbed.air.phy import GainCalibration, PilotConfig, PulseShape  # noqa: E402

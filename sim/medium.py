@@ -26,187 +26,31 @@ never arrives within the wait: the clock advances by ``timeout_s`` and it fails 
 Callers in separate processes (through ``sim.medium_server``) must therefore schedule their
 bursts before the receiver captures, as a real lab must schedule them before the air time comes.
 
-Phase drift is slow and smooth, as in a lab whose radios share a 10 MHz reference (thermal
-drift of LOs and cables): each node's phase changes at a random rate whose rms is
-``phase_drift_rad_s``; the rate is drawn afresh every ``DRIFT_KNOT_S`` seconds and interpolated
-linearly in between, and the phase (its integral) is held per block of ``drift_block`` samples
-(1024, about 1 ms at 1 MS/s). Fast oscillator phase noise is not modelled.
+The pieces live by job: ``sim/impairments.py`` (the switches, the nodes' draws, the
+fractional-delay filter and the oscillators' phase, slow drift included), ``sim/links.py`` (the
+gains between nodes) and ``sim/mixing.py`` (what a receiver hears over a window). This module
+keeps the nodes, the virtual clock, the scheduled bursts and the timed captures.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from drivers.errors import RadioError, RadioLimitError, RadioTimingError
 from drivers.radio import RxResult, TxResult
 from sim.channel import FieldResponseChannel, draw_lab_channel
-
-PositionSource = Callable[[], np.ndarray]
-DRIFT_KNOT_S = 1.0  # the drift rate's correlation time
-_FIR_HALF = 6  # fractional-delay filter: 2 * _FIR_HALF taps of a Blackman-windowed sinc
+from sim.impairments import Impairments, Oscillators, PositionSource, SimNode
+from sim.links import FieldResponseLinks, LinkModel
+from sim.mixing import DELAY_REACH, AirMixer, Burst
 
 
 def dbm_to_w(power_dbm: float) -> float:
     return 10.0 ** ((power_dbm - 30.0) / 10.0)
-
-
-@dataclass(frozen=True)
-class Impairments:
-    """What the medium adds beyond the channel; each switch mirrors ``ImpairmentsSection``."""
-
-    awgn: bool = True
-    cfo_hz_max: float = 0.0
-    phase_drift_rad_s: float = 0.0
-    timing_offset_samples_max: float = 0.0
-    random_lo_phase: bool = False
-    dac_clipping: bool = True
-    dac_full_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("cfo_hz_max", "phase_drift_rad_s", "timing_offset_samples_max"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"Impairments.{name} must be finite and >= 0 (got {value!r})")
-        if not self.dac_full_scale > 0:
-            raise ValueError(f"Impairments.dac_full_scale must be > 0 (got {self.dac_full_scale!r})")
-
-    @classmethod
-    def none(cls) -> Impairments:
-        """An ideal air: no noise, no offsets, no clipping."""
-        return cls(awgn=False, dac_clipping=False)
-
-    @classmethod
-    def from_config(cls, section: Any) -> Impairments:
-        """From ``testbed.config.ImpairmentsSection`` (duck-typed: ``sim`` does not import testbed)."""
-        return cls(
-            awgn=bool(section.awgn),
-            cfo_hz_max=float(section.cfo_hz_max),
-            phase_drift_rad_s=float(section.phase_drift_rad_s),
-            timing_offset_samples_max=float(section.timing_offset_samples_max),
-            random_lo_phase=bool(section.random_lo_phase),
-            dac_clipping=bool(section.dac_clipping),
-            dac_full_scale=float(section.dac_full_scale),
-        )
-
-
-@dataclass
-class SimNode:
-    """One radio's presence in the air: its antennas, oscillator and clock errors, gains."""
-
-    name: str
-    role: str  # "client" (one antenna, channel row ``client``) or "receiver" (the MA array)
-    num_antennas: int
-    client: int | None
-    cfo_hz: float
-    delay_samples: float  # its timed commands execute this many samples late
-    rng: np.random.Generator
-    positions: PositionSource | None = None
-    carrier_hz: float = 0.0
-    lo_phase_rad: float = 0.0
-    tx_amplitude: float = 0.0
-    rx_amplitude: float = 1.0
-    clock_offset_s: float = 0.0  # local time = medium time + offset (set_time_next_pps)
-    drift: np.ndarray = field(default_factory=lambda: np.zeros(0))  # phase per block
-    drift_rates: np.ndarray = field(default_factory=lambda: np.zeros(0))  # rate per knot, rad/s
-
-
-@dataclass
-class _Burst:
-    node: SimNode
-    start: int  # medium sample index of the first sample (before the node's timing offset)
-    samples: np.ndarray  # (tx antennas, n) complex64, clipped and scaled to sqrt(W)
-    carrier_hz: float
-    lo_phase_rad: float
-    delayed: dict[float, tuple[int, np.ndarray]] = field(default_factory=dict)
-
-    @property
-    def end(self) -> int:
-        return self.start + self.samples.shape[1]
-
-
-class LinkModel(Protocol):
-    def gains(self, tx: SimNode, rx: SimNode) -> np.ndarray:
-        """Complex gains (rx antennas x tx antennas) at the nodes' current positions."""
-        ...
-
-
-class FieldResponseLinks:
-    """Client k -> receiver: column h_k(r) of the field-response channel; receiver -> client k:
-    its transpose (reciprocity). Client-client and receiver-receiver links carry nothing."""
-
-    def __init__(self, channel: FieldResponseChannel) -> None:
-        self.channel = channel
-
-    def gains(self, tx: SimNode, rx: SimNode) -> np.ndarray:
-        if tx.role == "client" and rx.role == "receiver":
-            h = self._row(tx, rx)
-            return h[:, None]
-        if tx.role == "receiver" and rx.role == "client":
-            return self._row(rx, tx)[None, :]
-        return np.zeros((rx.num_antennas, tx.num_antennas), dtype=complex)
-
-    def _row(self, client: SimNode, receiver: SimNode) -> np.ndarray:
-        assert client.client is not None and receiver.positions is not None
-        if client.client >= self.channel.num_clients:
-            raise RadioError(
-                f"node {client.name!r} is client {client.client}, but the channel has only "
-                f"{self.channel.num_clients} clients"
-            )
-        positions = np.asarray(receiver.positions(), dtype=float).reshape(-1, 2)
-        if positions.shape[0] != receiver.num_antennas:
-            raise RadioError(
-                f"receiver {receiver.name!r} has {receiver.num_antennas} antennas but its position "
-                f"source gave {positions.shape[0]} positions"
-            )
-        return self.channel.subset([client.client]).response(positions)[0]
-
-
-class IdealLinks:
-    """Every TX antenna reaches every RX antenna with the same gain (contract tests, cabled labs)."""
-
-    def __init__(self, gain: complex = 1.0) -> None:
-        self.gain = complex(gain)
-
-    def gains(self, tx: SimNode, rx: SimNode) -> np.ndarray:
-        return np.full((rx.num_antennas, tx.num_antennas), self.gain, dtype=complex)
-
-
-def fractional_delay_taps(frac: float) -> np.ndarray:
-    """FIR taps h[i], i = -(M-1)..M, delaying by ``frac`` in [0, 1) samples (windowed sinc)."""
-    i = np.arange(-(_FIR_HALF - 1), _FIR_HALF + 1, dtype=float)
-    window = (
-        0.42
-        + 0.5 * np.cos(np.pi * (i - frac) / _FIR_HALF)
-        + 0.08 * np.cos(2 * np.pi * (i - frac) / _FIR_HALF)
-    )
-    taps = np.sinc(i - frac) * window
-    return (taps / taps.sum()).astype(np.float32)
-
-
-def fractional_delay(samples: np.ndarray, delay_samples: float) -> tuple[int, np.ndarray]:
-    """Delay a (c, n) signal by ``delay_samples`` (any real). Returns (offset, out): out[:, j] is
-    the delayed signal at sample ``offset + j`` relative to the input's first sample."""
-    shift = math.floor(delay_samples)
-    frac = delay_samples - shift
-    if frac < 1e-9:
-        return shift, samples
-    taps = fractional_delay_taps(frac)
-    # Real taps act on I and Q alike: shifted multiply-adds on the interleaved float32 view.
-    x = np.ascontiguousarray(samples, dtype=np.complex64)
-    rows, n = x.shape
-    out = np.zeros((rows, n + taps.size - 1), dtype=np.complex64)
-    out_f, x_f = out.view(np.float32), x.view(np.float32)
-    scratch = np.empty_like(x_f)
-    for i, h in enumerate(taps):
-        np.multiply(x_f, h, out=scratch)
-        out_f[:, 2 * i : 2 * i + 2 * n] += scratch
-    return shift - (_FIR_HALF - 1), out
 
 
 class Medium:
@@ -234,20 +78,24 @@ class Medium:
         self.links = links
         self.rate_sps = float(rate_sps)
         self.noise_power_w = float(noise_power_w)
-        self.impairments = impairments if impairments is not None else Impairments()
+        self._impairments = impairments if impairments is not None else Impairments()
         self.tx_gain_ref_db = float(tx_gain_ref_db)
         self.rx_gain_ref_db = float(rx_gain_ref_db)
         self._history = int(round(capture_history_s * self.rate_sps))
-        self._block = int(drift_block)
         self._rng = rng
+        self.oscillators = Oscillators(self.rate_sps, self._impairments.phase_drift_rad_s, drift_block)
         # SFC64: a third faster than PCG64 at float32 normals, and AWGN is most of the medium's work
-        self._noise_rng = np.random.Generator(np.random.SFC64(int(rng.integers(2**63))))
+        noise_rng = np.random.Generator(np.random.SFC64(int(rng.integers(2**63))))
+        self._mixer = AirMixer(self.rate_sps, self._impairments, self.oscillators, noise_rng)
         self._now = int(round(start_time_s * self.rate_sps))
         self._nodes: dict[str, SimNode] = {}
-        self._bursts: list[_Burst] = []
-        self._fine_cache: dict[float, np.ndarray] = {}
-        self._buffers: dict[str, np.ndarray] = {}
+        self._bursts: list[Burst] = []
         self._lock = threading.RLock()
+
+    @property
+    def impairments(self) -> Impairments:
+        """What this medium adds beyond the channel (fixed when it is made)."""
+        return self._impairments
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
@@ -426,7 +274,7 @@ class Medium:
                 fs = np.float32(self.impairments.dac_full_scale)
                 np.clip(rails, -fs, fs, out=rails)
             burst *= np.float32(node.tx_amplitude)
-            self._bursts.append(_Burst(node, start, burst, node.carrier_hz, node.lo_phase_rad))
+            self._bursts.append(Burst(node, start, burst, node.carrier_hz, node.lo_phase_rad))
             return TxResult(at_s, x.shape[1], {})
 
     # --- receive -------------------------------------------------------------------------------
@@ -473,133 +321,16 @@ class Medium:
                     "timeout",
                     self.local_time_s(name),
                 )
-            y = self._render(node, start, num_samples)[rows]
+            y = self._mixer.render(node, self._bursts, self.links, self.noise_power_w, start, num_samples)[
+                rows
+            ]
             self._now = max(self._now, end)
             self._prune()
             local_start = start / self.rate_sps + node.clock_offset_s
             return RxResult(y, local_start, warnings)
 
-    def _render(self, rx: SimNode, start: int, n: int) -> np.ndarray:
-        """The receiver's samples over [start, start + n): the air, then its own front end.
-
-        Every burst is cut to the window and rotated by its link's CFO, LO and drift phases
-        (TX minus RX, so the receiver's own rotation needs no pass over the antennas) into one
-        row of X; the gains of all links (RX amplitude included) form G; y = G X + noise."""
-        imp = self.impairments
-        half_rate = self.rate_sps / 2.0
-        columns: list[np.ndarray] = []
-        pieces: list[tuple[np.ndarray, np.ndarray | None, int, int]] = []
-        for burst in self._bursts:
-            if burst.end + 2 * _FIR_HALF + 2 < start or burst.start - 2 * _FIR_HALF - 2 > start + n:
-                continue
-            if burst.node is rx or abs(burst.carrier_hz - rx.carrier_hz) >= half_rate:
-                continue  # own bursts are not heard (TX/RX switch); other carriers are filtered
-            gains = np.asarray(self.links.gains(burst.node, rx))
-            if not np.any(gains):
-                continue
-            delay = burst.node.delay_samples - rx.delay_samples if imp.timing_offset_samples_max > 0 else 0.0
-            if delay not in burst.delayed:
-                burst.delayed[delay] = fractional_delay(burst.samples, delay)
-            offset, delayed = burst.delayed[delay]
-            first = burst.start + offset  # medium sample of delayed[:, 0]
-            a, b = max(start, first), min(start + n, first + delayed.shape[1])
-            if a >= b:
-                continue
-            freq = burst.node.cfo_hz - rx.cfo_hz + (burst.carrier_hz - rx.carrier_hz)
-            rot = self._rotation(burst.node, rx, freq, burst.lo_phase_rad - rx.lo_phase_rad, a, b - a)
-            columns.append(gains * rx.rx_amplitude)
-            pieces.append((delayed[:, a - first : b - first], rot, a - start, b - start))
-        y = np.zeros((rx.num_antennas, n), dtype=np.complex64)
-        if pieces:
-            rows = sum(seg.shape[0] for seg, *_ in pieces)
-            x = self._buffer("x", (rows, n), np.complex64)
-            x[...] = 0
-            row = 0
-            for seg, rot, a, b in pieces:
-                if rot is None:
-                    x[row : row + seg.shape[0], a:b] = seg
-                else:
-                    np.multiply(seg, rot, out=x[row : row + seg.shape[0], a:b])
-                row += seg.shape[0]
-            g = np.hstack(columns).astype(np.complex64)
-            if rows <= 16:  # a few links: per-row multiply-adds beat a threaded BLAS call
-                scratch = self._buffer("mix", (n,), np.complex64)
-                for ant in range(rx.num_antennas):
-                    np.multiply(x[0], g[ant, 0], out=y[ant])
-                    for r in range(1, rows):
-                        np.multiply(x[r], g[ant, r], out=scratch)
-                        y[ant] += scratch
-            else:
-                np.matmul(g, x, out=y)
-        if imp.awgn and self.noise_power_w > 0:
-            sd = np.float32(math.sqrt(self.noise_power_w / 2.0) * rx.rx_amplitude)
-            noise = self._buffer("noise", (rx.num_antennas, 2 * n), np.float32)
-            self._noise_rng.standard_normal(dtype=np.float32, out=noise)
-            noise *= sd
-            y.view(np.float32)[...] += noise
-        return y
-
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        """A reused work array (no fresh pages, so no page faults, on every capture)."""
-        size = int(np.prod(shape))
-        buf = self._buffers.get(name)
-        if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = np.empty(size, dtype=dtype)
-            self._buffers[name] = buf
-        return buf[:size].reshape(shape)
-
-    def _rotation(
-        self, tx: SimNode, rx: SimNode, freq_hz: float, lo_phase: float, start: int, n: int
-    ) -> np.ndarray | None:
-        """exp(j(2 pi f t + lo + drift_tx(t) - drift_rx(t))) over medium samples
-        [start, start + n), or None where that is 1."""
-        drifting = self.impairments.phase_drift_rad_s > 0
-        if freq_hz == 0.0 and lo_phase == 0.0 and not drifting:
-            return None
-        block = self._block
-        b0, b1 = start // block, (start + n - 1) // block + 1
-        blocks = np.arange(b0, b1, dtype=np.int64)
-        cycles = np.mod(blocks * (freq_hz * block / self.rate_sps), 1.0)
-        phase = 2.0 * np.pi * cycles + lo_phase
-        if drifting:
-            phase = phase + self._drift(tx, b0, b1) - self._drift(rx, b0, b1)
-        fine = self._fine_cache.get(freq_hz)
-        if fine is None:
-            fine = np.exp(2j * np.pi * freq_hz * np.arange(block) / self.rate_sps).astype(np.complex64)
-            if len(self._fine_cache) > 256:
-                self._fine_cache.clear()
-            self._fine_cache[freq_hz] = fine
-        rot = (np.exp(1j * phase).astype(np.complex64)[:, None] * fine[None, :]).ravel()
-        lead = start - b0 * block
-        return rot[lead : lead + n]
-
-    def _drift(self, node: SimNode, b0: int, b1: int) -> np.ndarray:
-        """The node's drift phase at blocks [b0, b1), generated forward as needed."""
-        have = node.drift.size
-        if b1 > have:
-            grow = max(b1 - have, 1024)
-            block_s = self._block / self.rate_sps
-            times = (have + np.arange(grow)) * block_s
-            knots_needed = int(times[-1] // DRIFT_KNOT_S) + 2
-            if node.drift_rates.size < knots_needed:
-                # sqrt(3/2): linear interpolation between iid knots keeps the rms rate at the setting
-                extra = node.rng.normal(
-                    0.0,
-                    self.impairments.phase_drift_rad_s * math.sqrt(1.5),
-                    knots_needed - node.drift_rates.size,
-                )
-                node.drift_rates = np.concatenate([node.drift_rates, extra])
-            rates = np.interp(times / DRIFT_KNOT_S, np.arange(node.drift_rates.size), node.drift_rates)
-            last = node.drift[-1] if have else 0.0
-            node.drift = np.concatenate([node.drift, last + np.cumsum(rates * block_s)])
-        lo = max(b0, 0)
-        out = node.drift[lo:b1]
-        if b0 < 0:  # before time zero the drift is held at its start
-            out = np.concatenate([np.zeros(-b0), out])
-        return out
-
     def _prune(self) -> None:
-        horizon = self._now - self._history - 2 * _FIR_HALF - 2
+        horizon = self._now - self._history - DELAY_REACH
         if self._bursts and self._bursts[0].end < horizon or any(b.end < horizon for b in self._bursts):
             self._bursts = [b for b in self._bursts if b.end >= horizon]
 
@@ -608,14 +339,4 @@ class Medium:
         return len(self._bursts)
 
 
-__all__ = [
-    "FieldResponseLinks",
-    "IdealLinks",
-    "Impairments",
-    "LinkModel",
-    "Medium",
-    "SimNode",
-    "dbm_to_w",
-    "fractional_delay",
-    "fractional_delay_taps",
-]
+__all__ = ["Medium", "PositionSource", "dbm_to_w"]

@@ -14,7 +14,9 @@ import numpy as np
 
 from drivers.errors import RadioError
 from drivers.radio import TIMING_CODES, Radio, RadioSettings, RxResult, TxResult
-from sim.medium import IdealLinks, Impairments, Medium
+from sim.impairments import Impairments
+from sim.links import IdealLinks
+from sim.medium import Medium
 
 
 def _check_tolerate(tolerate: Sequence[str]) -> tuple[str, ...]:

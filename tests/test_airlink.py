@@ -14,7 +14,9 @@ from drivers.errors import RadioLimitError
 from drivers.radio import RadioSettings
 from fl.airlink import AirLink
 from sim.channel import FieldResponseChannel, wavelength_m
-from sim.medium import FieldResponseLinks, Impairments, Medium
+from sim.impairments import Impairments
+from sim.links import FieldResponseLinks
+from sim.medium import Medium
 from sim.radio import SimRadio
 from sim.symbol_air import SymbolAir
 from testbed.air.phy import (

@@ -10,7 +10,9 @@ import pytest
 from drivers.errors import RadioError, RadioLimitError, RadioTimingError
 from drivers.radio import RadioSettings
 from sim.channel import FieldResponseChannel, wavelength_m
-from sim.medium import FieldResponseLinks, IdealLinks, Impairments, Medium, fractional_delay
+from sim.impairments import Impairments, fractional_delay
+from sim.links import FieldResponseLinks, IdealLinks
+from sim.medium import Medium
 from sim.radio import SimRadio
 from testbed.config import load_config
 
@@ -113,7 +115,7 @@ def test_phase_drift_is_smooth_at_the_configured_rms_rate() -> None:
     medium, _ = _air(Impairments(awgn=False, phase_drift_rad_s=2.0), seed=3)
     node = medium.add_client("x", 0)
     block_s = 1024 / RATE
-    phase = medium._drift(node, 0, int(400 / block_s))  # 400 s of drift
+    phase = medium.oscillators.drift(node, 0, int(400 / block_s))  # 400 s of drift
     rate = np.diff(phase) / block_s
     assert np.sqrt(np.mean(rate**2)) == pytest.approx(2.0, rel=0.15)
     assert np.max(np.abs(np.diff(rate))) * block_s < 0.01  # smooth: the rate barely moves per block

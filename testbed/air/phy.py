@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.medium import fractional_delay
+from sim.impairments import fractional_delay
 
 INNER_BAND = 0.35  # cycles per sample: the band the delay estimate fits its phase slope over
 # Tracking a link across pilot rounds (``track_link``): the CFO is refined from the phase advance

@@ -323,7 +323,7 @@ def _received_pilot(
     """A client's pilot as the capture holds it, from its link estimate: the burst delayed by
     ``delay_samples`` (fractional part filtered), turned by its CFO from the expected start, times
     its channel at the pilot's amplitude. The inverse of ``air.phy.estimate_link``."""
-    from sim.medium import fractional_delay
+    from sim.impairments import fractional_delay
 
     offset, ref = fractional_delay(pilots.burst()[None, :], float(estimate.delay_samples))
     out = np.zeros(shape, dtype=np.complex128)
