@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "stage": "jog the antenna stages by hand: status, home, move X Y, stop",
     "keys": "make CurveZMQ key pairs for the coordinator, nodes and radio servers",
     "report": "write the plots and report.md of a run directory",
+    "watch": "follow a run, campaign or compare live in the terminal (--once: one frame)",
 }
 
 log = logging.getLogger("testbed")

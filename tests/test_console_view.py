@@ -319,6 +319,8 @@ def test_compare_view(tmp_path: Path) -> None:
         assert states == {"g0-s0-ours": "done", "g0-s0-fpa": "running", "g0-s0-digital": "pending"}
         [running] = snap["running"]
         assert (running["cell"], running["rounds_done"], running["rounds_total"]) == ("g0-s0-fpa", 1, 5)
+        # Its run has no marker of its own: the compare's marker says it is worked on.
+        assert (running["current_round"], running["phase"]) == (2, "train")
         done = next(c for c in snap["cells"] if c["state"] == "done")
         assert done["final_ppl"] == 12.5 and done["summary"]["mean_nmse_ma_db"] == -25.0
         assert view.refresh() is False
@@ -354,3 +356,22 @@ def test_a_folder_that_is_none_of_the_three(tmp_path: Path) -> None:
     (tmp_path / "badcmp" / "compare.json").write_text("{not json")
     with pytest.raises(ConsoleError, match="compare.json"):
         open_view(tmp_path / "badcmp")
+
+
+def test_homing_stages_report_no_position(tmp_path: Path) -> None:
+    rec = RunRecorder.create(tmp_path, "dryrun", dryrun_yaml(), fsync=False)
+    rec.start(name="dryrun", scheme="ours")
+    homed = [[-0.25, -0.3], [-0.32, -0.3], [-0.39, -0.3], [-0.46, -0.3]]
+    for k in range(4):
+        rec.event(
+            "stage", stage=f"ma{k}", state="homing", position_m=[float("nan")] * 2, target_m=None, alarm=None
+        )
+    rec.event("homed", positions_m=homed)
+    view = open_view(rec.run_dir)
+    # While they home, the stages' NaN positions are not where the antennas are.
+    assert view.positions_m() == homed
+    assert view.to_dict()["stages"][0]["position_m"] == [None, None]
+    for k in range(4):
+        rec.event("stage", stage=f"ma{k}", state="idle", position_m=[0.1 * k, 0.0], target_m=None, alarm=None)
+    view.refresh()
+    assert view.positions_m() == [[0.0, 0.0], [0.1, 0.0], [0.2, 0.0], [pytest.approx(0.3), 0.0]]

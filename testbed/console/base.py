@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from testbed.console.control import is_running
 from testbed.console.folders import CONFIG, EVENTS, Status, status_of
 from testbed.console.tail import JsonlTail
 
@@ -70,6 +71,8 @@ class View:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # The folder of the sweep this run is part of (a compare's), or None.
+        self.within: Path | None = None
         self._tail = JsonlTail(self.path / EVENTS, max_bytes=CHUNK_BYTES)
         self.name = self.path.name
         self.scheme: str | None = None
@@ -164,7 +167,11 @@ class View:
     # --- what it shows -----------------------------------------------------------------------------
     @property
     def status(self) -> Status:
-        return status_of(self.stop_status, self.path)
+        status = status_of(self.stop_status, self.path)
+        if status == "crashed" and self.within is not None and is_running(self.within):
+            # A compare's cell: its process is the compare's worker, marked in the compare's folder.
+            return "running"
+        return status
 
     def phase_now(self, now: float | None = None) -> dict[str, Any] | None:
         """The current phase with how long it has run (None between phases and after the end)."""

@@ -11,6 +11,14 @@ from typing import Any
 from testbed.console.base import ETA_WINDOW, View, jsonable, load_dir_config, num
 
 
+def _known(positions: Any) -> bool:
+    """Positions with every coordinate a finite number (a homing stage reports NaN)."""
+    if not isinstance(positions, list) or not positions:
+        return False
+    flat = positions if not isinstance(positions[0], list) else [v for p in positions for v in p]
+    return all(num(v) is not None for v in flat)
+
+
 class RunView(View):
     """A run of ``testbed run``: its rounds, phase, nodes, stages, budgets and antennas."""
 
@@ -200,10 +208,11 @@ class RunView(View):
 
     def positions_m(self) -> list[list[float]] | None:
         """Where the antennas are: the stages' last reports, else the last round's, else homed."""
-        if self.stages and all(s.get("position_m") for s in self.stages.values()):
+        stages = self.stages.values()
+        if len(self.stages) == self.num_antennas and all(_known(s.get("position_m")) for s in stages):
             return [self.stages[k]["position_m"] for k in sorted(self.stages)]
         for row in reversed(self.rounds):
-            if row.get("positions_m"):
+            if _known(row.get("positions_m")):
                 return row["positions_m"]
         return self.homed_positions_m
 

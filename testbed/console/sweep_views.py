@@ -234,6 +234,7 @@ class CompareView:
         if not runs:
             return None
         self._runs[cell_id] = run = RunView(runs[-1])
+        run.within = self.path
         return run
 
     @staticmethod
@@ -241,7 +242,7 @@ class CompareView:
         status = run.status
         if status == "failed":
             state = "failed"
-        elif status == "running" or (compare_running and status in ("crashed", "done")):
+        elif status == "running" or (compare_running and status == "done"):
             # A cell whose run has ended but whose done.json is not yet written is still running.
             state = "running"
         else:
