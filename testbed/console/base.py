@@ -22,8 +22,9 @@ from testbed.console.tail import JsonlTail
 
 log = logging.getLogger(__name__)
 
-# One read of events.jsonl at most: a reader opening a 100 MB file catches up in such chunks.
-CHUNK_BYTES = 4 << 20
+# One read of events.jsonl at most: a reader opening a 100 MB file catches up in such chunks
+# (the chunk's parsed documents are the peak memory of a catch-up, on top of the rows kept).
+CHUNK_BYTES = 1 << 20
 WARNINGS_KEPT = 20
 LOG_KEPT = 200
 # The ETA averages the last rounds' (points') durations.

@@ -50,12 +50,13 @@ class JsonlTail:
         if end == 0:
             return []
         docs: list[dict[str, Any]] = []
-        for line in chunk[:end].split(b"\n"):
+        # Decoded once for the chunk (json.loads on bytes sniffs each line's encoding again).
+        for line in chunk[:end].decode("utf-8", errors="replace").split("\n"):
             if not line.strip():
                 continue
             try:
                 doc = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except json.JSONDecodeError:
                 log.warning("%s: skipping a line that is not JSON near byte %d", self.path, self.offset)
                 continue
             if isinstance(doc, dict):
