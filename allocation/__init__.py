@@ -12,10 +12,12 @@ from allocation.bound import (
     fit_pilot,
     heterogeneity_from_partition,
 )
-from allocation.core import Strategy, min_energy_to_target, plan_round, solve_with
+from allocation.core import min_energy_to_target, solve_with
+from allocation.design import Strategy
 from allocation.method import solve
 from allocation.plan import Plan, RoundPlan
 from allocation.problem import AllocationError, BoundConstants, Problem
+from allocation.replan import plan_round
 
 __all__ = [
     "BASELINES",

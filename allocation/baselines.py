@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from allocation.core import Strategy, solve_with
+from allocation.core import solve_with
+from allocation.design import Strategy
 from allocation.method import solve
 from allocation.plan import Plan
 from allocation.problem import Problem

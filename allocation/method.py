@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from allocation.core import Strategy, solve_with
+from allocation.core import solve_with
+from allocation.design import Strategy
 from allocation.plan import Plan
 from allocation.problem import Problem
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from allocation import Problem, Strategy, min_energy_to_target, plan_round, solve, solve_baselines  # noqa: E402
 from allocation.baselines import BASELINES  # noqa: E402
 from allocation.beamformer import optimize_beamformer, sdr_lower_bound  # noqa: E402
-from allocation.core import best_random_placement  # noqa: E402
+from allocation.placement import best_random_placement  # noqa: E402
 from allocation.positions import optimize_positions_multistart  # noqa: E402
 from allocation.problem import lambda_half_grid  # noqa: E402
 from sim.channel import FieldResponseChannel, path_loss_linear  # noqa: E402

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 from allocation_kit import LAMBDA_M, problem_kwargs
 
-from allocation import AllocationError, Problem
+from allocation import AllocationError, Problem, Strategy
+from allocation.design import PLACEMENTS, RESOURCE_MODES, SELECTIONS
 from sim.channel import FieldResponseChannel
+from testbed.config import AllocationSection
 
 # allocation_kit's problem with 4 clients, 5 paths and a short latency budget
 SETUP = {"clients": 4, "paths": 5, "path_gain": 1e-9, "latency_budget_s": 1e4}
@@ -52,3 +56,21 @@ def test_nan_channel_is_refused() -> None:
     kwargs["channel"] = _NanChannel(kwargs["channel"])
     with pytest.raises(AllocationError, match="NaN"):
         Problem(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("selection", "best"), ("positions", "lattice"), ("resources", "fast"), ("aggregation", "fedavg")],
+)
+def test_a_strategy_naming_no_variant_is_refused_when_made(field: str, value: str) -> None:
+    with pytest.raises(AllocationError, match=rf"Strategy 'x': {field}='{value}' is unknown; allowed: \["):
+        Strategy(name="x", **{field: value})
+
+
+def test_every_selection_the_config_allows_has_a_variant() -> None:
+    allowed = set(get_args(AllocationSection.model_fields["selection"].annotation))
+    assert set(SELECTIONS) == allowed
+    for selection in (None, *SELECTIONS):
+        for positions in PLACEMENTS:
+            for resources in RESOURCE_MODES:
+                Strategy(selection=selection, positions=positions, resources=resources)

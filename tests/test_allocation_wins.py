@@ -11,7 +11,9 @@ import pytest
 from allocation_kit import SEEDED_PROBLEMS, seeded_problem
 
 from allocation import BASELINES, solve_with_baselines
-from allocation.core import Strategy, evaluate, grid_coordinate_search, plan_schedule
+from allocation.core import evaluate, plan_schedule
+from allocation.design import Strategy
+from allocation.placement import grid_coordinate_search
 from allocation.positions import ma_positions, random_feasible_positions
 from allocation.problem import lambda_half_grid
 from allocation.selection import floor_violations, forced_by_floor, random_select
