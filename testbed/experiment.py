@@ -31,20 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from drivers.errors import PlanError, StageLimitError
+from drivers.errors import PlanError, StageAlarm, StageLimitError
+from fl.phases import PhaseClock
 from testbed.air.comparison import FixedArrayComparison, db, optimal_precoding
 from testbed.config import TestbedConfig
+from testbed.console.control import RunningMarker, stop_requested
 from testbed.lab import Lab, build_lab
+from testbed.live import LiveFeed
 from testbed.records import RunRecorder
 from testbed.schemes import UpdateNorms, resumed_scheme, scheme_config, scheme_strategy
+from testbed.whole_run_plan import WholeRunPlan
 
 log = logging.getLogger(__name__)
-
-
-def stage_settle_s(stages: Any) -> float:
-    """The longest settle time any stage sleeps after reaching Idle (0 if the drivers have none)."""
-    inner = getattr(stages, "stages", {})
-    return max((float(getattr(s, "settle_s", 0.0) or 0.0) for s in inner.values()), default=0.0)
 
 
 def median_breakdown(rounds: list[dict[str, Any]]) -> dict[str, float]:
@@ -75,17 +73,6 @@ class PlannerState:
             state.latency_spent_s += float(r.get("latency_model_s") or 0.0)
             state.energy_spent_j += float(r.get("energy_model_j") or 0.0)
         return state
-
-
-def _solve_into(solve: Any, problem: Any, send: Any) -> None:
-    """In the baselines' process: ``solve(problem)`` sent down ``send`` as ("ok", result), or
-    ("error", message) when it raises."""
-    try:
-        send.send(("ok", solve(problem)))
-    except Exception as exc:  # noqa: BLE001 - the parent records it; the run goes on
-        send.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        send.close()
 
 
 class Experiment:
@@ -124,6 +111,10 @@ class Experiment:
         for r in sorted(rounds, key=lambda r: r["round"]):  # resume: the estimates so far
             self.norms.observe(r)
         self.federation: Any = None
+        self.live = LiveFeed(recorder)
+        self._idle_phases = PhaseClock()  # the planner's clock before a federation exists
+        self.stopped: str | None = None  # why the run stopped early (``testbed stop``), if it did
+        self.whole_run: WholeRunPlan | None = None  # the whole-run plan and its baselines, solving
         self.done_rounds = {r["round"] for r in rounds}
 
     # --- the per-round planner the coordinator calls ------------------------------------------
@@ -154,12 +145,11 @@ class Experiment:
         except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
         plan_s = time.monotonic() - t0
-        estimate_s = 0.0
+        phases = self.phases
         selected = [k for k in rp.selected if k in available]
         if len(selected) < len(rp.selected):  # a planned node is down: take the strongest live ones
-            t_est = time.monotonic()
-            gains = np.linalg.norm(self.lab.air.estimate_channels(available), axis=1)
-            estimate_s += time.monotonic() - t_est
+            with phases.during("estimate"):
+                gains = np.linalg.norm(self.lab.air.estimate_channels(available), axis=1)
             spare = [k for _, k in sorted(zip(-gains, available, strict=True)) if k not in selected]
             selected += spare[: len(rp.selected) - len(selected)]
             log.warning(
@@ -170,11 +160,11 @@ class Experiment:
                 sorted(selected),
             )
         selected = sorted(selected)
-        t_move = time.monotonic()
-        reached = self._move_or_stay(r, np.asarray(rp.positions_m))
-        move_wall_s = time.monotonic() - t_move
-        # The drivers sleep their settle time after Idle, all stages at once: the longest one.
-        settle_s = min(stage_settle_s(self.lab.stages), move_wall_s)
+        with phases.during("move"):
+            reached = self._move_or_stay(r, np.asarray(rp.positions_m))
+        with phases.during("settle"):
+            self.lab.settle()
+        move_wall_s = phases.slices["move_s"] + phases.slices["settle_s"]
         batch_of = dict(zip(rp.selected, rp.batches, strict=True))
         clock_of = dict(zip(rp.selected, rp.clocks_hz, strict=True))
         batch = {
@@ -183,9 +173,8 @@ class Experiment:
         }
         weights = {k: float(batch[k]) for k in selected}
         power = np.full(len(selected), cfg.lab.clients.tx_power_w)
-        t_est = time.monotonic()
-        h = self.lab.air.estimate_channels(selected)  # at the positions the stages reached
-        estimate_s += time.monotonic() - t_est
+        with phases.during("estimate"):
+            h = self.lab.air.estimate_channels(selected)  # at the positions the stages reached
         m, b, eta = optimal_precoding(h, power, np.array([weights[k] for k in selected]))
         self.comparison.weights = weights
         self.state.pending[r] = {
@@ -215,8 +204,6 @@ class Experiment:
             extra={
                 "mse_predicted": rp.mse,
                 "move_model_s": rp.move_s,
-                # Where the planner call's time went besides planning (the coordinator's breakdown).
-                "timing": {"move_s": move_wall_s - settle_s, "settle_s": settle_s, "estimate_s": estimate_s},
                 "plan_solve_s": plan_s,
             },
         )
@@ -238,13 +225,30 @@ class Experiment:
         route (refused before anything moves), the round runs where the antennas are, and the
         record shows it (positions_m against planned_positions_m)."""
         assert self.lab is not None
+        names = self.lab.stages.names
+        self.live.stages(names, "moving", self.lab.antenna_positions(), targets_m=positions_m)
         try:
-            return self.lab.move_antennas(positions_m)
+            reached = self.lab.move_antennas(positions_m, settle=False)
         except StageLimitError as exc:
             log.warning("round %d: the antennas stay where they are: %s", r, exc)
             reached = self.lab.antenna_positions()
             self.lab.air.set_positions(reached)
-            return reached
+        self.live.stages(names, "idle", reached)
+        return reached
+
+    @property
+    def phases(self) -> PhaseClock:
+        """The coordinator's round clock (the planner's move, settle and estimate are its phases)."""
+        federation = self.federation
+        return federation.coordinator.phases if federation is not None else self._idle_phases
+
+    def _should_stop(self) -> str | None:
+        """Asked after every round: a ``testbed stop`` request, recorded once, as the reason."""
+        request = stop_requested(self.recorder.run_dir)
+        if request is None:
+            return None
+        self.recorder.event("stop_request", now=bool(request.get("now")), by=str(request.get("by", "")))
+        return f"testbed stop ({request.get('by', 'unknown')}): stopped after a checkpointed round"
 
     # --- after each round ----------------------------------------------------------------------
     def on_round(self, fl_record: dict[str, Any]) -> None:
@@ -289,6 +293,15 @@ class Experiment:
         }
         record["cost_model"] = self._calibrate(nodes)  # after this round: what the next plan uses
         self.recorder.event("round", **record)
+        alloc = self.config.allocation
+        self.recorder.live(
+            "budget",
+            round=r,
+            energy_j=self.state.energy_spent_j,
+            energy_budget_j=alloc.energy_budget_j,
+            latency_s=self.state.latency_spent_s,
+            latency_budget_s=alloc.latency_budget_s,
+        )
         self.done_rounds.add(r)
         if self.progress is not None:
             self.progress(len(self.done_rounds), self.config.fl.rounds)
@@ -302,7 +315,15 @@ class Experiment:
 
     # --- the whole run --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from fl.runner import LocalFederation
+        """The whole run, marked as running in its directory (``testbed watch``/``stop`` read it)."""
+        with RunningMarker(self.recorder.run_dir, "run"):
+            self.live.capture_warnings()
+            try:
+                return self._run()
+            finally:
+                self.live.close()
+
+    def _run(self) -> dict[str, Any]:
         from testbed.planning import build_problem
 
         cfg = self.config
@@ -321,18 +342,17 @@ class Experiment:
                     num_antennas=cfg.lab.num_antennas,
                     region_m=cfg.lab.array.region_m,
                     wavelength_m=cfg.lab.array.wavelength_m,
+                    min_spacing_m=cfg.lab.array.min_spacing_m,
+                    rounds=cfg.fl.rounds,
+                    stages=self.lab.stages.names,
                     backends=self.lab.describe(),
                 )
                 self.recorder.event("cost_model", **self.cost.to_record(), **self.cost_floor)
-                self.lab.home()
+                self._home()
                 self.recorder.event("homed", positions_m=self.lab.antenna_positions().tolist())
                 if self.whole_run_plan:
-                    self._record_whole_run_plan()
+                    self.whole_run = WholeRunPlan.start(self.problem, self.recorder)
             else:
-                self.lab.home()
-                if self.state.positions_m is not None:
-                    # The antennas go back where the last completed round left them, as if never stopped.
-                    self.lab.move_antennas(self.state.positions_m)
                 # A new start document, as a resumed campaign writes: every event sits between a
                 # start and its stop, and the old run's stop (interrupted, failed) stays as it was.
                 self.recorder.start(
@@ -340,52 +360,104 @@ class Experiment:
                     scheme=self.scheme,
                     resumed=True,
                     completed_rounds=sorted(self.done_rounds),
+                    num_antennas=cfg.lab.num_antennas,
+                    region_m=cfg.lab.array.region_m,
+                    min_spacing_m=cfg.lab.array.min_spacing_m,
+                    rounds=cfg.fl.rounds,
+                    stages=self.lab.stages.names,
                     backends=self.lab.describe(),
                 )
+                self._home()
+                if self.state.positions_m is not None:
+                    # The antennas go back where the last completed round left them, as if never stopped.
+                    self.lab.move_antennas(self.state.positions_m)
             self.comparison = FixedArrayComparison(
                 self.lab.air, self.lab.fixed_air, cfg.lab.clients.tx_power_w
             )
-            federation = LocalFederation(
-                cfg,
-                self.recorder.run_dir / "fl",
-                air=self.comparison,
-                planner=self.plan,
-                on_round=self.on_round,
-                resume=self.resume,
-                node_mode=self.node_mode,
-                bind=cfg.fl.transport.bind if self.remote_nodes else "tcp://127.0.0.1:*",
-                radio_clock=getattr(self.lab.air, "time_now", None),  # the radios' time, on the radio path
-            )
-            self.federation = federation
-            try:
-                if self.remote_nodes:
-                    log.info("waiting for %d nodes on %s", cfg.lab.clients.count, cfg.fl.transport.bind)
-                    federation.coordinator.run()
-                else:
-                    federation.run()
-            finally:
-                # A dry run's nodes are our own processes: none may outlive the run, whatever ended it.
-                for process in federation.processes.values():
-                    if process.poll() is None:
-                        process.kill()
-                        process.wait(timeout=10)
+            self._federate()
         except KeyboardInterrupt:
-            self._abandon_whole_run_plan()
+            self._whole_run_abandon()
             self.recorder.stop(
                 "interrupted", reason="Ctrl-C: stages stopped, radios closed; --resume continues"
             )
             raise
         except Exception as exc:
-            self._abandon_whole_run_plan()
+            self._whole_run_abandon()
+            if isinstance(exc, StageAlarm) and self.lab is not None:
+                self.live.stages(
+                    self.lab.stages.names, "alarm", self._last_positions(), alarm=exc.code, force=True
+                )
             self.recorder.stop("failed", reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self.lab.close()
-        self._finish_whole_run_plan()
         summary = self.summarize(time.monotonic() - t0)
-        self.recorder.stop("success")
+        if self.stopped is not None:
+            # A clean stop between rounds: the last round is checkpointed; --resume continues.
+            self._whole_run_abandon()
+            summary["stopped"] = self.stopped
+            self.recorder.stop("stopped", reason=f"{self.stopped}; --resume continues")
+        else:
+            self._whole_run_finish()
+            self.recorder.stop("success")
         self.recorder.write_summary(summary)
         return summary
+
+    def _whole_run_finish(self) -> None:
+        if self.whole_run is not None:
+            self.whole_run.finish()
+            self.whole_run = None
+
+    def _whole_run_abandon(self) -> None:
+        if self.whole_run is not None:
+            self.whole_run.abandon()
+            self.whole_run = None
+
+    def _home(self) -> None:
+        assert self.lab is not None
+        names = self.lab.stages.names
+        self.live.stages(names, "homing", self._last_positions(), force=True)
+        self.lab.home()
+        self.live.stages(names, "idle", self.lab.antenna_positions(), force=True)
+
+    def _last_positions(self) -> list[list[float]]:
+        """Where the antennas were last seen (the stages may not answer now: homing, alarm)."""
+        if self.state.positions_m is not None:
+            return np.asarray(self.state.positions_m).tolist()
+        return [[float("nan"), float("nan")]] * self.config.lab.num_antennas
+
+    def _federate(self) -> None:
+        """The coordinator and its nodes run the rounds; the planner and on_round are ours."""
+        from fl.runner import LocalFederation
+
+        cfg = self.config
+        federation = LocalFederation(
+            cfg,
+            self.recorder.run_dir / "fl",
+            air=self.comparison,
+            planner=self.plan,
+            on_round=self.on_round,
+            on_event=self.live.forward,
+            resume=self.resume,
+            node_mode=self.node_mode,
+            bind=cfg.fl.transport.bind if self.remote_nodes else "tcp://127.0.0.1:*",
+            radio_clock=getattr(self.lab.air, "time_now", None),  # the radios' time, on the radio path
+        )
+        self.federation = federation
+        federation.coordinator.should_stop = self._should_stop
+        try:
+            if self.remote_nodes:
+                log.info("waiting for %d nodes on %s", cfg.lab.clients.count, cfg.fl.transport.bind)
+                federation.coordinator.run()
+            else:
+                federation.run()
+        finally:
+            # A dry run's nodes are our own processes: none may outlive the run, whatever ended it.
+            for process in federation.processes.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=10)
+        self.stopped = federation.coordinator.stopped
 
     # --- the cost model of the model that trains (fl.cost) -------------------------------------
     def _price_workload(self) -> None:
@@ -416,76 +488,6 @@ class Experiment:
         if self.cost.cycles_per_sample != self.problem.cycles_per_sample:
             self.problem = dataclasses.replace(self.problem, cycles_per_sample=self.cost.cycles_per_sample)
         return self.cost.to_record()
-
-    def _record_whole_run_plan(self) -> None:
-        """Solve the whole-run allocation once, beside every baseline, for the report."""
-        from allocation import AllocationError, solve, solve_baselines
-
-        def row(plan: Any) -> dict[str, Any]:
-            return {
-                "feasible": plan.feasible,
-                "rounds": plan.rounds,
-                "energy_j": plan.energy_j,
-                "latency_s": plan.latency_s,
-                "mse_db": db(float(np.mean([rp.mse for rp in plan.round_plans])))
-                if plan.round_plans
-                else None,
-                "bound": plan.bound,
-                "violations": plan.violations,
-            }
-
-        try:
-            ours = solve(self.problem)
-        except AllocationError as exc:
-            self.recorder.event("plan", error=str(exc))
-            log.warning("whole-run plan: %s", exc)
-            return
-        # The baselines are only for the report: they run in a separate process beside the rounds,
-        # never before the first one; the event is written when they are done (see run()). A plain
-        # process and a pipe: a failed run can kill it, and one that dies (OOM, say) reads as EOF
-        # on the pipe instead of a result that never comes.
-        from multiprocessing import get_context
-
-        context = get_context("spawn")
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_solve_into, args=(solve_baselines, self.problem, send), name="whole-run baselines"
-        )
-        process.start()
-        send.close()  # the child holds the only sending end: its death closes the pipe
-
-        def record() -> None:
-            try:
-                status, result = receive.recv()
-            except EOFError:
-                status, result = "error", f"the baselines' process died (exit code {process.exitcode})"
-            finally:
-                process.join()
-                receive.close()
-            if status != "ok":  # a failed comparison must not sink the run
-                self.recorder.event(
-                    "plan", optimized=row(ours), constants=ours.constants, baselines_error=result
-                )
-                return
-            rows = {k: row(v) for k, v in result.items()}
-            self.recorder.event("plan", optimized=row(ours), constants=ours.constants, baselines=rows)
-
-        self._whole_run_baselines = (process, record)
-
-    def _finish_whole_run_plan(self) -> None:
-        """Wait for the baselines started by ``_record_whole_run_plan`` and record the plan event."""
-        pending = getattr(self, "_whole_run_baselines", None)
-        if pending is not None:
-            self._whole_run_baselines = None
-            pending[1]()
-
-    def _abandon_whole_run_plan(self) -> None:
-        """A run that failed or was interrupted kills the baselines' process instead of waiting."""
-        pending = getattr(self, "_whole_run_baselines", None)
-        if pending is not None:
-            self._whole_run_baselines = None
-            pending[0].terminate()
-            pending[0].join()
 
     def summarize(self, wall_s: float) -> dict[str, Any]:
         rounds = [d["data"] for d in self.recorder.events("round")]

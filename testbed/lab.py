@@ -9,6 +9,7 @@ twice and runs on Ctrl-C and on errors (``testbed.experiment`` calls it in ``fin
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,17 @@ def move_with_detours(stages: StageArray, targets: list[XY], timeout_s: float) -
     wait_all(stages.move_all(goal, route=True), timeout_s)
 
 
+def take_over_settling(stages: StageArray) -> float:
+    """The longest settle time of the array's drivers, which stop sleeping it themselves: the lab
+    waits it once, after every stage is Idle, so a round's settle is a phase of its own."""
+    settle_s = 0.0
+    for stage in stages.stages.values():
+        settle_s = max(settle_s, float(getattr(stage, "settle_s", 0.0) or 0.0))
+        if hasattr(stage, "settle_s"):
+            stage.settle_s = 0.0
+    return settle_s
+
+
 @dataclass
 class Lab:
     config: TestbedConfig
@@ -41,6 +53,7 @@ class Lab:
     channel: Any  # the ChannelModel the optimizer plans positions on
     air: Any  # the live AirLink (antennas where the stages are)
     fixed_air: Any  # the same sim world through the fixed lambda/2 array; None with real radios
+    settle_s: float = 0.0  # after a move, once all stages are Idle (taken over from the drivers)
     _closed: bool = False
 
     def describe(self) -> dict[str, Any]:
@@ -66,13 +79,22 @@ class Lab:
             wait_all(self.stages.home_all(), self._timeout_s)
         self.air.set_positions(self.antenna_positions())
 
-    def move_antennas(self, positions_m: np.ndarray) -> np.ndarray:
-        """Move every antenna, wait for Idle plus the settle time; return where they really are."""
+    def move_antennas(self, positions_m: np.ndarray, settle: bool = True) -> np.ndarray:
+        """Move every antenna and wait for Idle (then the settle time, unless ``settle`` is False:
+        the caller times it as a phase of its own with ``settle()``); where they really are."""
         targets = [(float(x), float(y)) for x, y in np.asarray(positions_m, dtype=float)]
-        move_with_detours(self.stages, targets, self._timeout_s)  # the drivers wait Idle + settle_s
+        move_with_detours(self.stages, targets, self._timeout_s)
         reached = self.antenna_positions()
         self.air.set_positions(reached)
+        if settle:
+            self.settle()
         return reached
+
+    def settle(self) -> None:
+        """Wait for the antennas to stop ringing after a move: the longest stage's settle time,
+        once every stage is Idle (the lab settles them together, not each driver on its own)."""
+        if self.settle_s > 0:
+            time.sleep(self.settle_s)
 
     def close(self) -> None:
         if self._closed:
@@ -125,6 +147,7 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
     array = config.lab.array
     fixed = lambda_half_grid(lab.num_antennas, array.wavelength_m, array.region_m, array.min_spacing_m)
     stages = open_stages(config, home=False)
+    settle_s = take_over_settling(stages)
     try:
         air = _open_air(config, world, fixed)
     except BaseException:
@@ -135,4 +158,4 @@ def build_lab(config: TestbedConfig, rng: np.random.Generator) -> Lab:
         # The live air's noise per combined symbol (on the radio path, after the matched filter),
         # so the two arrays are compared at the same SNR.
         fixed_air = SymbolAir(world, fixed, air.noise_power_w, np.random.default_rng([config.run.seed, 22]))
-    return Lab(config, stages, channel, air, fixed_air)
+    return Lab(config, stages, channel, air, fixed_air, settle_s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -99,6 +100,9 @@ class RunRecorder:
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         _cut_torn_tail(self.events_path)
         self._seq = sum(1 for _ in self._existing_lines())
+        # Documents come from the run's thread and from log handlers on other threads.
+        self._lock = threading.Lock()
+        self._open_segment = False  # between a start and its stop
         self._file = self.events_path.open("a", encoding="utf-8")
 
     # --- creation ---------------------------------------------------------------------------
@@ -158,22 +162,32 @@ class RunRecorder:
             with self.events_path.open(encoding="utf-8", errors="replace") as f:
                 yield from (line for line in f if line.strip())
 
-    def _append(self, doc: str, **fields: Any) -> dict[str, Any]:
-        record = {"doc": doc, "seq": self._seq, "time": time.time(), **fields}
-        self._file.write(to_json(record) + "\n")
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
-        self._seq += 1
+    def _append(self, doc: str, durable: bool = True, **fields: Any) -> dict[str, Any]:
+        with self._lock:
+            record = {"doc": doc, "seq": self._seq, "time": time.time(), **fields}
+            self._file.write(to_json(record) + "\n")
+            self._file.flush()
+            if self._fsync and durable:
+                os.fsync(self._file.fileno())
+            self._seq += 1
         return record
 
     def start(self, **meta: Any) -> dict[str, Any]:
+        self._open_segment = True
         return self._append("start", **meta)
 
     def event(self, kind: str, **data: Any) -> dict[str, Any]:
         return self._append("event", kind=kind, data=data)
 
+    def live(self, kind: str, **data: Any) -> dict[str, Any] | None:
+        """An event for the live console (``testbed.console``): flushed, not fsynced. Dropped
+        outside a start/stop pair (a log line while the devices close after the stop)."""
+        if not self._open_segment:
+            return None
+        return self._append("event", durable=False, kind=kind, data=data)
+
     def stop(self, status: str, reason: str = "", **data: Any) -> dict[str, Any]:
+        self._open_segment = False
         return self._append("stop", status=status, reason=reason, data=data)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:

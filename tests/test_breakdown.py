@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import safetensors.numpy
 import torch
 
-from fl.coordinator import TIMING_SLICES, RoundClock
+from fl.phases import PHASES, TIMING_SLICES, PhaseClock
 from fl.runner import LocalFederation
 from fl.training import update_sq_norm
 from testbed.config import load_config
@@ -24,18 +26,26 @@ OVERRIDES = [
 ]  # fmt: skip
 
 
-def test_round_clock_moves_time_between_slices_and_keeps_the_rest() -> None:
-    clock = RoundClock()
-    clock.add("plan_s", 2.0)
-    clock.move("plan_s", "move_s", 0.5)
-    clock.move("plan_s", "settle_s", 5.0)  # more than is left: only what plan_s holds moves
-    assert clock.slices["plan_s"] == 0.0 and clock.slices["settle_s"] == 1.5
-    clock.add("collect_s", 1.0)
-    clock.rename("collect_s", "upload_s")
-    assert "collect_s" not in clock.slices and clock.slices["upload_s"] == 1.0
-    out = clock.breakdown(4.0)
-    assert out["other_s"] == pytest.approx(1.0) and sum(out.values()) == pytest.approx(4.0)
-    assert set(TIMING_SLICES) <= set(out)
+def test_the_phase_clock_times_each_phase_at_its_boundaries() -> None:
+    heard: list[tuple[int, str]] = []
+    clock = PhaseClock(on_phase=lambda r, phase, t: heard.append((r, phase)))
+    clock.start_round(3)
+    clock.enter("plan")
+    time.sleep(0.02)
+    with clock.during("move"):  # the planner moves the antennas inside its phase
+        time.sleep(0.03)
+    clock.enter("plan")  # already there: no second event
+    time.sleep(0.01)
+    clock.enter(None)  # between phases: "other"
+    time.sleep(0.01)
+    clock.enter("train")
+    slices, round_s = clock.finish()
+    assert heard == [(3, "plan"), (3, "move"), (3, "plan"), (3, "train")]
+    assert slices["move_s"] >= 0.03 and slices["plan_s"] >= 0.03 and slices["other_s"] >= 0.01
+    assert sum(slices.values()) == pytest.approx(round_s, rel=1e-9)
+    assert set(slices) == set(TIMING_SLICES) | {"other_s"}
+    with pytest.raises(ValueError, match="phase 'nap'; allowed plan, move"):
+        clock.enter("nap")
 
 
 def test_update_sq_norm_sums_every_tensor_in_float64() -> None:
@@ -59,20 +69,25 @@ def test_every_round_record_carries_the_breakdown_and_the_norms(tmp_path: Path) 
         # The slices account for the whole round (other_s is the unexplained rest, never negative).
         assert sum(timing.values()) == pytest.approx(m["round_time_s"], rel=1e-9, abs=1e-9)
         assert timing["train_s"] > 0 and timing["evaluate_s"] > 0 and timing["checkpoint_s"] > 0
-        assert timing["ota_slot_s"] == 0.0  # digital: no slot
+        assert timing["ota_s"] == timing["upload_s"] == 0.0  # digital: no slot
         for k in m["delivered"]:
             node = m["node_timing_s"][str(k)]
             assert node["train_s"] > 0  # its own clock; the round slice is checked below
             plan = m["nodes"][str(k)]["memory_plan"]  # what the node chose for memory, and why
             assert plan["gradient_checkpointing"] is False and "no GPU" in plan["reason"]
-        # The slowest node's compute is the round's train slice, up to the coordinator's own wait for
-        # the uploads (a node may start computing while the plans are still going out).
+        # A node computes between its PLAN leaving and its update arriving: within dispatch + train.
         slowest = max(sum(t.values()) for t in m["node_timing_s"].values())
-        assert timing["train_s"] == pytest.approx(min(slowest, timing["train_s"] + timing["upload_s"]))
+        assert slowest <= timing["dispatch_s"] + timing["train_s"] + 1e-3
         norms = m["update_sq_norms"]
         assert sorted(norms) == sorted(str(k) for k in m["delivered"]) and all(v > 0 for v in norms.values())
         # Equal weights: the mean's squared norm is at most the mean of the squared norms (Jensen).
         assert 0 < m["aggregate_sq_norm"] <= np.mean(list(norms.values())) * (1 + 1e-9)
+    # The phases as the console reads them: one document per phase entered, in the round's order.
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    for r in (1, 2):
+        order = [e["phase"] for e in events if e["event"] == "phase" and e["round"] == r]
+        assert order == ["plan", "dispatch", "train", "aggregate", "evaluate", "checkpoint"]
+        assert all(PHASES.index(a) < PHASES.index(b) for a, b in zip(order, order[1:], strict=False))
     # The aggregate's norm is that of the update really applied: round 2's adapter minus round 1's.
     applied = {n: adapters[1][n].astype(np.float64) - adapters[0][n] for n in adapters[0]}
     assert metrics[1]["aggregate_sq_norm"] == pytest.approx(update_sq_norm(applied), rel=1e-3)

@@ -66,7 +66,7 @@ def test_dry_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert r["nmse_db"] == pytest.approx(r["nmse_theory_db"], abs=1.0)
         # Where the round's time went, the nodes' own slices, and the update norms (issue 12).
         slices = r["time_breakdown_s"]
-        assert slices["move_s"] > 0 and slices["train_s"] > 0 and slices["ota_slot_s"] > 0
+        assert slices["move_s"] > 0 and slices["train_s"] > 0 and slices["ota_s"] > 0
         assert slices["plan_s"] > 0 and slices["estimate_s"] > 0
         # The slices add up to the round's wall time, the move counted once.
         assert sum(slices.values()) == pytest.approx(r["latency_wall_s"], rel=1e-9)

@@ -71,7 +71,7 @@ def test_a_node_killed_mid_round_is_dropped_and_the_run_completes(tmp_path: Path
             while time.monotonic() < deadline and not (
                 3 in coord.nodes and coord.nodes[3].alive and coord.nodes[3].clock_offset_s is not None
             ):
-                coord._pump(0.05)
+                coord.peers.pump(0.05)
 
     fed.coordinator.on_event = kill_in_round_2
     metrics = fed.run()

@@ -144,9 +144,9 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     dealer.send_multipart(P.encode(Message(MsgType.HELLO, 0, 0, {"capabilities": {}})))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and 0 not in coord.nodes:
-        coord._pump(0.02)
+        coord.peers.pump(0.02)
     assert 0 in coord.nodes
-    coord._round = 1
+    coord.peers.new_round(1)
     yield coord, dealer
     dealer.close()
     coord.close(say_bye=False)
@@ -216,7 +216,7 @@ def test_the_coordinator_refuses_each_bad_upload_and_keeps_the_good_ones(
 ) -> None:
     coord, dealer = live
     identity = P.node_identity(0)
-    coord._msgs = {}
+    coord.peers.new_round(1)
     rejected, stale = len(coord.rejected), _stale_events(coord)
     coord.loop.last_seen[identity] = time.monotonic()
     msg = _upload(coord, kind, defect, scale)
@@ -226,24 +226,27 @@ def test_the_coordinator_refuses_each_bad_upload_and_keeps_the_good_ones(
     # Through the same path as a message off the socket (encode/decode, then the handler).
     decoded = P.decode(P.encode(msg)) if defect != "non_finite" or kind is not MsgType.STATS else msg
     coord.loop.inbox.put((identity, decoded))
-    coord._pump(0.0)
+    coord.peers.pump(0.0)
     while dealer.poll(0):
         dealer.recv_multipart()  # the coordinator's answers: refusals and heartbeats
     assert coord.nodes[0].alive and coord.loop.error is None  # the run goes on
     if defect == "none":
-        assert len(coord.rejected) == rejected and len(coord._msgs) == 1
-        (kept,) = coord._msgs.values()
+        assert len(coord.rejected) == rejected and len(coord.peers.uploads) == 1
+        (kept,) = coord.peers.uploads.values()
         if kind is MsgType.DIGITAL:  # what the round does with it works
             mean = DigitalFedAvg().aggregate({0: kept.frames["update"]}, {0: 4.0}).update
             apply_update(coord.global_adapter, mean)
         elif kind is MsgType.STATS:
-            ota.shared_stats([coord._stats_of(0)], [1.0])
+            stats = ota.GroupStats(
+                tuple(kept.body["groups"]), np.asarray(kept.body["mean"]), np.asarray(kept.body["var"])
+            )
+            ota.shared_stats([stats], [1.0])
         else:
             assert P.pairs_to_complex(kept.frames["symbols"]["iq"]).size > 0
     elif defect == "wrong_round":
-        assert _stale_events(coord) == stale + 1 and not coord._msgs
+        assert _stale_events(coord) == stale + 1 and not coord.peers.uploads
     else:
-        assert not coord._msgs
+        assert not coord.peers.uploads
         assert len(coord.rejected) == rejected + 1
         assert coord.rejected[-1]["code"] in ("bad_payload", "wrong_type")
 
@@ -344,7 +347,7 @@ def test_garbage_on_the_live_socket_is_dropped_and_the_coordinator_carries_on(li
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(coord.loop.rejected) < before + len(junk):
         coord.loop.last_seen[P.node_identity(0)] = time.monotonic()
-        coord._pump(0.02)
+        coord.peers.pump(0.02)
     assert len(coord.loop.rejected) == before + len(junk)
     assert coord.loop.error is None and coord.nodes[0].alive
 

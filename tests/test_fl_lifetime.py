@@ -124,7 +124,7 @@ def _joined_node(tmp_path: Path, rejoin_timeout_s: float):  # noqa: ANN202
     thread.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (0 in coord.nodes and node.joined):
-        coord._pump(0.02)
+        coord.peers.pump(0.02)
     assert node.joined
     return coord, thread, result
 

@@ -267,7 +267,7 @@ def _dealer(coord, keys: KeyLayout, name: str, identity: bytes, server_key: Path
 def _pump_until(coord, cond, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not cond():
-        coord._pump(0.02)
+        coord.peers.pump(0.02)
     assert cond()
 
 
@@ -346,7 +346,7 @@ def test_a_key_outside_the_allow_list_never_gets_through(coordinator, tmp_path: 
         sock.send_multipart(P.encode(Message(MsgType.HELLO, 0, 1, _sample_bodies()[MsgType.HELLO])))
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            coordinator._pump(0.02)
+            coordinator.peers.pump(0.02)
         assert 1 not in coordinator.nodes
         assert not sock.poll(100)
     finally:
@@ -361,7 +361,7 @@ def test_an_oversized_message_is_dropped_and_the_coordinator_carries_on(coordina
         big.send_multipart(P.encode(Message(MsgType.HELLO, 0, 1, _sample_bodies()[MsgType.HELLO], huge)))
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            coordinator._pump(0.02)
+            coordinator.peers.pump(0.02)
         assert 1 not in coordinator.nodes  # ZeroMQ dropped it (and the connection)
         assert coordinator.loop.error is None
     finally:

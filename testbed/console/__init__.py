@@ -27,16 +27,6 @@ lines of a growing file from an offset), ``control`` (the running marker and sto
 """
 
 # The phases of one FL round, in order (a campaign point uses move, settle, estimate).
-PHASES = (
-    "plan",
-    "move",
-    "settle",
-    "estimate",
-    "dispatch",
-    "train",
-    "upload",
-    "ota",
-    "aggregate",
-    "evaluate",
-    "checkpoint",
-)
+from fl.phases import PHASES  # noqa: E402
+
+__all__ = ["PHASES"]
