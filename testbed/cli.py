@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "keys": "make CurveZMQ key pairs for the coordinator, nodes and radio servers",
     "report": "write the plots and report.md of a run directory",
     "watch": "follow a run, campaign or compare live in the terminal (--once: one frame)",
+    "serve": "the console in a browser: live pages of the runs, campaigns and compares under DIR",
 }
 
 log = logging.getLogger("testbed")
