@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	@touch $(STAMP)
 
-# The radio server runs under the system Python with Debian's uhd (built against NumPy 1.x).
+# The radio server runs under the system Python with Debian's uhd (built against NumPy 1.x);
+# the console's browser tests use Debian's chromium and chromium-driver.
 system-deps:
 	@if /usr/bin/python3 -c 'import uhd, zmq, numpy' 2>/dev/null; then \
 		echo "system-deps: python3-uhd, python3-zmq, python3-numpy present"; \
@@ -31,6 +32,16 @@ system-deps:
 		|| echo "system-deps: apt-get could not install python3-uhd; the uhd tests will be skipped"; \
 	else \
 		echo "system-deps: not root or no apt; skipping python3-uhd (the real-radio tests will be skipped)"; \
+	fi
+	@# The console's browser tests drive Debian's chromium through its chromedriver (never a downloaded browser).
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "system-deps: chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null) \
+		|| echo "system-deps: apt-get could not install chromium; the browser tests will be skipped"; \
+	else \
+		echo "system-deps: not root or no apt; skipping chromium (the browser tests will be skipped)"; \
 	fi
 
 demo: setup

@@ -279,10 +279,29 @@ class Catalog:
         return [self.entries[rel] for rel in found]
 
     def get(self, rel: str) -> Entry | None:
-        """The entry of a folder by its path under the root; only folders the scan found."""
+        """The entry of a folder by its path under the root: a folder the scan found, or the run
+        of a compare's cell (``<compare>/cells/<cell>/<run>``); nothing else under the root."""
         if rel not in self.entries:
             self.sync()
+        if rel not in self.entries and self._is_cell_run(rel):
+            self.entries[rel] = Entry(rel, identify(self.root / rel))
         return self.entries.get(rel)
+
+    def _is_cell_run(self, rel: str) -> bool:
+        parts = rel.split("/")
+        if len(parts) < 3 or parts[-3] != "cells" or any(p in ("", ".", "..") for p in parts):
+            return False
+        owner = self.entries.get("/".join(parts[:-3]))
+        path = self.root / rel
+        try:
+            return (
+                owner is not None
+                and owner.folder.kind == "compare"
+                and not path.is_symlink()
+                and identify(path).kind == "run"
+            )
+        except ConsoleError:
+            return False
 
 
 # --- the guard: host, token, headers ---------------------------------------------------------------
@@ -399,12 +418,16 @@ def make_app(root: Path, token: str | None = None, port: int = 0) -> Any:
             return PlainTextResponse(path.read_text(encoding="utf-8", errors="replace"))
         return FileResponse(path, media_type="image/png")
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return PlainTextResponse(f"404: {exc}", 404)
 
     app = Starlette(
         routes=[
             Route("/", index_page),
+            Route("/favicon.ico", no_icon),
             Route("/api/index", index),
             Route("/api/view/{rel:path}", snapshot),
             Route("/api/stream/{rel:path}", stream),

@@ -52,9 +52,10 @@ TB.Campaign = class {
   renderMap(v) {
     const gx = v.grid_x_m || [], gy = v.grid_y_m || [];
     const cells = [];
+    const latest = v.latest ? v.latest.point : null;
     for (const p of v.points || []) {
       const pos = Array.isArray(p.positions_m) && Array.isArray(p.positions_m[0]) ? p.positions_m : [p.positions_m];
-      pos.forEach((xy, a) => { if (Array.isArray(xy)) cells.push({ x: xy[0], y: xy[1], g: (p.gain_db || [])[a] ?? null }); });
+      pos.forEach((xy, a) => { if (Array.isArray(xy)) cells.push({ x: xy[0], y: xy[1], g: (p.gain_db || [])[a] ?? null, latest: p.point === latest }); });
     }
     const xs = gx.concat(cells.map((c) => c.x)), ys = gy.concat(cells.map((c) => c.y));
     if (!xs.length) { this.svg.replaceChildren(); this.svg.dataset.cells = "0"; return; }
@@ -66,11 +67,13 @@ TB.Campaign = class {
     const X = (x) => (x - dx / 2 - lo) * k, Y = (y) => this.size - (y + dy / 2 - lo) * k;
     const kids = [];
     for (const x of gx) for (const y of gy) kids.push(TB.svg("rect", { class: "todo", x: X(x), y: Y(y), width: dx * k, height: dy * k }));
+    // The latest point's cells last, so that their outline is on top.
+    cells.sort((a, b) => (a.latest ? 1 : 0) - (b.latest ? 1 : 0));
     const gains = cells.map((c) => c.g).filter((g) => typeof g === "number");
     const gmin = Math.min(...gains), gmax = Math.max(...gains);
     for (const c of cells) {
       const t = typeof c.g === "number" && gmax > gmin ? (c.g - gmin) / (gmax - gmin) : 0.5;
-      const r = TB.svg("rect", { class: "cell", x: X(c.x), y: Y(c.y), width: dx * k, height: dy * k, fill: typeof c.g === "number" ? TB.viridis(t) : "#999", "data-gain": c.g });
+      const r = TB.svg("rect", { class: c.latest ? "cell latest" : "cell", x: X(c.x), y: Y(c.y), width: dx * k, height: dy * k, fill: typeof c.g === "number" ? TB.viridis(t) : "#999", "data-gain": c.g });
       const title = TB.svg("title");
       title.textContent = `(${TB.num(c.x)}, ${TB.num(c.y)}) m: ${TB.num(c.g, 2)} dB`;
       r.append(title);
@@ -78,6 +81,6 @@ TB.Campaign = class {
     }
     this.svg.replaceChildren(...kids);
     this.svg.dataset.cells = String(cells.length);
-    this.scale.textContent = gains.length ? `colour: ${TB.num(gmin, 1)} dB (dark) to ${TB.num(gmax, 1)} dB (yellow); grey: not measured yet` : "no point measured yet";
+    this.scale.textContent = gains.length ? `colour: ${TB.num(gmin, 1)} dB (dark) to ${TB.num(gmax, 1)} dB (yellow); grey: not measured yet; outlined: the latest point` : "no point measured yet";
   }
 };

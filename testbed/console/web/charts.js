@@ -38,7 +38,8 @@ TB.Chart = class {
         width: this.width(),
         height: 200,
         scales: { x: { time: false } },
-        axes: [{ label: "round" }, { label: this.opts.ylabel || "", size: 60 }],
+        // Whole rounds on the x axis.
+        axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }, { label: this.opts.ylabel || "", size: 60 }],
         series,
         legend: { live: true },
         cursor: { drag: { x: false, y: false } },

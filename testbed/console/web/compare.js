@@ -26,7 +26,10 @@ TB.Compare = class {
     TB.fillTable(this.cells.tbody, (v.cells || []).map((c) => ({
       attrs: { "data-cell": c.cell, "data-state": c.state },
       cells: [
-        c.run_dir ? TB.el("span", { text: c.cell }) : c.cell,
+        // A cell's run has a live page of its own when its folder is inside this compare's.
+        typeof c.run_dir === "string" && c.run_dir.startsWith(v.path + "/")
+          ? TB.el("a", { href: TB.viewHref((rel ? rel + "/" : "") + c.run_dir.slice(v.path.length + 1)), text: c.cell })
+          : c.cell,
         c.scheme, Object.entries(c.grid || {}).map(([k, x]) => `${k}=${x}`).join(" "), String(c.seed ?? "–"),
         TB.statusBadge(c.state), `${c.rounds_done ?? 0} of ${c.rounds_total ?? "?"}`, c.phase ?? "–", TB.num(c.final_ppl),
       ],

@@ -13,6 +13,8 @@ async function refreshIndex() {
     return;
   }
   document.getElementById("root").textContent = body.root;
+  // Newest first.
+  body.rows.sort((a, b) => (b.started ?? 0) - (a.started ?? 0));
   const rows = body.rows.map((row) => ({
     attrs: { "data-rel": row.rel, "data-kind": row.kind, "data-status": row.status },
     cells: [
@@ -21,7 +23,7 @@ async function refreshIndex() {
       row.name ?? "–",
       row.scheme ?? "–",
       TB.statusBadge(row.status ?? "?"),
-      row.progress ?? "–",
+      `${row.done ?? 0} of ${row.total ?? "?"} ${row.unit ?? ""}`.trim(),
       TB.num(row.final_ppl),
       TB.time(row.started),
     ],

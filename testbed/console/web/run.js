@@ -149,7 +149,9 @@ TB.AntennaMap = class {
       title.textContent = `antenna ${a}${stage ? ` (${stage.stage}: ${stage.state})` : ""} at (${TB.num(p[0])}, ${TB.num(p[1])}) m`;
       dot.append(title);
       kids.push(dot);
-      const label = TB.svg("text", { x: X(p[0]) + 8, y: Y(p[1]) - 8, class: "label" });
+      // Labels to the left of antennas near the right edge, so that they stay inside the map.
+      const left = X(p[0]) > this.size * 0.7;
+      const label = TB.svg("text", { x: X(p[0]) + (left ? -9 : 9), y: Y(p[1]) - 8, class: "label", "text-anchor": left ? "end" : "start" });
       label.textContent = stage ? `${stage.stage} ${stage.state}` : `${a}`;
       kids.push(label);
     });
