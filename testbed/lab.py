@@ -21,7 +21,8 @@ from drivers.stage_array import XY, StageArray
 from sim.channel import FieldResponseChannel
 from sim.symbol_air import SymbolAir
 from testbed.config import TestbedConfig
-from testbed.world import air_noise_power_w, default_channel, draw_channel
+from testbed.planning import default_channel
+from testbed.world import air_noise_power_w, draw_channel
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from drivers.errors import ConfigError
 from testbed.config import StageSection, TestbedConfig, validate
-from testbed.world import default_channel, noise_power_w
+from testbed.world import draw_channel, noise_power_w
 
 # Sweepable parameters: short name -> (description, how to set it on the config dict).
 SWEEP_KEYS: dict[str, str] = {
@@ -36,8 +36,19 @@ SWEEP_KEYS: dict[str, str] = {
 SWEEP_BASELINES = ("fpa", "random_placement", "non_ma", "max_clock")
 
 
+def default_channel(config: TestbedConfig) -> Any:
+    """What positions are planned on: the measured map of ``allocation.channel_map`` (a
+    campaign's run directory or table) when given, else the sim's field-response world of this
+    config (the same draw ``testbed run`` uses)."""
+    if config.allocation.channel_map:
+        from testbed.channel_map import load_channel_map
+
+        return load_channel_map(config.allocation.channel_map)
+    return draw_channel(config)
+
+
 def build_problem(config: TestbedConfig, channel: Any | None = None, initial_positions_m: Any = None) -> Any:
-    """An ``allocation.Problem`` for this config; ``channel`` defaults to the sim's draw."""
+    """An ``allocation.Problem`` for this config; ``channel`` defaults to ``default_channel``."""
     from allocation import AllocationError, BoundConstants, Problem
 
     lab, alloc = config.lab, config.allocation

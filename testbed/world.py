@@ -1,14 +1,13 @@
 """The simulated world and its noise, one home for the lab, the planner and the campaign.
 
 ``draw_channel`` is the sim's field-response world of a config (seeded from ``run.seed`` alone),
-``default_channel`` what positions are planned on (a campaign's measured map when the config
-names one, else that world), ``noise_power_w`` the planner's noise level and
-``air_noise_power_w`` the simulated air's.
+``noise_power_w`` the planner's noise level and ``air_noise_power_w`` the simulated air's. What
+positions are planned on (a campaign's measured map, or this world) is the planner's choice:
+``testbed.planning.default_channel``. The world never reads a measured map, so the campaign,
+which draws this world for its sim medium, does not lead back to the map it produces.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -34,14 +33,3 @@ def noise_power_w(config: TestbedConfig) -> float:
     from sim.medium import dbm_to_w
 
     return dbm_to_w(config.lab.medium.noise_power_dbm)
-
-
-def default_channel(config: TestbedConfig) -> Any:
-    """What positions are planned on: the measured map of ``allocation.channel_map`` (a
-    campaign's run directory or table) when given, else the sim's field-response world of this
-    config (the same draw ``testbed run`` uses)."""
-    if config.allocation.channel_map:
-        from testbed.channel_map import load_channel_map
-
-        return load_channel_map(config.allocation.channel_map)
-    return draw_channel(config)

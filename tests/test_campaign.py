@@ -500,7 +500,7 @@ def test_plan_command_optimizes_on_a_measured_map(
 ) -> None:
     """`testbed plan --set allocation.channel_map=RUN_DIR` plans on the campaign's map, not the sim."""
     from testbed.cli import main
-    from testbed.world import default_channel
+    from testbed.planning import default_channel
 
     config, result = radio_campaign
     overrides = [f"allocation.channel_map={result.run_dir}", "allocation.max_rounds=2",
