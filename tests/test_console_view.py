@@ -371,6 +371,8 @@ def test_homing_stages_report_no_position(tmp_path: Path) -> None:
     # While they home, the stages' NaN positions are not where the antennas are.
     assert view.positions_m() == homed
     assert view.to_dict()["stages"][0]["position_m"] == [None, None]
+    # No node has reported yet: every client of the config still has its row.
+    assert [(n["node"], n["alive"]) for n in view.node_table()] == [(str(k), None) for k in range(4)]
     for k in range(4):
         rec.event("stage", stage=f"ma{k}", state="idle", position_m=[0.1 * k, 0.0], target_m=None, alarm=None)
     view.refresh()

@@ -129,6 +129,10 @@ def test_once_on_a_compare(tmp_path: Path) -> None:
     assert "cells 1 of 3 done" in text
     assert "g0-s0-fpa" in text and "round 2 of 5" in text and "train" in text
     assert "1 cell pending" in text
+    # The finished cell, from its done.json: five rounds, val ppl 12.5, NMSE -25 dB through the MA.
+    assert "finished cells" in text
+    [done_row] = [line for line in text.splitlines() if "g0-s0-ours" in line]
+    assert "12.5" in done_row and "-25.0" in done_row and "1m00s" in done_row
 
 
 def test_a_folder_that_is_none_of_the_three_exits_2(tmp_path: Path) -> None:

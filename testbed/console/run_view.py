@@ -191,9 +191,8 @@ class RunView(View):
         now = time.time() if now is None else now
         last = self.rounds[-1] if self.rounds else {}
         train = last.get("train_s", {})
-        names = set(self.nodes) | set(train)
-        if not names and self.num_clients:
-            names = {str(k) for k in range(self.num_clients)}
+        # Every client has a row, heard from or not (a node that never reported is news too).
+        names = set(self.nodes) | set(train) | {str(k) for k in range(self.num_clients or 0)}
         rows = []
         for node in sorted(names, key=lambda n: (len(n), n)):
             row = dict(self.nodes.get(node) or {"node": node, "alive": None, "heartbeat_age_s": None})

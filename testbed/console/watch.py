@@ -26,6 +26,8 @@ from testbed.console.view import AnyView, CampaignView, CompareView, RunView
 # How many of the last rounds the sparklines show, and how many warnings a frame lists.
 SPARK_ROUNDS = 40
 WARNINGS_SHOWN = 5
+# A compare lists at most this many finished cells (its report has them all).
+FINISHED_SHOWN = 20
 BARS = "▁▂▃▄▅▆▇█"
 STATUS_STYLE = {
     "running": "bold green",
@@ -94,7 +96,7 @@ def _finite(value: Any) -> bool:
 
 
 def _num(value: float | None, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, spec)
+    return format(value, spec) if _finite(value) else "-"
 
 
 def _status(view: AnyView) -> Text:
@@ -313,6 +315,26 @@ def render_compare(view: CompareView, now: float) -> RenderableType:
             style = {"running": "green", "failed": "bold red"}.get(c["state"], "yellow")
             table.add_row(c["cell"], c["scheme"], Text(c["state"], style=style), where, c["phase"] or "-", _num(c["final_ppl"]))  # fmt: skip
         parts.append(table)
+    finished = [c for c in view.cells.values() if c["state"] == "done"]
+    if finished:
+        table = Table(title="finished cells", title_justify="left", pad_edge=False)
+        for column in ("cell", "scheme", "rounds", "val ppl", "NMSE movable", "NMSE fixed", "wall"):
+            table.add_column(column, justify="left" if column in ("cell", "scheme") else "right")
+        for c in finished[-FINISHED_SHOWN:]:
+            s = c["summary"] or {}
+            table.add_row(
+                c["cell"],
+                c["scheme"],
+                _num(s.get("rounds"), ".0f"),
+                _num(c["final_ppl"]),
+                _num(s.get("mean_nmse_ma_db"), ".1f"),
+                _num(s.get("mean_nmse_fpa_db"), ".1f"),
+                duration(s.get("wall_s")),
+            )
+        parts.append(table)
+    report = view.path / "compare.md"
+    if report.is_file():
+        parts.append(Text(f"report: {report}"))
     pending = sum(c["state"] == "pending" for c in view.cells.values())
     parts.append(Text(f"{pending} cell{'' if pending == 1 else 's'} pending", style="dim"))
     parts.append(_warnings(view.to_dict()["warnings"]))
