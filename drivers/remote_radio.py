@@ -37,10 +37,26 @@ HEADER_ALLOWANCE_BYTES = 1024 * 1024  # room for the header frames above the IQ 
 class RemoteRadio:
     """A radio hosted by a radio server at ``address``.
 
-    ``radio`` names one radio on a server that hosts several (sim); ``None`` takes its first.
-    CURVE is on when ``secret_key_file`` (this client's ``.key_secret``) and
-    ``server_public_key_file`` (the server's ``.key``) are given; without them the address must
-    be loopback. ``rpc_timeout_s`` bounds every call beyond the time the operation itself needs.
+    Parameters
+    ----------
+    address
+        The radio server's ZeroMQ address, e.g. ``tcp://10.0.0.7:5600``.
+    radio
+        One radio on a server that hosts several (sim); ``None`` takes its first.
+    secret_key_file
+        CURVE: this client's ``.key_secret``. With ``server_public_key_file``, CURVE is on;
+        without both, the address must be loopback.
+    server_public_key_file
+        CURVE: the server's public ``.key``.
+    rpc_timeout_s
+        How long every call may take beyond the time the operation itself needs.
+    max_wait_s
+        The most that a timed call's wait until its device time adds to the reply's allowance
+        (so a far-off time, or a wrong clock estimate, cannot hold a call for ever).
+    max_message_bytes
+        The largest IQ payload sent or accepted in one message.
+    context
+        The ZeroMQ context; default the process-wide one.
     """
 
     def __init__(

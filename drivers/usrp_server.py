@@ -109,7 +109,30 @@ def _str_list(args: dict[str, Any], key: str) -> list[str]:
 
 
 class RadioServer:
-    """Serves named radios over one ROUTER socket (see the module docstring)."""
+    """Serves named radios over one ROUTER socket (see the module docstring).
+
+    Parameters
+    ----------
+    openers
+        Radio name -> a function that opens it; a radio that fails to open is retried and its
+        error reported to every caller meanwhile.
+    bind
+        The ZeroMQ address to bind, e.g. ``tcp://0.0.0.0:5600``.
+    secret_key
+        CURVE: the server's ``.key_secret`` file (with ``allow_dir``).
+    allow_dir
+        CURVE: the folder of client public keys allowed to connect.
+    insecure
+        Plain text, without CURVE; refused on any address but loopback.
+    max_message_bytes
+        The largest message ZeroMQ accepts; a peer sending more is dropped.
+    retry_open_s
+        How long after a failed open the radio is tried again.
+    context
+        The ZeroMQ context; default a new one, closed with the server.
+    max_tx_gain_db
+        The radio owner's TX gain cap, which no request can lift; None: only the callers' caps.
+    """
 
     def __init__(
         self,

@@ -132,7 +132,35 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 
 class LocalFederation:
-    """The coordinator in this process and U nodes on loopback (processes, or threads)."""
+    """The coordinator in this process and U nodes on loopback (processes, or threads).
+
+    Parameters
+    ----------
+    config
+        A ``TestbedConfig``; copied, so the bind address and keys set here stay local.
+    run_dir
+        Where the run's records, checkpoints, ``config.yaml``, ``keys/`` and node logs go.
+    air
+        The ``fl.airlink.AirLink`` of the OTA slot; None builds the config's ``SymbolAir`` (OTA)
+        or goes without one (digital).
+    planner
+        ``planner(round, channels, available) -> RoundPlan``; None: ``round_robin_planner``.
+    on_round
+        Called with each finished round's record.
+    on_event
+        Called with every event record.
+    resume
+        Continue ``run_dir`` after its last complete round.
+    node_mode
+        How the nodes run: ``fork`` (from a pre-warmed zygote), ``process`` (one ``testbed
+        node`` subprocess each) or ``thread`` (in this process, for tests).
+    bind
+        The coordinator's ZeroMQ bind address (``*``: any free port).
+    node_kwargs
+        Extra ``fl.node.Node`` keyword arguments per node id (thread mode only).
+    radio_clock
+        The radios' device time, in which slot times are given; default the host clock.
+    """
 
     def __init__(
         self,
@@ -148,7 +176,6 @@ class LocalFederation:
         node_kwargs: dict[int, dict[str, Any]] | None = None,
         radio_clock: Callable[[], float] | None = None,
     ) -> None:
-        """``radio_clock``: the radios' device time (slot times are in it); default the host clock."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config = config.model_copy(deep=True)

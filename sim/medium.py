@@ -54,7 +54,32 @@ def dbm_to_w(power_dbm: float) -> float:
 
 
 class Medium:
-    """The shared air. Thread-safe: radios in several threads may use one medium."""
+    """The shared air. Thread-safe: radios in several threads may use one medium.
+
+    Parameters
+    ----------
+    links
+        The gains between nodes (``sim.links``): the field-response channel, or one flat gain.
+    rng
+        Draws every node's impairments and seeds the noise; the same seed gives the same air.
+    rate_sps
+        The one sample rate of every node; the virtual clock counts samples at it.
+    noise_power_w
+        AWGN power per receive antenna, referred to the antenna (before RX gain).
+    impairments
+        What the air adds beyond the channel; default ``Impairments()`` (noise and DAC clipping).
+    tx_gain_ref_db
+        The TX gain at which a unit-modulus sample radiates 1 W.
+    rx_gain_ref_db
+        The RX gain at which a capture reads the antenna's amplitude in sqrt(W).
+    capture_history_s
+        How far back a capture may still start (a second radio capturing a window already past);
+        0 refuses it as ``late``, as UHD does.
+    drift_block
+        Samples per block over which the slow phase drift is held constant.
+    start_time_s
+        The virtual clock's start.
+    """
 
     def __init__(
         self,

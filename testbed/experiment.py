@@ -76,7 +76,28 @@ class PlannerState:
 
 
 class Experiment:
-    """The per-round loop of ``testbed run`` around ``fl.runner.LocalFederation``."""
+    """The per-round loop of ``testbed run`` around ``fl.runner.LocalFederation``.
+
+    Parameters
+    ----------
+    config
+        The run's ``TestbedConfig`` (``scheme`` may adjust it, e.g. digital aggregation).
+    recorder
+        The run directory's ``RunRecorder``: events, metrics and the resume state.
+    resume
+        Continue the run in ``recorder``'s directory after its last complete round.
+    remote_nodes
+        The nodes run ``testbed node`` on other hosts and dial in; none is started here.
+    progress
+        Called with (rounds done, rounds in all) after each round.
+    scheme
+        Whose plan drives every round (``SCHEMES``).
+    node_mode
+        How local nodes run (``fl.runner.LocalFederation``).
+    whole_run_plan
+        Also solve the whole-run plan beside every baseline for the report (a compare cell skips
+        it: its report compares runs).
+    """
 
     def __init__(
         self,
@@ -89,9 +110,6 @@ class Experiment:
         node_mode: str = "fork",
         whole_run_plan: bool = True,
     ) -> None:
-        """``scheme``: whose plan drives every round (``SCHEMES``); ``node_mode``: how local nodes
-        run (``fl.runner.LocalFederation``); ``whole_run_plan``: also solve the whole-run plan
-        beside every baseline for the report (a compare cell skips it: its report compares runs)."""
         self.scheme = scheme
         self.strategy = scheme_strategy(scheme)
         config = scheme_config(config, scheme)

@@ -9,7 +9,9 @@
   drivers' contracts; ``fl`` below both; ``drivers`` and ``allocation`` at the bottom) carries a
   one-line ``# up a floor: <why>`` comment on the import line or right above its import block;
 - no module of any of the five packages is over 600 lines (``PENDING_SPLIT`` lists the ones a
-  change in flight is splitting).
+  change in flight is splitting);
+- a constructor with ``WIDE_CONSTRUCTOR`` or more parameters names each one in a numpydoc
+  ``Parameters`` block of its class or ``__init__`` docstring.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ MAX_LINES = 600
 # Modules that a change in flight is splitting, skipped by the 600-line rule. Each entry is removed
 # by the change that splits it (the rule fails on an entry that is already short enough).
 PENDING_SPLIT: set[str] = set()
+WIDE_CONSTRUCTOR = 8
+# Constructors still to be documented, as "path:Class", each removed by the change that does it.
+PENDING_PARAMETERS = {"sim/zaber_device.py:ZaberDevice", "fl/node.py:Node"}
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,38 @@ def test_every_pending_split_is_still_pending() -> None:
     assert done == {}, f"split already (lines now; 0: gone): remove them from PENDING_SPLIT: {done}"
 
 
+def undocumented_parameters(path: Path, root: Path) -> dict[str, list[str]]:
+    """ "path:Class" -> the parameters of its wide ``__init__`` that no ``Parameters`` block names."""
+    out = {}
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        for init in (f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"):
+            a = init.args
+            names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]][1:]
+            if len(names) < WIDE_CONSTRUCTOR:
+                continue
+            doc = (ast.get_docstring(cls) or "") + "\n" + (ast.get_docstring(init) or "")
+            block = doc.partition("Parameters\n----------\n")[2]
+            named = {
+                line.strip().split(" :")[0] for line in block.splitlines() if line and not line[0].isspace()
+            }
+            missing = [n for n in names if n not in named]
+            if missing:
+                out[f"{path.relative_to(root).as_posix()}:{cls.name}"] = missing
+    return out
+
+
+def test_every_wide_constructor_names_its_parameters() -> None:
+    missing = {}
+    for path in project_modules(ROOT).values():
+        missing.update(undocumented_parameters(path, ROOT))
+    missing = {k: v for k, v in missing.items() if k not in PENDING_PARAMETERS}
+    assert missing == {}, (
+        f"constructors with {WIDE_CONSTRUCTOR}+ parameters must say what each is, in a numpydoc "
+        f"Parameters block (or take a small typed settings object): {missing}"
+    )
+
+
 # --- the checks themselves can fail ---------------------------------------------------------------
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     for package in FLOORS:
@@ -352,6 +389,23 @@ def test_the_line_rule_covers_every_package_and_skips_only_pending_splits(tmp_pa
         "drivers/big.py": MAX_LINES + 1,
     }
     assert "fl/coordinator.py" in long_modules(lengths, set())
+
+
+def test_a_wide_constructor_without_its_parameters_is_found(tmp_path: Path) -> None:
+    args = ", ".join(f"p{i}: int = 0" for i in range(WIDE_CONSTRUCTOR))
+    named = "".join(f"    p{i}\n        What p{i} is.\n" for i in range(WIDE_CONSTRUCTOR - 1))
+    text = (
+        f'class Wide:\n    """A wide one.\n\n    Parameters\n    ----------\n{named}    """\n\n'
+        f"    def __init__(self, {args}) -> None:\n        pass\n\n\n"
+        f"class Narrow:\n    def __init__(self, a: int, b: int) -> None:\n        pass\n"
+    )
+    root = _tree(tmp_path, {"sim/wide.py": text})
+    assert undocumented_parameters(root / "sim/wide.py", root) == {
+        "sim/wide.py:Wide": [f"p{WIDE_CONSTRUCTOR - 1}"]
+    }
+    last = f"    p{WIDE_CONSTRUCTOR - 1}\n        The last one.\n"
+    (root / "sim/wide.py").write_text(text.replace(named, named + last))
+    assert undocumented_parameters(root / "sim/wide.py", root) == {}
 
 
 @pytest.mark.parametrize(

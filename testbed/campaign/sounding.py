@@ -101,8 +101,31 @@ class RadioSounder:
     ``sequential``: one slot per client, one after another, in one timed capture.
     ``simultaneous``: every client at once in one slot, each with its own ZC root, separated by
     successive interference cancellation (two roots correlate at 1/sqrt(L), -21 dB at L = 127,
-    too much across a near-far gap without it): U times less air time for more computing. The raw capture (as the radio returned it) of
-    each client's slot is kept for SigMF.
+    too much across a near-far gap without it): U times less air time for more computing. The
+    raw capture (as the radio returned it) of each client's slot is kept for SigMF.
+
+    Parameters
+    ----------
+    receiver
+        The receiver's radio, one RX channel per antenna; the pilots are timed on its clock.
+    clients
+        One radio per client, in client order, sharing the receiver's time.
+    calibration
+        The ``GainCalibration`` that turns the radios' gains into physical amplitudes.
+    power_w
+        Each client's pilot power, P_k.
+    pilot_length
+        The Zadoff-Chu sequence length (``campaign.pilot_length``).
+    mode
+        ``sequential`` or ``simultaneous`` (``campaign.pilots``).
+    captures_per_point
+        Soundings averaged per raster point.
+    lead_s
+        How far ahead of the receiver's "now" the pilots are scheduled.
+    carrier_hz
+        The carrier the channel is estimated at; default the receiver's frequency.
+    closers
+        Called on ``close`` after the radios are closed (e.g. a sim medium's server).
     """
 
     def __init__(
