@@ -19,6 +19,12 @@
     document.getElementById("progress").textContent = `${rel || "."}${v.scheme ? " · " + v.scheme : ""}${v.started ? " · started " + TB.time(v.started) : ""}`;
     page.render(v, state.files || [], rel);
     document.body.dataset.version = String(v.version);
+    // When this render was done (ms since the epoch; bench_console reads it), and, after the
+    // first one's frame is painted, a "first-paint" performance mark.
+    document.body.dataset.renderedAt = String(performance.timeOrigin + performance.now());
+    if (document.body.dataset.loaded !== "1") {
+      requestAnimationFrame(() => setTimeout(() => performance.mark("first-paint"), 0));
+    }
     document.body.dataset.loaded = "1";
   });
 })();
