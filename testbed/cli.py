@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "report": "write the plots and report.md of a run directory",
     "watch": "follow a run, campaign or compare live in the terminal (--once: one frame)",
     "serve": "the console in a browser: live pages of the runs, campaigns and compares under DIR",
+    "stop": "ask a running run, campaign or compare to stop after its round (--now: at once)",
 }
 
 log = logging.getLogger("testbed")

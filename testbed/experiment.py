@@ -395,6 +395,7 @@ class Experiment:
             self._federate()
         except KeyboardInterrupt:
             self._whole_run_abandon()
+            self.live.flush()
             self.recorder.stop(
                 "interrupted", reason="Ctrl-C: stages stopped, radios closed; --resume continues"
             )
@@ -405,6 +406,7 @@ class Experiment:
                 self.live.stages(
                     self.lab.stages.names, "alarm", self._last_positions(), alarm=exc.code, force=True
                 )
+            self.live.flush()
             self.recorder.stop("failed", reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
@@ -414,9 +416,11 @@ class Experiment:
             # A clean stop between rounds: the last round is checkpointed; --resume continues.
             self._whole_run_abandon()
             summary["stopped"] = self.stopped
+            self.live.flush()
             self.recorder.stop("stopped", reason=f"{self.stopped}; --resume continues")
         else:
             self._whole_run_finish()
+            self.live.flush()
             self.recorder.stop("success")
         self.recorder.write_summary(summary)
         return summary
@@ -488,6 +492,7 @@ class Experiment:
                 self.cost = resumed_cost(self.cost, [d["data"] for d in self.recorder.events("round")])
             floor = check_rounds(self.config, self.cost)
         except Exception as exc:
+            self.live.flush()
             self.recorder.stop("failed", reason=f"{type(exc).__name__}: {exc}")
             raise
         self.cost_floor = floor  # recorded once the run's start document is written

@@ -9,6 +9,7 @@ waiting), and turns the process's WARNING log lines into ``warning`` documents.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,9 @@ class LiveFeed:
         self._stage_t: dict[str, float] = {}
         self._stage_waiting: dict[str, dict[str, Any]] = {}
         self._warnings: _WarningHandler | None = None
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._closed = False
 
     # --- from the coordinator --------------------------------------------------------------------
     def forward(self, fl_event: dict[str, Any]) -> None:
@@ -45,20 +49,39 @@ class LiveFeed:
         alarm: int | str | None = None,
         force: bool = False,
     ) -> None:
-        """Each named stage's state; ``force`` writes what waits regardless of the rate (run end)."""
-        now = time.monotonic()
-        for i, name in enumerate(names):
-            self._stage_waiting[name] = {
-                "stage": name,
-                "state": state,
-                "position_m": [float(v) for v in positions_m[i]],
-                "target_m": None if targets_m is None else [float(v) for v in targets_m[i]],
-                "alarm": alarm,
-            }
-        for name in list(self._stage_waiting):
-            if force or now - self._stage_t.get(name, -STAGE_PERIOD_S) >= STAGE_PERIOD_S:
-                self.recorder.live("stage", **self._stage_waiting.pop(name))
-                self._stage_t[name] = now
+        """Each named stage's state: written now if its last one is a period old (or ``force``),
+        else held and written when the period is up (a newer state replaces a held one)."""
+        with self._lock:
+            for i, name in enumerate(names):
+                self._stage_waiting[name] = {
+                    "stage": name,
+                    "state": state,
+                    "position_m": [float(v) for v in positions_m[i]],
+                    "target_m": None if targets_m is None else [float(v) for v in targets_m[i]],
+                    "alarm": alarm,
+                }
+        self._flush_stages(force)
+
+    def flush(self) -> None:
+        """Write every held stage state now (before the run's stop document)."""
+        self._flush_stages(force=True)
+
+    def _flush_stages(self, force: bool = False) -> None:
+        with self._lock:
+            self._timer = None
+            now = time.monotonic()
+            due = STAGE_PERIOD_S
+            for name in list(self._stage_waiting):
+                age = now - self._stage_t.get(name, -STAGE_PERIOD_S)
+                if force or age >= STAGE_PERIOD_S:
+                    self.recorder.live("stage", **self._stage_waiting.pop(name))
+                    self._stage_t[name] = now
+                else:
+                    due = min(due, STAGE_PERIOD_S - age)
+            if self._stage_waiting and self._timer is None and not self._closed:
+                self._timer = threading.Timer(due, self._flush_stages)
+                self._timer.daemon = True
+                self._timer.start()
 
     # --- warnings --------------------------------------------------------------------------------
     def capture_warnings(self) -> None:
@@ -67,6 +90,12 @@ class LiveFeed:
             logging.getLogger().addHandler(self._warnings)
 
     def close(self) -> None:
+        """Write the stage states still held, and stop listening to the log."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+        self._flush_stages(force=True)
         if self._warnings is not None:
             logging.getLogger().removeHandler(self._warnings)
             self._warnings = None

@@ -26,6 +26,8 @@ from testbed.campaign.table import (
     write_table,
 )
 from testbed.config import TestbedConfig
+from testbed.console.control import RunningMarker, stop_requested
+from testbed.live import LiveFeed
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,9 @@ class Campaign:
         self.formation = formation
         self.sounder = sounder
         self.recorder = recorder
+        self.live = LiveFeed(recorder)
+        self.stopped: str | None = None  # why the campaign stopped early (``testbed stop``)
+        self._here: list[list[float]] = [[float("nan")] * 2] * plan.num_antennas
 
     def run(self, progress: ProgressFn | None = None, stop_after: int | None = None) -> CampaignResult:
         """Measure every step not yet in the index. ``stop_after`` ends early after that many new
@@ -104,6 +109,11 @@ class Campaign:
             if step in done:
                 continue
             if stop_after is not None and result.steps_measured >= stop_after:
+                break
+            request = stop_requested(rec.run_dir)
+            if request is not None:
+                rec.event("stop_request", now=bool(request.get("now")), by=str(request.get("by", "")))
+                self.stopped = f"testbed stop ({request.get('by', 'unknown')}) after {len(done)} points"
                 break
             target = self.plan.step_positions_m(step)
             t_step = time.monotonic()
@@ -129,10 +139,21 @@ class Campaign:
         distance = float(np.max(np.hypot(*(target - here).T)))
         return move_time(distance) + getattr(self.formation, "settle_s", 0.0) + self.sounder.capture_time_s()
 
+    def _phase(self, step: int, phase: str) -> None:
+        self.recorder.live("phase", point=step, phase=phase, t_start=time.time())
+
     def _measure_step(self, step: int, target: np.ndarray) -> dict[str, Any]:
         """Move, sound, write the step's SigMF; return its index record (not yet appended)."""
         rec = self.recorder
+        names = list(self.config.lab.stages)
+        if len(names) != len(target):
+            names = [f"antenna{i}" for i in range(len(target))]
+        self._phase(step, "move")
+        self.live.stages(names, "moving", self._here, targets_m=target)
         read = np.asarray(self.formation.move(target), dtype=float).reshape(-1, 2)
+        self._here = read
+        self.live.stages(names, "idle", read)
+        self._phase(step, "estimate")
         sounding = self.sounder.sound(read, step_rng(self.config.run.seed, step))
         files = []
         if self.config.campaign.save_iq and sounding.iq:
@@ -301,13 +322,18 @@ def run_campaign(
     status, reason = "error", ""
     formation: Formation | None = None
     sounder: Sounder | None = None
+    campaign: Campaign | None = None
     try:
         formation = open_formation(config)
         sounder = open_sounder(config, formation)
-        result = Campaign(config, plan, formation, sounder, recorder).run(progress, stop_after)
+        campaign = Campaign(config, plan, formation, sounder, recorder)
+        with RunningMarker(recorder.run_dir, "campaign"):
+            result = campaign.run(progress, stop_after)
         done = result.steps_skipped + result.steps_measured
         status = "completed" if done == result.steps_total else "partial"
         reason = f"{done} of {result.steps_total} steps measured"
+        if campaign.stopped is not None:
+            status, reason = "stopped", f"{campaign.stopped}; --resume continues"
         return result
     except KeyboardInterrupt:
         status, reason = "interrupted", "Ctrl-C or SIGTERM"
@@ -317,6 +343,8 @@ def run_campaign(
         raise
     finally:
         _close_quietly(formation, sounder)
+        if campaign is not None:
+            campaign.live.close()  # the stage states still held go in before the stop
         try:
             recorder.stop(status, reason)
             if status == "completed":

@@ -24,6 +24,7 @@ from testbed.compare.cells import Cell, CompareSpec, build_spec, cell_config
 from testbed.compare.engine import is_done, read_done, run_jobs
 from testbed.compare.report import cell_series, write_compare_report
 from testbed.config import to_yaml
+from testbed.console.control import RunningMarker, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,21 @@ def run_compare(
         if progress is not None:
             progress(finished, len(cells))
 
-    run_jobs(jobs, engine, workers, scheduler, on_done)
+    stop_reason: list[str] = []
+
+    def should_stop() -> bool:
+        request = stop_requested(compare_dir)
+        if request is not None and not stop_reason:
+            stop_reason.append(f"testbed stop ({request.get('by', 'unknown')})")
+            log.warning("compare %s: %s: no new cells; the running ones finish", compare_dir, stop_reason[0])
+        return bool(stop_reason)
+
+    with RunningMarker(compare_dir, "compare"):
+        run_jobs(jobs, engine, workers, scheduler, on_done, should_stop)
     report = write_compare_report(compare_dir, spec.to_dict(), load_cells(compare_dir, spec))
+    if stop_reason:
+        log.warning("compare %s stopped: %d of %d cells finished; --resume %s runs the rest",
+                    compare_dir, finished, len(cells), compare_dir)  # fmt: skip
     if failed:
         raise CompareError(
             f"{len(failed)} of {len(cells)} cells failed: "

@@ -22,6 +22,7 @@ from drivers.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DONE = "done.json"
+STOP_POLL_S = 0.5  # how often a local compare looks for a ``testbed stop`` request
 
 
 def is_done(cells_dir: Path, cell_id: str) -> bool:
@@ -61,27 +62,46 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     return done
 
 
-def run_local(jobs: list[dict[str, Any]], workers: int, on_done: Callable[[dict[str, Any]], None]) -> None:
+def run_local(
+    jobs: list[dict[str, Any]],
+    workers: int,
+    on_done: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
     """The cells on ``workers`` spawned processes, one cell at a time each.
 
     A worker runs cell after cell: importing torch, transformers and peft costs tens of CPU
     seconds, more than a short cell's training, so it is paid once per worker, not per cell.
-    Each cell still gets a fresh Experiment, lab, federation and seeds.
+    Each cell still gets a fresh Experiment, lab, federation and seeds. Once ``should_stop()``
+    says so, the cells not yet started are cancelled and the running ones finish.
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")  # no forked torch/zmq state from this process
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(run_cell, job) for job in jobs]
-        for future in as_completed(futures):
-            on_done(future.result())
+        pending = {pool.submit(run_cell, job) for job in jobs}
+        stopping = False
+        while pending:
+            finished, pending = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
+            for future in finished:
+                if not future.cancelled():
+                    on_done(future.result())
+            if not stopping and should_stop():
+                stopping = True
+                for future in pending:
+                    future.cancel()  # only those not started; a running cell ends its rounds
 
 
 def run_dask(
-    jobs: list[dict[str, Any]], scheduler: str | Any, on_done: Callable[[dict[str, Any]], None]
+    jobs: list[dict[str, Any]],
+    scheduler: str | Any,
+    on_done: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Each cell as a task on a Dask ``distributed`` cluster (``scheduler``: address or Client)."""
+    """Each cell as a task on a Dask ``distributed`` cluster (``scheduler``: address or Client).
+    Once ``should_stop()`` says so (asked as each cell finishes), the cells not finished are
+    cancelled: a Dask worker cannot be told to finish one task and take no other."""
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -95,6 +115,9 @@ def run_dask(
         futures = [client.submit(run_cell, job, key=f"cell-{job['cell_id']}", pure=False) for job in jobs]
         for future in as_completed(futures):
             on_done(future.result())
+            if should_stop():
+                client.cancel([f for f in futures if not f.done()])
+                break
     finally:
         if own:
             client.close()
@@ -106,15 +129,16 @@ def run_jobs(
     workers: int,
     scheduler: str | Any | None,
     on_done: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     jobs = list(jobs)
     if not jobs:
         return
     if engine == "local":
-        run_local(jobs, workers, on_done)
+        run_local(jobs, workers, on_done, should_stop)
     elif engine == "dask":
         if scheduler is None:
             raise ConfigError("--engine dask: give --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
-        run_dask(jobs, scheduler, on_done)
+        run_dask(jobs, scheduler, on_done, should_stop)
     else:
         raise ConfigError(f"--engine: {engine!r}; allowed local, dask")
