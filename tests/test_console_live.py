@@ -187,3 +187,47 @@ def test_a_stop_request_left_behind_does_not_stop_the_next_segment(tmp_path: Pat
 def test_a_damaged_running_marker_reads_as_not_running(tmp_path: Path, junk: str) -> None:
     (tmp_path / RUNNING).write_text(junk)
     assert running_info(tmp_path) is None
+
+
+def test_stop_ends_a_campaign_after_its_point_and_resume_finishes_it(tmp_path: Path) -> None:
+    from testbed.campaign import run_campaign
+    from testbed.config import load_config
+
+    config = load_config(
+        ROOT / "configs" / "campaign.yaml", [f"run.output_dir={tmp_path}", "campaign.sounder=symbol"]
+    )
+    asked: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done == 3 and not asked:  # `testbed stop` from another terminal, after the third point
+            asked.append(done)
+            run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+            request_stop(run_dir, now=False, by="the test")
+
+    first = run_campaign(config, progress=progress)
+    docs = read_events(first.run_dir / "events.jsonl")
+    assert docs[-1]["status"] == "stopped" and "the test" in docs[-1]["reason"]
+    assert first.steps_measured == 3 and first.table_path is None
+    phases = [(d["data"]["point"], d["data"]["phase"]) for d in docs if d.get("kind") == "phase"]
+    assert phases[:2] == [(0, "move"), (0, "estimate")]
+    second = run_campaign(resume_dir=first.run_dir)
+    assert second.steps_skipped == 3 and second.steps_skipped + second.steps_measured == second.steps_total
+    assert read_events(first.run_dir / "events.jsonl")[-1]["status"] == "completed"
+
+
+def test_stop_lets_a_compare_finish_its_running_cell_and_start_no_other(tmp_path: Path) -> None:
+    from testbed.compare import build_spec, open_compare_dir, run_compare
+
+    tiny = ["fl.rounds=1", "allocation.max_rounds=1", "fl.data.num_samples=60", "fl.training.local_steps=1",
+            "allocation.position_starts=1", f"run.output_dir={tmp_path}"]  # fmt: skip
+    spec = build_spec(str(ROOT / "configs" / "edge.yaml"), tiny, "ours,digital", [], 1)
+    out = open_compare_dir(spec, tmp_path / "cmp", None)
+
+    def progress(done: int, total: int) -> None:
+        if done == 1:
+            request_stop(out, now=False, by="the test")
+
+    _, ran = run_compare(spec, out, workers=1, progress=progress)
+    assert len(ran) == 1 and not running_info(out)
+    _, ran_after = run_compare(spec, out, workers=1)
+    assert set(ran) | set(ran_after) == {"g0-s0-ours", "g0-s0-digital"} and not set(ran) & set(ran_after)

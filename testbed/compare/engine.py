@@ -73,24 +73,25 @@ def run_local(
     A worker runs cell after cell: importing torch, transformers and peft costs tens of CPU
     seconds, more than a short cell's training, so it is paid once per worker, not per cell.
     Each cell still gets a fresh Experiment, lab, federation and seeds. Once ``should_stop()``
-    says so, the cells not yet started are cancelled and the running ones finish.
+    says so, no new cell starts and the running ones finish.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")  # no forked torch/zmq state from this process
+    queue = list(jobs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending = {pool.submit(run_cell, job) for job in jobs}
-        stopping = False
-        while pending:
-            finished, pending = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
+        # At most one cell per worker is handed over at a time: a cell the pool has taken cannot
+        # be called back, and a stop must leave the cells not yet started alone.
+        running = {pool.submit(run_cell, queue.pop(0)) for _ in range(min(workers, len(queue)))}
+        while running:
+            finished, running = wait(running, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
             for future in finished:
-                if not future.cancelled():
-                    on_done(future.result())
-            if not stopping and should_stop():
-                stopping = True
-                for future in pending:
-                    future.cancel()  # only those not started; a running cell ends its rounds
+                on_done(future.result())
+            if queue and should_stop():
+                queue.clear()
+            while queue and len(running) < workers:
+                running.add(pool.submit(run_cell, queue.pop(0)))
 
 
 def run_dask(
