@@ -12,24 +12,16 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from dryrun_kit import DRYRUN, FAST, ROOT, sets, wait_for
 from process_kit import hears_ctrl_c
 
 from fl.phases import PHASES
 from testbed.console.control import RUNNING, STOP_REQUEST, request_stop, running_info
 from testbed.records import read_events
 
-ROOT = Path(__file__).resolve().parent.parent
-DRYRUN = str(ROOT / "configs" / "dryrun.yaml")
-FAST = [
-    "allocation.position_starts=1",
-    "allocation.max_outer_iterations=10",
-    "fl.training.local_steps=2",
-    "fl.data.num_samples=120",
-]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -45,29 +37,11 @@ RUN_ROUNDS = 10
 
 
 def start_run(out: Path, rounds: int) -> subprocess.Popen[bytes]:
-    sets = [
-        a
-        for o in [*FAST, "fl.training.local_steps=6", f"fl.rounds={rounds}", f"run.output_dir={out}"]
-        for a in ("--set", o)
-    ]
+    args = sets(*FAST, "fl.training.local_steps=6", f"fl.rounds={rounds}", f"run.output_dir={out}")
     return subprocess.Popen(
-        [sys.executable, "-m", "testbed.cli", "run", DRYRUN, "-q", *sets],
+        [sys.executable, "-m", "testbed.cli", "run", DRYRUN, "-q", *args],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=hears_ctrl_c,
     )  # fmt: skip
-
-
-def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(
-                f"the run ended ({proc.returncode}) before {what}: {proc.stderr.read()[-3000:]!r}"
-            )
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_dir_in(out: Path) -> Path | None:

@@ -17,26 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dryrun_kit import DRYRUN, FAST, ROOT, sets, wait_for
 from process_kit import hears_ctrl_c
 
 from sim.grbl_device import GrblDevice
 from sim.serial_url import EmulatorTcpServer
 from testbed.cli import main
 from testbed.records import read_events
-
-ROOT = Path(__file__).resolve().parent.parent
-DRYRUN = str(ROOT / "configs" / "dryrun.yaml")
-# Small and quick: fewer optimizer starts; short local training.
-FAST = [
-    "allocation.position_starts=1",
-    "allocation.max_outer_iterations=10",
-    "fl.training.local_steps=2",
-    "fl.data.num_samples=120",
-]
-
-
-def sets(*overrides: str) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
 
 
 def only_run_dir(out: Path) -> Path:
@@ -97,15 +84,6 @@ def test_bad_config_stops_before_any_device_moves(tmp_path: Path, capsys: pytest
     assert not any(tmp_path.iterdir())  # no run directory either
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _rounds_in(run_dir: Path) -> list[int]:
     path = run_dir / "events.jsonl"
     if not path.exists():
@@ -133,7 +111,7 @@ def test_ctrl_c_with_a_real_stage_driver_then_resume(tmp_path: Path) -> None:
             preexec_fn=hears_ctrl_c,
         )
         try:
-            _wait_for(lambda: out.exists() and any(out.iterdir()) and _rounds_in(only_run_dir(out)),
+            wait_for(lambda: out.exists() and any(out.iterdir()) and _rounds_in(only_run_dir(out)),
                       240, "the first round")  # fmt: skip
             proc.send_signal(signal.SIGINT)
             output, _ = proc.communicate(timeout=60)
