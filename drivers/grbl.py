@@ -166,6 +166,7 @@ class GrblStage(GrblWire):
         self.status_poll_s = status_poll_s
         self._frame = (AxisFrame(0.0, 1.0, 0.0), AxisFrame(0.0, 1.0, 0.0))  # set from $$ and $I at start-up
         self._here_mm: tuple[float, float] | None = None  # machine mm where the last motion ended
+        self._basis = ""  # what established the position (see position_basis)
         self._open(port, lambda: self._startup(boot_timeout_s, check_settings))
 
     # --- frames ---------------------------------------------------------------------------------
@@ -184,13 +185,66 @@ class GrblStage(GrblWire):
 
     # --- Positioner contract (the rest is SerialStage's) ----------------------------------------
     def position(self) -> tuple[float, float]:
+        """Where the stage is (metres, stage frame). Raises ``StageNotHomed`` while the position is
+        not established; ``count_position()`` reads GRBL's count regardless."""
+        xy = self.count_position()
+        if not self.homed:
+            raise StageNotHomed(
+                f"{self._where}: position unknown (not established since power-up or the last alarm that "
+                f"lost it); GRBL's count reads ({xy[0]:.4f}, {xy[1]:.4f}) m, counted from wherever it "
+                f"woke up; {self._establish_hint()}"
+            )
+        return xy
+
+    def count_position(self) -> tuple[float, float]:
+        """GRBL's position count in stage metres, established or not (``position_basis``). Until it
+        is, it counts from wherever the controller woke up, which need not be stage 0."""
         report = self.query_status()
         pos = report.machine_pos_mm(self._wco)
         if pos is None:
             raise StageError(f"{self._where}: status report carried no position")
-        if not self.homed and self.settings.get(22):
-            log.debug("%s: position read while not homed; it may not be the true position", self.name)
         return self.to_stage_m(pos)
+
+    @property
+    def position_basis(self) -> str | None:
+        """What established the position (homing, or the operator's word); None while unknown."""
+        return self._basis if self.homed else None
+
+    def accept_position(self, note: str) -> tuple[float, float]:
+        """Without homing switches (``$22=0``): take GRBL's count as the true position, on the
+        operator's word, and return it.
+
+        The rule: without switches nothing in the controller can establish the position. At
+        power-up GRBL counts from wherever the carriage was, and an alarm that stopped motion
+        (``ALARM:1``, ``3``) may have lost steps; the driver then refuses moves until the operator
+        has checked the carriage and says so here. ``note`` records what was checked ("carriage
+        placed at the stage origin"); it is logged at WARNING and kept in ``position_basis``. An
+        alarm is unlocked first (``$X``). With switches (``$22=1``) this is refused: ``home()``
+        establishes the position.
+        """
+        if self.settings.get(22):
+            raise StageCommandError(
+                f"{self._where}: homing is enabled ($22=1): home() establishes the position; "
+                "accept_position() is for stages without homing switches"
+            )
+        if not note.strip():
+            raise ValueError("accept_position(note): note must say what the operator checked, got ''")
+        if self._state == StageState.ALARM:
+            self.unlock()
+        xy = self.count_position()
+        self.homed = True
+        self.alarm_code = None
+        self._basis = f"operator's word at count ({xy[0]:.4f}, {xy[1]:.4f}) m: {note.strip()}"
+        log.warning("%s: position accepted on the operator's word: %s", self._where, self._basis)
+        return xy
+
+    def _establish_hint(self) -> str:
+        if self.settings.get(22):
+            return "home() first"
+        return (
+            "no homing switches ($22=0): check where the carriage is, then accept_position(note) "
+            "takes the count on your word"
+        )
 
     def _on_close(self) -> None:
         with self._status_cond:
@@ -239,7 +293,10 @@ class GrblStage(GrblWire):
         self._refresh_state()
         # GRBL with homing on is Idle only after $H (or a deliberate $X); without homing it counts
         # from wherever it woke up, and nothing better exists.
-        self.homed = self._state != StageState.ALARM or not self.settings.get(22)
+        # Without homing ($22=0) only the operator's word establishes it (accept_position).
+        self.homed = self._state != StageState.ALARM and bool(self.settings.get(22))
+        if self.homed:
+            self._basis = "controller Idle at open, so homed before (homing is on: it powers up in Alarm)"
         if check:
             self._check_settings()
 
@@ -271,7 +328,11 @@ class GrblStage(GrblWire):
                 log.warning("%s: %s needs %.0f steps/s at $%d; GRBL tops out near 30 kHz", where, axis,
                             s[steps] * s[rate] / 60.0, rate)  # fmt: skip
         if not s.get(22):
-            log.warning("%s: homing is disabled ($22=0); positions are relative to power-up", where)
+            log.warning(
+                "%s: homing is disabled ($22=0): GRBL counts from where it woke up; the position is "
+                "unknown until accept_position(note)",
+                where,
+            )
         if not s.get(20):
             log.info("%s: firmware soft limits are off ($20=0); the driver enforces travel_m itself", where)
 
@@ -308,7 +369,8 @@ class GrblStage(GrblWire):
             raise StageLinkError(f"{self._where}: link lost; reopen the stage")
         if not self.homed:
             raise StageNotHomed(
-                f"{self._where}: position unknown (not homed since power-up or alarm); home() first"
+                f"{self._where}: position unknown (not established since power-up or the last alarm "
+                f"that lost it); {self._establish_hint()}"
             )
         if self._state == StageState.ALARM:
             raise StageAlarm(
@@ -434,7 +496,11 @@ class GrblStage(GrblWire):
             raise StageLinkError(f"{self._where}: link lost; reopen the stage")
         self._ensure_not_critical()
         if not self.settings.get(22):
-            raise StageCommandError(f"{self._where}: homing is disabled on the controller ($22=0)", code=5)
+            raise StageCommandError(
+                f"{self._where}: homing is disabled on the controller ($22=0): no switches to find; "
+                "check where the carriage is, then accept_position(note) takes GRBL's count on your word",
+                code=5,
+            )
         self._state = StageState.HOMING
         resets, alarms = self._banner_seq, self._alarm_seq
         try:
@@ -457,6 +523,7 @@ class GrblStage(GrblWire):
             raise
         report = self._confirm_rest("homing", resets, alarms, None)
         self.homed = True
+        self._basis = "homed ($H)"
         self.alarm_code = None
         self._state = StageState.IDLE
         pos = report.machine_pos_mm(self._wco)

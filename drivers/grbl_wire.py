@@ -90,6 +90,9 @@ HOMING_RESET_ALARMS = {8, 9}  # limits.c: homing failed, and GRBL reset itself
 POSITION_TOL_MM = 0.01  # a finished move ends within this of its target (GRBL rounds to steps)
 
 RT_STATUS, RT_HOLD, RT_RESUME, RT_RESET, RT_JOG_CANCEL = b"?", b"!", b"~", b"\x18", b"\x85"
+# report.c: 500 ms of silence after every ALARM line; after ALARM:1/2 protocol.c then clears any
+# reset that came in that time and says [MSG:Reset to continue]
+ALARM_DELAY_S = 0.5
 MIN_STATUS_POLL_S = 0.2  # GRBL's advice: status queries at 5 Hz at most
 BOOT_TIMEOUT_S = 2.5  # an Arduino bootloader takes ~1-2 s before GRBL prints its banner
 
@@ -238,6 +241,9 @@ class GrblWire(SerialStage):
         self.last_status: GrblStatus | None = None
         self.alarm_code: int | None = None
         self._critical = False  # ALARM:1/2: GRBL serves nothing, not even '?', until a reset
+        self._reset_armed = True  # False from ALARM:1/2 until [MSG:Reset to continue]: a reset is dropped
+        self._alarm_t = 0.0  # when the last ALARM line was read (monotonic s)
+        self._last_line: tuple[float, str] | None = None  # the last line read, and when
         self._wco: tuple[float, ...] = (0.0, 0.0, 0.0)
         self._acks: deque[Reply] = deque()  # ok/error/ALARM/reset/lost, in order
         self._info: list[str] = []
@@ -254,11 +260,35 @@ class GrblWire(SerialStage):
             self._status_cond.notify_all()
 
     def soft_reset(self) -> None:
-        """Send 0x18 and wait for the banner: flushes everything, resynchronises the link."""
+        """Send 0x18 and wait for the banner: flushes everything, resynchronises the link.
+
+        After ``ALARM:1/2`` GRBL drops a reset sent before its ``[MSG:Reset to continue]`` (500 ms
+        after the alarm), so the reset waits for that message (or those 500 ms); if no banner comes,
+        the reset is sent once more."""
+        self._await_reset_window()
         seq = self._banner_seq
         self._link.write_raw(RT_RESET)
-        self._wait_banner(seq, self.command_timeout_s)
+        if not self._wait_banner(seq, self.command_timeout_s, raise_=False):
+            log.warning("%s: no banner after a reset (%s); sending it once more", self._where, self._heard())
+            self._link.write_raw(RT_RESET)
+            self._wait_banner(seq, self.command_timeout_s)
         self._critical = False
+
+    def _await_reset_window(self) -> None:
+        """After ALARM:1/2, wait for ``[MSG:Reset to continue]``, at most until the alarm's 500 ms
+        (and a margin for the line to arrive) are over."""
+        if not self._critical or self._reset_armed:
+            return
+        left = self._alarm_t + ALARM_DELAY_S + 0.1 - time.monotonic()
+        if left > 0:
+            self._pump(lambda: self._reset_armed, left)
+
+    def _heard(self) -> str:
+        """What was last seen on the wire, for timeout messages."""
+        if self._last_line is None:
+            return "nothing received since the port opened; is it GRBL at 115200 baud?"
+        t, line = self._last_line
+        return f"last line received {line!r}, {time.monotonic() - t:.2f} s ago"
 
     def command(self, line: str, timeout_s: float | None = None) -> list[str]:
         """Send one line, wait for ``ok``; return the ``[...]``/``$`` lines that came before it."""
@@ -336,6 +366,8 @@ class GrblWire(SerialStage):
                     self._status_cond.wait(min(left, 0.05))
 
     def _handle(self, line: str) -> None:
+        if line.strip():
+            self._last_line = (time.monotonic(), line.strip())
         try:
             self._dispatch(line)
         except Exception:  # a bug here must not wedge the link
@@ -378,6 +410,7 @@ class GrblWire(SerialStage):
         elif line.startswith("Grbl "):
             self.banner = line
             self._critical = False
+            self._reset_armed = True
             self._acks.append(Reply(ReplyKind.RESET, text=line))
             with self._status_cond:
                 self._banner_seq += 1
@@ -386,6 +419,7 @@ class GrblWire(SerialStage):
             log.debug("%s: %s", self.name, line)
             if "Reset to continue" in line:
                 self._critical = True
+                self._reset_armed = True
             elif "to unlock" in line:
                 self._state = StageState.ALARM
             elif "Check Limits" in line:  # a limit switch reads pressed at power-up: GRBL is in alarm
@@ -420,8 +454,10 @@ class GrblWire(SerialStage):
         self._state = StageState.ALARM
         if code in ALARMS_LOSING_POSITION:
             self.homed = False
+        self._alarm_t = time.monotonic()
         if code in CRITICAL_ALARMS:
             self._critical = True
+            self._reset_armed = False
         log.error("%s: %s", self.name, describe_alarm(code))
         self._acks.append(Reply(ReplyKind.ALARM, code))
         with self._status_cond:
@@ -441,11 +477,11 @@ class GrblWire(SerialStage):
             self._link.write_line(line)
             deadline = time.monotonic() + timeout_s
             last_query = last_heard = time.monotonic()
-            seen_seq = self._status_seq
+            seen_seq = sent_seq = self._status_seq
             while True:
                 now = time.monotonic()
                 if now >= deadline:
-                    raise StageTimeout(f"{where}: no reply to {line!r} within {timeout_s:g} s")
+                    self._raise_timeout(line, timeout_s, sent_seq if watchdog else None)
                 wait = deadline - now
                 if watchdog:
                     wait = min(wait, max(0.0, last_query + self.status_poll_s - now))
@@ -488,6 +524,20 @@ class GrblWire(SerialStage):
                         f"{where}: link lost while waiting for the reply to {line!r} ({reply.exc})"
                     )
 
+    def _raise_timeout(self, line: str, timeout_s: float, watched_from: int | None) -> None:
+        """No reply in time. If every status report the watchdog read since the line went out said
+        Hold, the motion was held (a feed hold with no resume), not lost: say so."""
+        report = self.last_status
+        fresh = watched_from is not None and self._status_seq > watched_from
+        if fresh and report is not None and report.state == "Hold":
+            sub = f":{report.substate}" if report.substate is not None else ""
+            raise StageAborted(
+                f"{self._where}: {line!r} held: the controller reports Hold{sub} (a feed hold, from "
+                f"feed_hold() or the hold button) and nothing resumed it within {timeout_s:g} s; "
+                "resume() continues it, stop() ends it"
+            )
+        raise StageTimeout(f"{self._where}: no reply to {line!r} within {timeout_s:g} s; {self._heard()}")
+
     def _wait_banner(self, seq: int, timeout_s: float, raise_: bool = True) -> bool:
         try:
             ok = self._pump(lambda: self._banner_seq > seq, timeout_s)
@@ -498,7 +548,7 @@ class GrblWire(SerialStage):
         if not ok and raise_:
             raise StageTimeout(
                 f"{self._where}: no 'Grbl 1.1' banner within {timeout_s:g} s "
-                f"(last command {self.last_command!r}); is it GRBL at 115200 baud?"
+                f"(last command {self.last_command!r}); {self._heard()}"
             )
         return ok
 

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from drivers.errors import StageError, StageLimitError
+from drivers.errors import StageError, StageLimitError, StageNotHomed
 from drivers.positioner import MoveStatus, Positioner, run_in_thread, wait_all
 
 log = logging.getLogger(__name__)
@@ -152,16 +152,24 @@ class StageArray:
         ox, oy = self.origins_m[name]
         return (xy_stage[0] + ox, xy_stage[1] + oy)
 
-    def positions(self) -> dict[str, XY]:
-        """Read every stage's position, in region coordinates."""
-        pos = {n: self.to_region(n, s.position()) for n, s in self.stages.items()}
+    def positions(self, names: Sequence[str] | None = None) -> dict[str, XY]:
+        """Read the position of every stage (or of ``names``), in region coordinates."""
+        chosen = self.stages if names is None else {n: self.stages[n] for n in names}
+        pos = {n: self.to_region(n, s.position()) for n, s in chosen.items()}
         self._known.update(pos)
         return pos
 
     def _current(self) -> dict[str, XY]:
         unknown = [n for n in self.stages if n not in self._known]
         for n in unknown:
-            self._known[n] = self.to_region(n, self.stages[n].position())
+            try:
+                self._known[n] = self.to_region(n, self.stages[n].position())
+            except StageNotHomed as exc:
+                # a position the controller only counts is no ground for a spacing check
+                raise StageNotHomed(
+                    f"stage array: {n}'s position is unknown, so no move can be checked against the "
+                    f"{self.min_spacing_m:g} m spacing; home {n} first ({exc})"
+                ) from exc
         return dict(self._known)
 
     # --- safety --------------------------------------------------------------------------------

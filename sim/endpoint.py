@@ -61,6 +61,8 @@ class EmulatorEndpoint:
         self.lines_received: list[str] = []  # every line the host sent, for tests
         self._cond = threading.Condition(threading.RLock())
         self._out: deque[tuple[float, bytes]] = deque()
+        # The device says nothing before this wall time (a firmware busy in a delay after a message).
+        self._silent_until = 0.0
 
     # subclasses provide these three
     def _advance(self) -> None:
@@ -138,7 +140,7 @@ class EmulatorEndpoint:
 
     def _send(self, line: str, reply: bool = True) -> None:
         """Queue one line (CR LF added). ``reply``: subject to the slow/garbage faults."""
-        release = time.monotonic()
+        release = max(time.monotonic(), self._silent_until)
         f = self.faults
         if reply and f.slow_replies > 0:
             f.slow_replies -= 1

@@ -26,7 +26,7 @@ import contextlib
 import uuid
 from typing import Any
 
-from drivers.errors import ConfigError, StageError
+from drivers.errors import ConfigError, StageError, StageNotHomed
 from drivers.positioner import Positioner, StageLimits, wait_all
 from drivers.stage_array import StageArray
 from testbed.config import LabSection, StageSection, TestbedConfig
@@ -118,7 +118,8 @@ def open_stages(config: TestbedConfig | LabSection, home: bool | None = None) ->
         if to_home:
             statuses = [stages[n].home() for n in to_home]
             wait_all(statuses, max(lab.stages[n].homing_timeout_s for n in to_home) + 5.0)
-            array.positions()
+            # the others' positions are unknown until they are homed
+            array.positions(to_home)
         return array
     except BaseException:
         if array is not None:
@@ -139,10 +140,13 @@ def probe_stage(name: str, section: StageSection) -> str:
     """
     stage, cleanups = open_stage(name, section)
     try:
-        x, y = stage.position()
         banner = getattr(stage, "banner", None)
         where = section.port or "emulator"
         who = f"{banner.strip()} " if banner else ""
+        try:
+            x, y = stage.position()
+        except StageNotHomed:
+            return f"{who}on {where}: {stage.state.value}, position unknown until homed"
         return f"{who}on {where}: {stage.state.value} at ({x * 1e3:.2f}, {y * 1e3:.2f}) mm"
     finally:
         stage.close()

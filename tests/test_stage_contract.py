@@ -131,7 +131,7 @@ def test_reopen_reaches_same_device(rig):
     try:
         if rig.kind == "grbl":  # opening resets the Arduino: GRBL restarts its count, unhomed
             assert not s2.homed and s2.state == StageState.ALARM
-            assert _near(s2.to_machine_mm(s2.position()), (0.0, 0.0))  # machine 0: the count restarted
+            assert _near(s2.to_machine_mm(s2.count_position()), (0.0, 0.0))  # machine 0: the count restarted
             t0 = time.monotonic()
             s2.home().wait(WAIT_S)  # homing travels back from where the carriage really is
             assert time.monotonic() - t0 >= LIMITS.move_time_s(0.086) / rig.device.clock.scale * 0.9

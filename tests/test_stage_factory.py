@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.errors import ConfigError, StageError
+from drivers.errors import ConfigError, StageError, StageNotHomed
 from drivers.grbl import GrblStage
 from drivers.positioner import StageState
 from drivers.zaber import ZaberStage
@@ -29,6 +29,9 @@ def test_sim_backend_homes_and_cleans_up():
         assert stages.stages["ma1"].state == StageState.ALARM  # home_on_start: false
         assert stages.min_spacing_m == pytest.approx(config.lab.array.min_spacing_m)
         assert stages.stages["ma0"].limits.max_speed_m_s == config.lab.stages["ma0"].max_speed_m_s
+        with pytest.raises(StageNotHomed, match="ma1's position is unknown"):
+            stages.goto({"ma0": (-0.2, -0.1)})  # the gate cannot keep the spacing from an unknown place
+        stages.stages["ma1"].home().wait(10.0)
         reached = stages.goto({"ma0": (-0.2, -0.1)})
         assert reached["ma0"] == pytest.approx((-0.2, -0.1))
     finally:

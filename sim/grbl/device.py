@@ -62,6 +62,7 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
         force_origin: bool = False,
         first_boot: bool = False,
         stuck_switches: str = "",
+        line_numbers: bool = False,
         name: str = "grbl",
     ) -> None:
         """One emulated controller, powered up (its banner is waiting to be read).
@@ -95,6 +96,9 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
             An empty EEPROM: ``error:7`` and a settings dump before the first banner.
         stuck_switches
             Axis letters whose switch reads pressed from power-up on (``ALARM:8`` when homing).
+        line_numbers
+            Built with USE_LINE_NUMBERS (``N`` in ``[OPT:...]``): status reports carry ``Ln:``. A
+            stock build has none.
         name
             The device's name in messages and ``LinkDown`` errors.
         """
@@ -108,6 +112,7 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
             23: int(homing_dir_mask),
         })  # fmt: skip
         self.force_origin = force_origin
+        self.line_numbers = line_numbers
         self._first_boot = first_boot
         # The physical travel between the switches: $13x is only what GRBL is told.
         # travel_mm is the usable travel from the homed position: the switches sit a pull-off ($27)
@@ -135,6 +140,10 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
         self._g92 = [0.0, 0.0, 0.0]
         self._pins: set[str] = set()
         self._door_open = False
+        # A line GRBL is stuck in (a soft limit's critical loop): its ok goes out on the reset.
+        self._held_ok = False
+        # protocol.c clears a reset that arrives before this wall time (a critical alarm's delay).
+        self._deaf_until = 0.0
         self._power_up()
 
     def _receive(self, data: bytes) -> None:
@@ -171,6 +180,16 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
                 if self.state_name.startswith("Door"):
                     self._door_sub = 0 if self._hold is None else 3
             self._cond.notify_all()
+
+    def take_output(self) -> list[tuple[float, bytes]]:
+        """Take everything the device has queued to send, each chunk with the model time it goes
+        out on the wire (for transcript tests of the firmware's order and delays)."""
+        with self._cond:
+            self._advance()
+            t0 = self.clock.real_deadline(0.0)
+            out = [((t - t0) * self.clock.scale, b) for t, b in self._out]
+            self._out.clear()
+            return out
 
     @property
     def position_mm(self) -> tuple[float, float, float]:
@@ -219,12 +238,15 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
         self._wco_count = self._ovr_count = 0
         self._report_pending = False
         self._critical = False
-        self._out.append((time.monotonic(), b"\r\n"))
+        self._held_ok = False
+        self._out.append((max(time.monotonic(), self._silent_until), b"\r\n"))
         self._emit(BANNER, reply=False)
         if self.settings[21] and self._switches_pressed():  # CHECK_LIMITS_AT_INIT (on by default)
             self._state = St.ALARM
             self._emit("[MSG:Check Limits]", reply=False)
-        if self._state == St.ALARM:
+        # protocol.c: a reset out of Sleep comes back in Alarm, as sleeping may lose position
+        if self._state in (St.ALARM, St.SLEEP):
+            self._state = St.ALARM
             self._emit("[MSG:'$H'|'$X' to unlock]", reply=False)
             return
         self._state = St.IDLE
@@ -258,23 +280,33 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
         return True
 
     def _soft_reset(self) -> None:
-        """0x18 (motion_control.c mc_reset, then main.c): ALARM:3 if it stopped motion (ALARM:6 while
-        homing), the ``ok`` of the line GRBL was executing (a G4 or $H waiting), then the banner."""
+        """0x18 (motion_control.c mc_reset, then main.c), in the order the firmware sends it: while
+        homing ``ALARM:6`` then the ``$H`` line's ``ok``; mid-motion the held line's ``ok`` (a G4
+        waiting) then ``ALARM:3``; each alarm is followed by 500 ms of silence; then the banner. A
+        reset within 500 ms of ``ALARM:1/2`` is cleared by protocol.c and does nothing."""
+        if self._critical and time.monotonic() < self._deaf_until:
+            return
         front = self._queue[0] if self._queue else None
         in_motion = (self._state in MOVING and front is not None and front.kind != "dwell") or (
             self._hold is not None
         )
+        # the synchronising line (G4, $H) or the line a soft limit stopped returns once aborted
+        held_ok = any(b.defer_ok for b in self._queue) or self._held_ok
         self._pos = self._current_pos()
         if self._state == St.HOME:
             self._homed = False
             self._state = St.ALARM
-            self._emit("ALARM:6", reply=False)
+            self._alarm_line(6)
+            if held_ok:
+                self._ok()
         elif in_motion:
             self._homed = False
             self._state = St.ALARM
-            self._emit("ALARM:3", reply=False)
-        if any(b.defer_ok for b in self._queue):
-            self._ok()  # the synchronising line returns once aborted, and its ok goes out
+            if held_ok:
+                self._ok()
+            self._alarm_line(3)
+        elif held_ok:
+            self._ok()
         self._reset_buffers()
         self._restart()
 
@@ -291,7 +323,8 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
         return any(b.defer_ok for b in self._queue) or len(self._queue) >= PLANNER_BLOCKS
 
     def _service_lines(self) -> None:
-        while self._pending and not self._blocking():
+        # protocol.c: asleep, GRBL loops on real-time commands only until a reset
+        while self._pending and not self._blocking() and self._state != St.SLEEP:
             if self._critical:
                 self._pending.clear()  # GRBL serves nothing but reset until reset
                 return
@@ -346,8 +379,10 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
         elif cmd.startswith("N") and cmd[1:2].isdigit():
             self._store_startup_line(cmd)
         elif cmd == "SLP":
-            self._emit("[MSG:Sleeping]")
+            # system.c answers ok; protocol.c then enters the sleep state and says so
             self._ok()
+            self._state = St.SLEEP
+            self._emit("[MSG:Sleeping]", reply=False)
         else:
             self._store_setting(cmd)
 

@@ -279,6 +279,8 @@ class GcodeMixin:
             if self.settings[20] and not checking and not self._inside_soft_limits(b.target):
                 self._queue.clear()
                 self._raise_alarm(2)
+                # limits_soft_check waits in the critical loop inside this line: its ok comes on reset
+                self._held_ok = not quiet
                 return 0
         if checking:
             blocks, dwell = [], None

@@ -16,10 +16,11 @@ to the clock's present, ``_next_model_event`` says when a blocked reader should 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from sim.grbl.states import HOMING_SEARCH_SCALAR, MOVING, St
+from sim.grbl.states import ALARM_DELAY_S, HOMING_SEARCH_SCALAR, MOVING, St
 from sim.motion import LinearMove
 
 
@@ -40,6 +41,8 @@ class Block:
     fault_disconnect_t: float | None = None
     limit_t: float | None = None  # when it crosses the travel (hard limit), if it does
     homing_fail: int | None = None  # ALARM:8/9 at t_end instead of a homed machine
+    fail_pos: tuple[float, float, float] | None = None  # GRBL's count after that failure
+    fail_phys: tuple[float, float, float] | None = None  # where the carriage really is then
     follow: list[Block] = field(default_factory=list)  # queued once this (synchronous) block ends
 
 
@@ -50,7 +53,11 @@ class PlannerMixin:
 
     def _next_model_event(self) -> float | None:
         times: list[float] = []
-        if self._queue and self._queue[0].t_end is not None and self._state in MOVING:
+        if (
+            self._queue
+            and self._queue[0].t_end is not None
+            and (self._state in MOVING or self._dwell_in_hold())
+        ):
             b = self._queue[0]
             times += [t for t in (b.t_end, b.fault_alarm_t, b.fault_disconnect_t, b.limit_t) if t is not None]
         if self._hold is not None:
@@ -84,8 +91,10 @@ class PlannerMixin:
                     self._door_sub = 1 if self._door_open else 0
                 elif self._state == St.JOG:  # a cancelled jog ends idle
                     self._state = St.IDLE
+                elif self._state == St.HOLD:
+                    self._hold_done()
                 continue
-            if self._state not in (St.RUN, St.JOG, St.HOME) or not self._queue:
+            if not self._queue or not (self._state in MOVING or self._dwell_in_hold()):
                 break
             block = self._queue[0]
             if block.t_start is None:
@@ -107,6 +116,21 @@ class PlannerMixin:
                 break
             self._finish_block(block)
         self._service_lines()
+
+    def _dwell_in_hold(self) -> bool:
+        """A G4 behind a hold runs on: nothing moves, and the planner is empty (protocol.c's sync)."""
+        return self._state == St.HOLD and self._hold is None and self._queue[0].kind == "dwell"
+
+    def _hold_done(self) -> None:
+        """The hold has braked (Hold:0). If braking used up the held block, that block is done."""
+        held = self._held_block
+        if held is None or not self._queue or self._queue[0] is not held:
+            return
+        if math.dist(self._pos, held.target) > 1e-6:
+            return
+        self._held_block = None
+        held.move = None
+        self._finish_block(held)
 
     def _start_block(self, block: Block, now: float) -> None:
         t0 = now
@@ -144,6 +168,10 @@ class PlannerMixin:
         if block.defer_ok:
             self._ok()
         self._queue.extend(block.follow)
+        if self._state == St.HOLD:  # held: what follows waits for '~' (a dwell runs on, see _advance)
+            if self._queue:
+                self._queue[0].t_start = None
+            return
         if self._queue:
             self._queue[0].t_start = None
             self._start_block(self._queue[0], block.t_end if block.t_end is not None else self.clock.now())
@@ -214,34 +242,68 @@ class PlannerMixin:
         self._pins.add("X")
         self._raise_alarm(1)
 
+    def _alarm_line(self, code: int) -> None:
+        """report.c report_alarm_message: ``ALARM:N``, then 500 ms in which GRBL sends nothing."""
+        start = max(time.monotonic(), self._silent_until)
+        self._emit(f"ALARM:{code}", reply=False)
+        self._silent_until = start + self.clock.to_real_s(ALARM_DELAY_S)
+
     def _raise_alarm(self, code: int) -> None:
+        """protocol.c protocol_exec_rt_system: the alarm line and its delay; a critical one (1, 2) then
+        says ``[MSG:Reset to continue]``, and a reset that arrived during the delay is cleared."""
         self._critical = code in (1, 2)
         self._state = St.ALARM
-        self._emit(f"ALARM:{code}", reply=False)
+        self._alarm_line(code)
         if self._critical:
+            self._deaf_until = self._silent_until
             self._emit("[MSG:Reset to continue]", reply=False)
 
     def _home_dir_negative(self, axis: int) -> bool:
         return bool(int(self.settings[23]) >> axis & 1)
 
     def _plan_homing(self, block: Block, t0: float) -> None:
-        """limits.c: seek each switch (searching 1.5 x $13x), locate it at $24, pull off $27."""
+        """limits.c: seek each switch (searching 1.5 x $13x), locate it at $24, pull off $27.
+
+        The cycles run Z first, then X and Y together (config.h HOMING_CYCLE_0/1). A failed cycle
+        ends homing: the axes of earlier cycles are homed, and the failed cycle's axes keep the count
+        limits_go_home left, which it zeroes at the start of each phase: the search's end
+        (``ALARM:9``, 1.5 x the cycle's largest ``$13x`` toward the switch) or the pull-off's
+        (``ALARM:8``, ``$27`` away from the switch, which still reads pressed)."""
         seek, locate, pull = self.settings[25] / 60.0, self.settings[24] / 60.0, self.settings[27]
         # The switches: the positive end of each axis, or the negative one where $23 says so.
         switch_phys = [0.0 if self._home_dir_negative(i) else self._travel[i] for i in range(3)]
         target = tuple(p - o for p, o in zip(switch_phys, self._offset, strict=True))
         block.move = LinearMove.plan(self._pos, target, seek, self._accel(), t0)
         block.t_end = block.move.t_end + 2 * pull / max(locate, 1e-9)
-        if self.stuck_switches & set("XYZ"):  # found at once, still pressed after the pull-off
-            block.move = LinearMove.plan(self._pos, self._pos, seek, self._accel(), t0)
-            block.t_end = t0 + pull / max(locate, 1e-9)
-            block.homing_fail = 8
-        elif self.dead_switches & set("XYZ"):  # never triggers: gives up after the search distance
-            search = HOMING_SEARCH_SCALAR * max(
-                self.settings[130 + "XYZ".index(a)] for a in self.dead_switches
-            )
-            block.t_end = t0 + search / max(seek, 1e-9)
-            block.homing_fail = 9
+        for cycle in ("Z", "XY"):
+            stuck, dead = self.stuck_switches & set(cycle), self.dead_switches & set(cycle)
+            if stuck or dead:
+                self._homing_failure(block, t0, cycle, 8 if stuck else 9)
+                return
+
+    def _homing_failure(self, block: Block, t0: float, cycle: str, code: int) -> None:
+        """Where a failed homing cycle leaves GRBL's count and the carriage (see ``_plan_homing``)."""
+        seek, locate, pull = self.settings[25] / 60.0, self.settings[24] / 60.0, self.settings[27]
+        axes = ["XYZ".index(a) for a in cycle]
+        count = list(self._pos)
+        phys = [p + o for p, o in zip(self._pos, self._offset, strict=True)]
+        if cycle == "XY":  # the Z cycle ran first and homed Z
+            count[2] = self._home_position(2)
+            phys[2] = pull if self._home_dir_negative(2) else self._travel[2] - pull
+        search = HOMING_SEARCH_SCALAR * max(self.settings[130 + i] for i in axes)
+        for i in axes:
+            toward = -1.0 if self._home_dir_negative(i) else 1.0
+            if code == 9:  # the search ran its full length; the carriage stops at the end stop
+                count[i] = toward * search
+                phys[i] = 0.0 if toward < 0 else self._travel[i]
+            else:  # the pull-off ran its full length off a switch that never released
+                count[i] = -toward * pull
+                phys[i] -= toward * pull
+        block.move = LinearMove.plan(self._pos, self._pos, seek, self._accel(), t0)
+        block.t_end = t0 + (search / max(seek, 1e-9) if code == 9 else pull / max(locate, 1e-9))
+        block.homing_fail = code
+        block.fail_pos = (count[0], count[1], count[2])
+        block.fail_phys = (phys[0], phys[1], phys[2])
 
     def _home_position(self, axis: int) -> float:
         """limits.c limits_go_home's machine position at the pull-off point."""
@@ -252,12 +314,13 @@ class PlannerMixin:
 
     def _homing_done(self, block: Block) -> None:
         if block.homing_fail is not None:
-            if block.move is not None:
-                self._pos = block.move.end  # type: ignore[assignment]
+            assert block.fail_pos is not None and block.fail_phys is not None
+            self._pos = block.fail_pos
+            self._offset = tuple(p - c for p, c in zip(block.fail_phys, block.fail_pos, strict=True))  # type: ignore[assignment]
             self._homed = False
-            # limits.c: alarm, mc_reset(); $H still answers ok; then main() restarts (banner).
+            # limits.c: alarm (and its 500 ms), mc_reset(); $H still answers ok; then main() restarts.
             self._state = St.ALARM
-            self._emit(f"ALARM:{block.homing_fail}", reply=False)
+            self._alarm_line(block.homing_fail)
             self._ok()
             self._reset_buffers()
             self._restart()
@@ -295,6 +358,10 @@ class PlannerMixin:
 
     def _feed_hold(self) -> None:
         now = self.clock.now()
+        if self._state == St.RUN and self._queue[0].move is None:
+            # A dwell (G4) runs with nothing moving: the hold is complete at once (Hold:0).
+            self._state = St.HOLD
+            return
         if self._state in (St.RUN, St.JOG):
             block = self._queue[0]
             assert block.move is not None

@@ -5,7 +5,7 @@ parser state ``$G`` and the build info ``$I``. ``ReportsMixin`` is one part of `
 
 from __future__ import annotations
 
-from sim.grbl.states import BUSY, PLANNER_BLOCKS, RX_BUFFER_BYTES, VERSION_LINE, St
+from sim.grbl.states import BUSY, MM_PER_INCH, PLANNER_BLOCKS, RX_BUFFER_BYTES, VERSION_LINE, St
 
 # report.c: WCO every 10 reports when idle, 30 when busy; Ov every 10 / 20 (config.h REPORT_*_REFRESH_*)
 WCO_EVERY_IDLE, WCO_EVERY_BUSY, OV_EVERY_IDLE, OV_EVERY_BUSY = 10, 30, 10, 20
@@ -16,8 +16,17 @@ class ReportsMixin:
     offsets, and uses ``_current_pos``/``_current_speed_mm_min`` from the planner)."""
 
     def _mm_list(self, values: list[float] | tuple[float, ...]) -> str:
-        """Coordinates as report.c prints them: mm with 3 decimals."""
+        """Coordinates as print.c's printFloat_CoordValue prints them: mm with 3 decimals, or
+        inches with 4 when ``$13=1`` (report inches)."""
+        if self.settings[13]:
+            return ",".join(f"{v / MM_PER_INCH:.4f}" for v in values)
         return ",".join(f"{v:.3f}" for v in values)
+
+    def _rate(self, mm_min: float) -> str:
+        """A feed rate as printFloat_RateValue prints it: mm/min with 0 decimals, in/min with 1."""
+        if self.settings[13]:
+            return f"{mm_min / MM_PER_INCH:.1f}"
+        return f"{mm_min:.0f}"
 
     def _state_text(self) -> str:
         if self._state == St.HOLD:
@@ -37,9 +46,11 @@ class ReportsMixin:
             parts.append("WPos:" + self._mm_list([p - w for p, w in zip(pos, wco, strict=True)]))
         if mask & 2:
             parts.append(f"Bf:{PLANNER_BLOCKS - len(self._queue)},{RX_BUFFER_BYTES - len(self._rx)}")
-        if self._queue and self._queue[0].line_number is not None:
-            parts.append(f"Ln:{self._queue[0].line_number}")
-        parts.append(f"FS:{self._current_speed_mm_min():.0f},{self._modal.spindle_speed:.0f}")
+        # report.c: Ln only in a USE_LINE_NUMBERS build, and only for a block that has one (> 0)
+        ln = self._queue[0].line_number if self._queue else None
+        if self.line_numbers and ln:
+            parts.append(f"Ln:{ln}")
+        parts.append(f"FS:{self._rate(self._current_speed_mm_min())},{self._modal.spindle_speed:.0f}")
         if self._pins:
             parts.append("Pn:" + "".join(p for p in "XYZPDHRS" if p in self._pins))
         # report.c: each counter counts down; at zero the field goes out and the counter restarts
@@ -78,14 +89,15 @@ class ReportsMixin:
         m = self._modal
         words = [f"G{m.motion}", f"G{54 + m.coord_select}", "G17", "G21" if m.metric else "G20",
                  "G90" if m.absolute else "G91", "G94", m.spindle, *(sorted(m.coolant) or ["M9"]),
-                 f"T{m.tool}", f"F{m.feed_mm_min:g}", f"S{m.spindle_speed:g}"]  # fmt: skip
+                 f"T{m.tool}", f"F{self._rate(m.feed_mm_min)}", f"S{m.spindle_speed:g}"]  # fmt: skip
         self._emit("[GC:" + " ".join(words) + "]")
         self._ok()
 
     def _build_info(self) -> None:
         """``$I``: the version and the build options (``Z``: HOMING_FORCE_SET_ORIGIN)."""
         self._emit(VERSION_LINE)
-        self._emit("[OPT:V" + ("Z" if self.force_origin else "") + f",{PLANNER_BLOCKS},{RX_BUFFER_BYTES}]")
+        options = "V" + ("N" if self.line_numbers else "") + ("Z" if self.force_origin else "")
+        self._emit(f"[OPT:{options},{PLANNER_BLOCKS},{RX_BUFFER_BYTES}]")
         self._ok()
 
 

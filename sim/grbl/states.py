@@ -16,6 +16,9 @@ RT_RESET, RT_JOG_CANCEL, RT_SAFETY_DOOR = b"\x18", b"\x85", b"\x84"
 
 # config.h HOMING_AXIS_SEARCH_SCALAR: the search runs 1.5 x $13x
 HOMING_SEARCH_SCALAR = 1.5
+# report.c report_alarm_message: delay_ms(500) after every ALARM line ("to clear the write buffer")
+ALARM_DELAY_S = 0.5
+MM_PER_INCH = 25.4
 
 
 class St(enum.StrEnum):

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drivers.errors import ConfigError
+    from drivers.errors import ConfigError, StageNotHomed
     from drivers.positioner import wait_all
     from testbed.config import load_config
     from testbed.stages import open_stages
@@ -69,22 +69,32 @@ def run(args: argparse.Namespace) -> int:
         for n in selected:
             stage = stages.stages[n]
             section = config.lab.stages[n]
-            xy = stage.position()
+            try:
+                xy: tuple[float, float] | None = stage.position()
+                unknown = ""
+            except StageNotHomed as exc:
+                # the position is not established: say so, with what to do, instead of a raw count
+                xy, unknown = None, str(exc)
             report.append({
                 "stage": n, "backend": section.backend, "port": section.port or "(emulator)",
                 "state": stage.state.value, "homed": bool(getattr(stage, "homed", True)),
-                "stage_m": [round(v, 6) for v in xy], "region_m": [round(v, 6) for v in stages.to_region(n, xy)],
+                "stage_m": None if xy is None else [round(v, 6) for v in xy],
+                "region_m": None if xy is None else [round(v, 6) for v in stages.to_region(n, xy)],
+                "position_unknown": unknown or None,
             })  # fmt: skip
         if args.json:
             for row in report:
                 print(json.dumps(row))
         else:
             for row in report:
+                head = f"{row['stage']:<8} {row['backend']:<5} {row['state']:<12} homed={str(row['homed']).lower():<5} "
+                if row["stage_m"] is None:
+                    print(f"{head}position unknown  port={row['port']}\n         {row['position_unknown']}")
+                    continue
                 sx, sy = row["stage_m"]
                 rx, ry = row["region_m"]
                 print(
-                    f"{row['stage']:<8} {row['backend']:<5} {row['state']:<12} homed={str(row['homed']).lower():<5} "
-                    f"stage=({sx:.4f}, {sy:.4f}) m  region=({rx:.4f}, {ry:.4f}) m  port={row['port']}"
+                    f"{head}stage=({sx:.4f}, {sy:.4f}) m  region=({rx:.4f}, {ry:.4f}) m  port={row['port']}"
                 )
     finally:
         stages.close()
