@@ -219,6 +219,20 @@ def test_a_single_run_folder_is_served(runs: dict[str, Any]) -> None:
         served.stop()
 
 
+def test_a_damaged_compare_is_a_row_saying_so(tmp_path: Path) -> None:
+    write_run(tmp_path, "dryrun", 1, finished=True).close()
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "compare.json").write_text("{not json")
+    served = serve(tmp_path)
+    try:
+        rows = {r["rel"]: r for r in _json(served, "/api/index")["rows"]}
+        assert rows["cmp"]["status"] == "unreadable" and "compare.json" in rows["cmp"]["error"]
+        assert served.get("/api/view/cmp")[0] == 404
+        assert len(rows) == 2
+    finally:
+        served.stop()
+
+
 def test_a_name_holding_markup_arrives_as_plain_data(tmp_path: Path) -> None:
     write_run(tmp_path, EVIL_NAME, 2, finished=True).close()
     served = serve(tmp_path)

@@ -143,10 +143,10 @@ def _sse(event: str, data: str) -> bytes:
 class Entry:
     """A run, campaign or compare: its view, and the pages that follow it."""
 
-    def __init__(self, rel: str, folder: Folder) -> None:
+    def __init__(self, rel: str, folder: Folder, view: Any) -> None:
         self.rel = rel
         self.folder = folder
-        self.view = open_view(folder.path)
+        self.view = view
         self.lock = asyncio.Lock()
         self.pages: set[asyncio.Queue[bytes | None]] = set()
         self.state: dict[str, Any] = {}
@@ -236,6 +236,9 @@ class Catalog:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.entries: dict[str, Entry] = {}
+        # Folders that look like one of the three but cannot be read (a damaged compare.json).
+        self.broken: dict[str, str] = {}
+        self.lock = asyncio.Lock()
 
     def scan(self) -> dict[str, Folder]:
         found: dict[str, Folder] = {}
@@ -267,24 +270,35 @@ class Catalog:
                 "(`testbed run` writes under run.output_dir, runs/ by default)"
             )
 
-    def sync(self) -> list[Entry]:
+    async def sync(self) -> list[Entry]:
         """Entries for every folder found now (new ones opened, vanished ones dropped)."""
-        found = self.scan()
-        for rel in self.entries.keys() - found.keys():
-            if not self.entries[rel].pages:
-                del self.entries[rel]
-        for rel, folder in found.items():
-            if rel not in self.entries:
-                self.entries[rel] = Entry(rel, folder)
-        return [self.entries[rel] for rel in found]
+        async with self.lock:
+            found = await asyncio.to_thread(self.scan)
+            for rel in self.entries.keys() - found.keys():
+                if not self.entries[rel].pages:
+                    del self.entries[rel]
+            self.broken = {}
+            for rel, folder in found.items():
+                if rel not in self.entries:
+                    await self._open(rel, folder)
+            return [self.entries[rel] for rel in found if rel in self.entries]
 
-    def get(self, rel: str) -> Entry | None:
+    async def _open(self, rel: str, folder: Folder) -> None:
+        # In a thread: the first read of a long run's events takes seconds; the pages go on meanwhile.
+        try:
+            self.entries[rel] = Entry(rel, folder, await asyncio.to_thread(open_view, folder.path))
+        except ConsoleError as exc:
+            self.broken[rel] = str(exc)
+
+    async def get(self, rel: str) -> Entry | None:
         """The entry of a folder by its path under the root: a folder the scan found, or the run
         of a compare's cell (``<compare>/cells/<cell>/<run>``); nothing else under the root."""
         if rel not in self.entries:
-            self.sync()
+            await self.sync()
         if rel not in self.entries and self._is_cell_run(rel):
-            self.entries[rel] = Entry(rel, identify(self.root / rel))
+            async with self.lock:
+                if rel not in self.entries:
+                    await self._open(rel, identify(self.root / rel))
         return self.entries.get(rel)
 
     def _is_cell_run(self, rel: str) -> bool:
@@ -373,7 +387,7 @@ def make_app(root: Path, token: str | None = None, port: int = 0) -> Any:
 
     async def index(request: Request) -> Response:
         rows = []
-        for entry in catalog.sync():
+        for entry in await catalog.sync():
             try:
                 async with entry.lock:
                     await asyncio.to_thread(entry.view.refresh)
@@ -383,28 +397,30 @@ def make_app(root: Path, token: str | None = None, port: int = 0) -> Any:
                 rows.append(
                     {"rel": entry.rel, "kind": entry.folder.kind, "status": "unreadable", "error": str(exc)}
                 )
+        for rel, error in catalog.broken.items():
+            rows.append({"rel": rel, "kind": None, "status": "unreadable", "error": error})
         return JSONResponse({"root": str(catalog.root), "rows": rows, "time": time.time()})
 
-    def entry_or_404(rel: str) -> Entry:
-        entry = catalog.get(rel)
+    async def entry_or_404(rel: str) -> Entry:
+        entry = await catalog.get(rel)
         if entry is None:
             raise _NotFound(f"no run, campaign or compare at {rel!r} under {catalog.root}")
         return entry
 
     async def snapshot(request: Request) -> Response:
-        entry = entry_or_404(request.path_params["rel"])
+        entry = await entry_or_404(request.path_params["rel"])
         await entry.refresh()
         return JSONResponse(entry.state)
 
     async def stream(request: Request) -> Response:
-        entry = entry_or_404(request.path_params["rel"])
+        entry = await entry_or_404(request.path_params["rel"])
         return StreamingResponse(
             entry.follow(), media_type="text/event-stream", headers={"x-accel-buffering": "no"}
         )
 
     async def report_file(request: Request) -> Response:
         rel, _, name = request.path_params["rel"].rpartition("/")
-        entry = entry_or_404(rel)
+        entry = await entry_or_404(rel)
         path = entry.folder.path / name
         if (
             entry.folder.kind != "compare"

@@ -2,7 +2,10 @@
 // its data with uPlot's setData, which redraws without rebuilding the chart.
 "use strict";
 
-TB.PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+TB.PALETTE = [
+  "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+  "#bcbd22", "#17becf", "#393b79", "#e7ba52", "#843c39", "#6b6ecf", "#637939", "#ce6dbd",
+];
 
 TB.Chart = class {
   // series: [{label, color?}]; opts: {stacked: bool, ylabel: string}
@@ -39,7 +42,7 @@ TB.Chart = class {
         height: 200,
         scales: { x: { time: false } },
         // Whole rounds on the x axis.
-        axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }, { label: this.opts.ylabel || "", size: 60 }],
+        axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }, { label: this.opts.ylabel || "", size: 60, values: (u, ticks) => ticks.map((t) => (t === null ? "" : String(Number(t.toPrecision(4))))) }],
         series,
         legend: { live: true },
         cursor: { drag: { x: false, y: false } },

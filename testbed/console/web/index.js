@@ -20,7 +20,7 @@ async function refreshIndex() {
     cells: [
       row.kind,
       TB.el("a", { href: TB.viewHref(row.rel), text: row.rel || "." }),
-      row.name ?? "–",
+      row.name ?? row.error ?? "–",
       row.scheme ?? "–",
       TB.statusBadge(row.status ?? "?"),
       `${row.done ?? 0} of ${row.total ?? "?"} ${row.unit ?? ""}`.trim(),

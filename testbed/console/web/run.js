@@ -108,16 +108,18 @@ TB.AntennaMap = class {
   }
 
   render(ant, rows, stages) {
+    // A position is known when both coordinates are numbers (a homing stage reports none).
+    const known = (p) => Array.isArray(p) && typeof p[0] === "number" && typeof p[1] === "number";
     const A = typeof ant.region_m === "number" ? ant.region_m : null;
     const now = Array.isArray(ant.positions_m) ? ant.positions_m : [];
     const paths = now.map(() => []);
     const home = Array.isArray(ant.homed_m) ? ant.homed_m : null;
     for (const r of [{ positions_m: home }].concat(rows)) {
       if (!Array.isArray(r.positions_m)) continue;
-      r.positions_m.forEach((p, a) => { if (a < paths.length && Array.isArray(p)) paths[a].push(p); });
+      r.positions_m.forEach((p, a) => { if (a < paths.length && known(p)) paths[a].push(p); });
     }
     // The frame: the region plus every point shown, with a margin.
-    const pts = paths.flat().concat(now);
+    const pts = paths.flat().concat(now.filter(known));
     const half = A !== null ? A / 2 : 0.5;
     let lo = -half, hi = half;
     for (const p of pts) { lo = Math.min(lo, p[0], p[1]); hi = Math.max(hi, p[0], p[1]); }
@@ -133,7 +135,7 @@ TB.AntennaMap = class {
       if (path.length > 1) kids.push(TB.svg("polyline", { class: "path", stroke: TB.PALETTE[a % TB.PALETTE.length], points: path.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ") }));
     });
     now.forEach((p, a) => {
-      if (!Array.isArray(p)) return;
+      if (!known(p)) return;
       const stage = stages[a] || null;
       const color = TB.PALETTE[a % TB.PALETTE.length];
       if (D !== null && D > 0) kids.push(TB.svg("circle", { class: "clearance", cx: X(p[0]), cy: Y(p[1]), r: (D / 2) * k }));
@@ -156,7 +158,7 @@ TB.AntennaMap = class {
       kids.push(label);
     });
     this.svg.replaceChildren(...kids);
-    this.svg.dataset.antennas = String(now.filter(Array.isArray).length);
+    this.svg.dataset.antennas = String(now.filter(known).length);
     this.legend.textContent = `region A = ${A !== null ? TB.num(A) + " m" : "?"} (square), clearance D = ${D !== null ? TB.num(D) + " m" : "?"} (dashed: D/2 around each antenna); lines: this run's path from home`;
   }
 };
