@@ -150,30 +150,40 @@ class Entry:
         self.lock = asyncio.Lock()
         self.pages: set[asyncio.Queue[bytes | None]] = set()
         self.state: dict[str, Any] = {}
-        self.snapshot = b""
+        self._snapshot: bytes | None = None
         self.task: asyncio.Task[None] | None = None
         self.fresh = False
         self.ticked = 0.0
 
     async def refresh(self) -> None:
-        """Read what was appended (in a thread: the first read of a big file takes a while) and,
-        if the view changed or a tick is due, send the open pages the patch."""
+        """Fold what was appended and send the open pages the patch, if the view shows anything
+        new or a tick is due. The folding runs in a thread (a long run's first read takes
+        seconds); the lock keeps one update at a time, and no page joins between an update and
+        its patch."""
         async with self.lock:
-            changed = await asyncio.to_thread(self.view.refresh)
-            now = time.monotonic()
-            if self.fresh and not changed and now - self.ticked < TICK_S:
-                return
-            self.ticked = now
-            state = {"rel": self.rel, "view": self.view.to_dict(), "files": self._files()}
-            if self.fresh and state == self.state:
-                return
-            patch = patch_of(self.state, state) if self.fresh else None
-            self.state, self.fresh = state, True
-            self.snapshot = _sse("snapshot", json.dumps(state))
-            if patch:
-                message = _sse("patch", json.dumps(patch))
+            message = await asyncio.to_thread(self._update)
+            if message is not None:
                 for queue in list(self.pages):
                     self._offer(queue, message)
+
+    def _update(self) -> bytes | None:
+        changed = self.view.refresh()
+        now = time.monotonic()
+        if self.fresh and not changed and now - self.ticked < TICK_S:
+            return None
+        self.ticked = now
+        state = {"rel": self.rel, "view": self.view.to_dict(), "files": self._files()}
+        if self.fresh and state == self.state:
+            return None
+        patch = patch_of(self.state, state) if self.fresh else None
+        self.state, self.fresh, self._snapshot = state, True, None
+        return _sse("patch", json.dumps(patch)) if patch else None
+
+    def snapshot(self) -> bytes:
+        """The current state as a page's first message (encoded once per change, on demand)."""
+        if self._snapshot is None:
+            self._snapshot = _sse("snapshot", json.dumps(self.state))
+        return self._snapshot
 
     def _files(self) -> list[dict[str, Any]]:
         """A compare's report files (name and modification time), which grow as cells finish."""
@@ -201,12 +211,14 @@ class Entry:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
         if not self.fresh:
             await self.refresh()
-        # No await between taking the snapshot and joining: no patch falls between the two.
-        self.pages.add(queue)
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._poll())
         try:
-            yield self.snapshot
+            async with self.lock:
+                # Under the lock: the next patch is the first one after this snapshot.
+                first = self.snapshot()
+                self.pages.add(queue)
+            if self.task is None or self.task.done():
+                self.task = asyncio.create_task(self._poll())
+            yield first
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
@@ -389,8 +401,9 @@ def make_app(root: Path, token: str | None = None, port: int = 0) -> Any:
         rows = []
         for entry in await catalog.sync():
             try:
+                # Through the entry's own update, so that its open pages get what this reads.
+                await entry.refresh()
                 async with entry.lock:
-                    await asyncio.to_thread(entry.view.refresh)
                     rows.append(jsonable({"rel": entry.rel, **entry.view.summary_row()}))
             except Exception as exc:
                 log.exception("%s: cannot read", entry.folder.path)
