@@ -255,8 +255,8 @@ class Peers:
         if problem is not None:
             self.reject(identity, "bad_payload", f"{msg.type} for round {msg.round}: {problem}")
             return
-        if isinstance(msg.body.get("metrics"), dict):
-            node.last_metrics = msg.body["metrics"]
+        if isinstance(msg.body.get("metrics"), dict) and msg.body["metrics"]:
+            node.last_metrics = msg.body["metrics"]  # a reference copy carries none: keep the last
         if msg.type is MsgType.DIGITAL and msg.body.get("purpose") == "reference":
             self.references[node.node] = msg
         else:

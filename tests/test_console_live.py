@@ -67,6 +67,9 @@ def test_watch_once_shows_the_current_round_and_phase_of_a_live_run(tmp_path: Pa
     assert proc.returncode == 0
     assert frame["status"] == "running" and frame["rounds_total"] == RUN_ROUNDS
     assert 2 <= frame["current_round"] <= RUN_ROUNDS and frame["phase"]["phase"] in PHASES
+    # Every node is heard from; those that trained say how fast (the node table's tokens/s).
+    assert all(n["alive"] and n["heartbeat_age_s"] is not None for n in frame["nodes"])
+    assert any((n.get("tokens_per_s") or 0) > 0 for n in frame["nodes"])
     # The phase the frame shows is one this round really entered (the record stream says so).
     entered = {(p["round"], p["phase"]) for p in docs_of(run_dir, "phase")}
     assert (frame["phase"]["round"], frame["phase"]["phase"]) in entered
