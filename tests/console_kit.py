@@ -147,6 +147,23 @@ def write_compare(parent: Path) -> Path:
     return root
 
 
+def tiny_png() -> bytes:
+    """A valid 1 x 1 PNG (a report figure stand-in)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\x1f\x77\xb4"))
+        + chunk(b"IEND", b"")
+    )
+
+
 @dataclass
 class Served:
     process: subprocess.Popen[str]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_kit import EVIL_NAME, round_data, serve, write_campaign, write_compare, write_run
+from console_kit import EVIL_NAME, round_data, serve, tiny_png, write_campaign, write_compare, write_run
 
 from testbed.console.control import RunningMarker
 
@@ -83,13 +83,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     live = write_run(root, "edge", 30, finished=False, total=40)
     evil = write_run(root, EVIL_NAME, 2, finished=False)
     campaign = write_campaign(root)
-    write_compare(root)
+    compare = write_compare(root)
     with (
         RunningMarker(live.run_dir, "run"),
         RunningMarker(evil.run_dir, "run"),
         RunningMarker(campaign.run_dir, "campaign"),
     ):
-        yield {"root": root, "done": done, "live": live, "evil": evil, "campaign": campaign}
+        yield {
+            "root": root,
+            "done": done,
+            "live": live,
+            "evil": evil,
+            "campaign": campaign,
+            "compare": compare,
+        }
     for rec in (live, evil, campaign):
         rec.close()
 
@@ -181,6 +188,55 @@ def test_markup_in_a_name_shows_as_text(browser: Any, server: Any, runs: dict[st
     row = browser.find_element(By.CSS_SELECTOR, f'#index tr[data-rel="{runs["evil"].run_dir.name}"]')
     assert row.find_elements(By.TAG_NAME, "td")[2].text == EVIL_NAME
     assert browser.execute_script("return window.__pwned === undefined")
+
+
+def test_campaign_page_fills_the_gain_map(browser: Any, server: Any, runs: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    _open(browser, _page(server, runs["campaign"]))
+    # 30 points of two antennas each over a 10 x 10 grid: 60 cells coloured, 100 cells of the plan.
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gainmap rect.cell")) == 60
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gainmap rect.todo")) == 100
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gainmap rect.latest")) == 2
+    assert "30 of 50" in browser.find_element(By.ID, "summary").text
+
+
+def test_compare_page_shows_cells_and_a_growing_report(
+    browser: Any, server: Any, runs: dict[str, Any]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open(browser, f"http://127.0.0.1:{server.port}/view/compare-dryrun")
+    states = {
+        row.get_attribute("data-cell"): row.get_attribute("data-state")
+        for row in browser.find_elements(By.CSS_SELECTOR, "#cells tbody tr")
+    }
+    assert states == {"g0-s0-ours": "done", "g0-s0-fpa": "interrupted", "g0-s0-digital": "pending"}
+    assert "1 of 3 done" in browser.find_element(By.ID, "summary").text
+    WebDriverWait(browser, LOAD_S).until(lambda d: "<b>not bold</b>" in d.find_element(By.ID, "report").text)
+    # A figure the report writes later appears on the open page.
+    (runs["compare"] / "loss.png").write_bytes(tiny_png())
+    WebDriverWait(browser, LOAD_S).until(
+        lambda d: d.execute_script(
+            "const i = document.querySelector('#figures img'); return i && i.naturalWidth === 1"
+        )
+    )
+    # A cell's run links to its own live page.
+    link = browser.find_element(By.CSS_SELECTOR, '#cells tr[data-cell="g0-s0-fpa"] a')
+    link.click()
+    WebDriverWait(browser, LOAD_S).until(
+        lambda d: d.execute_script("return document.body.dataset.loaded === '1'")
+    )
+    assert _points(browser)["ppl"] == [2, 2]
+
+
+def test_an_unknown_folder_says_so(browser: Any, server: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"http://127.0.0.1:{server.port}/view/no-such-run")
+    WebDriverWait(browser, LOAD_S).until(lambda d: d.find_element(By.ID, "title").text.startswith("404"))
 
 
 def test_without_the_token_a_non_loopback_bind_answers_403(browser: Any, runs: dict[str, Any]) -> None:

@@ -169,6 +169,7 @@ def test_a_non_loopback_bind_needs_the_token(open_server: Any) -> None:
 
 def test_a_loopback_bind_answers_only_loopback_names(server: Any) -> None:
     assert server.get("/api/index", {"Host": f"localhost:{server.port}"})[0] == 200
+    assert server.get("/api/index", {"Host": f"[::1]:{server.port}"})[0] == 200
     # DNS rebinding: a page elsewhere whose name resolves to 127.0.0.1 gets nothing.
     assert server.get("/api/index", {"Host": f"attacker.example:{server.port}"})[0] == 403
 

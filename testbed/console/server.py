@@ -76,6 +76,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8765" -> "::1")."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0]
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: any free one); a port in use is a ConsoleError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -352,7 +359,7 @@ class Guard:
         request = Request(scope)
         reply: Response | None = None
         if self.token is None:
-            host = (request.headers.get("host") or "").rsplit(":", 1)[0]
+            host = _host_name(request.headers.get("host") or "")
             if not is_loopback(host):
                 reply = PlainTextResponse("403: this console answers only to localhost names", 403)
         elif self._token_ok(request.query_params.get("token")):

@@ -102,7 +102,17 @@ TB.follow = function (rel, render) {
     TB.applyPatch(state, JSON.parse(e.data));
     render(state, false);
   });
-  source.addEventListener("error", () => document.body.classList.add("offline"));
+  source.addEventListener("error", () => {
+    document.body.classList.add("offline");
+    if (state !== null) return;
+    // Never loaded: say why instead of retrying a folder that is not there.
+    fetch(`/api/view/${rel.split("/").map(encodeURIComponent).join("/")}`).then(async (reply) => {
+      if (reply.status === 404 || reply.status === 403) {
+        source.close();
+        document.getElementById("title").textContent = await reply.text();
+      }
+    });
+  });
   source.addEventListener("open", () => document.body.classList.remove("offline"));
   return source;
 };
