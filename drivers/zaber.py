@@ -15,9 +15,13 @@ device appends the same to each reply; a reply whose checksum is wrong or missin
 
 Warning flags (the manual's classes: ``F*`` faults, ``W*`` warnings, ``N*`` notices): every fault
 and ``WL`` (unexpected limit) is an alarm that fails the motion and loses the position; ``WR``
-means not homed. A move ends by polling until ``IDLE``, then reading each moved axis' warnings:
-``NI`` (someone else stopped or replaced the movement) fails it with ``MoveInterrupted``, and the
-final position must be within ``position_tol_m`` of the target.
+means not homed. Before a move, a fault the device shows while idle fails it before anything is
+sent, and an ``NI`` left from an earlier interruption is cleared (``warnings clear``). A move ends
+by polling until ``IDLE``, then reading each moved axis' warnings: ``NI`` (someone else stopped or
+replaced the movement) fails it with ``MoveInterrupted``, and the final position must be within
+``position_tol_m`` of the target. ``RJ AGAIN``/``STATUSBUSY`` are sent again with a bounded
+backoff. At start-up ``resolution`` and ``limit.min`` are read: a resolution other than the one
+``microstep_m`` is for, or a travel that starts above 0, is refused.
 
 An XY move sets each axis' speed and acceleration in proportion to its share of the distance,
 so both axes arrive together and the antenna follows the straight line that
@@ -63,6 +67,13 @@ from drivers.zaber_wire import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MICROSTEP_M = 0.047625e-6  # X-LSQ series; pass the stage's own value
+# Zaber's default microstep resolution (microsteps per full step), the one DEFAULT_MICROSTEP_M is for
+DEFAULT_RESOLUTION = 64
+# RJ reasons that mean "not now": the manual says to send the command again
+RETRY_REASONS = ("AGAIN", "STATUSBUSY")
+RETRY_FIRST_S = (
+    0.01  # the first pause before a retry; it doubles, and all of them stay under command_timeout_s
+)
 VELOCITY_UNIT = 1.6384  # Zaber data units per microstep/s
 ACCEL_UNIT = 1.6384 / 10000.0  # Zaber data units per microstep/s^2
 
@@ -93,6 +104,9 @@ class ZaberStage(SerialStage):
     microstep_m
         Metres per microstep (the axis' ``resolution`` and lead screw); positions on the wire are
         microsteps.
+    resolution
+        The microstep resolution ``microstep_m`` is for (the device's ``resolution`` setting, 64
+        by default); a device set otherwise is refused at start-up, naming both.
     command_timeout_s
         How long one reply may take.
     homing_timeout_s
@@ -117,6 +131,7 @@ class ZaberStage(SerialStage):
         name: str = "zaber",
         address: int = 1,
         microstep_m: float = DEFAULT_MICROSTEP_M,
+        resolution: int = DEFAULT_RESOLUTION,
         command_timeout_s: float = 2.0,
         homing_timeout_s: float = 120.0,
         settle_s: float = 0.0,
@@ -132,6 +147,7 @@ class ZaberStage(SerialStage):
         super().__init__(port, limits, name, command_timeout_s, homing_timeout_s, settle_s)
         self.address = address
         self.microstep_m = microstep_m
+        self.resolution = resolution
         self.poll_s = poll_s
         self.checksum = checksum
         self.position_tol_m = max(position_tol_m, microstep_m)
@@ -171,8 +187,35 @@ class ZaberStage(SerialStage):
 
     # --- protocol ------------------------------------------------------------------------------
     def command(self, axis: int, text: str, timeout_s: float | None = None) -> ZaberReply:
-        """Send ``/<address> <axis> <id> <text>[:XX]``; return its reply; raise on RJ, timeout, noise."""
+        """Send ``/<address> <axis> <id> <text>[:XX]``; return its reply; raise on RJ, timeout, noise.
+
+        ``RJ AGAIN`` and ``RJ STATUSBUSY`` (the manual: the command cannot be processed right now,
+        send it again) are retried after 10, 20, 40 ... ms, for at most ``command_timeout_s``."""
         timeout = self.command_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + self.command_timeout_s
+        pause, tries = RETRY_FIRST_S, 1
+        while True:
+            try:
+                return self._command_once(axis, text, timeout)
+            except StageCommandError as exc:
+                if exc.code not in RETRY_REASONS or time.monotonic() + pause > deadline:
+                    if exc.code in RETRY_REASONS:
+                        raise StageCommandError(
+                            f"{exc} still, after {tries} tries over {self.command_timeout_s:g} s",
+                            code=exc.code,
+                        ) from exc
+                    raise
+                log.info(
+                    "%s: %r answered RJ %s; sending it again in %.0f ms",
+                    self._where,
+                    text,
+                    exc.code,
+                    pause * 1e3,
+                )
+                time.sleep(pause)
+                pause, tries = pause * 2, tries + 1
+
+    def _command_once(self, axis: int, text: str, timeout: float) -> ZaberReply:
         if self._state == StageState.DISCONNECTED or self._chain.dead:
             self._state = StageState.DISCONNECTED
             raise StageLinkError(
@@ -247,6 +290,7 @@ class ZaberStage(SerialStage):
             raise StageError(
                 f"{self._where}: expected a two-axis controller, 'get limit.max' gave {limit_max}"
             )
+        self._check_resolution_and_range()
         for axis, travel, lim in zip("XY", self._limits.travel_m, limit_max, strict=False):
             if travel > lim * self.microstep_m * (1 + 1e-9):
                 raise StageError(
@@ -268,6 +312,25 @@ class ZaberStage(SerialStage):
             self.address,
             warnings,
         )
+
+    def _check_resolution_and_range(self) -> None:
+        """Refuse a device whose microstep is not the config's (limit.max and every move would scale
+        with it), or whose travel does not start at or below 0."""
+        resolution = self.command(0, "get resolution").data.split()
+        for axis, value in zip("XY", resolution, strict=False):
+            if int(value) != self.resolution:
+                raise StageError(
+                    f"{self._where}: the {axis} axis' resolution is {value} microsteps per step, but "
+                    f"microstep_m={self.microstep_m:g} m is for resolution={self.resolution}; set the "
+                    "device's resolution back, or give the config the microstep_m and resolution it has"
+                )
+        limit_min = self.command(0, "get limit.min").data.split()
+        for axis, value in zip("XY", limit_min, strict=False):
+            if int(value) > 0:
+                raise StageError(
+                    f"{self._where}: the {axis} axis' limit.min={value} microsteps is above 0, so the "
+                    "config's travel from 0 starts outside the device's range; set limit.min to 0"
+                )
 
     def _on_close(self) -> None:
         self._chain.detach(self.address)
@@ -296,8 +359,28 @@ class ZaberStage(SerialStage):
             self.command(axis, f"set {setting} {value}")
             self._axis_settings[(axis, setting)] = value
 
+    def _flags_before_move(self) -> None:
+        """Before a move: a fault the device shows while idle fails it before anything is sent, and
+        an ``NI`` left from an earlier interruption is cleared, so that the check after the move
+        reads this move's flags. (The reply to ``get pos`` carries the most urgent flag.)"""
+        warn = self.last_reply.warning if self.last_reply is not None else "--"
+        if warn == "--":
+            return
+        flags = self.command(0, "warnings").data.split()[1:]
+        faults = [f for f in flags if is_fault(f)]
+        if faults:
+            self._alarm(faults[0])
+            raise StageAlarm(
+                f"{self._where}: {faults[0]} ({fault_meaning(faults[0])}) found while idle, before the "
+                "move; nothing was sent: clear its cause, then home()",
+                code=faults[0],
+            )
+        if "NI" in flags:
+            self.command(0, "warnings clear")
+
     def _move_body(self, target_m: tuple[float, float], speed_m_s: float) -> None:
         here = self.position()
+        self._flags_before_move()
         deltas = [abs(t - h) for t, h in zip(target_m, here, strict=True)]
         distance = math.hypot(*deltas)
         moved = [axis for axis, d in enumerate(deltas, start=1) if d > self.microstep_m / 2]

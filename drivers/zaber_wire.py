@@ -57,6 +57,8 @@ REJECT_REASONS = {
     "BADDATA": "a value is out of range or malformed",
     "BADMESSAGEID": "the message id is not 0..99",
     "DEVICEONLY": "the command must go to the device (axis 0)",
+    "DRIVERDISABLED": "the axis' driver is disabled (FO, FD, FH or FV); motion is refused until it is enabled",
+    "INACTIVE": "the axis' peripheral is inactive (FZ); motion is refused",
     "FULL": "the device's buffer is full",
     "LOCKSTEP": "the axis is in lockstep; move the lockstep group instead",
     "NOACCESS": "the command needs a higher access level",

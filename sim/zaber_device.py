@@ -19,12 +19,18 @@ Grammar (Zaber ASCII protocol manual, Firmware 6/7; the zproto crate parses the 
 - Alert ``!aa x STATUS WARN`` (``!01 1 IDLE --``), sent when ``comm.alert`` is 1 and an axis comes
   to rest or faults.
 - ``NI`` (movement interrupted) is set when ``stop``/``estop`` or a new movement cuts a movement
-  short, and cleared by the next movement sent to that axis while it is idle.
+  short, and cleared by the next movement sent to that axis while it is idle (the driver does not
+  rely on this: it clears ``NI`` itself before the next move).
+- Rejections: a movement (``move``, ``home``) on an axis whose driver is off (``FO``, ``FD``, ``FH``,
+  ``FV``) is ``RJ DRIVERDISABLED``, on an inactive peripheral (``FZ``) ``RJ INACTIVE``, as the FW7
+  manual's reply reasons name them. For no reference (``WR``) the reasons name nothing, so such a
+  move runs; other faults: no rejection either (kept as before).
 - ``estop`` brakes at ``ESTOP_DECEL_FACTOR`` times the axis' acceleration: it answers ``BUSY``
   while the axis stops.
 - Commands served: ``home``, ``move abs|rel N``, ``move min|max``, ``stop``, ``estop``,
   ``warnings [clear]``, the empty command (a status query), ``get``/``set`` of ``pos``,
-  ``maxspeed``, ``accel``, ``limit.min``, ``limit.max``, ``resolution``, and of the device-only
+  ``maxspeed``, ``accel``, ``limit.min``, ``limit.max``, ``resolution`` (setting it rescales the
+  counts: the same travel in the new microsteps), and of the device-only
   ``device.id``, ``version``, ``comm.checksum``, ``comm.alert`` (sent to an axis: ``DEVICEONLY``).
 
 Units: positions in microsteps; ``maxspeed`` in microsteps/s x 1.6384; ``accel`` in
@@ -33,7 +39,7 @@ on the chain's scaled clock (``sim.motion``).
 
 Faults: the endpoint's ``Faults`` (``sim.endpoint``: a lost reply, garbage, a slow reply, a
 disconnect mid-move, a stall ``FS`` mid-move, homing that never ends), ``corrupt_replies`` (a
-bit flipped in the next replies) and ``inject_fault`` for any
+bit flipped in the next replies) and ``again_replies`` (the next commands answered ``RJ AGAIN``, unexecuted) and ``inject_fault`` for any
 ``F*`` flag (``FZ`` peripheral inactive, ``FQ`` encoder error, ``FE`` limit error, ``FD`` driver
 disabled, ...), now or at a fraction of the next move.
 """
@@ -56,6 +62,10 @@ WARNING_PRIORITY = (
     "NJ", "NB",
 )  # fmt: skip
 FAULT_FLAGS = tuple(w for w in WARNING_PRIORITY if w.startswith("F"))
+# Faults after which the axis' driver is off: a movement is rejected (RJ DRIVERDISABLED)
+DRIVER_OFF_FLAGS = frozenset({"FO", "FD", "FH", "FV"})
+RESOLUTIONS = range(1, 257)  # the resolution setting: microsteps per full step
+DEFAULT_RESOLUTION = 64
 MAX_MESSAGE_ID = 99
 ESTOP_DECEL_FACTOR = 20.0  # an emergency stop brakes this much harder than ``accel``
 DEVICE_SETTINGS = ("device.id", "version", "comm.checksum", "comm.alert")
@@ -75,6 +85,7 @@ class _Axis:
     maxspeed: int  # data units
     accel: int  # data units
     limit_min: int = 0
+    resolution: int = DEFAULT_RESOLUTION
     pos: float = 0.0
     move: LinearMove | None = None
     homing: bool = False
@@ -139,6 +150,8 @@ class ZaberDevice(EmulatorEndpoint):
         self.controllers = {a: _Controller(a, axes()) for a in sorted(chain)}
         self.dropped_checksums = 0  # commands dropped for a wrong checksum, for tests
         self.corrupt_replies = 0  # a fault: garble one character of the next N replies (line noise)
+        # a fault: the next N commands are answered RJ AGAIN (not executed), as a busy device does
+        self.again_replies = 0
         self._rx = bytearray()
 
     # --- the first device, for single-device tests ----------------------------------------------
@@ -309,6 +322,9 @@ class ZaberDevice(EmulatorEndpoint):
                 self._reply(c, axis if axis <= len(c.axes) else 0, None, "RJ", "BADMESSAGEID")
             elif axis > len(c.axes):
                 self._reply(c, 0, msg_id, "RJ", "BADAXIS")
+            elif self.again_replies > 0 and tokens:
+                self.again_replies -= 1
+                self._reply(c, axis, msg_id, "RJ", "AGAIN")
             else:
                 flag, data = self._execute(c, axis, tokens)
                 self._reply(c, axis, msg_id, flag, data)
@@ -321,6 +337,10 @@ class ZaberDevice(EmulatorEndpoint):
         cmd, args = tokens[0], tokens[1:]
         if cmd in ("get", "set") and args and args[0] in DEVICE_SETTINGS and axis != 0:
             return "RJ", "DEVICEONLY"
+        if cmd in ("home", "move"):
+            refused = self._refuse_motion(targets if cmd == "home" or axis == 0 else [c.axes[axis - 1]])
+            if refused:
+                return "RJ", refused
         if cmd == "home" and not args:
             for ax in targets:
                 self._start_home(c, ax, now)
@@ -345,6 +365,19 @@ class ZaberDevice(EmulatorEndpoint):
         if cmd == "set" and len(args) == 2:
             return self._set(c, targets, args[0], args[1])
         return "RJ", "BADCOMMAND"
+
+    @staticmethod
+    def _refuse_motion(axes: list[_Axis]) -> str | None:
+        """The reason a movement is rejected on ``axes``, or None. The FW7 manual's reply reasons
+        include DRIVERDISABLED (the driver is off: FO, FD, FH, FV) and INACTIVE (FZ). For an axis
+        with no reference (WR) the reasons list nothing that applies, so such a move runs (a
+        device moves by its count), as it did before. Other faults: no rejection, as before."""
+        flags: set[str] = set().union(*(ax.warnings for ax in axes))
+        if flags & DRIVER_OFF_FLAGS:
+            return "DRIVERDISABLED"
+        if "FZ" in flags:
+            return "INACTIVE"
+        return None
 
     def _move(self, c: _Controller, axis: int, args: list[str], now: float) -> tuple[str, str]:
         if axis == 0:
@@ -390,14 +423,22 @@ class ZaberDevice(EmulatorEndpoint):
             "accel": lambda ax: str(ax.accel),
             "limit.min": lambda ax: str(ax.limit_min),
             "limit.max": lambda ax: str(ax.limit_max),
-            "resolution": lambda ax: "64",
+            "resolution": lambda ax: str(ax.resolution),
         }
         if name not in getters:
             return "RJ", "BADCOMMAND"
         return "OK", " ".join(getters[name](ax) for ax in targets)
 
     def _set(self, c: _Controller, targets: list[_Axis], name: str, value: str) -> tuple[str, str]:
-        if name not in ("maxspeed", "accel", "limit.min", "limit.max", "comm.checksum", "comm.alert"):
+        if name not in (
+            "maxspeed",
+            "accel",
+            "limit.min",
+            "limit.max",
+            "comm.checksum",
+            "comm.alert",
+            "resolution",
+        ):
             return "RJ", "BADCOMMAND"
         try:
             number = int(value)
@@ -407,6 +448,12 @@ class ZaberDevice(EmulatorEndpoint):
             if number not in (0, 1):
                 return "RJ", "BADDATA"
             setattr(c, name.removeprefix("comm."), bool(number))
+            return "OK", "0"
+        if name == "resolution":
+            if number not in RESOLUTIONS:
+                return "RJ", "BADDATA"
+            for ax in targets:
+                self._rescale(ax, number)
             return "OK", "0"
         ok = {
             "maxspeed": lambda ax: number > 0,
@@ -419,6 +466,15 @@ class ZaberDevice(EmulatorEndpoint):
         for ax in targets:
             setattr(ax, name.replace(".", "_"), number)
         return "OK", "0"
+
+    def _rescale(self, ax: _Axis, resolution: int) -> None:
+        """A new microstep resolution: the same travel and speeds counted in the new microsteps."""
+        k = resolution / ax.resolution
+        ax.pos = self._axis_pos(ax) * k
+        ax.move = None
+        ax.limit_min, ax.limit_max = round(ax.limit_min * k), round(ax.limit_max * k)
+        ax.maxspeed, ax.accel = max(1, round(ax.maxspeed * k)), max(1, round(ax.accel * k))
+        ax.resolution = resolution
 
     # --- motion --------------------------------------------------------------------------------
     def _plan(self, ax: _Axis, target: float, now: float) -> LinearMove:

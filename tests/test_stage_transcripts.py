@@ -415,12 +415,14 @@ def _open_zaber(**kw):
         (_zc("1 0 02 get device.id"), _zr("01 0 02 OK IDLE WR 30222")),
         (_zc("1 0 03 get version"), _zr("01 0 03 OK IDLE WR 7.38")),
         (_zc("1 0 04 get limit.max"), _zr("01 0 04 OK IDLE WR 10498688 10498688")),
-        (_zc("1 0 05 warnings"), _zr("01 0 05 OK IDLE WR 01 WR")),
+        (_zc("1 0 05 get resolution"), _zr("01 0 05 OK IDLE WR 64 64")),
+        (_zc("1 0 06 get limit.min"), _zr("01 0 06 OK IDLE WR 0 0")),
+        (_zc("1 0 07 warnings"), _zr("01 0 07 OK IDLE WR 01 WR")),
     ])  # fmt: skip
     return port, ZaberStage(port, LIMITS, name="z", command_timeout_s=0.5, poll_s=0.001, **kw)
 
 
-def _home_zaber(port, stage, first_id=6):
+def _home_zaber(port, stage, first_id=8):
     i = first_id
     port.expect(_zc(f"1 0 {i:02d} home"), _zr(f"01 0 {i:02d} OK BUSY WR 0"))
     port.expect(_zc(f"1 0 {i + 1:02d}"), _zr(f"01 0 {i + 1:02d} OK IDLE -- 0"))
@@ -429,7 +431,7 @@ def _home_zaber(port, stage, first_id=6):
     assert stage.homed and stage.state == StageState.IDLE
 
 
-def _start_move_zaber(port, i=9):
+def _start_move_zaber(port, i=11):
     """The bytes of ``move_to((0.2, 0.1))`` from (0, 0) up to the moves themselves; the next id."""
     port.expect(_zc(f"1 0 {i:02d} get pos"), _zr(f"01 0 {i:02d} OK IDLE -- 0 0"))
     port.expect(_zc(f"1 1 {i + 1:02d} set maxspeed 1538509"), _zr(f"01 1 {i + 1:02d} OK IDLE -- 0"))
@@ -445,32 +447,32 @@ def test_zaber_command_bytes():
     port, stage = _open_zaber()
     try:
         assert stage.state == StageState.ALARM and not stage.homed  # WR: no reference yet
-        port.expect(_zc("1 0 06 home"), _zr("01 0 06 OK BUSY WR 0"))
-        port.expect(_zc("1 0 07"), b"!01 1 BUSY --:" + lrc("01 1 BUSY --").encode() + b"\r\n#01 0 07 homing\r\n"
-                    + _zr("01 0 07 OK BUSY WR 0"))  # fmt: skip
-        port.expect(_zc("1 0 08"), _zr("01 0 08 OK IDLE -- 0"))
-        port.expect(_zc("1 0 09 warnings"), _zr("01 0 09 OK IDLE -- 00"))
+        port.expect(_zc("1 0 08 home"), _zr("01 0 08 OK BUSY WR 0"))
+        port.expect(_zc("1 0 09"), b"!01 1 BUSY --:" + lrc("01 1 BUSY --").encode() + b"\r\n#01 0 09 homing\r\n"
+                    + _zr("01 0 09 OK BUSY WR 0"))  # fmt: skip
+        port.expect(_zc("1 0 10"), _zr("01 0 10 OK IDLE -- 0"))
+        port.expect(_zc("1 0 11 warnings"), _zr("01 0 11 OK IDLE -- 00"))
         stage.home().wait(2.0)
         assert stage.homed and stage.state == StageState.IDLE
         assert stage.last_alert is not None and stage.last_alert.status == "BUSY"
-        port.expect(_zc("1 0 10 get pos"), _zr("01 0 10 OK IDLE -- 0 0"))
-        port.expect(_zc("1 1 11 set maxspeed 1032063"), _zr("01 1 11 OK IDLE -- 0"))
-        port.expect(_zc("1 1 12 set accel 1032"), _zr("01 1 12 OK IDLE -- 0"))
-        port.expect(_zc("1 2 13 set maxspeed 1376084"), _zr("01 2 13 OK IDLE -- 0"))
-        port.expect(_zc("1 2 14 set accel 1376"), _zr("01 2 14 OK IDLE -- 0"))
-        port.expect(_zc("1 1 15 move abs 629921"), _zr("01 1 15 OK BUSY -- 0"))
-        port.expect(_zc("1 2 16 move abs 839895"), _zr("01 2 16 OK BUSY -- 0"))
-        port.expect(_zc("1 0 17"), _zr("01 0 17 OK IDLE -- 0"))
-        port.expect(_zc("1 1 18 warnings"), _zr("01 1 18 OK IDLE -- 00"))  # each moved axis: no NI, no fault
-        port.expect(_zc("1 2 19 warnings"), _zr("01 2 19 OK IDLE -- 00"))
-        port.expect(_zc("1 0 20 get pos"), _zr("01 0 20 OK IDLE -- 629921 839895"))  # ended on target
+        port.expect(_zc("1 0 12 get pos"), _zr("01 0 12 OK IDLE -- 0 0"))
+        port.expect(_zc("1 1 13 set maxspeed 1032063"), _zr("01 1 13 OK IDLE -- 0"))
+        port.expect(_zc("1 1 14 set accel 1032"), _zr("01 1 14 OK IDLE -- 0"))
+        port.expect(_zc("1 2 15 set maxspeed 1376084"), _zr("01 2 15 OK IDLE -- 0"))
+        port.expect(_zc("1 2 16 set accel 1376"), _zr("01 2 16 OK IDLE -- 0"))
+        port.expect(_zc("1 1 17 move abs 629921"), _zr("01 1 17 OK BUSY -- 0"))
+        port.expect(_zc("1 2 18 move abs 839895"), _zr("01 2 18 OK BUSY -- 0"))
+        port.expect(_zc("1 0 19"), _zr("01 0 19 OK IDLE -- 0"))
+        port.expect(_zc("1 1 20 warnings"), _zr("01 1 20 OK IDLE -- 00"))  # each moved axis: no NI, no fault
+        port.expect(_zc("1 2 21 warnings"), _zr("01 2 21 OK IDLE -- 00"))
+        port.expect(_zc("1 0 22 get pos"), _zr("01 0 22 OK IDLE -- 629921 839895"))  # ended on target
         stage.move_to((0.03, 0.04)).wait(2.0)  # speeds split 3:4 so both axes end together
         port.expect(
-            _zc("1 0 21 get pos"), _zr("01 0 20 OK IDLE -- 1 1") + _zr("01 0 21 OK IDLE -- 629921 839895")
+            _zc("1 0 23 get pos"), _zr("01 0 22 OK IDLE -- 1 1") + _zr("01 0 23 OK IDLE -- 629921 839895")
         )
         assert stage.position() == pytest.approx((0.03, 0.04), abs=1e-7)  # the stale id-20 reply is skipped
-        port.expect(_zc("1 0 22 stop"), _zr("01 0 22 OK IDLE -- 0"))
-        port.expect(_zc("1 0 23"), _zr("01 0 23 OK IDLE -- 0"))
+        port.expect(_zc("1 0 24 stop"), _zr("01 0 24 OK IDLE -- 0"))
+        port.expect(_zc("1 0 25"), _zr("01 0 25 OK IDLE -- 0"))
         stage.stop()
         port.check()
     finally:
@@ -480,11 +482,11 @@ def test_zaber_command_bytes():
 def test_zaber_rejection_and_stall():
     port, stage = _open_zaber()
     try:
-        port.expect(_zc("1 1 06 move abs 99999999"), _zr("01 1 06 RJ IDLE -- BADDATA"))
+        port.expect(_zc("1 1 08 move abs 99999999"), _zr("01 1 08 RJ IDLE -- BADDATA"))
         with pytest.raises(StageCommandError, match=r"RJ BADDATA \(a value is out of range") as info:
             stage.command(1, "move abs 99999999")
         assert info.value.code == "BADDATA"
-        port.expect(_zc("1 0 07"), _zr("01 0 07 OK IDLE FS 0"))
+        port.expect(_zc("1 0 09"), _zr("01 0 09 OK IDLE FS 0"))
         stage.command(0, "")
         assert stage.state == StageState.ALARM and stage.alarm_flag == "FS" and not stage.homed
         port.check()
@@ -580,7 +582,7 @@ def test_zaber_fault_alert_marks_the_stage():
     try:
         _home_zaber(port, stage)
         alert = f"!01 2 IDLE FD:{lrc('01 2 IDLE FD')}\r\n".encode()
-        port.expect(_zc("1 0 09 get pos"), alert + _zr("01 0 09 OK IDLE FD 5 5"))
+        port.expect(_zc("1 0 11 get pos"), alert + _zr("01 0 11 OK IDLE FD 5 5"))
         stage.position()
         assert stage.last_alert is not None and stage.last_alert.warning == "FD"
         assert stage.state == StageState.ALARM and stage.alarm_flag == "FD"
@@ -592,14 +594,14 @@ def test_zaber_fault_alert_marks_the_stage():
 @pytest.mark.parametrize(
     ("reply", "why"),
     [
-        (b"@01 0 06 OK IDLE -- 9:8D\r\n", "fails its checksum"),  # the issue's reply, 0 corrupted to 9
-        (b"@01 0 06 OK IDLE -- 0\r\n", "carries no checksum although comm.checksum is 1"),
+        (b"@01 0 08 OK IDLE -- 9:05\r\n", "fails its checksum"),  # the issue's reply, 0 corrupted to 9
+        (b"@01 0 08 OK IDLE -- 0\r\n", "carries no checksum although comm.checksum is 1"),
     ],
 )
 def test_zaber_reply_checksum_verified(reply, why):
     port, stage = _open_zaber()
     try:
-        port.expect(_zc("1 0 06 get pos"), reply)
+        port.expect(_zc("1 0 08 get pos"), reply)
         with pytest.raises(StageError, match=why) as info:
             stage.position()
         assert "transcript://test" in str(info.value) and "get pos" in str(info.value)
@@ -613,7 +615,9 @@ def test_zaber_without_checksums():
         (b"/1 0 01 get device.id\n", b"@01 0 01 OK IDLE WR 30222\r\n"),
         (b"/1 0 02 get version\n", b"@01 0 02 OK IDLE WR 7.38\r\n"),
         (b"/1 0 03 get limit.max\n", b"@01 0 03 OK IDLE WR 10498688 10498688\r\n"),
-        (b"/1 0 04 warnings\n", b"@01 0 04 OK IDLE WR 01 WR\r\n"),
+        (b"/1 0 04 get resolution\n", b"@01 0 04 OK IDLE WR 64 64\r\n"),
+        (b"/1 0 05 get limit.min\n", b"@01 0 05 OK IDLE WR 0 0\r\n"),
+        (b"/1 0 06 warnings\n", b"@01 0 06 OK IDLE WR 01 WR\r\n"),
     ])  # fmt: skip
     stage = ZaberStage(port, LIMITS, name="z", command_timeout_s=0.5, checksum=False)
     try:
