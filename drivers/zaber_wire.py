@@ -2,8 +2,11 @@
 
 - ``lrc``: the checksum, ``:XX`` after a line, the two's complement of the sum of the bytes between
   the start marker (``/``, ``@``, ``!``) and ``:`` (the manual; the zproto crate's ``Lrc``).
-- ``parse_reply`` (``@01 1 07 OK BUSY -- 0``) and ``parse_alert`` (``!01 1 IDLE --``), verifying a
-  checksum when there is one.
+- ``parse_reply`` (``@01 1 07 OK BUSY -- 0``), ``parse_alert`` (``!01 1 IDLE --``) and
+  ``parse_info`` (``#01 0 07 cont ...``), verifying a checksum when there is one: ``:XX`` (two hex
+  digits) at the end of a line; any other ``:`` is data. ``--`` as a message id is "none".
+- A reply too long for one packet ends in a backslash and goes on in ``#.. cont`` info lines; the chain
+  joins them into one reply.
 - Warning flags: the manual's classes, ``F*`` faults, ``W*`` warnings, ``N*`` notices; ``is_fault``
   is true for every ``F*`` and for ``WL`` (unexpected limit), which all stop motion.
 - ``ZaberChain``: one serial port and every device on it (a daisy chain, each device at its own
@@ -13,8 +16,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -29,6 +34,9 @@ from drivers.serial_link import LineLink, StageLinkError, open_port
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_ID = 99
+# a checksum is ':' and two hex digits at the very end of a line; any other ':' is data
+_CHECKSUMMED = re.compile(r"^(.*):([0-9A-Fa-f]{2})$", re.DOTALL)
+CONTINUED = "\\"  # the last data character of a packet that goes on in a '#.. cont' line
 FAULTS = {
     "FF": "critical system error",
     "FN": "peripheral not supported",
@@ -98,6 +106,17 @@ class ZaberReply:
 
 
 @dataclass(frozen=True)
+class ZaberInfo:
+    """An info line ``#01 0 07 text`` (a reply's continuation when ``text`` starts with ``cont``)."""
+
+    address: int
+    axis: int
+    message_id: int | None
+    data: str
+    checksummed: bool = False
+
+
+@dataclass(frozen=True)
 class ZaberAlert:
     address: int
     axis: int
@@ -111,10 +130,10 @@ def _unframe(line: str, marker: str) -> tuple[str, bool]:
     """The text of a ``marker`` line without marker and checksum, and whether it had one (verified)."""
     if not line.startswith(marker):
         raise ValueError(f"not a Zaber {'reply' if marker == '@' else 'alert'}: {line!r}")
-    body = line[1:]
-    if ":" not in body:
-        return body, False
-    body, checksum = body.rsplit(":", 1)
+    match = _CHECKSUMMED.match(line[1:])
+    if match is None:
+        return line[1:], False
+    body, checksum = match.group(1), match.group(2)
     if checksum.upper() != lrc(body):
         raise ChecksumError(f"checksum :{checksum} does not match its line (expected :{lrc(body)})")
     return body, True
@@ -130,12 +149,27 @@ def parse_reply(line: str) -> ZaberReply:
         message_id = None
         if rest and rest[0].isdigit():
             message_id = int(rest.pop(0))
+        elif rest[:1] == ["--"] and rest[1:2] in (["OK"], ["RJ"]):
+            rest.pop(0)  # '--': no message id
         flag, status, warning = rest[0], rest[1], rest[2]
     except (ValueError, IndexError):
         raise ValueError(f"malformed Zaber reply: {line!r}") from None
     if flag not in ("OK", "RJ") or status not in ("IDLE", "BUSY") or len(warning) != 2:
         raise ValueError(f"malformed Zaber reply: {line!r}")
     return ZaberReply(address, axis, message_id, flag, status, warning, " ".join(rest[3:]), checksummed)
+
+
+def parse_info(line: str) -> ZaberInfo:
+    """Parse ``#01 0[ 07] text[:XX]``; raise ``ChecksumError`` or ValueError like ``parse_reply``."""
+    body, checksummed = _unframe(line, "#")
+    tokens = body.split()
+    try:
+        address, axis = int(tokens[0]), int(tokens[1])
+    except (ValueError, IndexError):
+        raise ValueError(f"malformed Zaber info line: {line!r}") from None
+    rest = tokens[2:]
+    message_id = int(rest.pop(0)) if rest and rest[0].isdigit() else None
+    return ZaberInfo(address, axis, message_id, " ".join(rest), checksummed)
 
 
 def parse_alert(line: str) -> ZaberAlert:
@@ -244,6 +278,33 @@ class ZaberChain:
         on_sent: Callable[[str], None] | None = None,
     ) -> tuple[ZaberReply, list[str]]:
         """Send ``/<address> <axis> <id> <text>[:XX]``; return its reply and any garbled lines seen."""
+        replies, garbage = self._round_trip(address, axis, text, timeout_s, who, checksum, on_sent, want=1)
+        return replies[0], garbage
+
+    def request_all(
+        self,
+        axis: int,
+        text: str,
+        timeout_s: float,
+        who: str,
+        checksum: bool = True,
+        expected: int | None = None,
+    ) -> tuple[list[ZaberReply], list[str]]:
+        """Broadcast ``/0 <axis> <id> <text>``: every device answers. Collect the replies until
+        ``expected`` have come, or until ``timeout_s`` when the number of devices is not known."""
+        return self._round_trip(0, axis, text, timeout_s, who, checksum, None, want=expected)
+
+    def _round_trip(
+        self,
+        address: int,
+        axis: int,
+        text: str,
+        timeout_s: float,
+        who: str,
+        checksum: bool,
+        on_sent: Callable[[str], None] | None,
+        want: int | None,
+    ) -> tuple[list[ZaberReply], list[str]]:
         with self._lock:
             self._next_id = (self._next_id + 1) % (MAX_MESSAGE_ID + 1)
             msg_id = self._next_id
@@ -252,25 +313,68 @@ class ZaberChain:
             if on_sent is not None:
                 on_sent(line)
             garbage: list[str] = []
+            replies: list[ZaberReply] = []
             try:
                 self.link.write_line(line)
                 deadline = time.monotonic() + timeout_s
-                while True:
+                while want is None or len(replies) < want:
                     left = deadline - time.monotonic()
                     raw = self.link.read_line(max(0.0, left)) if left > 0 else None
                     if raw is None:
+                        if want is None and replies:
+                            break  # a broadcast: whoever answered in time
                         raise StageTimeout(f"{who}: no reply to {line!r} within {timeout_s:g} s")
                     reply = self._classify(raw, line, who, garbage)
-                    if reply is not None and reply.address == address and reply.message_id == msg_id:
-                        return reply, garbage
+                    if reply is None or reply.message_id != msg_id or address not in (0, reply.address):
+                        continue
+                    replies.append(self._continued(reply, line, who, garbage, deadline))
+                return replies, garbage
             except StageLinkError:
                 self.dead = True
                 raise
 
+    def _continued(
+        self, reply: ZaberReply, line: str, who: str, garbage: list[str], deadline: float
+    ) -> ZaberReply:
+        """The whole reply: a packet ending in ``\\`` goes on in ``#aa x [id] cont ...`` lines."""
+        while reply.data.endswith(CONTINUED):
+            left = deadline - time.monotonic()
+            raw = self.link.read_line(max(0.0, left)) if left > 0 else None
+            if raw is None:
+                raise StageTimeout(f"{who}: the reply to {line!r} was cut off after {reply.data!r}")
+            if not raw.startswith("#"):
+                self._classify(raw, line, who, garbage)
+                continue
+            info = self._info(raw, line, who, garbage)
+            if info is None or info.address != reply.address or not info.data.startswith("cont"):
+                continue
+            if info.message_id not in (None, reply.message_id):
+                continue
+            more = info.data.removeprefix("cont").strip()
+            reply = dataclasses.replace(reply, data=f"{reply.data[:-1].rstrip()} {more}".strip())
+        return reply
+
+    def _info(self, raw: str, line: str, who: str, garbage: list[str]) -> ZaberInfo | None:
+        """An info line, checksum checked (a corrupted one is noise: kept as garbage)."""
+        try:
+            info = parse_info(raw)
+        except (ChecksumError, ValueError) as exc:
+            log.warning("%s: bad info line %r (%s)", who, raw, exc)
+            garbage.append(raw)
+            return None
+        if info.address in self.checksummed and not info.checksummed:
+            log.warning("%s: info line %r without a checksum although comm.checksum is 1", who, raw)
+            garbage.append(raw)
+            return None
+        return info
+
     def _classify(self, raw: str, line: str, who: str, garbage: list[str]) -> ZaberReply | None:
         """A reply, or None after dealing with an info line, an alert or noise."""
-        if not raw.strip() or raw.startswith("#"):
-            return None  # info lines: not replies
+        if not raw.strip():
+            return None
+        if raw.startswith("#"):
+            self._info(raw, line, who, garbage)  # checked, but not a reply
+            return None
         try:
             if raw.startswith("!"):
                 self._alert(parse_alert(raw))
@@ -323,10 +427,12 @@ __all__ = [
     "ChecksumError",
     "ZaberAlert",
     "ZaberChain",
+    "ZaberInfo",
     "ZaberReply",
     "fault_meaning",
     "is_fault",
     "lrc",
     "parse_alert",
+    "parse_info",
     "parse_reply",
 ]

@@ -28,10 +28,12 @@ Grammar (Zaber ASCII protocol manual, Firmware 6/7; the zproto crate parses the 
 - ``estop`` brakes at ``ESTOP_DECEL_FACTOR`` times the axis' acceleration: it answers ``BUSY``
   while the axis stops.
 - Commands served: ``home``, ``move abs|rel N``, ``move min|max``, ``stop``, ``estop``,
-  ``warnings [clear]``, the empty command (a status query), ``get``/``set`` of ``pos``,
-  ``maxspeed``, ``accel``, ``limit.min``, ``limit.max``, ``resolution`` (setting it rescales the
-  counts: the same travel in the new microsteps), and of the device-only
-  ``device.id``, ``version``, ``comm.checksum``, ``comm.alert`` (sent to an axis: ``DEVICEONLY``).
+  ``warnings [clear]``, the empty command (a status query), ``system reset``, ``renumber``
+  (``/0 renumber``: addresses 1, 2, ... along the cable), ``--`` as a message id (echoed),
+  ``get``/``set`` of ``pos``, ``maxspeed``, ``accel``, ``limit.min``, ``limit.max``,
+  ``resolution`` (setting it rescales the counts: the same travel in the new microsteps), and of
+  the device-only ``device.id``, ``version``, ``comm.checksum``, ``comm.alert``,
+  ``system.axiscount`` (sent to an axis: ``DEVICEONLY``).
 
 Units: positions in microsteps; ``maxspeed`` in microsteps/s x 1.6384; ``accel`` in
 microsteps/s^2 x 1.6384 / 10000, as Zaber's firmware counts them. Each axis runs its own trapezoid
@@ -68,7 +70,7 @@ RESOLUTIONS = range(1, 257)  # the resolution setting: microsteps per full step
 DEFAULT_RESOLUTION = 64
 MAX_MESSAGE_ID = 99
 ESTOP_DECEL_FACTOR = 20.0  # an emergency stop brakes this much harder than ``accel``
-DEVICE_SETTINGS = ("device.id", "version", "comm.checksum", "comm.alert")
+DEVICE_SETTINGS = ("device.id", "version", "comm.checksum", "comm.alert", "system.axiscount")
 DEVICE_ID = 30222
 FIRMWARE = "7.38"
 
@@ -148,6 +150,7 @@ class ZaberDevice(EmulatorEndpoint):
             ]
 
         self.controllers = {a: _Controller(a, axes()) for a in sorted(chain)}
+        self._order = list(chain)  # the devices' order along the cable (renumber counts along it)
         self.dropped_checksums = 0  # commands dropped for a wrong checksum, for tests
         self.corrupt_replies = 0  # a fault: garble one character of the next N replies (line noise)
         # a fault: the next N commands are answered RJ AGAIN (not executed), as a busy device does
@@ -170,12 +173,7 @@ class ZaberDevice(EmulatorEndpoint):
             self._out.clear()
             self._rx.clear()
             for c in self.controllers.values():
-                c.pending_faults.clear()
-                for ax in c.axes:
-                    ax.pos = self._axis_pos(ax)
-                    ax.move, ax.homing = None, False
-                    ax.fault_t = ax.fault_flag = ax.fault_disconnect_t = None
-                    ax.warnings = {"WR"}
+                self._reset(c)
             self._cond.notify_all()
 
     def inject_fault(
@@ -278,11 +276,11 @@ class ZaberDevice(EmulatorEndpoint):
     def _framed(self, c: _Controller, line: str) -> str:
         return f"{line}:{lrc(line[1:])}" if c.checksum else line
 
-    def _reply(self, c: _Controller, axis: int, msg_id: int | None, flag: str, data: str) -> None:
+    def _reply(self, c: _Controller, axis: int, msg_id: int | str | None, flag: str, data: str) -> None:
         if self._drop_reply():
             return
         status, warn = self._flags(c.axes if axis == 0 else [c.axes[axis - 1]])
-        ident = f" {msg_id:02d}" if msg_id is not None else ""
+        ident = "" if msg_id is None else f" {msg_id:02d}" if isinstance(msg_id, int) else f" {msg_id}"
         line = self._framed(c, f"@{c.address:02d} {axis}{ident} {flag} {status} {warn} {data}")
         if self.corrupt_replies > 0:
             self.corrupt_replies -= 1
@@ -314,11 +312,16 @@ class ZaberDevice(EmulatorEndpoint):
             numbers.append(int(tokens.pop(0)))
         address = numbers[0] if numbers else 0
         axis = numbers[1] if len(numbers) > 1 else 0
-        msg_id = numbers[2] if len(numbers) > 2 else None
+        msg_id: int | str | None = numbers[2] if len(numbers) > 2 else None
+        if len(numbers) == 2 and tokens[:1] == ["--"]:
+            msg_id = tokens.pop(0)  # '--': an id that says "none", echoed in the reply
+        if tokens[:1] == ["renumber"] and address == 0 and len(tokens) == 1:
+            self._renumber(axis, msg_id)
+            return
         for c in self.controllers.values():
             if address not in (0, c.address):
                 continue
-            if msg_id is not None and not 0 <= msg_id <= MAX_MESSAGE_ID:
+            if isinstance(msg_id, int) and not 0 <= msg_id <= MAX_MESSAGE_ID:
                 self._reply(c, axis if axis <= len(c.axes) else 0, None, "RJ", "BADMESSAGEID")
             elif axis > len(c.axes):
                 self._reply(c, 0, msg_id, "RJ", "BADAXIS")
@@ -329,6 +332,26 @@ class ZaberDevice(EmulatorEndpoint):
                 flag, data = self._execute(c, axis, tokens)
                 self._reply(c, axis, msg_id, flag, data)
 
+    def _renumber(self, axis: int, msg_id: int | str | None) -> None:
+        """``/0 renumber``: the devices take the addresses 1, 2, ... in their order along the cable,
+        and each answers from its new address."""
+        ordered = [self.controllers[a] for a in self._order]
+        for new, c in enumerate(ordered, start=1):
+            c.address = new
+        self.controllers = {c.address: c for c in sorted(ordered, key=lambda c: c.address)}
+        self._order = [c.address for c in ordered]
+        for c in ordered:
+            self._reply(c, axis, msg_id, "OK", "0")
+
+    def _reset(self, c: _Controller) -> None:
+        """``system reset``: as after power-up, motion stops and the reference is lost."""
+        c.pending_faults.clear()
+        for ax in c.axes:
+            ax.pos = self._axis_pos(ax)
+            ax.move, ax.homing = None, False
+            ax.fault_t = ax.fault_flag = ax.fault_disconnect_t = None
+            ax.warnings = {"WR"}
+
     def _execute(self, c: _Controller, axis: int, tokens: list[str]) -> tuple[str, str]:
         targets = c.axes if axis == 0 else [c.axes[axis - 1]]
         now = self.clock.now()
@@ -337,6 +360,11 @@ class ZaberDevice(EmulatorEndpoint):
         cmd, args = tokens[0], tokens[1:]
         if cmd in ("get", "set") and args and args[0] in DEVICE_SETTINGS and axis != 0:
             return "RJ", "DEVICEONLY"
+        if cmd == "system" and args == ["reset"]:
+            if axis != 0:
+                return "RJ", "DEVICEONLY"
+            self._reset(c)
+            return "OK", "0"
         if cmd in ("home", "move"):
             refused = self._refuse_motion(targets if cmd == "home" or axis == 0 else [c.axes[axis - 1]])
             if refused:
@@ -414,6 +442,7 @@ class ZaberDevice(EmulatorEndpoint):
             "version": FIRMWARE,
             "comm.checksum": str(int(c.checksum)),
             "comm.alert": str(int(c.alert)),
+            "system.axiscount": str(len(c.axes)),
         }
         if name in device:
             return "OK", device[name]

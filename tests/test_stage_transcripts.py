@@ -448,7 +448,7 @@ def test_zaber_command_bytes():
     try:
         assert stage.state == StageState.ALARM and not stage.homed  # WR: no reference yet
         port.expect(_zc("1 0 08 home"), _zr("01 0 08 OK BUSY WR 0"))
-        port.expect(_zc("1 0 09"), b"!01 1 BUSY --:" + lrc("01 1 BUSY --").encode() + b"\r\n#01 0 09 homing\r\n"
+        port.expect(_zc("1 0 09"), b"!01 1 BUSY --:" + lrc("01 1 BUSY --").encode() + b"\r\n#01 0 09 homing:" + lrc("01 0 09 homing").encode() + b"\r\n"
                     + _zr("01 0 09 OK BUSY WR 0"))  # fmt: skip
         port.expect(_zc("1 0 10"), _zr("01 0 10 OK IDLE -- 0"))
         port.expect(_zc("1 0 11 warnings"), _zr("01 0 11 OK IDLE -- 00"))

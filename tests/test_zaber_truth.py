@@ -1,4 +1,4 @@
-"""Hardware truth, round 2 (issue 18, Zaber points 13-16 and 18): the driver and the emulator
+"""Hardware truth, round 2 (issue 18, Zaber points 13-18): the driver and the emulator
 against Zaber's ASCII protocol, end to end through a pyserial URL."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import time
 
 import pytest
 from stage_kit import WAIT_S, make_rig
+from test_stage_transcripts import ScriptedPort
 
 from drivers.errors import StageAlarm, StageCommandError, StageError
-from drivers.zaber import MoveInterrupted
+from drivers.zaber import ChecksumError, MoveInterrupted, ZaberChain, lrc, parse_reply
 
 
 @pytest.fixture
@@ -128,3 +129,57 @@ def test_point18_ni_left_by_an_interruption_is_cleared_before_the_next_move(rig,
     assert "warnings clear" in sent and sent.index("warnings clear") < next(
         i for i, t in enumerate(sent) if t.startswith("move abs")
     )
+
+
+# --- point 17: the rest of the protocol ---------------------------------------------------------------
+def test_point17_a_split_reply_is_joined_and_info_lines_are_checked():
+    port = ScriptedPort([
+        (b"/1 0 01 get pos\n", b"@01 0 01 OK IDLE -- 1 2 \\\r\n#01 0 01 cont 3 4\r\n"),
+        (b"/1 0 02 get pos\n", b"#01 0 02 note:00\r\n@01 0 02 OK IDLE -- 5 6\r\n"),
+    ])  # fmt: skip
+    chain = ZaberChain(port)
+    reply, garbage = chain.request(1, 0, "get pos", 0.5, "t", checksum=False)
+    assert reply.data == "1 2 3 4" and garbage == []
+    reply, garbage = chain.request(1, 0, "get pos", 0.5, "t", checksum=False)
+    assert reply.data == "5 6" and garbage == ["#01 0 02 note:00"]  # :00 is not its checksum: noise
+    port.check()
+
+
+def test_point17_a_colon_in_the_data_is_data_and_dashes_are_no_message_id():
+    reply = parse_reply("@01 0 05 OK IDLE -- key:value")
+    assert reply.data == "key:value" and not reply.checksummed
+    reply = parse_reply(f"@01 0 -- OK IDLE WR 2:{lrc('01 0 -- OK IDLE WR 2')}")
+    assert (reply.message_id, reply.flag, reply.data, reply.checksummed) == (None, "OK", "2", True)
+    with pytest.raises(ChecksumError):
+        parse_reply("@01 0 05 OK IDLE -- 0:7F")
+
+
+def test_point17_a_broadcast_collects_every_devices_reply():
+    r = make_rig("zaber", scale=50.0, addresses=(1, 2, 3))
+    try:
+        chain = ZaberChain(r.url)
+        replies, _ = chain.request_all(0, "get system.axiscount", 1.0, "t", checksum=False, expected=3)
+        assert sorted((x.address, x.data) for x in replies) == [(1, "2"), (2, "2"), (3, "2")]
+        replies, _ = chain.request_all(0, "get device.id", 0.2, "t", checksum=False)  # count unknown
+        assert len(replies) == 3
+        chain.link.close()
+    finally:
+        r.close()
+
+
+def test_point17_emulator_serves_system_reset_renumber_axiscount_and_dash_ids():
+    r = make_rig("zaber", scale=50.0, addresses=(5, 3))
+    try:
+        dev = r.device
+        assert _ask(dev, "/5 0 -- get system.axiscount") == "@05 0 -- OK IDLE WR 2"
+        assert _ask(dev, "/5 1 get system.axiscount") == "@05 1 RJ IDLE WR DEVICEONLY"
+        dev.write(b"/0 renumber\n")
+        time.sleep(0.05)
+        got = dev.read(200, timeout_s=1.0).decode().split("\r\n")
+        assert [g for g in got if g] == ["@01 0 OK IDLE WR 0", "@02 0 OK IDLE WR 0"]  # along the cable: 5, 3
+        assert _ask(dev, "/1 0 home").startswith("@01 0 OK BUSY WR")
+        time.sleep(0.5)
+        assert _ask(dev, "/1 0 warnings") == "@01 0 OK IDLE -- 00"
+        assert _ask(dev, "/1 0 system reset") == "@01 0 OK IDLE WR 0"  # as after power-up: no reference
+    finally:
+        r.close()
