@@ -21,6 +21,7 @@ import numpy as np
 import safetensors.numpy
 
 from drivers.errors import FLError
+from fl.protocol import build_frame, tensors_to_frame
 
 
 @dataclass
@@ -28,6 +29,14 @@ class Checkpoint:
     folder: Path
     adapter: dict[str, np.ndarray]
     state: dict[str, Any]
+
+
+def adapter_file_bytes(adapter: dict[str, np.ndarray], r: int, lora_mode: str) -> bytes:
+    """The adapter as a safetensors file in one canonical byte layout: tensors and metadata in
+    sorted order (the reference writer's metadata order follows a hash map's, which changes from
+    process to process), so a resumed run's checkpoint can be checked by its checksum."""
+    frame = build_frame({n: adapter[n] for n in sorted(adapter)}, {"lora_mode": lora_mode, "round": str(r)})
+    return bytes(tensors_to_frame(frame))
 
 
 def save_checkpoint(
@@ -43,9 +52,7 @@ def save_checkpoint(
     final, tmp = ckpt / f"round-{r:04d}", ckpt / f".round-{r:04d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    safetensors.numpy.save_file(
-        adapter, str(tmp / "adapter.safetensors"), metadata={"round": str(r), "lora_mode": lora_mode}
-    )
+    (tmp / "adapter.safetensors").write_bytes(adapter_file_bytes(adapter, r, lora_mode))
     (tmp / "state.json").write_text(
         json.dumps({**state, "metrics": metrics}, default=float), encoding="utf-8"
     )
