@@ -22,7 +22,6 @@ resumed run records exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,17 +38,11 @@ from testbed.console.control import RunningMarker, stop_requested
 from testbed.lab import Lab, build_lab
 from testbed.live import LiveFeed
 from testbed.records import RunRecorder
+from testbed.run_summary import summarize_run
 from testbed.schemes import UpdateNorms, resumed_scheme, scheme_config, scheme_strategy
 from testbed.whole_run_plan import WholeRunPlan
 
 log = logging.getLogger(__name__)
-
-
-def median_breakdown(rounds: list[dict[str, Any]]) -> dict[str, float]:
-    """The median of each time slice over the rounds that recorded a breakdown ({} if none did)."""
-    tables = [r["time_breakdown_s"] for r in rounds if isinstance(r.get("time_breakdown_s"), dict)]
-    names = sorted({k for t in tables for k in t})
-    return {k: float(np.median([float(t.get(k, 0.0)) for t in tables])) for k in names}
 
 
 @dataclass
@@ -513,34 +506,9 @@ class Experiment:
         return self.cost.to_record()
 
     def summarize(self, wall_s: float) -> dict[str, Any]:
-        rounds = [d["data"] for d in self.recorder.events("round")]
-        rounds = list({r["round"]: r for r in rounds}.values())
-
-        def mean_of(key: str) -> float | None:
-            vals = [r[key] for r in rounds if r.get(key) is not None and math.isfinite(r[key])]
-            return float(np.mean(vals)) if vals else None
-
-        last = max(rounds, key=lambda r: r["round"]) if rounds else {}
-        live, fixed = mean_of("nmse_live_symbols_db"), mean_of("nmse_fpa_db")
-        digital = self.config.fl.aggregation == "digital"
-        return {
-            "scheme": self.scheme,
-            "rounds": len(rounds),
-            "final_val_loss": last.get("val_loss"),
-            "final_val_ppl": last.get("val_ppl"),
-            "first_val_loss": min(rounds, key=lambda r: r["round"]).get("val_loss") if rounds else None,
-            "mean_nmse_db": float("-inf") if digital else mean_of("nmse_db"),
-            "mean_nmse_ma_db": live,
-            "mean_nmse_fpa_db": fixed,
-            "ma_gain_over_fpa_db": (fixed - live) if live is not None and fixed is not None else None,
-            "latency_model_s": float(sum(r.get("latency_model_s") or 0 for r in rounds)),
-            "energy_model_j": float(sum(r.get("energy_model_j") or 0 for r in rounds)),
-            "wall_s": wall_s,
-            "median_time_breakdown_s": median_breakdown(rounds),
-            "num_clients": self.config.lab.clients.count,
-            "region_m": self.config.lab.array.region_m,
-            "lora_mode": self.config.fl.lora.mode,
-        }
+        return summarize_run(
+            self.config, self.scheme, [d["data"] for d in self.recorder.events("round")], wall_s
+        )
 
 
 def run_experiment(

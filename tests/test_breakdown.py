@@ -15,9 +15,9 @@ from fl.phases import PHASES, TIMING_SLICES, PhaseClock
 from fl.runner import LocalFederation
 from fl.training import update_sq_norm
 from testbed.config import load_config
-from testbed.experiment import median_breakdown
 from testbed.records import RunRecorder
 from testbed.report import write_report
+from testbed.run_summary import median_breakdown
 
 OVERRIDES = [
     "lab.clients.count=2", "allocation.clients_per_round=2", "fl.rounds=2", "fl.data.num_samples=80",
