@@ -68,6 +68,10 @@ from drivers.serial_link import StageLinkError
 
 log = logging.getLogger(__name__)
 
+# How long to listen for a banner after opening before asking '?' (a board that reset prints it at
+# once if it was an emulator, or after its 1-2 s bootloader, which a '?' does not disturb).
+OPEN_GRACE_S = 0.25
+
 
 class GrblStage(GrblWire):
     """One antenna on one GRBL-driven XY stage (the ``Positioner`` contract).
@@ -124,6 +128,7 @@ class GrblStage(GrblWire):
         self._frame = (AxisFrame(0.0, 1.0, 0.0), AxisFrame(0.0, 1.0, 0.0))  # set from $$ and $I at start-up
         self._here_mm: tuple[float, float] | None = None  # machine mm where the last motion ended
         self._basis = ""  # what established the position (see position_basis)
+        self.reset_at_open = False  # the controller rebooted when the port opened (banner unasked)
         self._open(port, lambda: self._startup(boot_timeout_s, check_settings))
 
     # --- frames ---------------------------------------------------------------------------------
@@ -235,8 +240,16 @@ class GrblStage(GrblWire):
         self._link.write_raw(RT_RESUME)
 
     def _startup(self, boot_timeout_s: float, check: bool) -> None:
-        if not self._wait_banner(0, boot_timeout_s, raise_=False):
-            # No banner: the board did not reset on open (socket://, no DTR). Reset it ourselves.
+        # A board that resets on open (Arduino DTR) boots and prints its banner; one that did not
+        # (DTR held low, socket://) answers '?' at once. A '?' lost in the bootloader is harmless.
+        grace = min(OPEN_GRACE_S, boot_timeout_s)
+        if not self._wait_banner(0, grace, raise_=False):
+            self._link.write_raw(RT_STATUS)
+            self._pump(lambda: self._banner_seq > 0 or self._status_seq > 0, boot_timeout_s - grace)
+        self.reset_at_open = self._banner_seq > 0
+        if not self.reset_at_open:
+            # Running since before we opened: a soft reset flushes whatever an earlier program left
+            # in its buffers and keeps the position (and the Alarm state, if any).
             self.soft_reset()
         for line in self._command("$$", self.command_timeout_s):
             parsed = parse_setting(line)

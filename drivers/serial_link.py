@@ -2,6 +2,12 @@
 
 ``open_port(url)`` opens any pyserial URL: a device path (``/dev/ttyUSB0``), ``socket://host:port``,
 or the emulators' ``grblsim://name`` / ``zabersim://name`` (their handler is installed on demand).
+A device path is opened with an exclusive lock, and a port another process holds is refused
+naming that process (``port_holders``: the OS's list of open files), instead of two programs
+reading one controller's replies. DTR and RTS are set low before the port opens (``hold_dtr``),
+so a board that resets on DTR (an Arduino running GRBL) keeps its state where the adapter and OS
+allow; whether it reset anyway is the driver's to see (its start-up banner).
+
 ``LineLink`` reads whole lines (``\\r\\n`` or ``\\n``) with a deadline and writes lines or raw bytes
 under a lock, so a real-time byte (a feed hold) can go out while another thread waits for a reply.
 """
@@ -10,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import threading
 import time
+from pathlib import Path
 
 import serial
 
@@ -25,11 +33,68 @@ class StageLinkError(StageError):
     """The serial link failed (unplugged, port vanished, socket closed)."""
 
 
+def port_holders(device: str) -> list[tuple[int, str]]:
+    """The other processes that have ``device`` open, as (pid, command line), where the OS tells.
+
+    Reads ``/proc/<pid>/fd`` (Linux); processes of other users whose fds cannot be read, and
+    systems without ``/proc``, are not seen, so an empty list is no proof that the port is free.
+    """
+    try:
+        target = os.path.realpath(device)
+    except OSError:
+        return []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    found: list[tuple[int, str]] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) != target:
+                    continue
+            except OSError:
+                continue
+            try:
+                raw = (entry / "cmdline").read_bytes()
+                cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmdline = ""
+            found.append((int(entry.name), cmdline or "?"))
+            break
+    return sorted(found)
+
+
+def _busy_error(url: str, holders: list[tuple[int, str]], why: str = "") -> StageLinkError:
+    if holders:
+        who = "; ".join(f"pid {pid} ({cmd[:120]})" for pid, cmd in holders)
+        return StageLinkError(
+            f"stage port {url!r} is busy: held by {who}; a running experiment holds its stages until it "
+            "ends (testbed stop RUN_DIR), otherwise close that program"
+        )
+    return StageLinkError(
+        f"stage port {url!r} is busy: another process holds an exclusive lock on it ({why}); the OS "
+        "does not say which here (try `fuser` or `lsof` on it as root)"
+    )
+
+
 def open_port(
-    url: str | serial.SerialBase, baudrate: int = 115200, read_timeout_s: float = 0.05
+    url: str | serial.SerialBase,
+    baudrate: int = 115200,
+    read_timeout_s: float = 0.05,
+    *,
+    hold_dtr: bool = True,
 ) -> serial.SerialBase:
     """Open ``url`` at ``baudrate`` 8N1; raise ``StageLinkError`` naming the port if it fails.
 
+    ``hold_dtr``: set DTR and RTS low before opening, so an Arduino is not reset by the open (pyserial
+    applies them as the port opens; some USB adapters and OS drivers still pulse DTR in open(2)).
+    A device path (not a ``scheme://`` URL) that another process has open is refused, naming it.
     An object that is already a port (anything with ``read``/``write``, e.g. a test transcript)
     is used as it is.
     """
@@ -40,8 +105,13 @@ def open_port(
     if url.lower().startswith(EMULATOR_SCHEMES):
         # up a floor: the emulators' URL schemes are registered with pyserial on first use
         importlib.import_module("sim.serial_url").install()
+    is_device = "://" not in url
+    if is_device:
+        holders = port_holders(url)
+        if holders:
+            raise _busy_error(url, holders)
     try:
-        return serial.serial_for_url(
+        port = serial.serial_for_url(
             url,
             baudrate=baudrate,
             bytesize=8,
@@ -49,8 +119,18 @@ def open_port(
             stopbits=1,
             timeout=read_timeout_s,
             write_timeout=2.0,
+            do_not_open=True,
+            # an exclusive lock (flock) on a device path: a second opener fails instead of sharing
+            **({"exclusive": True} if is_device else {}),
         )
+        if hold_dtr:
+            port.dtr = False
+            port.rts = False
+        port.open()
+        return port
     except (serial.SerialException, ValueError, OSError) as exc:
+        if is_device and "lock" in str(exc).lower():
+            raise _busy_error(url, port_holders(url), str(exc)) from exc
         raise StageLinkError(f"cannot open stage port {url!r}: {exc}") from exc
 
 
@@ -127,4 +207,4 @@ class LineLink:
                 self.port.close()
 
 
-__all__ = ["LineLink", "StageLinkError", "open_port"]
+__all__ = ["LineLink", "StageLinkError", "open_port", "port_holders"]

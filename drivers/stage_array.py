@@ -16,7 +16,8 @@ A move that no order makes safe raises ``NoSafeOrder`` (a ``StageLimitError``) n
 stages, the distance they would reach and the clearance, and nothing moves. ``policy="route"``
 then tries one antenna at a time, each straight or along an L-shaped path around the standing
 ones (``route_legs``), every leg checked by the same rules; the lab's arrays use it, so the
-campaign raster, ``testbed run`` and ``testbed stage move`` share one gate and one router.
+campaign raster, ``testbed run`` and ``testbed stage move`` share one gate and one router (``drivers.stage_axis.StageAxis`` gives
+bluesky the same gate). Homing passes it too (``homing_order``).
 
 Pairs already closer than ``D`` (e.g. a bad start) may move only in ways that do not bring them
 closer than they already are.
@@ -27,78 +28,24 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from drivers.errors import StageError, StageLimitError, StageNotHomed
-from drivers.positioner import MoveStatus, Positioner, run_in_thread, wait_all
+from drivers.positioner import MoveStatus, Positioner, wait_all
+from drivers.stage_geometry import (
+    TOL_M,
+    XY,
+    box_gap,
+    point_segment_distance,
+    route_legs,
+    segment_distance,
+)
 
 log = logging.getLogger(__name__)
-
-XY = tuple[float, float]
-TOL_M = 1e-9
-
-
-def point_segment_distance(p: XY, a: XY, b: XY) -> float:
-    """Distance from point ``p`` to the segment ``a``-``b``."""
-    ax, ay = a
-    dx, dy = b[0] - ax, b[1] - ay
-    length2 = dx * dx + dy * dy
-    t = 0.0 if length2 == 0 else max(0.0, min(1.0, ((p[0] - ax) * dx + (p[1] - ay) * dy) / length2))
-    return math.hypot(p[0] - (ax + t * dx), p[1] - (ay + t * dy))
 
 
 class NoSafeOrder(StageLimitError):
     """No order of straight moves keeps the clearance (a detour may still exist)."""
-
-
-def route_legs(
-    start: Mapping[str, XY], goal: Mapping[str, XY], clearance_m: float
-) -> list[tuple[str, XY]] | None:
-    """Moves of one antenna at a time that keep every other antenna ``clearance_m`` away, or None.
-
-    Depth-first over which antenna goes next and how: straight, or along its L-shaped path
-    (x first or y first). The corners lie in the box spanned by start and goal, so inside travel.
-    """
-
-    def leg_clear(name: str, a: XY, b: XY, where: dict[str, XY]) -> bool:
-        return all(
-            point_segment_distance(p, a, b) + TOL_M >= clearance_m for m, p in where.items() if m != name
-        )
-
-    def search(where: dict[str, XY], todo: frozenset[str]) -> list[tuple[str, XY]] | None:
-        if not todo:
-            return []
-        for name in sorted(todo):
-            a, b = where[name], goal[name]
-            for path in ([b], [(b[0], a[1]), b], [(a[0], b[1]), b]):
-                points = [a, *path]
-                if all(leg_clear(name, points[i], points[i + 1], where) for i in range(len(path))):
-                    rest = search({**where, name: b}, todo - {name})
-                    if rest is not None:
-                        return [(name, xy) for xy in path] + rest
-        return None
-
-    moving = frozenset(n for n in goal if math.dist(start[n], goal[n]) > 1e-6)
-    return search(dict(start), moving)
-
-
-def _cross(o: XY, a: XY, b: XY) -> float:
-    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-
-def segment_distance(a0: XY, a1: XY, b0: XY, b1: XY) -> float:
-    """Smallest distance between any point of segment a and any point of segment b."""
-    d1, d2 = _cross(b0, b1, a0), _cross(b0, b1, a1)
-    d3, d4 = _cross(a0, a1, b0), _cross(a0, a1, b1)
-    if ((d1 > 0) != (d2 > 0)) and ((d3 > 0) != (d4 > 0)) and 0 not in (d1, d2, d3, d4):
-        return 0.0  # proper crossing
-    return min(
-        point_segment_distance(a0, b0, b1),
-        point_segment_distance(a1, b0, b1),
-        point_segment_distance(b0, a0, a1),
-        point_segment_distance(b1, a0, a1),
-    )
 
 
 class StageArray:
@@ -135,6 +82,7 @@ class StageArray:
         self._last_leg: dict[str, int] = {}
         self.axis_lock = threading.Lock()  # StageAxis moves on this array take turns
         self.on_close: list[Callable[[], None]] = []  # run after the stages close (e.g. stop emulators)
+        self.before_close: list[Callable[[], None]] = []  # run while the stages are still open
 
     @property
     def names(self) -> list[str]:
@@ -198,19 +146,25 @@ class StageArray:
         return min(self.min_spacing_m, math.dist(start[a], start[b]))
 
     def plan(
-        self, positions: Mapping[str, XY] | Sequence[XY], speed_m_s: float | None = None
+        self,
+        positions: Mapping[str, XY] | Sequence[XY],
+        speed_m_s: float | None = None,
+        *,
+        start: Mapping[str, XY] | None = None,
     ) -> list[list[tuple[str, XY]]]:
         """Check a move of the array and split it into safe batches; raise ``StageLimitError``.
 
         Returns the batches: each a list of (stage name, region target), run one after another.
-        No motion command is sent (positions may be read if not known yet).
+        No motion command is sent (positions may be read if not known yet). ``start``: where the
+        antennas will stand (e.g. at their origins once homed) instead of where they are, so a
+        move can be checked before the homing it needs.
         """
         targets = self._targets(positions)
         for n, xy in targets.items():  # travel and speed, per stage
             stage = self.stages[n]
             speed = stage.limits.max_speed_m_s if speed_m_s is None else speed_m_s
             stage.limits.check_move(self.to_stage(n, xy), speed, f"{n} (region target {xy})")
-        start = self._current()
+        start = self._current() if start is None else dict(start)
         final = {**start, **targets}
         names = self.names
         d_min = self.min_spacing_m
@@ -268,21 +222,26 @@ class StageArray:
         return batches
 
     def route(
-        self, positions: Mapping[str, XY] | Sequence[XY], speed_m_s: float | None = None
+        self,
+        positions: Mapping[str, XY] | Sequence[XY],
+        speed_m_s: float | None = None,
+        *,
+        start: Mapping[str, XY] | None = None,
     ) -> list[list[tuple[str, XY]]]:
         """``plan``, or where no order of straight moves is safe, one antenna at a time along
         straight or L-shaped legs (``route_legs``), each leg checked as a move of its own."""
         try:
-            return self.plan(positions, speed_m_s)
+            return self.plan(positions, speed_m_s, start=start)
         except NoSafeOrder as exc:
             blocked = exc
-        goal = {**self._current(), **self._targets(positions)}
-        legs = route_legs(self._current(), goal, self.min_spacing_m)
+        here = self._current() if start is None else dict(start)
+        goal = {**here, **self._targets(positions)}
+        legs = route_legs(here, goal, self.min_spacing_m)
         if legs is None:
             raise NoSafeOrder(f"{blocked}; no one-at-a-time L-shaped detour avoids it either") from None
         log.info("no straight move order keeps the clearance (%s); routing one antenna at a time", blocked)
         # Re-check every leg from where the antennas will then stand (travel, speed, spacing).
-        where = self._current()
+        where = dict(here)
         for name, xy in legs:
             self._check_leg(name, xy, where, speed_m_s)
             where[name] = xy
@@ -415,22 +374,145 @@ class StageArray:
         wait_all(statuses, timeout_s)
         return self.positions()
 
-    def home_all(self) -> list[MoveStatus]:
-        """Home every stage at once (each goes to its own origin corner)."""
-        origins = list(self.origins_m.values())
-        for i, a in enumerate(origins):
-            for b in origins[i + 1 :]:
-                if math.dist(a, b) < self.min_spacing_m:
-                    log.warning("stage origins %s and %s are closer than the minimum spacing", a, b)
-        self._known.clear()
-        statuses = []
-        for n, stage in self.stages.items():
-            st = stage.home()
-            st.add_callback(
-                lambda s, n=n: self._known.__setitem__(n, self.origins_m[n]) if s.success else None
+    def _homing_box(self, name: str) -> tuple[XY, XY]:
+        """The region box a homing of ``name`` sweeps: from where it is to its origin corner (GRBL
+        and Zaber home towards the switches along both axes), or its whole travel square while its
+        position is unknown (the carriage may be anywhere in it)."""
+        ox, oy = self.origins_m[name]
+        here = self._known.get(name)
+        if here is None:
+            try:
+                here = self.to_region(name, self.stages[name].position())
+            except StageError:
+                tx, ty = self.stages[name].limits.travel_m
+                return (ox, oy), (ox + tx, oy + ty)
+        return (min(ox, here[0]), min(oy, here[1])), (max(ox, here[0]), max(oy, here[1]))
+
+    def homing_order(self, names: Sequence[str] | None = None) -> list[list[str]]:
+        """Batches of stages to home, one batch after another, such that every homing path keeps
+        the clearance ``D`` from every antenna whose position is known then (those standing, and
+        those homed before it, at their origins); raise ``StageLimitError`` if no order does.
+
+        A stage whose position is unknown sweeps its whole travel square, so it homes alone; the
+        antennas whose positions are unknown cannot be checked (they are logged). Pairs whose
+        origins are closer than ``D`` only keep that origin distance (as in ``plan``).
+        """
+        todo = list(self.names if names is None else names)
+        unknown = [n for n in todo if n not in self._known]
+        boxes = {n: self._homing_box(n) for n in todo}
+        standing: dict[str, XY] = {}
+        for n in self.names:
+            if n in todo:
+                continue
+            try:
+                standing[n] = self._known.get(n) or self.to_region(n, self.stages[n].position())
+            except StageError:
+                log.warning("homing: %s's position is unknown; no homing path can be checked against it", n)
+
+        def need(a: str, b: str) -> float:
+            return min(self.min_spacing_m, math.dist(self.origins_m[a], self.origins_m[b]))
+
+        def gap(name: str, where: dict[str, XY]) -> tuple[float, str, float] | None:
+            """The worst clearance shortfall of ``name``'s homing box against ``where``."""
+            lo, hi = boxes[name]
+            worst = None
+            for m, p in where.items():
+                d = math.hypot(max(lo[0] - p[0], 0.0, p[0] - hi[0]), max(lo[1] - p[1], 0.0, p[1] - hi[1]))
+                if d + TOL_M < need(name, m) and (worst is None or d < worst[0]):
+                    worst = (d, m, need(name, m))
+            return worst
+
+        if not unknown and all(gap(n, standing) is None for n in todo):
+            # every path is known: those whose boxes keep D from each other home together
+            apart = all(
+                box_gap(boxes[a], boxes[b]) + TOL_M >= need(a, b)
+                for i, a in enumerate(todo) for b in todo[i + 1 :]
+            )  # fmt: skip
+            if apart:
+                return [todo] if todo else []
+        blocked: list[tuple[float, str, str, float]] = []
+
+        def search(done: list[str], where: dict[str, XY]) -> list[str] | None:
+            left = [n for n in todo if n not in done]
+            if not left:
+                return []
+            for n in left:
+                worst = gap(n, where)
+                if worst is not None:
+                    blocked.append((worst[0], n, worst[1], worst[2]))
+                    continue
+                rest = search([*done, n], {**where, n: self.origins_m[n]})
+                if rest is not None:
+                    return [n, *rest]
+            return None
+
+        order = search([], dict(standing))
+        if order is None:
+            d, n, m, c = min(blocked)
+            (x0, y0), (x1, y1) = boxes[n]
+            raise StageLimitError(
+                f"homing: no order keeps the clearance: {n}'s way home (within x {x0:.4g}..{x1:.4g} m, "
+                f"y {y0:.4g}..{y1:.4g} m) passes {d * 1e3:.2f} mm from {m}; the clearance is {c * 1e3:.2f} mm; "
+                "move the antennas apart (or place them by hand) first; nothing was sent"
             )
-            statuses.append(st)
-        return statuses
+        return [[n] for n in order]
+
+    def home_all(self, names: Sequence[str] | None = None) -> list[MoveStatus]:
+        """Home every stage (or ``names``), each to its own origin corner, through the gate: in
+        the batches of ``homing_order`` (checked before anything moves), one after another.
+        One status per homed stage, in the order of ``names``."""
+        chosen = list(self.names if names is None else names)
+        batches = self.homing_order(chosen)
+        for i, a in enumerate(chosen):
+            for b in chosen[i + 1 :]:
+                if math.dist(self.origins_m[a], self.origins_m[b]) < self.min_spacing_m:
+                    log.warning("stage origins of %s and %s are closer than the minimum spacing", a, b)
+        if len(batches) > 1:
+            log.info("homing one at a time, in this order: %s", ", ".join(n for b in batches for n in b))
+        for n in chosen:
+            self._known.pop(n, None)
+        statuses = {n: MoveStatus(f"{n}: home") for n in chosen}
+
+        def start(batch: list[str]) -> list[MoveStatus]:
+            started = []
+            for n in batch:
+                inner = self.stages[n].home()
+
+                def done(st: MoveStatus, n: str = n) -> None:
+                    if st.success:
+                        self._known[n] = self.origins_m[n]
+                        statuses[n].set_finished()
+                    else:
+                        statuses[n].set_exception(st.exception() or StageError(f"{n}: homing failed"))
+
+                inner.add_callback(done)
+                started.append(inner)
+            return started
+
+        if not batches:
+            return []
+        first = start(batches[0])
+
+        def rest() -> None:
+            running = first
+            for index in range(1, len(batches)):
+                try:
+                    wait_all(running, self.move_timeout_s or 3600.0)
+                    if self._stop.is_set():
+                        raise StageError("stop_all() was called before this stage's turn")
+                except StageError as exc:
+                    for later in batches[index:]:
+                        for n in later:
+                            statuses[n].set_exception(
+                                StageError(f"{n}: not homed: an earlier homing failed ({exc})")
+                            )
+                    return
+                running = start(batches[index])
+
+        if len(batches) > 1:
+            self._stop.clear()
+            threading.Thread(target=rest, daemon=True, name="stage-array-homing").start()
+        return [statuses[n] for n in chosen]
 
     def stop_all(self) -> None:
         """Stop every stage now (and any batches still to come)."""
@@ -454,7 +536,14 @@ class StageArray:
             errors.append(f"{name}: {exc}")
 
     def close(self) -> None:
-        """Close every stage's port, then run ``on_close`` hooks. Safe to call twice."""
+        """Run ``before_close`` hooks, close every stage's port, then run ``on_close`` hooks. Safe
+        to call twice."""
+        early, self.before_close = self.before_close, []
+        for hook in early:
+            try:
+                hook()
+            except StageError as exc:
+                log.warning("before closing the stages: %s", exc)
         for stage in self.stages.values():
             try:
                 stage.close()
@@ -471,91 +560,9 @@ class StageArray:
         self.close()
 
 
-class StageAxis:
-    """One axis of one stage of a ``StageArray`` as a bluesky device: Movable, Locatable,
-    Readable, Stoppable.
-
-    ``set(v)`` moves that axis to ``v`` metres in region coordinates (the other axis stays)
-    through ``StageArray.move_all``, so a bluesky move passes the same gate as every other move:
-    travel, speed and the clearance to every other antenna along the whole path, checked before
-    any byte is sent. A bare ``Positioner`` is refused: alone it cannot know where the other
-    antennas are. ``grid_scan(dets, StageAxis(a, "ma0", 0), ..., StageAxis(a, "ma0", 1), ...)``
-    rasters one antenna.
-    """
-
-    def __init__(
-        self,
-        array: StageArray,
-        stage: str,
-        axis: int,
-        *,
-        name: str | None = None,
-        speed_m_s: float | None = None,
-    ) -> None:
-        if not isinstance(array, StageArray):
-            raise TypeError(
-                f"StageAxis needs the StageArray its stage belongs to, so every move passes the array's "
-                f"clearance check (got {type(array).__name__}); for one stage alone use "
-                "StageArray({name: stage}, {name: (0.0, 0.0)}, min_spacing_m=0.0)"
-            )
-        if stage not in array.stages:
-            raise ValueError(f"no stage {stage!r} in the array; stages are {array.names}")
-        if axis not in (0, 1):
-            raise ValueError(f"axis must be 0 (x) or 1 (y), got {axis!r}")
-        self.array = array
-        self.stage_name = stage
-        self.axis = axis
-        self.name = name or f"{stage}_{'xy'[axis]}"
-        self.parent = None
-        self.speed_m_s = speed_m_s
-        self._setpoint: float | None = None
-
-    @property
-    def stage(self) -> Positioner:
-        return self.array.stages[self.stage_name]
-
-    @property
-    def hints(self) -> dict[str, list[str]]:
-        return {"fields": [self.name]}
-
-    def set(self, value: float) -> MoveStatus:
-        """Move this axis to ``value`` (region metres). Axis moves on one array take turns
-        (bluesky sets both axes in one step of a grid scan), so the returned status may first
-        wait for another axis's move; each is checked from where the antennas then stand."""
-        target = float(value)
-        self._setpoint = target
-
-        def body() -> None:
-            with self.array.axis_lock:
-                here = list(self.array.positions()[self.stage_name])
-                here[self.axis] = target
-                self.array.goto({self.stage_name: (here[0], here[1])}, self.speed_m_s)
-
-        status, _ = run_in_thread(f"{self.name}: set {target:.6g} m", body)
-        return status
-
-    def _readback(self) -> float:
-        return self.array.to_region(self.stage_name, self.stage.position())[self.axis]
-
-    def locate(self) -> dict[str, float]:
-        readback = self._readback()
-        return {"setpoint": readback if self._setpoint is None else self._setpoint, "readback": readback}
-
-    def read(self) -> dict[str, dict[str, float]]:
-        return {self.name: {"value": self._readback(), "timestamp": time.time()}}
-
-    def describe(self) -> dict[str, dict[str, object]]:
-        source = f"stage:{self.stage_name}:{'xy'[self.axis]}"
-        return {self.name: {"source": source, "dtype": "number", "shape": [], "units": "m", "precision": 6}}
-
-    def stop(self, *, success: bool = True) -> None:
-        self.stage.stop()
-
-
 __all__ = [
     "NoSafeOrder",
     "StageArray",
-    "StageAxis",
     "point_segment_distance",
     "route_legs",
     "segment_distance",

@@ -8,8 +8,11 @@
 A name stands for one emulated controller, kept in a registry, so reopening the URL reaches the
 same device (as reopening ``/dev/ttyUSB0`` reaches the same board). The first open creates it
 from the query options (``scale``, ``travel_mm``, ``homing``; ``register()`` puts a prepared
-device in place instead). Opening a ``grblsim://`` port resets the device, as an Arduino's DTR
-auto-reset does (``reset_on_open=0`` turns that off); a Zaber controller does not reset.
+device in place instead). Opening a ``grblsim://`` port with DTR high (pyserial's default) resets
+the device, as an Arduino's DTR auto-reset does, and so does raising DTR while open; a port opened
+with DTR set low first (``port.dtr = False`` before ``open()``, as ``drivers.serial_link.open_port``
+does) leaves it running, as on a board whose adapter does not pulse DTR in open(2)
+(``reset_on_open=0`` turns the reset off altogether). A Zaber controller does not reset.
 
 ``EmulatorTcpServer`` serves a device on ``127.0.0.1:<port>`` for pyserial's ``socket://``, so
 other processes (or a GUI sender such as UGS/bCNC) can talk to it;
@@ -93,6 +96,8 @@ class EmulatorSerial(SerialBase):
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - pyserial's signature
         self._device: EmulatedDevice | None = None
+        self._resets_on_dtr = False
+        self._dtr_now = True
         super().__init__(*args, **kwargs)
 
     def open(self) -> None:
@@ -101,8 +106,11 @@ class EmulatorSerial(SerialBase):
         if self._port is None:
             raise SerialException("Port must be configured before it can be used.")
         self._device, reset = self._from_url(self.portstr)
-        if reset:
+        self._resets_on_dtr = reset
+        # an Arduino resets on DTR's rising edge: opening with DTR high is one, DTR held low is not
+        if reset and self._dtr_state:
             self._device.power_cycle()
+        self._dtr_now = self._dtr_state
         self.is_open = True
 
     def close(self) -> None:
@@ -200,7 +208,10 @@ class EmulatorSerial(SerialBase):
         return True
 
     def _update_dtr_state(self) -> None:
-        pass
+        rising = self._dtr_state and not self._dtr_now
+        self._dtr_now = self._dtr_state
+        if rising and self._resets_on_dtr and self._device is not None:
+            self._device.power_cycle()
 
     def _update_rts_state(self) -> None:
         pass

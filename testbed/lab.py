@@ -76,8 +76,10 @@ class Lab:
         return max(s.homing_timeout_s for s in self.config.lab.stages.values())
 
     def home(self) -> None:
-        if any(s.home_on_start for s in self.config.lab.stages.values()):
-            wait_all(self.stages.home_all(), self._timeout_s)
+        stages = self.config.lab.stages.values()
+        if any(s.home_on_start for s in stages):
+            # homing passes the gate: stages of unknown position home one at a time
+            wait_all(self.stages.home_all(), sum(s.homing_timeout_s for s in stages) + 5.0)
         self.air.set_positions(self.antenna_positions())
 
     def move_antennas(self, positions_m: np.ndarray, settle: bool = True) -> np.ndarray:

@@ -23,13 +23,19 @@ the ``StageArray`` enforces.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from drivers.errors import ConfigError, StageError, StageNotHomed
 from drivers.positioner import Positioner, StageLimits, wait_all
 from drivers.stage_array import StageArray
+from testbed import accepted_positions
 from testbed.config import LabSection, StageSection, TestbedConfig
+
+log = logging.getLogger(__name__)
 
 
 def stage_limits(section: StageSection) -> StageLimits:
@@ -95,11 +101,53 @@ def open_stage(name: str, section: StageSection) -> tuple[Positioner, list[Any]]
     return stage, cleanups
 
 
-def open_stages(config: TestbedConfig | LabSection, home: bool | None = None) -> StageArray:
+def _quiet(text: str) -> None:
+    log.info("%s", text)
+
+
+def _reset_words(name: str, section: StageSection, stage: Positioner) -> str | None:
+    """What to say about a controller that restarted as its port opened (None if it did not)."""
+    if not getattr(stage, "reset_at_open", False):
+        return None
+    settings = getattr(stage, "settings", {})
+    then = "until it is homed" if settings.get(22) else "until you accept it (testbed stage accept-position)"
+    if section.backend == "sim":
+        return f"{name}: a fresh GRBL emulator (backend sim: each command starts its own); its position is unknown {then}"
+    return (
+        f"{name}: the controller restarted when its port opened (its USB adapter pulsed DTR although the "
+        f"driver held it low); its position is lost {then}. A 10 uF capacitor between RESET and GND "
+        "(or the board's RESET-EN trace cut) keeps an Arduino from restarting on open"
+    )
+
+
+def home_stages(
+    array: StageArray, names: list[str], lab: LabSection, say: Callable[[str], None] = _quiet
+) -> None:
+    """Home ``names`` through the array's gate (``homing_order``, checked before anything moves),
+    saying what happens, and wait for them."""
+    order = array.homing_order(names)
+    flat = [n for batch in order for n in batch]
+    how = "together" if len(order) == 1 and len(flat) > 1 else "one at a time" if len(flat) > 1 else ""
+    say(f"homing {', '.join(flat)}{f' ({how})' if how else ''} ...")
+    t0 = time.monotonic()
+    # one after another: the bound is the sum of their homing timeouts
+    wait_all(array.home_all(flat), sum(lab.stages[n].homing_timeout_s for n in flat) + 5.0)
+    array.positions(flat)
+    say(f"homed {', '.join(flat)} in {time.monotonic() - t0:.1f} s")
+
+
+def open_stages(
+    config: TestbedConfig | LabSection,
+    home: bool | None = None,
+    *,
+    say: Callable[[str], None] = _quiet,
+) -> StageArray:
     """Open every configured stage and return them as a ``StageArray`` (call ``close()``).
 
     ``home``: None homes the stages whose ``home_on_start`` is set; True homes all; False none.
-    If anything fails, whatever was opened is closed again before the error propagates.
+    ``say`` hears what happens that a person should know: a controller that restarted as its
+    port opened, a position kept from the operator's word (``testbed.accepted_positions``), the
+    homing. If anything fails, whatever was opened is closed again before the error propagates.
     """
     lab = config.lab if isinstance(config, TestbedConfig) else config
     stages: dict[str, Positioner] = {}
@@ -114,12 +162,15 @@ def open_stages(config: TestbedConfig | LabSection, home: bool | None = None) ->
         origins = {n: s.origin_m for n, s in lab.stages.items()}
         array = StageArray(stages, origins, lab.array.min_spacing_m, policy="route")
         array.on_close.extend(cleanups)
+        for name, stage in stages.items():
+            words = _reset_words(name, lab.stages[name], stage)
+            if words:
+                say(words)
+            accepted_positions.restore(name, stage, say)
+            array.before_close.append(lambda n=name, st=stage: accepted_positions.refresh(n, st))
         to_home = [n for n, s in lab.stages.items() if (s.home_on_start if home is None else home)]
         if to_home:
-            statuses = [stages[n].home() for n in to_home]
-            wait_all(statuses, max(lab.stages[n].homing_timeout_s for n in to_home) + 5.0)
-            # the others' positions are unknown until they are homed
-            array.positions(to_home)
+            home_stages(array, to_home, lab, say)
         return array
     except BaseException:
         if array is not None:
@@ -154,4 +205,4 @@ def probe_stage(name: str, section: StageSection) -> str:
             cleanup()
 
 
-__all__ = ["open_stage", "open_stages", "probe_stage", "stage_limits"]
+__all__ = ["home_stages", "open_stage", "open_stages", "probe_stage", "stage_limits"]

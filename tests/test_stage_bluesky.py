@@ -17,7 +17,8 @@ from bluesky.protocols import Locatable, Movable, Readable, Status, Stoppable  #
 
 from drivers.errors import StageLimitError  # noqa: E402
 from drivers.positioner import wait_all  # noqa: E402
-from drivers.stage_array import StageArray, StageAxis  # noqa: E402
+from drivers.stage_array import StageArray  # noqa: E402
+from drivers.stage_axis import StageAxis  # noqa: E402
 
 D = 0.0625  # lambda / 2 at 2.4 GHz
 

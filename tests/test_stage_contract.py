@@ -127,17 +127,30 @@ def test_reopen_reaches_same_device(rig):
     s1.home().wait(WAIT_S)
     s1.move_to((0.05, 0.07)).wait(WAIT_S)
     s1.close()
-    s2 = rig.open()
+    s2 = rig.open()  # the driver holds DTR low as the port opens: an Arduino does not reset
     try:
-        if rig.kind == "grbl":  # opening resets the Arduino: GRBL restarts its count, unhomed
-            assert not s2.homed and s2.state == StageState.ALARM
-            assert _near(s2.to_machine_mm(s2.count_position()), (0.0, 0.0))  # machine 0: the count restarted
-            t0 = time.monotonic()
-            s2.home().wait(WAIT_S)  # homing travels back from where the carriage really is
-            assert time.monotonic() - t0 >= LIMITS.move_time_s(0.086) / rig.device.clock.scale * 0.9
-            s2.move_to((0.05, 0.07)).wait(WAIT_S)
-        else:  # a Zaber controller keeps its reference across host connections
-            assert s2.homed and s2.state == StageState.IDLE
+        assert s2.homed and s2.state == StageState.IDLE
+        assert getattr(s2, "reset_at_open", False) is False
+        assert _near(s2.position(), (0.05, 0.07))
+    finally:
+        s2.close()
+    if rig.kind != "grbl":
+        return  # a Zaber controller keeps its reference across host connections, DTR or not
+    # a port opened with DTR high (pyserial's default; an adapter that pulses DTR) resets GRBL
+    import serial
+
+    from drivers.grbl import GrblStage
+    from sim.serial_url import install
+
+    install()
+    s2 = GrblStage(serial.serial_for_url(rig.url, timeout=0.05), LIMITS, name="again")
+    try:
+        assert s2.reset_at_open and not s2.homed and s2.state == StageState.ALARM
+        assert _near(s2.to_machine_mm(s2.count_position()), (0.0, 0.0))  # machine 0: the count restarted
+        t0 = time.monotonic()
+        s2.home().wait(WAIT_S)  # homing travels back from where the carriage really is
+        assert time.monotonic() - t0 >= LIMITS.move_time_s(0.086) / rig.device.clock.scale * 0.9
+        s2.move_to((0.05, 0.07)).wait(WAIT_S)
         assert _near(s2.position(), (0.05, 0.07))
     finally:
         s2.close()

@@ -213,9 +213,13 @@ def test_grbl_startup_banner_settings_state():
 
 
 def test_grbl_without_banner_sends_soft_reset():
+    """No banner on open (the board did not reset: DTR held low): '?' asks whether it runs, then a
+    soft reset flushes what an earlier program left (it keeps the position), and the driver records
+    that no reset happened on open."""
     port, stage = None, None
     port = ScriptedPort(
         [
+            (b"?", b"<Alarm|MPos:0.000,0.000,0.000|FS:0,0>\r\n"),
             (b"\x18", BANNER + UNLOCK_MSG),
             (b"$$\n", SETTINGS),
             (b"$I\n", BUILD_INFO),
@@ -224,7 +228,7 @@ def test_grbl_without_banner_sends_soft_reset():
     )
     stage = GrblStage(port, LIMITS, name="t", command_timeout_s=0.5, boot_timeout_s=0.05)
     try:
-        assert stage.banner is not None
+        assert stage.banner is not None and stage.reset_at_open is False
         port.check()
     finally:
         stage.close()

@@ -107,7 +107,8 @@ class GrblDevice(GcodeMixin, PlannerMixin, SettingsMixin, ReportsMixin, Emulator
         self.settings.update({
             110: float(max_rate_mm_min), 111: float(max_rate_mm_min),
             120: float(accel_mm_s2), 121: float(accel_mm_s2),
-            22: int(homing), 20: int(soft_limits), 21: int(hard_limits),
+            # settings.c: $22=0 forces soft limits off ($20 needs homing), so no EEPROM holds both
+            22: int(homing), 20: int(soft_limits and homing), 21: int(hard_limits),
             25: float(seek_mm_min if seek_mm_min is not None else max_rate_mm_min),
             23: int(homing_dir_mask),
         })  # fmt: skip

@@ -88,6 +88,8 @@ class SettingsMixin:
             self._emit("error:10")
             return
         self.settings[key] = float(int(value)) if key in INT_SETTINGS else value
+        if key == 22 and not value:
+            self.settings[20] = 0.0  # settings.c: disabling homing forces soft limits off
         self._ok()
 
     def _store_startup_line(self, cmd: str) -> None:
