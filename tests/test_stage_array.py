@@ -193,3 +193,44 @@ def test_move_status_repr_says_why_it_failed():
         repr(running) == "<MoveStatus 'ma1_x: set 0 m' FAILED: StageLimitError: spacing limit: 0.00 mm apart>"
     )
     assert repr(MoveStatus.finished("home")) == "<MoveStatus 'home' done, success>"
+
+
+def test_homing_goes_one_at_a_time_in_an_order_that_keeps_the_clearance(rigs):
+    """Issue 18 point 19: with positions unknown, a homing stage may sweep its whole travel
+    square, so it homes alone, before the stages whose origins lie in that square come to stand
+    there (a, b, c here: a's travel covers b's and c's origins, b's covers c's); never two at once."""
+    stages = {n: r.open() for n, r in rigs.items()}
+    arr = StageArray(stages, ORIGINS, D)
+    try:
+        assert arr.homing_order() == [["a"], ["b"], ["c"]]
+        spans: dict[str, list[float]] = {}
+        for n, stage in stages.items():
+            real = stage.home
+
+            def spy(n=n, real=real):
+                spans[n] = [time.monotonic()]
+                status = real()
+                status.add_callback(lambda _s, n=n: spans[n].append(time.monotonic()))
+                return status
+
+            stage.home = spy  # type: ignore[method-assign]
+        wait_all(arr.home_all(), WAIT_S)
+        assert spans["a"][1] <= spans["b"][0] and spans["b"][1] <= spans["c"][0]
+        assert arr.positions() == {n: pytest.approx(o) for n, o in ORIGINS.items()}
+    finally:
+        arr.close()
+
+
+def test_homing_through_a_standing_antenna_is_refused_before_any_byte(array, rigs):
+    """A stage of known position homes along the box between it and its origin: an antenna
+    standing in that box refuses the homing, naming it, and no $H is sent."""
+    wait_all(array.move_all({"a": (0.2, 0.2)}), WAIT_S)
+    wait_all(array.move_all({"b": (0.1, 0.1)}), WAIT_S)
+    before = _sent(rigs)
+    with pytest.raises(
+        StageLimitError, match=r"homing: no order keeps the clearance: a's way home .* from b"
+    ):
+        array.home_all(["a"])
+    assert _sent(rigs) == before
+    wait_all(array.home_all(["c"]), WAIT_S)  # c's way home is clear
+    assert array.positions()["c"] == pytest.approx(ORIGINS["c"])
