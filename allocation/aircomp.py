@@ -1,4 +1,4 @@
-"""Over-the-air computation maths (MODEL.md section 3): zero-forcing precoding and its MSE.
+"""Over-the-air computation maths (docs/explanation/system-model.md section 3): zero-forcing precoding and its MSE.
 
 Client k sends x_k = b_k s_k; the receiver forms m^H y / sqrt(eta). Zero forcing makes every
 client arrive with amplitude phi_k:  b_k = sqrt(eta) phi_k (m^H h_k)^* / |m^H h_k|^2,

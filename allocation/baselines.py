@@ -1,4 +1,4 @@
-"""Baselines under the same budgets (MODEL.md 7), each a ``Strategy`` run through the same code.
+"""Baselines under the same budgets (docs/explanation/optimizer.md section 7), each a ``Strategy`` run through the same code.
 
 - ``fpa``: fixed-position array (the centred lambda/2 grid); everything else optimised.
 - ``random_placement``: best of N random feasible placements (per chosen set).

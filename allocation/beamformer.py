@@ -1,4 +1,4 @@
-"""The receive beamformer m (MODEL.md 3 and 7b): minimise ||m||^2 s.t. |h~_k^H m|^2 >= x_k.
+"""The receive beamformer m (docs/explanation/system-model.md section 3; optimizer.md section 7b): minimise ||m||^2 s.t. |h~_k^H m|^2 >= x_k.
 
 With x_k = 1 for the selected clients this is the convex restatement of max-min |m^H h~_k|^2
 over ||m|| = 1; the optimal value times sigma^2 is the aggregation MSE. Fractional x_k (the PDD

@@ -1,4 +1,4 @@
-"""The calibrated convergence bound (MODEL.md section 5) and where its constants come from.
+"""The calibrated convergence bound (docs/explanation/bound.md section 5) and where its constants come from.
 
 In words: after R fine-tuning rounds, the average squared gradient norm is bounded by five terms.
 - optimization: what is left of the initial gap Delta0 = F(w_0) - F*, shrinking as 1 / (eta R);
@@ -56,7 +56,7 @@ RENAMED = {
 
 @dataclass(frozen=True)
 class BoundConstants:
-    """The bound's constants, each with its source (MODEL.md 5; the config's ``allocation.bound``).
+    """The bound's constants, each with its source (docs/explanation/bound.md section 5; the config's ``allocation.bound``).
 
     Defaults are on the scale of a loss in nats: an achievable drop Delta0 of 1, unit curvature
     and gradient noise, an update energy G^2 of 0.1 (so an NMSE of 0 dB costs about a fifth of a

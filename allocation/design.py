@@ -277,7 +277,7 @@ def finish_design(
     """The round's transmit scalars, MSE, airtime and air energy for set, positions and combiner."""
     h_raw = np.asarray(problem.channel.response(pos))[selected]
     power, phi = problem.power[selected], problem.phi[selected]
-    # Two aggregations, fixed by the model (MODEL.md 7): an if reads better than a registry here.
+    # Two aggregations, fixed by the model (docs/explanation/optimizer.md section 7): an if reads better than a registry here.
     if strategy.aggregation == "digital":
         air, air_e = _digital_airtime(problem, selected, pos)
         return RoundDesign(selected, pos, m, 0.0, np.zeros(len(selected), complex), air, air_e, traces)

@@ -9,7 +9,7 @@ from allocation.problem import Problem
 
 
 def solve(problem: Problem, shared: dict | None = None, sdr_diagnostic: bool = False) -> Plan:
-    """Solve the allocation problem (MODEL.md 6-7): the plan with the lowest convergence bound.
+    """Solve the allocation problem (docs/explanation/optimizer.md sections 6-7): the plan with the lowest convergence bound.
 
     Plans ``problem.max_rounds`` rounds (PDD selection with the fairness option, MA positions,
     SCA beamformers), then searches R, clocks and batches under the latency and energy budgets.

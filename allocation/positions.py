@@ -1,4 +1,4 @@
-"""Antenna positions (MODEL.md 7c): the MM step with a curvature bound, and a QP fallback.
+"""Antenna positions (docs/explanation/optimizer.md section 7c): the MM step with a curvature bound, and a QP fallback.
 
 The position block maximises the dual-weighted gain G(r) = sum_k mu_k |h~_k(r)^H m|^2, with m and
 the multipliers mu from the beamformer step just before it (so positions follow the beamformer's

@@ -1,4 +1,4 @@
-"""Problem data and the system models (MODEL.md sections 1, 4 and 5).
+"""Problem data and the system models (docs/explanation/system-model.md sections 1 and 4; bound.md section 5).
 
 Everything here is plain arithmetic on arrays: the latency and energy of a round (compute, air,
 antenna movement), the closed-form clock that just meets a deadline, and the convergence bound
@@ -222,7 +222,7 @@ class Problem:
             )
 
 
-# --- latency and energy (MODEL.md section 4) -----------------------------------------------------
+# --- latency and energy (docs/explanation/system-model.md section 4) -----------------------------------------------------
 def compute_time_s(
     local_steps: int, cycles: np.ndarray, batch: np.ndarray, clock_hz: np.ndarray
 ) -> np.ndarray:

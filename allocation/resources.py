@@ -1,4 +1,4 @@
-"""Rounds R, clocks f and batches b under the latency and energy budgets (MODEL.md 4 and 7a).
+"""Rounds R, clocks f and batches b under the latency and energy budgets (docs/explanation/system-model.md section 4; optimizer.md section 7a).
 
 For a given R the latency budget leaves every round the same compute deadline
 T_c = (T_max - sum_t (T_air + T_mov,t)) / R (equal deadlines are optimal: energy is convex in

@@ -1,4 +1,4 @@
-"""Client selection for one round: PDD with copy variables (MODEL.md 7), and simple rules.
+"""Client selection for one round: PDD with copy variables (docs/explanation/optimizer.md section 7), and simple rules.
 
 The binary x in {0,1}^U with sum x = K is relaxed to the box and tied to a copy x~ that
 carries the binary constraint (x~ (1 - x~) = 0, sum x~ = K) through the equality h = x - x~ = 0.

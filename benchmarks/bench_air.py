@@ -11,7 +11,7 @@
     clipping, AWGN), in 100 ms bursts: seconds of air per second of wall time (target >= 5x on
     2 cores), beside the CPU-time figure and the bare numpy floor (noise + 4x4 mixing alone).
 (c) Aggregation NMSE over the radio path (``testbed.air.radio_airlink``: pilots, estimation, RRC
-    symbols, timed bursts through the medium) against MODEL.md section 3's analytic MSE over an
+    symbols, timed bursts through the medium) against docs/explanation/system-model.md section 3's analytic MSE over an
     SNR sweep, a few channel draws per point; the plot goes to benchmarks/out/bench_air_nmse.png.
 
 The last line is one JSON object: {"airlink_vs_matmul", "iq_realtime_factor", "nmse_gap_db"}
@@ -187,7 +187,9 @@ def bench_nmse(seeds: int, num_symbols: int) -> float:
         print(
             f"    noise {10 * np.log10(nw) + 30:6.1f} dBm: measured {a:7.2f} dB, theory {b:7.2f} dB, gap {a - b:+.2f}"
         )
-    print(f"(c) radio-path NMSE vs MODEL.md section 3, {seeds} draws per point: largest gap {gap:.2f} dB")
+    print(
+        f"(c) radio-path NMSE vs docs/explanation/system-model.md section 3, {seeds} draws per point: largest gap {gap:.2f} dB"
+    )
     try:
         import matplotlib
 

@@ -98,5 +98,5 @@ def reset_clocks() -> None:
 def modeled_energy_j(
     local_steps: int, batch: int, clock_hz: float, cycles_per_sample: float, switched_capacitance: float
 ) -> float:
-    """E = kappa tau c b f^2 (MODEL.md section 4)."""
+    """E = kappa tau c b f^2 (docs/explanation/system-model.md section 4)."""
     return switched_capacitance * local_steps * cycles_per_sample * batch * clock_hz**2

@@ -1,4 +1,4 @@
-"""The compute cost model of the model that actually trains (MODEL.md section 4, issue 12 point 8).
+"""The compute cost model of the model that actually trains (docs/explanation/system-model.md section 4, issue 12 point 8).
 
 The allocation prices a round with T_k = tau c b_k / f_k and E_k = kappa tau c b_k f_k^2, where c
 is cycles per sample. Here c comes from the workload the nodes really run:

@@ -1,4 +1,4 @@
-"""Over-the-air aggregation, the parts around the air (MODEL.md section 3).
+"""Over-the-air aggregation, the parts around the air (docs/explanation/system-model.md section 3).
 
 Per tensor group (one LoRA matrix) each client reports mean and variance of its update; the
 server shares ``mu = sum_k w_k mu_k`` and ``v = max_k v_k`` (or the weighted mean). Each

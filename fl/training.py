@@ -1,4 +1,4 @@
-"""Model, tokenizer, LoRA and local steps (MODEL.md section 8).
+"""Model, tokenizer, LoRA and local steps (docs/explanation/system-model.md section 8).
 
 Two model sources (``fl.model.source``):
 - ``pretrained``: openlm-research/open_llama_3b_v2 from a local path (or a hub id already in

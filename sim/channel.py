@@ -1,4 +1,4 @@
-"""The field-response channel of movable antennas (MODEL.md section 2; Zhu, Ma and Zhang).
+"""The field-response channel of movable antennas (docs/explanation/system-model.md section 2; Zhu, Ma and Zhang).
 
 Far field: every position in the region sees the same paths, and moving an antenna only changes
 each path's phase. Client k has L paths with angles (theta, phi) and complex gains sigma; at

@@ -1,5 +1,5 @@
 """What a simulated radio's hardware does to a signal besides the channel, and the node that
-carries those draws (MODEL.md section 3):
+carries those draws (docs/explanation/system-model.md section 3):
 
 - per-node carrier frequency offset (CFO, drawn once per node) and oscillator phase drift;
 - a random LO phase, redrawn at every retune (a configure that changes the carrier);

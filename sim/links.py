@@ -1,6 +1,6 @@
 """Link models: the complex gain between every TX antenna of one node and every RX antenna of
 another, at the nodes' current positions. ``FieldResponseLinks`` carries the field-response
-channel (MODEL.md section 2) between the clients and the movable-antenna receiver;
+channel (docs/explanation/system-model.md section 2) between the clients and the movable-antenna receiver;
 ``IdealLinks`` is one flat gain everywhere (contract tests, cabled labs).
 """
 

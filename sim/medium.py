@@ -1,4 +1,4 @@
-"""The shared air on a virtual clock (MODEL.md sections 2-3, DESIGN.md).
+"""The shared air on a virtual clock (docs/explanation/system-model.md sections 2-3, DESIGN.md).
 
 Every simulated radio is a *node* of one ``Medium``. Transmitters schedule timed bursts; a
 receiver's capture at time t returns, per receive antenna, the sum of every burst overlapping the

@@ -323,13 +323,17 @@ class EmulatorTcpServer:
         reader.join(timeout=1.0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve a stage emulator on a TCP port (socket://).")
     parser.add_argument("kind", choices=["grbl", "zaber"])
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
     parser.add_argument("--scale", type=float, default=1.0, help="clock speed-up over real time")
     parser.add_argument("--travel-mm", type=float, default=500.0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     opts = {"scale": str(args.scale), "travel_mm": str(args.travel_mm)}
     device = _make_grbl("tcp", opts) if args.kind == "grbl" else _make_zaber("tcp", opts)
     server = EmulatorTcpServer(device, port=args.port)

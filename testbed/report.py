@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DPI = 100
 # Bump when a plot's drawing changes, so cached PNGs of older reports are redrawn.
-PLOT_VERSION = 3
+PLOT_VERSION = 4
 
 
 def jain_index(counts: np.ndarray) -> float:
@@ -71,7 +71,7 @@ def _save(fig, path: Path, bottom: float = 0.12) -> Path:  # noqa: ANN001
     return path
 
 
-def _plot_learning(rounds: list[dict[str, Any]], out: Path) -> Path | None:
+def _plot_learning(rounds: list[dict[str, Any]], initial_val_loss: float | None, out: Path) -> Path | None:
     x_loss, loss = _series(rounds, "train_loss")
     x_ppl, ppl = _series(rounds, "val_ppl")
     if not loss.size and not ppl.size:
@@ -79,9 +79,12 @@ def _plot_learning(rounds: list[dict[str, Any]], out: Path) -> Path | None:
     fig, ax = _new_figure("Learning: train loss and validation perplexity")
     if loss.size:
         ax.plot(x_loss, loss, "o-", label="train loss", color="tab:blue")
-    ax.set_xlabel("round")
+    ax.set_xlabel("round (0: before training)")
     ax.set_ylabel("train loss")
     if ppl.size:
+        if initial_val_loss is not None and np.isfinite(initial_val_loss):
+            # The evaluation before round 1 starts the curve, so round 1's gain shows.
+            x_ppl, ppl = np.r_[0, x_ppl], np.r_[np.exp(initial_val_loss), ppl]
         ax2 = ax.twinx()
         ax2.plot(x_ppl, ppl, "s--", label="validation perplexity", color="tab:red")
         ax2.set_ylabel("validation perplexity")
@@ -94,7 +97,7 @@ def _plot_nmse(rounds: list[dict[str, Any]], out: Path) -> Path | None:
     curves = [
         ("nmse_db", "movable antennas (optimized)", "o-"),
         ("nmse_fpa_db", "fixed half-wavelength array", "s--"),
-        ("nmse_theory_db", "theory (MODEL.md sec. 3)", ":"),
+        ("nmse_theory_db", "theory (guide: system model, section 3)", ":"),
     ]
     series = [(label, style, *_series(rounds, key)) for key, label, style in curves]
     if not any(y.size for _, _, _, y in series):
@@ -110,15 +113,32 @@ def _plot_nmse(rounds: list[dict[str, Any]], out: Path) -> Path | None:
 
 
 def _plot_cost(rounds: list[dict[str, Any]], out: Path) -> Path | None:
+    fig = cost_figure(rounds)
+    if fig is None:
+        return None
+    fig.savefig(out / "cost.png")
+    return out / "cost.png"
+
+
+def cost_figure(rounds: list[dict[str, Any]]):  # noqa: ANN201 - a matplotlib Figure or None
     keys = ["latency_model_s", "latency_wall_s", "energy_model_j", "energy_measured_j"]
     if not any(_series(rounds, k)[1].size for k in keys):
         return None
     fig, (ax1, ax2) = _figure(2, (9.6, 3.8))
-    for key, label in [("latency_model_s", "modeled"), ("latency_wall_s", "measured (wall)")]:
-        x, y = _series(rounds, key)
-        if y.size:
-            ax1.plot(x, np.cumsum(y), "o-", label=label)
-    ax1.set(title="Cumulative latency", xlabel="round", ylabel="s")
+    # Modelled latency (what the budget counts: modelled compute, air time, movement) and the
+    # wall time of a simulated run differ by orders of magnitude: each gets its own axis.
+    x, y = _series(rounds, "latency_model_s")
+    handles = []
+    if y.size:
+        handles += ax1.plot(x, np.cumsum(y), "o-", color="tab:blue", label="modelled (left axis)")
+    ax1.set(title="Cumulative latency", xlabel="round", ylabel="modelled (s)")
+    x, y = _series(rounds, "latency_wall_s")
+    if y.size:
+        wall_ax = ax1.twinx()
+        handles += wall_ax.plot(x, np.cumsum(y), "s--", color="tab:red", label="measured wall (right axis)")
+        wall_ax.set_ylabel("measured wall (s)")
+        wall_ax.set_ylim(bottom=0)
+    ax1.set_ylim(bottom=0)
     for key, label in [("energy_model_j", "modeled"), ("energy_measured_j", "measured (NVML)")]:
         x, y = _series(rounds, key)
         if y.size:
@@ -126,8 +146,12 @@ def _plot_cost(rounds: list[dict[str, Any]], out: Path) -> Path | None:
     ax2.set(title="Cumulative energy", xlabel="round", ylabel="J")
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    return _save(fig, out / "cost.png")
+    if handles:
+        ax1.legend(handles=handles, loc="upper left", fontsize="small")
+    if ax2.lines:
+        ax2.legend(fontsize="small")
+    fig.subplots_adjust(left=0.08, right=0.92, top=0.9, bottom=0.13, wspace=0.45)
+    return fig
 
 
 def _plot_breakdown(rounds: list[dict[str, Any]], out: Path) -> Path | None:
@@ -192,10 +216,22 @@ def _plot_participation(counts: np.ndarray, out: Path) -> Path | None:
 def _plot_positions(
     rounds: list[dict[str, Any]], region_m: float | None, channel_map: dict[str, Any] | None, out: Path
 ) -> Path | None:
+    fig = positions_figure(rounds, region_m, channel_map)
+    if fig is None:
+        return None
+    fig.savefig(out / "positions.png")
+    return out / "positions.png"
+
+
+def positions_figure(
+    rounds: list[dict[str, Any]], region_m: float | None, channel_map: dict[str, Any] | None
+):  # noqa: ANN201 - a matplotlib Figure or None
     tracks = [np.asarray(r["positions_m"], dtype=float) for r in rounds if r.get("positions_m") is not None]
     if not tracks and channel_map is None:
         return None
-    fig, ax = _new_figure("Receive-antenna positions over the region")
+    fig, ax = _figure(1, (7.6, 4.8))
+    ax.set_title("Receive-antenna positions over the region")
+    ax.grid(True, alpha=0.3)
     if channel_map is not None:
         mesh = ax.pcolormesh(
             channel_map["x_m"], channel_map["y_m"], channel_map["gain_db"], shading="auto", cmap="viridis"
@@ -204,52 +240,79 @@ def _plot_positions(
     if tracks:
         stacked = np.stack(tracks)  # (rounds, N, 2)
         for n in range(stacked.shape[1]):
-            (track,) = ax.plot(stacked[:, n, 0], stacked[:, n, 1], "-", alpha=0.5)
-            ax.plot(stacked[-1, n, 0], stacked[-1, n, 1], "o", color=track.get_color(), label=f"antenna {n}")
-        ax.legend(fontsize="small")
+            (track,) = ax.plot(stacked[:, n, 0], stacked[:, n, 1], "-", alpha=0.6, label=f"antenna {n}")
+            color = track.get_color()
+            ax.plot(stacked[0, n, 0], stacked[0, n, 1], "s", mfc="none", color=color, ms=8)
+            ax.plot(stacked[-1, n, 0], stacked[-1, n, 1], "o", color=color, ms=7)
+        # Shape keys for the marks, once, in grey; the legend goes beside the region, not on it.
+        ax.plot([], [], "s", mfc="none", color="0.3", label="round 1")
+        ax.plot([], [], "o", color="0.3", label=f"round {len(tracks)} (last)")
+        ax.legend(
+            fontsize="small", loc="upper left", bbox_to_anchor=(1.02 if channel_map is None else 1.3, 1)
+        )
     if region_m:
         half = region_m / 2
         ax.plot([-half, half, half, -half, -half], [-half, -half, half, half, -half], "k--", lw=1)
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
     ax.set_aspect("equal")
-    return _save(fig, out / "positions.png")
+    fig.subplots_adjust(left=0.1, right=0.62 if channel_map is not None else 0.72, top=0.9, bottom=0.12)
+    return fig
 
 
 def _plot_baselines(plan: dict[str, Any] | None, out: Path) -> Path | None:
+    fig = baselines_figure(plan)
+    return None if fig is None else _save(fig, out / "baselines.png", bottom=0.3)
+
+
+def baselines_figure(plan: dict[str, Any] | None):  # noqa: ANN201 - a matplotlib Figure or None
+    """The planner's prediction for its plan and each baseline: the aggregation MSE in dB above
+    the best finite one (a bar from 0, so the longer bar is the worse plan), and the energy on a
+    log scale (the baselines' energies span decades)."""
     if not plan or not plan.get("baselines"):
         return None
     names = ["optimized", *plan["baselines"]]
     rows = [plan.get("optimized", {}), *plan["baselines"].values()]
-    fig, axes = _figure(2, (10.5, 4.0))
+    fig, axes = _figure(2, (10.5, 4.4))
     idx = np.arange(len(names))
-    for ax, key, title, unit, color in [
-        (axes[0], "mse_db", "Predicted aggregation MSE", "dB", "tab:purple"),
-        (axes[1], "energy_j", "Predicted total energy", "J", "tab:orange"),
-    ]:
-        values = [r.get(key) for r in rows]
-        finite = [v if v is not None and np.isfinite(v) else 0.0 for v in values]
-        ax.bar(idx, finite, color=color)
-        for i, (row, value) in enumerate(zip(rows, values, strict=True)):
+    mse = [r.get("mse_db") for r in rows]
+    finite_mse = [v for v in mse if v is not None and np.isfinite(v)]
+    best = min(finite_mse) if finite_mse else 0.0
+    energy = [r.get("energy_j") for r in rows]
+    panels = [
+        (axes[0], [None if v is None or not np.isfinite(v) else v - best for v in mse],
+         f"Predicted aggregation MSE\n(dB above the best, {best:.1f} dB; shorter is better)", "dB", "tab:purple"),
+        (axes[1], [None if v is None or not np.isfinite(v) or v <= 0 else v for v in energy],
+         "Predicted total energy\n(log scale; shorter is better)", "J", "tab:orange"),
+    ]  # fmt: skip
+    for ax, values, title, unit, color in panels:
+        heights = [0.0 if v is None else v for v in values]
+        ax.bar(idx, heights, color=color)
+        if ax is axes[0]:
+            # A plan level with the best has no bar to see: its number says so.
+            for i, v in enumerate(values):
+                if v is not None:
+                    label = "best" if v < 0.05 else f"+{v:.1f}"
+                    ax.annotate(label, (i, v), xytext=(0, 2), textcoords="offset points", ha="center",
+                                va="bottom", fontsize="x-small")  # fmt: skip
+        for i, (row, raw) in enumerate(zip(rows, mse if ax is axes[0] else energy, strict=True)):
             note = None
             if row.get("feasible") is False:
                 note = "infeasible"
-            elif value is not None and np.isinf(value):
+            elif raw is not None and np.isinf(raw):
                 note = "error-free"
             if note:
-                below = min(finite) < 0  # negative bars (dB): write the note downwards
-                ax.annotate(
-                    note,
-                    (i, 0),
-                    ha="center",
-                    va="top" if below else "bottom",
-                    rotation=90,
-                    fontsize="x-small",
-                )
-        ax.set(title=title, ylabel=unit)
+                ax.annotate(note, (i, 0), xytext=(0, 3), textcoords="offset points", ha="center",
+                            va="bottom", rotation=90, fontsize="x-small")  # fmt: skip
+        if ax is axes[1] and any(v for v in values):
+            ax.set_yscale("log")
+            positive = [v for v in values if v]
+            ax.set_ylim(min(positive) / 3, max(positive) * 3)
+        ax.set_title(title, fontsize="medium")
+        ax.set_ylabel(unit)
         ax.set_xticks(idx, names, rotation=35, ha="right", fontsize="small")
         ax.grid(True, axis="y", alpha=0.3)
-    return _save(fig, out / "baselines.png", bottom=0.3)
+    return fig
 
 
 def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None) -> Path:
@@ -264,8 +327,8 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
     rounds = list({r.get("round"): r for r in rounds}.values())
     plans = [d["data"] for d in docs if d.get("kind") == "plan"]
     start = next((d for d in docs if d.get("doc") == "start"), {})
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = _summary(run_dir)
+    initial_val_loss = initial_eval(run_dir)
     num_clients = int(start.get("num_clients") or summary.get("num_clients") or 0)
     region_m = start.get("region_m") or summary.get("region_m")
     if channel_map is None:
@@ -285,7 +348,9 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
     plan = plans[-1] if plans else None
     figures = {
         "Learning": cache.draw(
-            "learning.png", cols("train_loss", "val_ppl"), lambda: _plot_learning(rounds, out)
+            "learning.png",
+            [cols("train_loss", "val_ppl"), initial_val_loss],
+            lambda: _plot_learning(rounds, initial_val_loss, out),
         ),
         "Aggregation NMSE": cache.draw(
             "nmse.png", cols("nmse_db", "nmse_fpa_db", "nmse_theory_db"), lambda: _plot_nmse(rounds, out)
@@ -316,19 +381,24 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
     lines.append("")
     if summary:
         lines += ["| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in summary.items() if not isinstance(v, dict | list)]
+        for key, value in summary.items():
+            if isinstance(value, dict | list):
+                continue
+            if key == "first_val_loss" and initial_val_loss is not None:
+                lines.append(f"| initial val loss (before round 1) | {_fmt(initial_val_loss)} |")
+            lines.append(f"| {FIGURE_LABELS.get(key, key)} | {_fmt(value)} |")
         lines.append("")
     median = summary.get("median_time_breakdown_s")
     if isinstance(median, dict) and median:
-        lines += ["Median round time breakdown:", "", "| slice | median (s) |", "|---|---|"]
-        lines += [f"| {k.removesuffix('_s')} | {_fmt(v)} |" for k, v in median.items()]
-        lines.append("")
+        lines += ["Median round time breakdown (largest first):", "", *breakdown_table(median), ""]
     if counts.size and counts.any():
         lines.append(f"Participation per client: {counts.tolist()} (Jain's index {jain_index(counts):.3f})")
         lines.append("")
     for title, path in figures.items():
         lines.append(f"## {title}")
         lines.append(f"![{title}]({path.name})" if path else "_No data for this plot in this run._")
+        if path and title in FIGURE_NOTES:
+            lines += ["", FIGURE_NOTES[title]]
         lines.append("")
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
@@ -391,6 +461,69 @@ def _load_channel_map(run_dir: Path) -> dict[str, Any] | None:
         return None
     data = np.load(path)
     return {"x_m": data["x_m"], "y_m": data["y_m"], "gain_db": data["gain_db"]}
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def initial_eval(run_dir: Path) -> float | None:
+    """The validation loss before round 1: the coordinator's ``initial_eval`` in fl/events.jsonl."""
+    path = run_dir / "fl" / "events.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        # Only the complete lines that name the event: a torn last line is never one of them.
+        if '"initial_eval"' in line:
+            try:
+                return float(json.loads(line)["val_loss"])
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+# The summary's keys as the report names them (the rest show as they are).
+FIGURE_LABELS = {
+    "first_val_loss": "val loss after round 1 (first_val_loss)",
+    "final_val_loss": "final val loss",
+    "final_val_ppl": "final val perplexity",
+    "wall_s": "wall time (s)",
+    "latency_model_s": "modelled latency (s)",
+    "energy_model_j": "modelled energy (J)",
+}
+
+
+# What a reader needs to read a plot right, under it.
+FIGURE_NOTES = {
+    "Learning": "Validation perplexity at round 0 is the evaluation before any training.",
+    "Aggregation NMSE": "Measured each round against the error-free sum of the same updates; lower is better.",
+    "Latency and energy": "Modelled latency is what the budget counts (modelled compute at the planned "
+    "clocks, air time, antenna movement); the measured wall time has its own axis.",
+    "Antenna positions": "Each antenna's path this run: a square where it started (round 1), a dot where it ended.",
+    "Against the baselines": "The planner's prediction for the last plan of the run (MSE: the "
+    "predicted error of the aggregate, sigma^2 ||m||^2 / eta; the NMSE plot above is the measured one, "
+    "normalized by the aggregate's energy). Error-free digital has no MSE; an infeasible plan breaks a "
+    "budget or the fairness floor and is not ranked.",
+}
+
+
+def breakdown_table(median_s: dict[str, float]) -> list[str]:
+    """Median seconds per slice as a markdown table in milliseconds, largest first, with shares."""
+    total = sum(v for v in median_s.values() if v) or 1.0
+    rows = sorted(median_s.items(), key=lambda kv: -(kv[1] or 0.0))
+    lines = ["| slice | median (ms) | share |", "|---|---:|---:|"]
+    lines += [
+        f"| {k.removesuffix('_s')} | {1e3 * (v or 0.0):.1f} | {100 * (v or 0.0) / total:.0f} % |"
+        for k, v in rows
+    ]
+    return lines
+
+
+def format_breakdown(median_s: dict[str, float]) -> str:
+    """One line for a terminal: ``train 916 ms, plan 146 ms, ...`` largest first."""
+    rows = sorted(median_s.items(), key=lambda kv: -(kv[1] or 0.0))
+    return ", ".join(f"{k.removesuffix('_s')} {1e3 * (v or 0.0):.0f} ms" for k, v in rows)
 
 
 def _fmt(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""The OTA link over radios (testbed.air.phy + testbed.air.radio_airlink) against MODEL.md section 3
+"""The OTA link over radios (testbed.air.phy + testbed.air.radio_airlink) against docs/explanation/system-model.md section 3
 and against the symbol-level AirLink (sim.symbol_air)."""
 
 from __future__ import annotations

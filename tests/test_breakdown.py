@@ -111,7 +111,8 @@ def test_summary_medians_and_the_report_draw_the_breakdown(tmp_path: Path) -> No
         "](time_breakdown.png)" in text
         and (rec.run_dir / "report" / "time_breakdown.png").stat().st_size > 1000
     )
-    assert "| plan | 0.2 |" in text and "| train | 1 |" in text
+    # Milliseconds, largest first, with each slice's share of the round.
+    assert "| train | 1000.0 | 71 % |\n| plan | 200.0 | 14 % |" in text
 
 
 def test_a_rewritten_report_redraws_only_plots_whose_data_changed(tmp_path: Path) -> None:

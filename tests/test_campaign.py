@@ -300,7 +300,9 @@ def test_measured_campaign_map_matches_the_sim_channel(radio_campaign: Any) -> N
     assert np.allclose(gain["gain_db"], 10 * np.log10(np.sum(np.abs(cmap.h_grid) ** 2, axis=0)))
     mat = __import__("scipy.io", fromlist=["loadmat"]).loadmat(result.run_dir / "campaign.mat")
     assert mat["H"].shape == cmap.h_grid.shape and np.allclose(mat["H"], cmap.h_grid)
-    assert (result.run_dir / "report" / "positions.png").is_file()
+    # The campaign's own report: the gain map, no FL plots.
+    assert (result.run_dir / "report" / "gain_map.png").is_file()
+    assert (result.run_dir / "report" / "report.md").read_text().startswith("# Campaign report")
     stop = [d for d in read_events(result.run_dir / "events.jsonl") if d["doc"] == "stop"]
     assert stop and stop[-1]["status"] == "completed"
 

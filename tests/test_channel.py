@@ -1,4 +1,4 @@
-"""The field-response channel (MODEL.md section 2): gradient, r = 0 identity, movable-antenna gain."""
+"""The field-response channel (docs/explanation/system-model.md section 2): gradient, r = 0 identity, movable-antenna gain."""
 
 from __future__ import annotations
 

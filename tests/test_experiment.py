@@ -145,7 +145,7 @@ def test_ctrl_c_with_a_real_stage_driver_then_resume(tmp_path: Path) -> None:
 def test_radio_path_run_matches_theory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """fl.airlink=radio: every OTA slot is IQ through SimRadios on the shared medium (pilots,
     estimation, timed bursts) with every impairment on (free-running CFO, phase drift, timing
-    offsets). The measured aggregation NMSE still lands on the analytic MSE of MODEL.md section 3,
+    offsets). The measured aggregation NMSE still lands on the analytic MSE of docs/explanation/system-model.md section 3,
     and the fixed array, replayed at the same SNR, on its own."""
     code = main(
         [

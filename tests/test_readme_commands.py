@@ -1,9 +1,11 @@
-"""Every command line README.md documents parses with the project's own argument parsers.
+"""Every command line the README and the user guide (docs/) document parses with the project's
+own argument parsers.
 
-Code-block lines and inline `testbed ...` / `python3 -m ...` spans are taken as written; the
-synopsis notation is expanded first: `a|b|c` gives one command per alternative, `[...]` marks
-an optional part (kept, without its `...`), and UPPERCASE placeholders get a sample value. An
-option that does not exist (the README once showed the radio server's `--keys`) fails here.
+Code-block lines and inline `testbed ...` / `python3 -m <project module>` spans are taken as
+written; the synopsis notation is expanded first: `a|b|c` gives one command per alternative,
+`[...]` marks an optional part (kept, without its `...`), UPPERCASE placeholders get a sample
+value, and a shell redirection or a trailing `&` is dropped. An option that does not exist (the
+README once showed the radio server's `--keys`) fails here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import pytest
 
 from testbed import cli
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# The guide's pages; docs/paper/ holds what bench_paper writes, not pages written by hand.
+GUIDE = sorted(p for p in (ROOT / "docs").rglob("*.md") if "paper" not in p.relative_to(ROOT / "docs").parts)
 SAMPLES = {
     "CONFIG": "configs/dryrun.yaml",
     "RUN_DIR": "runs/dryrun-1",
@@ -32,13 +37,16 @@ SAMPLES = {
     "U": "4",
     "N": "2",
     "ADDR": "tcp://127.0.0.1:5570",
+    "SCHEME": "fpa",
 }
-COMMAND = re.compile(r"^(testbed [a-z]|python3? -m [\w.]+)")  # a bare `testbed` names the tool
+# A bare `testbed` names the tool; `python -m json.tool` and the like are not the project's.
+COMMAND = re.compile(r"^(testbed [a-z]|python3? -m (drivers|sim|testbed|fl|allocation)\.[\w.]+)")
 
 
 def _expand(line: str) -> list[str]:
     """One synopsis line -> concrete command lines."""
     line = re.sub(r"\s+#.*$", "", line).strip()
+    line = re.sub(r"\s+\d?>.*$", "", line).removesuffix("&").strip()  # the shell's redirections
     line = line.replace("[", "").replace("]", "").replace(" ...", "")
     if "|" not in line:
         return [line]
@@ -73,18 +81,31 @@ def _argv(command: str) -> tuple[argparse.ArgumentParser, list[str]]:
     return parser, words[3:]
 
 
-COMMANDS = documented_commands(README.read_text(encoding="utf-8"))
+README_COMMANDS = documented_commands(README.read_text(encoding="utf-8"))
+GUIDE_COMMANDS = {
+    p.relative_to(ROOT).as_posix(): documented_commands(p.read_text(encoding="utf-8")) for p in GUIDE
+}
+COMMANDS = [("README.md", c) for c in README_COMMANDS] + [
+    (page, c) for page, commands in GUIDE_COMMANDS.items() for c in commands
+]
 
 
-def test_the_readme_documents_the_commands_this_test_expects() -> None:
-    assert len(COMMANDS) >= 20
-    assert any(c.startswith("python3 -m drivers.usrp_server") for c in COMMANDS)
-    stage = [c for c in COMMANDS if c.startswith("testbed stage ")]
+def test_the_readme_and_guide_document_the_commands_this_test_expects() -> None:
+    assert len(README_COMMANDS) >= 10
+    assert {c.split()[1] for c in README_COMMANDS} >= {"run", "compare", "measure", "watch", "serve", "stop"}
+    every = [c for _, c in COMMANDS]
+    assert len(every) >= 60
+    assert any(c.startswith("python3 -m drivers.usrp_server") for c in every)
+    assert any(c.startswith("python -m sim.serial_url grbl") for c in every)
+    stage = [c for c in every if c.startswith("testbed stage ")]
     assert {c.split()[2] for c in stage} >= {"status", "home", "move", "stop"}
+    # Every tutorial is read: each has commands of its own.
+    for page in ["first-dry-run", "compare", "campaign", "hardware", "console"]:
+        assert GUIDE_COMMANDS[f"docs/tutorials/{page}.md"], page
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_readme_command_parses(command: str) -> None:
+@pytest.mark.parametrize(("page", "command"), COMMANDS)
+def test_every_documented_command_parses(page: str, command: str) -> None:
     parser, argv = _argv(command)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -92,7 +113,7 @@ def test_every_readme_command_parses(command: str) -> None:
             parser.parse_args(argv)
         except SystemExit as exc:
             pytest.fail(
-                f"README command {command!r} does not parse: {err.getvalue().strip()} (exit {exc.code})"
+                f"{page}: command {command!r} does not parse: {err.getvalue().strip()} (exit {exc.code})"
             )
 
 

@@ -1,4 +1,4 @@
-"""The over-the-air PHY over any radio contract (MODEL.md section 3, its hardware part).
+"""The over-the-air PHY over any radio contract (docs/explanation/system-model.md section 3, its hardware part).
 
 One aggregation slot on real (or simulated) radios goes like this:
 
@@ -12,7 +12,7 @@ One aggregation slot on real (or simulated) radios goes like this:
    phase slope of the flat ZC spectrum, then golden section); and the channel per antenna by
    least squares against the pilot as it arrives. The channel is in physical units (received
    sqrt(W) per transmitted sqrt(W)) through the radios' ``GainCalibration``: the h_k of
-   MODEL.md section 3, LO phases included.
+   docs/explanation/system-model.md section 3, LO phases included.
 3. **How the client gets its h_k: fed back digitally.** The receiver (the PS) keeps H, computes
    m, eta and every b_k (``allocation.aircomp``), and sends each client, over the ZeroMQ side
    channel, its b_k plus a ``LinkEstimate.feedback()`` record (its h_k, CFO, timing offset, the

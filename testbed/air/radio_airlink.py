@@ -408,7 +408,7 @@ def open_radio_airlink(
 
 @dataclasses.dataclass(frozen=True)
 class AggregationTrial:
-    """One OTA slot measured against MODEL.md section 3."""
+    """One OTA slot measured against docs/explanation/system-model.md section 3."""
 
     nmse: float  # ||estimate - sum phi_k s_k||^2 / ||sum phi_k s_k||^2, measured
     theory_nmse: float  # (n sigma^2 ||m||^2 / eta) / ||sum phi_k s_k||^2, from the true channels

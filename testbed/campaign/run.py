@@ -256,6 +256,7 @@ def run_campaign(
     resume_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     stop_after: int | None = None,
+    on_start: Callable[[Path], None] | None = None,
 ) -> CampaignResult:
     """Plan, open the devices, measure (or resume), finish; closes every device on any exit.
 
@@ -319,6 +320,9 @@ def run_campaign(
         recorder = RunRecorder.create(config.run.output_dir, config.run.name, _resolved_yaml(config))
         recorder.start(**meta)
     recorder.attach_log()
+    log.info("run directory: %s", recorder.run_dir)
+    if on_start is not None:
+        on_start(recorder.run_dir)
     status, reason = "error", ""
     formation: Formation | None = None
     sounder: Sounder | None = None
@@ -348,9 +352,9 @@ def run_campaign(
         try:
             recorder.stop(status, reason)
             if status == "completed":
-                from testbed.report import write_report
+                from testbed.campaign.report import write_campaign_report
 
-                result.report_path = write_report(recorder.run_dir)
+                result.report_path = write_campaign_report(recorder.run_dir)
         finally:
             recorder.close()
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from testbed.commands import add_config_arguments, run_with_progress
@@ -58,14 +60,28 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("testbed measure: --set needs CONFIG; a resumed campaign keeps its config.yaml")
     config = load_config(args.config, args.overrides) if args.config is not None else None
     show_bar = not (args.quiet or args.json) and sys.stderr.isatty()
+    started: list[Path] = []
 
-    with _sigterm_as_interrupt():
-        if show_bar:
-            result = run_with_progress(
-                "measure", "points", lambda progress: run_campaign(config, args.resume, progress=progress)
-            )
-        else:
-            result = run_campaign(config, args.resume)
+    def on_start(run_dir: Path) -> None:
+        # Said first, so an operator knows where the campaign is writing before it ends.
+        started.append(run_dir)
+        if not (args.quiet or args.json):
+            print(f"run directory: {run_dir}", flush=True)
+
+    try:
+        with _sigterm_as_interrupt():
+            if show_bar:
+                result = run_with_progress(
+                    "measure",
+                    "points",
+                    lambda progress: run_campaign(config, args.resume, progress=progress, on_start=on_start),
+                )
+            else:
+                result = run_campaign(config, args.resume, on_start=on_start)
+    except KeyboardInterrupt:
+        if started:
+            print(f"testbed measure: continue with: {resume_hint(started[0])}", file=sys.stderr, flush=True)
+        raise
 
     done = result.steps_skipped + result.steps_measured
     out = {
@@ -85,4 +101,10 @@ def run(args: argparse.Namespace) -> int:
             f"campaign {'complete' if out['complete'] else 'incomplete'}: {done}/{result.steps_total} "
             f"points ({result.steps_skipped} resumed) in {result.wall_s:.1f} s -> {result.run_dir}"
         )
+        if not out["complete"]:
+            print(f"continue with: {resume_hint(result.run_dir)}")
     return 0
+
+
+def resume_hint(run_dir: Path) -> str:
+    return f"testbed measure --resume {shlex.quote(str(run_dir))}"

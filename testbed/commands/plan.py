@@ -144,6 +144,20 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     )
 
 
+def channel_source(config: Any) -> str:
+    """Which channel the plan was solved on, in words: the measured map or the simulated world."""
+    if config.allocation.channel_map:
+        return (
+            f"channel: the measured map of campaign {config.allocation.channel_map} "
+            "(allocation.channel_map), interpolated between its grid points"
+        )
+    medium = config.lab.medium
+    return (
+        f"channel: the simulated world (field-response model, {medium.paths} paths per client, "
+        f"seed {config.run.seed}); --set allocation.channel_map=RUN_DIR plans on a campaign's map"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from allocation import BASELINES, AllocationError, solve_with_baselines
     from drivers.errors import ConfigError
@@ -186,13 +200,24 @@ def run(args: argparse.Namespace) -> int:
     except AllocationError as exc:
         raise ConfigError(f"{args.config}: allocation: {exc}") from exc
     rows = plan_rows(ours, baselines)
+    channel = channel_source(config)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "plan.json").write_text(ours.to_json(indent=1))
         (args.out / "baselines.json").write_text(json.dumps({k: v.to_dict() for k, v in baselines.items()}))
     if args.json:
-        print(json.dumps({"plan": ours.to_dict(), "comparison": rows, "cost_model": cost.to_record()}))
+        print(
+            json.dumps(
+                {
+                    "plan": ours.to_dict(),
+                    "comparison": rows,
+                    "cost_model": cost.to_record(),
+                    "channel": channel,
+                }
+            )
+        )
     else:
+        print(channel)
         _print_table(
             rows,
             f"allocation plan: {config.run.name} (U={problem.num_clients}, "

@@ -66,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"run_dir": str(run_dir), **summary}, default=str))
     elif not args.quiet:
+        from testbed.report import format_breakdown
+
         print(f"run directory: {run_dir}")
         for key, value in summary.items():
-            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+            if key == "median_time_breakdown_s" and isinstance(value, dict):
+                print(f"  median round time: {format_breakdown(value)}")
+            else:
+                print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
         print(f"report: {run_dir / 'report' / 'report.md'}")
     return 0

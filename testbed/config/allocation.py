@@ -12,7 +12,7 @@ from testbed.config.base import NonNegFloat, PositiveFloat, Probability, Section
 
 
 class BoundSection(Section):
-    """Constants of the convergence bound (MODEL.md section 5; ``allocation.bound``).
+    """Constants of the convergence bound (docs/explanation/bound.md section 5; ``allocation.bound``).
 
     The plan records each one as "config" when set here, else "default"; a run replaces G^2 and
     zeta^2 with estimates from the nodes' update norms as it goes.

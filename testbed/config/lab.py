@@ -41,7 +41,7 @@ class StageSection(Section):
 
 
 class ArraySection(Section):
-    """The movable-antenna region at the receiver (MODEL.md section 1)."""
+    """The movable-antenna region at the receiver (docs/explanation/system-model.md section 1)."""
 
     carrier_hz: PositiveFloat = 2.4e9
     region_wavelengths: PositiveFloat = Field(4.0, description="side A of the square region, in lambda")
@@ -142,7 +142,7 @@ class ImpairmentsSection(Section):
 
 
 class MediumSection(Section):
-    """The simulated air: field-response channels (MODEL.md section 2) plus impairments."""
+    """The simulated air: field-response channels (docs/explanation/system-model.md section 2) plus impairments."""
 
     paths: int = Field(10, ge=1, le=64, description="L, paths per client")
     rician_k: NonNegFloat = 0.0
