@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test bench lint format docs clean
+.PHONY: setup system-deps demo test bench lint format docs paper clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,11 @@ lint: setup
 # reference pages are generated from the code (docs/hooks.py).
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The paper's figure in simulation: bench_paper runs the sweep and writes the figure, the table and
+# the JSON into docs/paper/, which the guide's "Reproducing the paper's figure" page includes.
+paper: setup
+	$(PY) benchmarks/bench_paper.py
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -42,6 +42,13 @@ def _import_project() -> None:
         sys.path.insert(0, str(ROOT))
 
 
+def _code_root() -> Path:
+    """The checkout whose code the pages describe (where ``testbed`` is imported from)."""
+    import importlib.util
+
+    return Path(importlib.util.find_spec("testbed").origin).parent.parent
+
+
 # --- config -------------------------------------------------------------------------------------
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
@@ -154,7 +161,7 @@ def yaml_comments(paths: list[Path]) -> dict[str, tuple[str, str]]:
             c = key_line.match(line)
             # A comment on a mapping's own line describes the mapping, not one field.
             if c and not c.group(3).startswith("{"):
-                found.setdefault(dotted, (c.group(4).strip(), path.relative_to(ROOT).as_posix()))
+                found.setdefault(dotted, (c.group(4).strip(), f"configs/{path.name}"))
             stack.append((indent, m.group(2)))
     return found
 
@@ -176,7 +183,7 @@ def config_page() -> str:
         "description, the comment on that field in one of the example configs stands in, marked so.",
         "",
     ]
-    comments = yaml_comments([ROOT / "configs" / f"{n}.yaml" for n in CONFIG_EXAMPLES])
+    comments = yaml_comments([_code_root() / "configs" / f"{n}.yaml" for n in CONFIG_EXAMPLES])
     for name, field in TestbedConfig.model_fields.items():
         section = field.annotation
         assert inspect.isclass(section) and issubclass(section, BaseModel)
@@ -289,10 +296,10 @@ def records_page() -> str:
         "From `testbed/records.py`:",
         "",
         *_block(_doc("testbed.records")),
-        "The FL coordinator keeps its own records under `fl/` in the run directory: `fl/checkpoints/`",
-        "(one `round-NNNN/` per completed round, `adapter.safetensors` and `state.json`, and `LATEST`),",
-        "`fl/events.jsonl` (the coordinator's events, `initial_eval` among them: the validation loss",
-        "before round 1), `fl/metrics.jsonl` and `fl/logs/` (each node's log).",
+        "In `fl/`: `fl/checkpoints/round-NNNN/` holds `adapter.safetensors` and `state.json` for each",
+        "completed round (`--resume` starts from the one `LATEST` names); `fl/events.jsonl` has the",
+        "coordinator's events, `initial_eval` among them (the validation loss before round 1);",
+        "`fl/logs/` has each node's log.",
         "",
         "## `events.jsonl` documents",
         "",
@@ -315,7 +322,7 @@ def records_page() -> str:
         "## `summary.json`",
         "",
         "Written when a run ends (also when it is stopped). An experiment's keys are those of",
-        "`Experiment.summarize` in `testbed/experiment.py`:",
+        "`summarize_run` in `testbed/run_summary.py`:",
         "",
         *_block(_summary_keys()),
         "`first_val_loss` is the validation loss after round 1; the loss before any training is the",
@@ -350,19 +357,19 @@ def records_page() -> str:
 
 
 def _summary_keys() -> str:
-    """The keys of the summary dict, read from ``Experiment.summarize``'s source."""
+    """The keys of the summary dict, read from ``summarize_run``'s source (``testbed/run_summary.py``)."""
     import ast
     import importlib.util
 
-    # Found, not imported: the experiment module imports torch.
-    origin = importlib.util.find_spec("testbed.experiment").origin
-    source = Path(origin).read_text(encoding="utf-8")
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.FunctionDef) and node.name == "summarize":
+    # Found, not imported, so the page needs nothing the module imports.
+    origin = importlib.util.find_spec("testbed.run_summary").origin
+    tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "summarize_run":
             for ret in ast.walk(node):
                 if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Dict):
                     return "\n".join(k.value for k in ret.value.keys if isinstance(k, ast.Constant))
-    raise RuntimeError("testbed/experiment.py: Experiment.summarize returns no dict literal")
+    raise RuntimeError("testbed/run_summary.py: summarize_run returns no dict literal")
 
 
 # --- the paper's results ------------------------------------------------------------------------

@@ -4,8 +4,10 @@
         config.yaml      the resolved config (every default written out)
         events.jsonl     start, event and stop documents; one JSON object a line, flushed per record
         run.log          the run's log lines
-        checkpoints/     FL checkpoints (safetensors + JSON state)
-        captures/        SigMF recordings
+        fl/              an experiment's FL records: checkpoints/round-NNNN/ (safetensors + JSON
+                         state) and LATEST, the coordinator's events.jsonl, metrics.jsonl, logs/
+        checkpoints/     made for every run; an experiment's checkpoints are in fl/checkpoints/
+        captures/        SigMF recordings (a campaign's)
         report/          plots and report.md
         summary.json     the figures at the end
 
