@@ -16,7 +16,9 @@ does) leaves it running, as on a board whose adapter does not pulse DTR in open(
 
 ``EmulatorTcpServer`` serves a device on ``127.0.0.1:<port>`` for pyserial's ``socket://``, so
 other processes (or a GUI sender such as UGS/bCNC) can talk to it;
-``python -m sim.serial_url grbl --port 23000 --scale 1`` runs one from the shell.
+``python -m sim.serial_url grbl --port 23000 --scale 1`` runs one from the shell, with the travel
+``configs/lab.yaml`` ships (``--travel-mm``, ``--no-homing``, ``--no-reset``: see ``--help``). A
+client that connects while another is served waits until it leaves (one client at a time).
 """
 
 from __future__ import annotations
@@ -323,20 +325,45 @@ class EmulatorTcpServer:
         reader.join(timeout=1.0)
 
 
+# what configs/lab.yaml ships: travel_m 0.6 (GRBL's $130 = 600 mm + the 1 mm pull-off $27)
+SHELL_TRAVEL_MM = 600.0
+
+
+def serve(kind: str, port: int = 0, scale: float = 1.0, travel_mm: float = SHELL_TRAVEL_MM,
+          homing: bool = True, reset_on_connect: bool = True) -> EmulatorTcpServer:  # fmt: skip
+    """One emulator behind ``socket://127.0.0.1:<port>``, as ``python -m sim.serial_url`` runs it."""
+    opts = {"scale": str(scale), "travel_mm": str(travel_mm), "homing": "1" if homing else "0"}
+    device = _make_grbl("tcp", opts) if kind == "grbl" else _make_zaber("tcp", opts)
+    return EmulatorTcpServer(
+        device, port=port, reset_on_connect=reset_on_connect if kind == "grbl" else False
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Serve a stage emulator on a TCP port (socket://).")
+    parser = argparse.ArgumentParser(
+        description="Serve a stage emulator on a TCP port (socket://). Two for configs/lab.yaml's stages: "
+        "`python -m sim.serial_url grbl --port 23000` and `... --port 23001`, then "
+        "`testbed check configs/lab.yaml --only stages --set lab.stages.ma0.port=socket://127.0.0.1:23000 "
+        "--set lab.stages.ma1.port=socket://127.0.0.1:23001`."
+    )
     parser.add_argument("kind", choices=["grbl", "zaber"])
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
     parser.add_argument("--scale", type=float, default=1.0, help="clock speed-up over real time")
-    parser.add_argument("--travel-mm", type=float, default=500.0)
+    parser.add_argument(
+        "--travel-mm", type=float, default=SHELL_TRAVEL_MM,
+        help="usable travel per axis (default: configs/lab.yaml's travel_m 0.6; GRBL's $13x adds the pull-off)",
+    )  # fmt: skip
+    parser.add_argument("--no-homing", action="store_true", help="GRBL without homing switches ($22=0)")
+    parser.add_argument(
+        "--no-reset", action="store_true",
+        help="GRBL: keep running when a client connects (default: restart, as an Arduino does on open)",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    opts = {"scale": str(args.scale), "travel_mm": str(args.travel_mm)}
-    device = _make_grbl("tcp", opts) if args.kind == "grbl" else _make_zaber("tcp", opts)
-    server = EmulatorTcpServer(device, port=args.port)
+    server = serve(args.kind, args.port, args.scale, args.travel_mm, not args.no_homing, not args.no_reset)
     print(f"{args.kind} emulator at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         while True:

@@ -3,7 +3,8 @@
 ``check_run_config`` is the one validation behind both ``testbed check`` and ``testbed run``
 (and ``build_lab``), so a config that ``check`` passes is not refused later by ``run`` for a
 reason that needs no device, and a refused run leaves nothing on disk. Each failure is a
-``ConfigError`` naming the field, the value and what is allowed.
+``ConfigError`` naming the field, the value and what is allowed, and every failure is reported
+at once (``config_errors``), not one per try.
 
 - the radios: one air cannot mix simulated and real radios; the symbol-level air is sim only;
   real radios need a measured channel map (``allocation.channel_map``);
@@ -57,9 +58,9 @@ def check_stage_reach(config: TestbedConfig) -> None:
             )
 
 
-def check_fl_files(config: TestbedConfig) -> None:
-    """The model folder and the data file the coordinator loads at start exist on this host."""
-    model, data = config.fl.model, config.fl.data
+def check_model_path(config: TestbedConfig) -> None:
+    """The model folder the coordinator loads at start exists on this host."""
+    model = config.fl.model
     if model.source == "pretrained":
         if not model.path:
             raise ConfigError(
@@ -69,6 +70,11 @@ def check_fl_files(config: TestbedConfig) -> None:
         looks_local = model.path.startswith(("/", ".", "~")) or Path(model.path).expanduser().exists()
         if looks_local and not Path(model.path).expanduser().is_dir():
             raise ConfigError(f"fl.model.path: {model.path}: no such model folder on this host")
+
+
+def check_data_path(config: TestbedConfig) -> None:
+    """The data file the coordinator loads at start exists on this host."""
+    data = config.fl.data
     if data.source != "generated":
         if not data.path:
             raise ConfigError(
@@ -78,18 +84,65 @@ def check_fl_files(config: TestbedConfig) -> None:
             raise ConfigError(f"fl.data.path: {data.path}: no such file")
 
 
-def check_run_config(config: TestbedConfig) -> None:
-    """Everything ``testbed run`` would refuse without a device; raise ``ConfigError``."""
+def check_fl_files(config: TestbedConfig) -> None:
+    """The model folder and the data file the coordinator loads at start exist on this host."""
+    check_model_path(config)
+    check_data_path(config)
+
+
+PARTS = ("stages", "radios", "fl")
+
+
+def config_errors(config: TestbedConfig, parts: tuple[str, ...] = PARTS) -> list[str]:
+    """Every device-free error of ``config`` at once (each a ``ConfigError`` message), for the
+    ``parts`` asked (``stages``, ``radios``, ``fl``); with all three, also the run's cost and
+    allocation problem, where what they read (the channel map, the model, the data) passed."""
     from fl.cost import check_rounds, costed_config, workload_cost
     from testbed.planning import build_problem
 
-    check_radios(config)
-    check_stage_reach(config)
-    check_fl_files(config)
-    # The budgets priced at the workload that trains (fl.cost), as the run's planner sees them.
-    cost = workload_cost(config)
-    check_rounds(config, cost)
-    build_problem(costed_config(config, cost))  # reads allocation.channel_map; bad budgets or sizes
+    errors: list[str] = []
+
+    def attempt(check: object) -> bool:
+        try:
+            check()  # type: ignore[operator]
+        except ConfigError as exc:
+            errors.append(str(exc))
+            return False
+        return True
+
+    radios_ok = attempt(lambda: check_radios(config)) if "radios" in parts else True
+    if "stages" in parts:
+        attempt(lambda: check_stage_reach(config))
+    files_ok = True
+    if "fl" in parts:
+        files_ok = attempt(lambda: check_model_path(config)) & attempt(lambda: check_data_path(config))
+    if set(parts) >= set(PARTS) and radios_ok and files_ok:
+        # The budgets priced at the workload that trains (fl.cost), as the run's planner sees them;
+        # they read the model, the data and the channel map, so only once those passed.
+        def plan() -> None:
+            cost = workload_cost(config)
+            check_rounds(config, cost)
+            build_problem(costed_config(config, cost))  # reads allocation.channel_map; budgets, sizes
+
+        attempt(plan)
+    return errors
 
 
-__all__ = ["check_fl_files", "check_radios", "check_run_config", "check_stage_reach"]
+def check_run_config(config: TestbedConfig, parts: tuple[str, ...] = PARTS) -> None:
+    """Everything ``testbed run`` would refuse without a device; one ``ConfigError`` naming every
+    error found (one error: its own message)."""
+    errors = config_errors(config, parts)
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    if errors:
+        raise ConfigError(f"{len(errors)} config errors:\n" + "\n".join(f"- {e}" for e in errors))
+
+
+__all__ = [
+    "PARTS",
+    "check_fl_files",
+    "check_radios",
+    "check_run_config",
+    "check_stage_reach",
+    "config_errors",
+]

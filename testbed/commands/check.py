@@ -1,4 +1,8 @@
-"""`testbed check CONFIG`: validate a config as `testbed run` does, then probe every device.
+"""`testbed check CONFIG [--only stages|radios|fl]`: validate a config as `testbed run` does, then
+probe every device.
+
+Every config error is reported at once. ``--only`` (repeatable) checks and probes just those parts,
+so the stages of a lab whose model or channel map is not there yet can be probed already.
 
 Exit codes: 0 all good, 1 a device could not be reached, 2 the config is invalid.
 """
@@ -7,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -24,6 +29,10 @@ class Probe:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--no-probe", action="store_true", help="only validate the config")
+    parser.add_argument(
+        "--only", action="append", choices=["stages", "radios", "fl"], metavar="PART",
+        help="check and probe only this part: stages, radios or fl (repeatable)",
+    )  # fmt: skip
 
 
 def _probe(device: str, backend: str, probe: Callable[[], str]) -> Probe:
@@ -37,17 +46,28 @@ def _probe(device: str, backend: str, probe: Callable[[], str]) -> Probe:
 
 
 def run(args: argparse.Namespace) -> int:
+    from drivers.errors import ConfigError
     from testbed.config import load_config
-    from testbed.preflight import check_run_config
+    from testbed.preflight import PARTS, check_run_config
     from testbed.radios import probe_radio
     from testbed.stages import probe_stage
 
     config = load_config(args.config, args.overrides)  # ConfigError -> exit 2 in cli.main
-    check_run_config(config)  # the very checks `testbed run` makes before it starts
+    parts = tuple(args.only) if args.only else PARTS
+    try:
+        check_run_config(config, parts)  # the very checks `testbed run` makes before it starts
+    except ConfigError:
+        if not args.only and not args.json:
+            print(
+                "(`testbed check --only stages` probes the stages regardless; also radios, fl)",
+                file=sys.stderr,
+            )
+        raise
     probes: list[Probe] = []
-    if not args.no_probe:
+    if not args.no_probe and "stages" in parts:
         for name, stage in config.lab.stages.items():
             probes.append(_probe(f"stage {name}", stage.backend, lambda n=name, s=stage: probe_stage(n, s)))
+    if not args.no_probe and "radios" in parts:
         receiver = config.lab.receiver
         probes.append(
             _probe("receiver radio", receiver.backend, lambda: probe_radio("receiver radio", receiver))
@@ -73,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         console = Console()
-        console.print(f"[green]config OK[/green]: {args.config}")
+        only = f" (only {', '.join(parts)})" if args.only else ""
+        console.print(f"[green]config OK[/green]{only}: {args.config}")
         if probes:
             table = Table("device", "backend", "status", "detail")
             for p in probes:
