@@ -23,12 +23,13 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import os
 import queue
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +37,19 @@ import numpy as np
 import zmq
 
 from drivers.errors import ProtocolError
+from fl.admission import Audit, BoundedInbox, PeerRates
+from fl.messages import check_body, load_json
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_NAME = "ma-ota-fl"
 PROTOCOL_VERSION = 1
-MAX_HEADER_BYTES = 4 * 1024 * 1024
-MAX_FRAMES = 64
+MAX_HEADER_BYTES = 1024 * 1024
+# Every message the protocol defines carries at most one tensor frame; a few spare.
+MAX_FRAMES = 4
 COORDINATOR = -1  # the ``node`` field of messages the coordinator sends
+MAX_NODE = 1_000_000
+MAX_ROUND = 10_000_000
 
 TensorDict = dict[str, np.ndarray]
 
@@ -61,41 +67,6 @@ class MsgType(enum.StrEnum):
     RESULT = "result"  # coordinator -> node: the round's outcome
     BYE = "bye"  # either way: leaving
     ERROR = "error"  # coordinator -> node: your message was refused (code, reason)
-
-
-# Body keys each type must carry (and their JSON types); more keys are allowed.
-_REQUIRED: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
-    MsgType.HELLO: {"capabilities": dict},
-    MsgType.WELCOME: {"run_id": str, "next_round": int},
-    MsgType.HEARTBEAT: {},
-    MsgType.TIME_REPORT: {"pps_edge_unix_s": (int, float), "radio_time_s": (int, float), "source": str},
-    MsgType.PLAN: {
-        "version": int,
-        "local_steps": int,
-        "batch": int,
-        "lr": (int, float),
-        "clock_hz": (int, float),
-        "selected": list,
-        "aggregation": str,
-        "lora_mode": str,
-        "slot_s": (int, float),
-        "b_k": list,
-        "deadline_s": (int, float),
-    },
-    MsgType.STATS: {"weight": (int, float), "groups": list, "mean": list, "var": list, "metrics": dict},
-    MsgType.SHARED_STATS: {
-        "mean": list,
-        "var": list,
-        "b_k": list,
-        "slot_s": (int, float),
-        "num_symbols": int,
-    },
-    MsgType.OTA: {"slot_s": (int, float), "b_k": list, "sent_locally": bool},
-    MsgType.DIGITAL: {"weight": (int, float), "purpose": str, "metrics": dict},
-    MsgType.RESULT: {"metrics": dict, "version": int},
-    MsgType.BYE: {},
-    MsgType.ERROR: {"code": str, "reason": str},
-}
 
 
 @dataclass
@@ -216,12 +187,7 @@ def frame_to_tensors(buf: bytes | bytearray | memoryview, where: str = "frame") 
     (header_len,) = struct.unpack("<Q", view[:8])
     if header_len > min(MAX_HEADER_BYTES, total - 8):
         raise ProtocolError(f"{where}: safetensors header length {header_len} exceeds the frame")
-    try:
-        header = json.loads(bytes(view[8 : 8 + header_len]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(
-            f"{where}: safetensors header is not JSON ({type(exc).__name__}: {exc})"
-        ) from None
+    header = load_json(view[8 : 8 + header_len], f"{where}: the safetensors header")
     if not isinstance(header, dict):
         raise ProtocolError(f"{where}: safetensors header must be an object")
     data = view[8 + header_len :]
@@ -229,24 +195,35 @@ def frame_to_tensors(buf: bytes | bytearray | memoryview, where: str = "frame") 
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise ProtocolError(f"{where}: __metadata__ must map names to strings")
             continue
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise ProtocolError(f"{where}: tensor {name!r} has a malformed entry {info!r}")
-        dtype = _DTYPES.get(info["dtype"])
+            raise ProtocolError(f"{where}: tensor {name!r:.80} has a malformed entry {info!r:.200}")
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        dtype = _DTYPES.get(code) if isinstance(code, str) else None
         if dtype is None:
             raise ProtocolError(
-                f"{where}: tensor {name!r} has dtype {info['dtype']!r}; allowed {sorted(_DTYPES)}"
+                f"{where}: tensor {name!r:.80} has dtype {code!r:.80}; allowed {sorted(_DTYPES)}"
             )
-        shape, offsets = info["shape"], info["data_offsets"]
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise ProtocolError(f"{where}: tensor {name!r} has a bad shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise ProtocolError(f"{where}: tensor {name!r} has bad data_offsets {offsets!r}")
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= 8
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= data.nbytes for d in shape)
+        ):
+            raise ProtocolError(f"{where}: tensor {name!r:.80} has a bad shape {shape!r:.200}")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise ProtocolError(f"{where}: tensor {name!r:.80} has bad data_offsets {offsets!r:.200}")
         begin, end = offsets
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if not 0 <= begin <= end <= data.nbytes or end - begin != count * dtype.itemsize:
+        # Python ints: a shape of [2**32, 2**32] cannot wrap around to something that fits.
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not 0 <= begin <= end <= data.nbytes or end - begin != nbytes:
             raise ProtocolError(
-                f"{where}: tensor {name!r} offsets {offsets} do not fit shape {shape} x {dtype} "
+                f"{where}: tensor {name!r:.80} offsets {offsets} do not fit shape {shape} x {dtype} "
                 f"in {data.nbytes} data bytes"
             )
         out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape)
@@ -254,7 +231,7 @@ def frame_to_tensors(buf: bytes | bytearray | memoryview, where: str = "frame") 
         spans.append((begin, end))
     spans.sort()
     if any(a[1] != b[0] for a, b in zip(spans, spans[1:], strict=False)) or (spans and spans[0][0] != 0):
-        raise ProtocolError(f"{where}: tensor data overlaps or leaves holes (offsets {spans})")
+        raise ProtocolError(f"{where}: tensor data overlaps or leaves holes (offsets {spans[:8]})")
     return _attach(out, buf)
 
 
@@ -282,67 +259,82 @@ def _buffer(frame: Any) -> memoryview:
     return memoryview(frame)
 
 
-def _no_constant(name: str) -> Any:
-    # Python's json reads NaN and Infinity, which are not JSON and poison any sum they enter.
-    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
-
-
-def decode(frames: list[Any], max_frame_bytes: int | None = None) -> Message:
-    """Parse and validate one message; raise ``ProtocolError`` saying what is wrong."""
-    if not frames:
-        raise ProtocolError("empty message")
-    if len(frames) > MAX_FRAMES + 1:
-        raise ProtocolError(f"{len(frames)} frames; at most {MAX_FRAMES} tensor frames are allowed")
-    bufs = [_buffer(f) for f in frames]
+def message_size_problem(
+    sizes: list[int], max_frame_bytes: int | None, max_total_bytes: int | None
+) -> str | None:
+    """Frame count and sizes, checked before a byte of the message is parsed."""
+    if not sizes:
+        return "empty message"
+    if len(sizes) > MAX_FRAMES + 1:
+        return f"{len(sizes)} frames; at most {MAX_FRAMES} tensor frames are allowed"
+    if sizes[0] > MAX_HEADER_BYTES:
+        return f"header frame is {sizes[0]} bytes, over {MAX_HEADER_BYTES}"
     if max_frame_bytes is not None:
-        for i, b in enumerate(bufs):
-            if b.nbytes > max_frame_bytes:
-                raise ProtocolError(f"frame {i} is {b.nbytes} bytes, over the cap of {max_frame_bytes}")
-    if bufs[0].nbytes > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header frame is {bufs[0].nbytes} bytes, over {MAX_HEADER_BYTES}")
+        for i, n in enumerate(sizes):
+            if n > max_frame_bytes:
+                return f"frame {i} is {n} bytes, over the cap of {max_frame_bytes}"
+    if max_total_bytes is not None and sum(sizes) > max_total_bytes:
+        return f"the message is {sum(sizes)} bytes, over the cap of {max_total_bytes}"
+    return None
+
+
+def decode(
+    frames: list[Any], max_frame_bytes: int | None = None, max_total_bytes: int | None = None
+) -> Message:
+    """Parse and validate one message; raise ``ProtocolError`` saying what is wrong.
+
+    Nothing else escapes: whatever a peer sends, the caller sees a message or a ``ProtocolError``.
+    """
     try:
-        header = json.loads(bytes(bufs[0]).decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"header frame is not UTF-8 JSON ({type(exc).__name__}: {exc})") from None
+        return _decode(frames, max_frame_bytes, max_total_bytes)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence, named for the audit
+        raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _decode(frames: list[Any], max_frame_bytes: int | None, max_total_bytes: int | None) -> Message:
+    bufs = [_buffer(f) for f in frames]
+    problem = message_size_problem([b.nbytes for b in bufs], max_frame_bytes, max_total_bytes)
+    if problem is not None:
+        raise ProtocolError(problem)
+    header = load_json(bufs[0], "header frame")
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     if header.get("proto") != PROTOCOL_NAME:
-        raise ProtocolError(f"proto is {header.get('proto')!r}; expected {PROTOCOL_NAME!r}")
+        raise ProtocolError(f"proto is {header.get('proto')!r:.80}; expected {PROTOCOL_NAME!r}")
     if header.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"protocol version {header.get('v')!r} is not supported (this side speaks {PROTOCOL_VERSION})"
+            f"protocol version {header.get('v')!r:.80} is not supported (this side speaks {PROTOCOL_VERSION})"
         )
+    kind = header.get("type")
     try:
-        mtype = MsgType(header.get("type"))
+        mtype = MsgType(kind) if isinstance(kind, str) else None
     except ValueError:
-        raise ProtocolError(
-            f"message type {header.get('type')!r} is unknown; allowed {[t.value for t in MsgType]}"
-        ) from None
+        mtype = None
+    if mtype is None:
+        raise ProtocolError(f"message type {kind!r:.80} is unknown; allowed {[t.value for t in MsgType]}")
     rnd, node, body = header.get("round"), header.get("node"), header.get("body")
-    if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
-        raise ProtocolError(f"{mtype}: round must be an int >= 0 (got {rnd!r})")
-    if not isinstance(node, int) or isinstance(node, bool) or node < COORDINATOR:
-        raise ProtocolError(f"{mtype}: node must be an int >= {COORDINATOR} (got {node!r})")
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{mtype}: body must be an object (got {type(body).__name__})")
-    for key, kind in _REQUIRED[mtype].items():
-        if key not in body:
-            raise ProtocolError(f"{mtype}: body lacks the required key {key!r}")
-        if not isinstance(body[key], kind) or (kind in (int, (int, float)) and isinstance(body[key], bool)):
-            raise ProtocolError(
-                f"{mtype}: body[{key!r}] has type {type(body[key]).__name__}, expected {kind}"
-            )
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 0 <= rnd <= MAX_ROUND:
+        raise ProtocolError(f"{mtype}: round must be an int in 0..{MAX_ROUND} (got {rnd!r:.80})")
+    if not isinstance(node, int) or isinstance(node, bool) or not COORDINATOR <= node <= MAX_NODE:
+        raise ProtocolError(f"{mtype}: node must be an int in {COORDINATOR}..{MAX_NODE} (got {node!r:.80})")
+    check_body(mtype.value, body)
     manifest = header.get("manifest")
     if not isinstance(manifest, list) or len(manifest) != len(bufs) - 1:
-        raise ProtocolError(f"{mtype}: manifest lists {manifest!r} but {len(bufs) - 1} tensor frames came")
+        raise ProtocolError(
+            f"{mtype}: manifest lists {manifest!r:.200} but {len(bufs) - 1} tensor frames came"
+        )
     tensors: dict[str, TensorDict] = {}
     for i, (entry, buf) in enumerate(zip(manifest, bufs[1:], strict=True)):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise ProtocolError(f"{mtype}: manifest entry {i} is malformed: {entry!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or len(entry["name"]) > 256:
+            raise ProtocolError(f"{mtype}: manifest entry {i} is malformed: {entry!r:.200}")
         if entry.get("bytes") != buf.nbytes:
             raise ProtocolError(
-                f"{mtype}: frame {entry['name']!r} is {buf.nbytes} bytes, manifest says {entry.get('bytes')}"
+                f"{mtype}: frame {entry['name']!r} is {buf.nbytes} bytes, manifest says {entry.get('bytes')!r:.40}"
             )
+        if entry["name"] in tensors:
+            raise ProtocolError(f"{mtype}: frame {entry['name']!r} comes twice")
         tensors[entry["name"]] = frame_to_tensors(buf, f"{mtype} frame {entry['name']!r}")
     return Message(mtype, rnd, node, body, tensors)
 
@@ -353,8 +345,14 @@ class SocketLoop:
 
     ROUTER mode (the coordinator) heartbeats every identity in ``peers``; DEALER mode (a node)
     heartbeats its one peer. Inbound messages other than heartbeats go to ``inbox`` as
-    ``(identity, Message)``. A malformed or oversized message is logged, counted and dropped.
-    A ROUTER send to a peer that is gone puts ``(identity, None)`` in the inbox.
+    ``(identity, Message)``. A ROUTER send to a peer that is gone puts ``(identity, None)`` there.
+
+    What arrives is admitted in order (``fl.admission``): frame count and total size, the
+    sender's rate (``rate_hz`` with ``burst``), the CURVE key its identity is bound to
+    (``bound_key(identity)``: a routing id cannot be used with another node's key), then the
+    strict decode. A refused message is dropped, counted in ``audit`` and, on a ROUTER, answered
+    with an ERROR (except when its sender is over its rate: a flood gets no echo). The inbox holds
+    at most ``inbox_size`` messages, ``inbox_per_peer`` from any one peer (0: no bound).
     """
 
     def __init__(
@@ -364,25 +362,39 @@ class SocketLoop:
         heartbeat_s: float,
         sender_node: int,
         max_frame_bytes: int | None = None,
+        *,
+        max_total_bytes: int | None = None,
+        rate_hz: float | None = None,
+        burst: float = 64.0,
+        inbox_size: int = 0,
+        inbox_per_peer: int = 0,
+        bound_key: Callable[[bytes], str | None] | None = None,
     ) -> None:
         self.socket = socket
         self.router = router
         self.heartbeat_s = heartbeat_s
         self.sender_node = sender_node
         self.max_frame_bytes = max_frame_bytes
+        self.max_total_bytes = max_total_bytes
+        self.bound_key = bound_key
         # A pipe wakes the thread the moment something is queued (no busy polling).
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.inbox: queue.Queue[tuple[bytes, Message | None]] = queue.Queue()
+        self.inbox = BoundedInbox(inbox_size, inbox_per_peer)
+        self.rates = PeerRates(rate_hz, burst)
+        self.audit = Audit()
         self._outbox: queue.Queue[tuple[bytes | None, list[bytes]]] = queue.Queue()
         self.peers: set[bytes] = set()
         self.last_seen: dict[bytes, float] = {}
-        self.rejected: list[tuple[bytes, str]] = []
+        # The latest refusals (identity, why), for tests and logs; the counts are in ``audit``.
+        self.rejected: collections.deque[tuple[bytes, str]] = collections.deque(maxlen=1000)
         self._pending: collections.deque[tuple[bytes | None, list[bytes]]] = collections.deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zmq-loop", daemon=True)
+        self._last_log: dict[tuple[bytes, str], float] = {}
+        self._current: bytes | None = None
         self.error: BaseException | None = None
 
     def start(self) -> SocketLoop:
@@ -427,8 +439,11 @@ class SocketLoop:
         try:
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - reported to the owner through .error
+            peer = self._current
+            if peer is not None:
+                exc.add_note(f"while handling a message from {peer!r}")
             self.error = exc
-            log.exception("socket loop failed")
+            log.exception("socket loop failed (last peer %r)", peer)
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -488,20 +503,64 @@ class SocketLoop:
         peer_key = None
         if self.router:
             identity, frames = frames[0].bytes, frames[1:]
-            if frames:
-                with contextlib.suppress(zmq.ZMQError):  # no ZAP handler (plain sockets): no key
-                    peer_key = frames[0].get("User-Id") or None
+        if frames:
+            with contextlib.suppress(zmq.ZMQError):  # no ZAP handler (plain sockets): no key
+                peer_key = frames[0].get("User-Id") or None
+        self._current = identity
         try:
-            msg = decode(frames, self.max_frame_bytes)
-            msg.peer_key = peer_key
+            self._admit(identity, peer_key, frames)
+        except _Refused as refused:
+            self._refuse(identity, peer_key, refused.code, refused.reason, refused.reply)
+        except Exception as exc:  # noqa: BLE001 - no message may end the socket thread
+            self._refuse(identity, peer_key, "malformed", f"{type(exc).__name__}: {exc}", True)
+        finally:
+            self._current = None
+
+    def _admit(self, identity: bytes, peer_key: str | None, frames: list[zmq.Frame]) -> None:
+        problem = message_size_problem(
+            [_buffer(f).nbytes for f in frames], self.max_frame_bytes, self.max_total_bytes
+        )
+        if problem is not None:
+            raise _Refused("too_big", problem)
+        if not self.rates.allow(identity):
+            raise _Refused("rate_limited", "over the per-peer message rate", reply=False)
+        if self.bound_key is not None:
+            want = self.bound_key(identity)
+            if want is not None and peer_key != want:
+                # The routing id of one node with another key: a takeover attempt.
+                raise _Refused(
+                    "identity_key_mismatch",
+                    f"identity {identity!r:.40} belongs to another CURVE key (this one is {peer_key})",
+                )
+        try:
+            msg = decode(frames, self.max_frame_bytes, self.max_total_bytes)
         except ProtocolError as exc:
-            log.warning("dropped a malformed message from %r: %s", identity, exc)
-            self.rejected.append((identity, str(exc)))
-            return
+            raise _Refused("malformed", str(exc)) from None
+        msg.peer_key = peer_key
         with self._lock:
             self.last_seen[identity] = time.monotonic()
-        if msg.type is not MsgType.HEARTBEAT:
-            self.inbox.put((identity, msg))
+        if msg.type is not MsgType.HEARTBEAT and not self.inbox.put((identity, msg)):
+            raise _Refused("inbox_full", "this peer's share of the inbox is full", reply=False)
+
+    def _refuse(self, identity: bytes, key: str | None, code: str, reason: str, reply: bool) -> None:
+        self.rejected.append((identity, reason))
+        self.audit.add(identity, code, reason, key)
+        # One log line per peer and reason per second: a flood must not flood the log too.
+        now = time.monotonic()
+        if now - self._last_log.get((identity, code), -1e9) >= 1.0:
+            if len(self._last_log) > 4096:
+                self._last_log.clear()
+            self._last_log[(identity, code)] = now
+            log.warning("refused a message from %r (%s): %s", identity, code, reason[:300])
+        if reply and self.router:
+            err = Message(MsgType.ERROR, 0, self.sender_node, {"code": code, "reason": reason[:1000]})
+            self._send(identity, encode(err))
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, reason: str, reply: bool = True) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.reply = code, reason, reply
 
 
 def node_identity(node: int) -> bytes:

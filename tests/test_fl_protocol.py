@@ -4,6 +4,7 @@ oversized frame), and that nothing in ``fl`` can unpickle."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -343,7 +344,11 @@ def test_a_key_outside_the_allow_list_never_gets_through(coordinator, tmp_path: 
     zmq_security.secure_client(sock, tmp_path / "stranger.key_secret", keys.public("coordinator"))
     sock.connect(coordinator.endpoint)
     try:
-        sock.send_multipart(P.encode(Message(MsgType.HELLO, 0, 1, _sample_bodies()[MsgType.HELLO])))
+        # Not blocking: once the handshake has failed the socket has no peer, and a send would wait.
+        with contextlib.suppress(zmq.Again):
+            sock.send_multipart(
+                P.encode(Message(MsgType.HELLO, 0, 1, _sample_bodies()[MsgType.HELLO])), zmq.NOBLOCK
+            )
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             coordinator.peers.pump(0.02)
