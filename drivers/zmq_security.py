@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import threading
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from drivers.errors import ConfigError
 
@@ -71,12 +74,49 @@ def require_loopback_for_insecure(address: str) -> None:
         )
 
 
-def start_authenticator(context: zmq.Context, allow_dir: str | Path) -> ThreadAuthenticator:
-    """Admit only clients whose public certificates are in ``allow_dir``."""
+class AuditedAuthenticator(ThreadAuthenticator):
+    """A ``ThreadAuthenticator`` that keeps every refused handshake (address, key, reason), so
+    an unauthenticated peer leaves a trace. ``denied()`` hands them over and forgets them; past
+    ``max_kept`` unread ones only the count grows."""
+
+    def __init__(self, context: zmq.Context, max_kept: int = 256) -> None:
+        super().__init__(context)
+        self.max_kept = max_kept
+        self.denied_count = 0
+        self._denied: list[dict[str, str]] = []
+        self._request: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def handle_zap_message(self, msg: list[bytes]) -> Any:
+        # [version, request id, domain, address, identity, mechanism, credentials...]; the base
+        # method is a coroutine in newer pyzmq and plain in Debian's: hand back what it gives.
+        key = z85.encode(msg[6]).decode() if len(msg) > 6 and len(msg[6]) == 32 else ""
+        address = msg[3].decode(errors="replace") if len(msg) > 3 else ""
+        self._request = {"address": address, "key": key}
+        return super().handle_zap_message(msg)
+
+    def _send_zap_reply(
+        self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous"
+    ) -> None:
+        if status_code != b"200":
+            with self._lock:
+                self.denied_count += 1
+                if len(self._denied) < self.max_kept:
+                    self._denied.append({**self._request, "reason": status_text.decode(errors="replace")})
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+    def denied(self) -> list[dict[str, str]]:
+        with self._lock:
+            out, self._denied = self._denied, []
+        return out
+
+
+def start_authenticator(context: zmq.Context, allow_dir: str | Path) -> AuditedAuthenticator:
+    """Admit only clients whose public certificates are in ``allow_dir``; refusals are kept."""
     allow_dir = Path(allow_dir)
     if not allow_dir.is_dir():
         raise ConfigError(f"{allow_dir}: no such allow-list folder of client public keys")
-    auth = ThreadAuthenticator(context)
+    auth = AuditedAuthenticator(context)
     auth.start()
     auth.configure_curve(domain="*", location=str(allow_dir))
     return auth
@@ -97,8 +137,23 @@ def secure_client(socket: zmq.Socket, secret_file: str | Path, server_public_fil
 
 
 def cap_inbound_size(socket: zmq.Socket, max_bytes: int) -> None:
-    """ZeroMQ drops the peer of any message larger than this (MAXMSGSIZE)."""
+    """ZeroMQ drops the peer of any message frame larger than this (MAXMSGSIZE), as soon as the
+    frame's length arrives, before a byte of it is stored."""
     socket.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))
+
+
+def harden_router(socket: zmq.Socket, heartbeat_s: float, misses: int, inbound_hwm: int = 64) -> None:
+    """A ROUTER whose peers' routing ids cannot be taken over, and whose dead connections go.
+
+    No ROUTER_HANDOVER: a second connection claiming a routing id in use is ignored, instead of
+    inheriting the first one's messages. ZMTP heartbeats close a connection whose peer has been
+    silent for ``heartbeat_s * misses``, so a restarted peer gets its routing id back in bounded
+    time. ``inbound_hwm``: messages queued per connection (each at most MAXMSGSIZE per frame).
+    """
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
+    socket.setsockopt(zmq.HEARTBEAT_IVL, max(int(heartbeat_s * 1000), 1))
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(int(heartbeat_s * misses * 1000), 1))
+    socket.setsockopt(zmq.RCVHWM, int(inbound_hwm))
 
 
 class HandshakeWatch:

@@ -40,11 +40,19 @@ from drivers import zmq_security
 from drivers.errors import FLError
 from fl import ota
 from fl.aggregation import apply_update, payload_names
-from fl.checkpoint import load_checkpoint, save_checkpoint
+from fl.checkpoint import append_record, load_checkpoint, save_checkpoint
 from fl.keys import KeyLayout
 from fl.peers import NodeInfo, Peers, RadioTimeSkew
 from fl.phases import TIMING_SLICES, PhaseClock
-from fl.protocol import COORDINATOR, Message, MsgType, SocketLoop, build_frame
+from fl.protocol import (
+    COORDINATOR,
+    MAX_HEADER_BYTES,
+    Message,
+    MsgType,
+    SocketLoop,
+    build_frame,
+    inbound_frame_cap,
+)
 from fl.round_plan import Planner, RoundPlan
 from fl.strategies import RoundAggregate, RoundContext, round_strategy
 
@@ -165,21 +173,39 @@ class Coordinator:
         t = self.fl.transport
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A node that reconnects (restarted, or cut off for an oversized message) before the old
-        # connection is torn down takes its identity over; else ZeroMQ ignores the new connection.
-        # Messages still have to carry that node's CURVE key (the ZAP User-Id check).
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No handover: a routing id in use cannot be taken over by another connection (a node's
+        # key holder could otherwise receive another node's messages); dead connections are
+        # closed by ZMTP heartbeats instead, so a restarted node gets its id back.
+        zmq_security.harden_router(sock, t.heartbeat_s, t.heartbeat_misses)
         sock.setsockopt(zmq.LINGER, 500)
-        zmq_security.cap_inbound_size(sock, t.max_message_bytes)
+        # No frame of this run's messages is bigger than the adapter plus a header: a frame
+        # announcing more is refused by ZeroMQ before it is stored.
+        frame_cap = inbound_frame_cap(
+            {n: a.shape for n, a in self.global_adapter.items()}, t.max_message_bytes
+        )
+        zmq_security.cap_inbound_size(sock, frame_cap)
         if t.insecure:
             zmq_security.require_loopback_for_insecure(t.bind)
         else:
             keys = KeyLayout(Path(t.keys_dir))
             self._auth = zmq_security.start_authenticator(self.ctx, keys.coordinator_allow)
             zmq_security.secure_server(sock, keys.secret("coordinator"))
+            self.peers.auth = self._auth
         sock.bind(t.bind)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.loop = SocketLoop(sock, True, t.heartbeat_s, COORDINATOR, t.max_message_bytes).start()
+        self.loop = SocketLoop(
+            sock,
+            True,
+            t.heartbeat_s,
+            COORDINATOR,
+            frame_cap,
+            max_total_bytes=frame_cap + MAX_HEADER_BYTES,
+            rate_hz=t.peer_rate_hz,
+            burst=t.peer_burst,
+            inbox_size=t.inbox_size,
+            inbox_per_peer=t.inbox_per_peer,
+            bound_key=self.peers.bound_key,
+        ).start()
         self.peers.loop = self.loop
         self._event("bound", endpoint=self.endpoint, curve=not t.insecure)
         return self.endpoint
@@ -252,7 +278,14 @@ class Coordinator:
         channels = self._estimate() if self.air is not None else channels
         deadline = self._dispatch(r, plan)
         delivered = self._train(r, plan, deadline)
-        aggregate = self.strategy.aggregate(r, plan, delivered, channels)
+        if delivered:
+            aggregate = self.strategy.aggregate(r, plan, delivered, channels)
+        else:
+            aggregate = self.strategy.skip(r, "no selected node delivered by the deadline")
+        if not all(np.all(np.isfinite(a)) for a in aggregate.update.values()):
+            # Cannot happen with checked uploads; if it does, the global model must not take it.
+            aggregate = self.strategy.skip(r, f"the aggregate of nodes {aggregate.delivered} is not finite")
+        self.peers.end_round(aggregate.delivered)
         val_loss = self._apply_and_evaluate(r, aggregate)
         record = self._round_record(r, plan, aggregate, val_loss)
         self._finish_round(r, record, cpu0)
@@ -284,6 +317,7 @@ class Coordinator:
     def _dispatch(self, r: int, plan: RoundPlan) -> float:
         """Send every selected node its PLAN with the global adapter; the round's deadline."""
         self.phases.enter("dispatch")
+        self.peers.selected = set(plan.selected)
         deadline_s = self.fl.transport.round_deadline_s
         # Provisional: the slot can only be fixed once the stats are in (SHARED_STATS carries it).
         provisional_slot_s = float(self.radio_clock()) + deadline_s + self.fl.transport.ota_guard_s
@@ -309,13 +343,10 @@ class Coordinator:
         return time.monotonic() + deadline_s
 
     def _train(self, r: int, plan: RoundPlan, deadline: float) -> list[int]:
-        """Wait for the selected nodes' first upload (their compute, then that message)."""
+        """Wait for the selected nodes' first upload (their compute, then that message); the nodes
+        that delivered (none: the round is skipped, the run goes on)."""
         self.phases.enter("train")
-        first = self.strategy.first_upload
-        delivered = self.peers.collect(first, plan.selected, deadline)
-        if not delivered:
-            raise FLError(f"round {r}: no selected node delivered its {first} message by the deadline")
-        return delivered
+        return self.peers.collect(self.strategy.first_upload, plan.selected, deadline)
 
     def _apply_and_evaluate(self, r: int, aggregate: RoundAggregate) -> float:
         from fl.training import evaluate, load_adapter_state
@@ -348,7 +379,10 @@ class Coordinator:
             "val_loss": val_loss,
             "val_perplexity": math.exp(min(val_loss, 50.0)),
             "val_loss_before": self.metrics[-1]["val_loss"] if self.metrics else self.initial_val_loss,
-            "train_loss": float(np.mean([nm.get("loss", np.nan) for nm in node_metrics.values()])),
+            "train_loss": float(np.mean([nm.get("loss", np.nan) for nm in node_metrics.values()]))
+            if node_metrics
+            else float("nan"),
+            "dropped_why": dict(sorted((str(k), why) for k, why in self.peers.dropped.items())),
             "nodes": node_metrics,
             **aggregate.metrics,
             "participation": counts.tolist(),
@@ -383,9 +417,11 @@ class Coordinator:
             coordinator_time_s=round_s - waited_s,
             coordinator_cpu_s=time.thread_time() - cpu0,  # this thread's own work, waits excluded
         )
+        append_record(self.run_dir, record)
         self._event("round_done", dropped=record["dropped"], val_loss=record["val_loss"], metrics=record)
         result = {
-            "val_loss": record["val_loss"],
+            # JSON has no NaN: a round that could not be evaluated says null.
+            "val_loss": record["val_loss"] if math.isfinite(record["val_loss"]) else None,
             "dropped": record["dropped"],
             "delivered": record["delivered"],
         }
@@ -404,7 +440,9 @@ class Coordinator:
             "participation": {str(k): i.participation for k, i in self.nodes.items()},
             "clock_reference_s": self.peers.clock_reference_s,
         }
-        save_checkpoint(self.run_dir, r, self.global_adapter, self.fl.lora.mode, state, self.metrics)
+        state["metrics_rounds"] = len(self.metrics)
+        state["record"] = self.metrics[-1]
+        save_checkpoint(self.run_dir, r, self.global_adapter, self.fl.lora.mode, state)
 
     def _load_checkpoint(self) -> None:
         found = load_checkpoint(self.run_dir, set(self.global_adapter))
@@ -415,7 +453,7 @@ class Coordinator:
         self.global_adapter = build_frame(found.adapter)
         self.version = int(state["version"])
         self.rng.bit_generator.state = state["rng_state"]
-        self.metrics = list(state["metrics"])
+        self.metrics = list(found.metrics)
         self.peers.resumed_participation = {int(k): int(v) for k, v in state["participation"].items()}
         self.start_round = int(state["round"]) + 1
         self._round = int(state["round"])

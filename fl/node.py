@@ -35,11 +35,13 @@ from fl.clocks import apply_clock, modeled_energy_j
 from fl.keys import KeyLayout, node_name
 from fl.protocol import (
     COORDINATOR,
+    MAX_HEADER_BYTES,
     Message,
     MsgType,
     SocketLoop,
     complex_to_pairs,
     empty_frame,
+    inbound_frame_cap,
     node_identity,
 )
 
@@ -157,14 +159,22 @@ class Node:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, node_identity(self.node))
         sock.setsockopt(zmq.LINGER, 1000)
-        zmq_security.cap_inbound_size(sock, t.max_message_bytes)
+        # No frame from the coordinator is bigger than the adapter plus a header.
+        frame_cap = (
+            t.max_message_bytes
+            if self.work is None
+            else inbound_frame_cap(self._adapter_shapes(), t.max_message_bytes)
+        )
+        zmq_security.cap_inbound_size(sock, frame_cap)
         if t.insecure:
             zmq_security.require_loopback_for_insecure(self.connect)
         else:
             keys = KeyLayout(Path(t.keys_dir))
             zmq_security.secure_client(sock, keys.secret(node_name(self.node)), keys.public("coordinator"))
         sock.connect(self.connect)
-        self.loop = SocketLoop(sock, False, t.heartbeat_s, self.node, t.max_message_bytes).start()
+        self.loop = SocketLoop(
+            sock, False, t.heartbeat_s, self.node, frame_cap, max_total_bytes=frame_cap + MAX_HEADER_BYTES
+        ).start()
 
     def send(self, msg: Message) -> None:
         assert self.loop is not None

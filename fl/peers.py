@@ -23,12 +23,16 @@ from drivers import zmq_security
 from drivers.errors import FLError
 from fl import ota
 from fl.keys import KeyLayout
+from fl.messages import MAX_UPDATE_VALUE
 from fl.protocol import COORDINATOR, Message, MsgType, SocketLoop, node_identity
 
 log = logging.getLogger(__name__)
 
 # How often the node table goes into the record stream (the console's ``nodes`` documents).
 NODES_EVENT_PERIOD_S = 1.0
+# How often the socket thread's refusals are written out (counted per peer and reason between).
+AUDIT_PERIOD_S = 1.0
+PUMP_BATCH = 256
 
 
 @dataclass
@@ -79,6 +83,12 @@ class Peers:
         self.nodes: dict[int, NodeInfo] = {}
         self.rejected: list[dict[str, Any]] = []
         self.round = 0
+        self.selected: set[int] = set()  # this round's selection (set by the dispatch)
+        self.dropped: dict[int, str] = {}  # selected nodes out of this round, and why
+        self.misses: dict[int, int] = {}  # selected rounds in a row a node delivered nothing
+        self.auth: Any = None  # drivers.zmq_security.AuditedAuthenticator, when CURVE is on
+        self._audit_t = 0.0
+        self._bound_keys: dict[bytes, str | None] = {}
         self.uploads: dict[tuple[MsgType, int], Message] = {}
         self.references: dict[int, Message] = {}  # digital copies sent beside an OTA burst
         self.clock_reference_s: float | None = None
@@ -98,6 +108,45 @@ class Peers:
     def new_round(self, r: int) -> None:
         self.round = r
         self.uploads, self.references = {}, {}
+        self.selected, self.dropped = set(), {}
+
+    def drop(self, k: int, why: str) -> None:
+        """Node ``k`` is out of this round (its contribution is not used); the reason is recorded."""
+        if k in self.dropped:
+            return
+        self.dropped[k] = why
+        self.uploads = {key: m for key, m in self.uploads.items() if key[1] != k}
+        self.references.pop(k, None)
+        self.event("dropped", node=k, why=why)
+
+    def end_round(self, delivered: Sequence[int]) -> None:
+        """Count the misses of the selected nodes that delivered nothing though alive: a node that
+        heartbeats but never delivers is dropped after fl.transport.max_missed_rounds of them."""
+        limit = self.transport.max_missed_rounds
+        for k in self.selected:
+            info = self.nodes.get(k)
+            if k in delivered or info is None:
+                self.misses.pop(k, None)
+                continue
+            self.misses[k] = self.misses.get(k, 0) + 1
+            if info.alive and self.misses[k] >= limit:
+                self.lose(info, f"selected {self.misses[k]} rounds in a row and delivered nothing")
+                self.misses.pop(k, None)
+
+    def bound_key(self, identity: bytes) -> str | None:
+        """The CURVE key (z85) a routing id must come with: node k's id, node k's allow-listed
+        key; None for other ids, or without CURVE (the HELLO check refuses those)."""
+        if self.transport.insecure:
+            return None
+        if identity not in self._bound_keys:
+            text = identity.decode(errors="replace")
+            allowed = KeyLayout(Path(self.transport.keys_dir)).coordinator_allow / f"{text}.key"
+            node_like = text.startswith("node-") and text[5:].isdigit() and len(self._bound_keys) < 4096
+            key = zmq_security.load_public_key(allowed).decode() if node_like and allowed.is_file() else None
+            if not node_like:
+                return None
+            self._bound_keys[identity] = key
+        return self._bound_keys[identity]
 
     def send(self, k: int, msg: Message) -> None:
         assert self.loop is not None
@@ -128,17 +177,19 @@ class Peers:
         assert self.loop is not None
         if self.loop.error is not None:
             raise FLError(f"the coordinator's socket thread died: {self.loop.error}")
-        try:
-            identity, msg = self.loop.inbox.get(timeout=max(timeout_s, 0.0))
-        except queue.Empty:
-            identity, msg = None, None
-        if identity is not None:
+        # What is waiting, up to a bound: one message per pump could not keep up with a busy
+        # inbox (the timeout applies to the first only).
+        for i in range(PUMP_BATCH):
+            try:
+                identity, msg = self.loop.inbox.get(timeout=max(timeout_s, 0.0) if i == 0 else 0.0)
+            except queue.Empty:
+                break
             try:
                 self._handle(identity, msg)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-                # The last line of defence: whatever a peer sends, it cannot end the run.
+            except Exception as exc:  # noqa: BLE001 - whatever a peer sends, it cannot end the run
                 log.exception("handling a %s from %r failed", getattr(msg, "type", None), identity)
-                self.reject(identity, "bad_message", f"{type(exc).__name__}: {exc}")
+                self.reject(identity, "bad_message", f"{type(exc).__name__}: {str(exc)[:300]}")
+        self._audit()
         window = self.transport.heartbeat_s * self.transport.heartbeat_misses
         for info in self.nodes.values():
             if info.alive and not self.loop.seen_within(info.identity, window):
@@ -155,11 +206,11 @@ class Peers:
             return k in self.references if reference else (kind, k) in self.uploads
 
         while True:
-            pending = [k for k in nodes if not has(k) and self.nodes[k].alive]
+            pending = [k for k in nodes if not has(k) and self.nodes[k].alive and k not in self.dropped]
             if not pending or time.monotonic() >= deadline:
                 break
             self.pump(min(0.05, max(deadline - time.monotonic(), 0.0)))
-        return [k for k in nodes if has(k)]
+        return [k for k in nodes if has(k) and k not in self.dropped]
 
     def wait_for_all(self, join_timeout_s: float, startup_check: Callable[[], None] | None) -> None:
         """Until every node said HELLO and reported its radio time; FLError naming who is missing."""
@@ -188,6 +239,19 @@ class Peers:
                 "cabling and re-sync the radios' time"
             )
         self.clock_reference_s = float(np.median(values))
+
+    def _audit(self, force: bool = False) -> None:
+        """The socket thread's and the authenticator's refusals, as ``refused`` events: one per
+        peer and reason per AUDIT_PERIOD_S, with a count, so a flood is a line, not a million."""
+        now = time.monotonic()
+        if self.loop is None or (not force and now - self._audit_t < AUDIT_PERIOD_S):
+            return
+        self._audit_t = now
+        for entry in self.loop.audit.drain():
+            self.event("refused", **entry)
+        if self.auth is not None:
+            for entry in self.auth.denied():
+                self.event("refused", identity=None, code="unauthenticated", count=1, **entry)
 
     def _nodes_event(self) -> None:
         """The node table, at most once per NODES_EVENT_PERIOD_S (the console's heartbeat view)."""
@@ -248,19 +312,34 @@ class Peers:
             self.reject(identity, "wrong_type", f"a node may not send {msg.type}")
 
     def _upload(self, identity: bytes, node: NodeInfo, msg: Message) -> None:
+        k = node.node
         if msg.round != self.round:
-            self.event("stale", node=node.node, type=str(msg.type), msg_round=msg.round)
+            self.event("stale", node=k, type=str(msg.type), msg_round=msg.round)
+            return
+        if k not in self.selected:
+            self.reject(
+                identity, "not_selected", f"{msg.type} for round {msg.round}: node {k} is not selected"
+            )
+            return
+        if k in self.dropped:
+            self.reject(identity, "dropped", f"{msg.type} for round {msg.round}: {self.dropped[k]}")
+            return
+        reference = msg.type is MsgType.DIGITAL and msg.body.get("purpose") == "reference"
+        if (k in self.references) if reference else ((msg.type, k) in self.uploads):
+            # The first one counts: a second could replace what aggregation already used.
+            self.reject(identity, "duplicate", f"a second {msg.type} for round {msg.round}; the first counts")
             return
         problem = self.payload_problem(msg)
         if problem is not None:
             self.reject(identity, "bad_payload", f"{msg.type} for round {msg.round}: {problem}")
+            self.drop(k, f"bad {msg.type}: {problem}")
             return
         if isinstance(msg.body.get("metrics"), dict) and msg.body["metrics"]:
             node.last_metrics = msg.body["metrics"]  # a reference copy carries none: keep the last
-        if msg.type is MsgType.DIGITAL and msg.body.get("purpose") == "reference":
-            self.references[node.node] = msg
+        if reference:
+            self.references[k] = msg
         else:
-            self.uploads[(msg.type, node.node)] = msg
+            self.uploads[(msg.type, k)] = msg
 
     def payload_problem(self, msg: Message) -> str | None:
         """What is wrong with an upload for this round (names, shapes, sizes, values), or None."""
@@ -292,6 +371,12 @@ class Peers:
                 want = self.shapes[name]
                 if arr.shape != want or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
                     return f"tensor {name!r} is {arr.dtype}{list(arr.shape)}; expected finite floats of shape {list(want)}"
+                # Physics: no update element comes near this, and sums of them stay finite.
+                peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+                if peak > MAX_UPDATE_VALUE:
+                    return (
+                        f"tensor {name!r} holds {peak:.3g}; an update element is at most {MAX_UPDATE_VALUE:g}"
+                    )
             return None
         # OTA: "sent on my own radio", or the burst itself, sized for this run's payload.
         if len(body["b_k"]) != 2 or not all(_finite(v) for v in body["b_k"]):
@@ -305,6 +390,9 @@ class Peers:
         if iq.shape != (n, 2) or iq.dtype.kind != "f" or not np.all(np.isfinite(iq)):
             return f"symbols are {iq.dtype}{list(iq.shape)}; the slot holds finite floats of shape [{n}, 2]"
         return None
+
+    def _delivered(self, k: int) -> bool:
+        return any(key[1] == k for key in self.uploads)
 
     def _welcome(self, info: NodeInfo) -> None:
         body = {"run_id": self.run_id, "next_round": self.round + 1}
@@ -339,6 +427,9 @@ class Peers:
         )
         if old is not None and old.alive and not same:  # a restarted process: the old one is gone
             self.lose(old, "restarted")
+        if old is not None and not same and k in self.selected and not self._delivered(k):
+            # It lost this round's PLAN with its old process: waiting for it is waiting for nothing.
+            self.drop(k, "restarted mid-round; it never got this round's plan")
         if old is not None and old.alive and same:  # a repeated HELLO
             self._welcome(old)
             return

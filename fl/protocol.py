@@ -259,6 +259,15 @@ def _buffer(frame: Any) -> memoryview:
     return memoryview(frame)
 
 
+def inbound_frame_cap(shapes: Mapping[str, tuple[int, ...]], configured: int) -> int:
+    """The largest frame a peer of this run needs to send: the adapter (tensor ``shapes``) as
+    one float32 safetensors frame (the biggest tensor frame of any message) plus room for its
+    header, or the header cap; never above the configured ``fl.transport.max_message_bytes``."""
+    reals = sum(math.prod(shape) for shape in shapes.values())
+    need = max(4 * reals + 64 * 1024 + 256 * len(shapes), MAX_HEADER_BYTES)
+    return int(min(configured, need))
+
+
 def message_size_problem(
     sizes: list[int], max_frame_bytes: int | None, max_total_bytes: int | None
 ) -> str | None:

@@ -59,9 +59,48 @@ class RoundStrategy(Protocol):
         self, r: int, plan: RoundPlan, delivered: list[int], channels: np.ndarray | None
     ) -> RoundAggregate: ...
 
+    def skip(self, r: int, why: str) -> RoundAggregate: ...
 
-def _fedavg(updates: Mapping[int, TensorDict], plan: RoundPlan) -> TensorDict:
+
+def _fedavg(updates: Mapping[int, TensorDict], plan: RoundPlan, clip_norm: float | None = None) -> TensorDict:
+    """The plan-weighted mean (the weights are the plan's, never what a node says), each update
+    first scaled down to ``clip_norm`` when it is longer (robust FedAvg)."""
+    if clip_norm is not None:
+        updates = {k: clip(u, clip_norm) for k, u in updates.items()}
     return DigitalFedAvg().aggregate(updates, {k: plan.weights[k] for k in updates}).update
+
+
+def clip(update: TensorDict, max_norm: float) -> TensorDict:
+    """``update`` scaled to L2 norm ``max_norm`` if it is longer; as it is otherwise."""
+    norm = math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in update.values()))
+    if norm <= max_norm:
+        return update
+    return {n: (np.asarray(a, np.float64) * (max_norm / norm)).astype(np.float32) for n, a in update.items()}
+
+
+def _skip(shapes: Mapping[str, tuple[int, ...]], why: str) -> RoundAggregate:
+    """A round with no contribution: the global adapter stays as it is, and the run goes on."""
+    zeros = {n: np.zeros(shape, np.float32) for n, shape in shapes.items()}
+    return RoundAggregate(zeros, [], {"skipped": why})
+
+
+def burst_problem(
+    iq: np.ndarray, own: ota.GroupStats, shared: ota.GroupStats, sizes: list[int]
+) -> str | None:
+    """Is a burst what the node's own statistics allow? Normalised by the shared statistics,
+    its update has mean power sum_g n_g (v_kg + (mu_kg - mu_g)^2) / v_g per real; a burst far
+    above that carries something other than the update its statistics describe."""
+    expected = sum(
+        n * (own.var[g] + (own.mean[g] - shared.mean[g]) ** 2) / shared.var[g] for g, n in enumerate(sizes)
+    ) / max(sum(sizes), 1)
+    measured = float(np.mean(np.square(iq, dtype=np.float64))) * iq.size / max(sum(sizes), 1)
+    if measured > BURST_POWER_SLACK * expected + 1e-6:
+        return f"burst power {measured:.3g} per real; its own statistics allow {expected:.3g}"
+    return None
+
+
+# A burst may exceed the power its statistics predict by this factor (float32 rounding, padding).
+BURST_POWER_SLACK = 1.5
 
 
 class FedAvgRound:
@@ -79,7 +118,10 @@ class FedAvgRound:
         self.ctx.phases.enter("aggregate")
         uploads = self.ctx.peers.uploads
         updates = {k: uploads[(MsgType.DIGITAL, k)].frames["update"] for k in delivered}
-        return RoundAggregate(_fedavg(updates, plan), delivered)
+        return RoundAggregate(_fedavg(updates, plan, self.ctx.fl.transport.clip_norm), delivered)
+
+    def skip(self, r: int, why: str) -> RoundAggregate:
+        return _skip(self.ctx.shapes, why)
 
 
 class OtaRound:
@@ -91,6 +133,9 @@ class OtaRound:
     def __init__(self, ctx: RoundContext) -> None:
         self.ctx = ctx
         self.num_reals = int(sum(math.prod(shape) for shape in ctx.shapes.values()))
+
+    def skip(self, r: int, why: str) -> RoundAggregate:
+        return _skip(self.ctx.shapes, why)
 
     def _stats_of(self, k: int) -> ota.GroupStats:
         body = self.ctx.peers.uploads[(MsgType.STATS, k)].body
@@ -132,9 +177,21 @@ class OtaRound:
         sent = peers.collect(MsgType.OTA, delivered, deadline)
         if ctx.fl.digital_reference:
             peers.collect(MsgType.DIGITAL, sent, min(deadline, time.monotonic() + 1.0), reference=True)
+        own = {k: self._stats_of(k) for k in sent}
+        sizes = [math.prod(ctx.shapes[n]) for n in shared.names]
+        for k in sent:
+            msg = peers.uploads[(MsgType.OTA, k)]
+            problem = (
+                None
+                if msg.body["sent_locally"]
+                else burst_problem(msg.frames["symbols"]["iq"], own[k], shared, sizes)
+            )
+            if problem is not None:
+                peers.drop(k, f"OTA burst: {problem}")
+        sent = [k for k in sent if k not in peers.dropped]
         refs = {k: peers.references[k].frames["update"] for k in sent if k in peers.references}
         if not sent:
-            raise FLError(f"round {r}: no node sent its OTA burst by the deadline")
+            return _skip(ctx.shapes, "no node sent a usable OTA burst by the deadline")
         metrics: dict[str, Any] = {
             "eta": pre.eta,
             "predicted_mse": pre.mse,
@@ -151,15 +208,15 @@ class OtaRound:
                     symbols = pairs_to_complex(msg.frames["symbols"]["iq"])
                     if symbols.size != n_sym:
                         raise FLError(f"node {k} sent {symbols.size} symbols, the slot holds {n_sym}")
-                    scale = ota.from_complex_list([msg.body["b_k"]])[0]
-                    ctx.air.send(k, symbols, scale, slot_s)
+                    # The b_k this coordinator assigned, never the one the node reports.
+                    ctx.air.send(k, symbols, b_k[k], slot_s)
             estimate = OverTheAir.receive(ctx.air, pre, self.num_reals, slot_s, m, total, shared, ctx.shapes)
         except Exception as exc:  # noqa: BLE001 - the air failed: fall back to the digital copies
             if set(refs) != set(sent):
                 raise
             peers.event("ota_fallback", why=str(exc))
             metrics["fallback"] = True
-            estimate = _fedavg(refs, plan)
+            estimate = _fedavg(refs, plan, ctx.fl.transport.clip_norm)
         ctx.phases.enter("aggregate")
         if set(refs) == set(sent) and not metrics["fallback"]:
             metrics.update(_error_against(estimate, _fedavg(refs, plan)))

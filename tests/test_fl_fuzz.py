@@ -147,6 +147,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         coord.peers.pump(0.02)
     assert 0 in coord.nodes
     coord.peers.new_round(1)
+    coord.peers.selected = {0}
     yield coord, dealer
     dealer.close()
     coord.close(say_bye=False)
@@ -217,6 +218,7 @@ def test_the_coordinator_refuses_each_bad_upload_and_keeps_the_good_ones(
     coord, dealer = live
     identity = P.node_identity(0)
     coord.peers.new_round(1)
+    coord.peers.selected = {0}
     rejected, stale = len(coord.rejected), _stale_events(coord)
     coord.loop.last_seen[identity] = time.monotonic()
     msg = _upload(coord, kind, defect, scale)

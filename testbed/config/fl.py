@@ -65,6 +65,19 @@ class TransportSection(Section):
     connect: str = Field("", description="the address nodes dial; '' = the bind address")
     join_timeout_s: PositiveFloat = Field(120.0, description="how long the coordinator waits for every node")
     ota_guard_s: NonNegFloat = Field(0.05, description="OTA slot time = radio time now + this guard")
+    # Against a hostile peer holding a valid key (fl.admission, fl.peers).
+    peer_rate_hz: PositiveFloat = Field(
+        50.0, description="messages a second one peer may send (heartbeats too)"
+    )
+    peer_burst: int = Field(200, ge=1, description="messages one peer may send at once, above the rate")
+    inbox_size: int = Field(4096, ge=16, description="messages waiting for the coordinator, at most")
+    inbox_per_peer: int = Field(256, ge=4, description="of which from any one peer, at most")
+    max_missed_rounds: int = Field(
+        2, ge=1, description="rounds a selected, heartbeating node may deliver nothing before it is dropped"
+    )
+    clip_norm: PositiveFloat | None = Field(
+        None, description="scale each digital update down to this L2 norm before averaging (robust FedAvg)"
+    )
 
 
 class FLSection(Section):
