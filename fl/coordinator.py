@@ -42,16 +42,15 @@ from fl import ota
 from fl.aggregation import apply_update, payload_names
 from fl.checkpoint import append_record, load_checkpoint, save_checkpoint
 from fl.keys import KeyLayout
+from fl.messages import MAX_HEADER_BYTES, inbound_frame_cap
 from fl.peers import NodeInfo, Peers, RadioTimeSkew
 from fl.phases import TIMING_SLICES, PhaseClock
 from fl.protocol import (
     COORDINATOR,
-    MAX_HEADER_BYTES,
     Message,
     MsgType,
     SocketLoop,
     build_frame,
-    inbound_frame_cap,
 )
 from fl.round_plan import Planner, RoundPlan
 from fl.strategies import RoundAggregate, RoundContext, round_strategy

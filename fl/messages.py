@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from drivers.errors import ProtocolError
 
 MAX_INT = 2**63 - 1
+MAX_HEADER_BYTES = 1024 * 1024
+# Every message the protocol defines carries at most one tensor frame; a few spare.
+MAX_FRAMES = 4
 # Deep enough for every message the project sends (header > body > metrics > timing), far from
 # the interpreter's recursion limit (a 985-deep object ended the run in json.dumps).
 MAX_DEPTH = 12
@@ -92,6 +96,34 @@ def load_json(raw: bytes | memoryview, where: str) -> Any:
     if depth(value) > MAX_DEPTH:
         raise ProtocolError(f"{where} nests more than {MAX_DEPTH} levels deep")
     return value
+
+
+def inbound_frame_cap(shapes: Mapping[str, tuple[int, ...]], configured: int) -> int:
+    """The largest frame a peer of this run needs to send: the adapter (tensor ``shapes``) as
+    one float32 safetensors frame (the biggest tensor frame of any message) plus room for its
+    header, or the header cap; never above the configured ``fl.transport.max_message_bytes``."""
+    reals = sum(math.prod(shape) for shape in shapes.values())
+    need = max(4 * reals + 64 * 1024 + 256 * len(shapes), MAX_HEADER_BYTES)
+    return int(min(configured, need))
+
+
+def message_size_problem(
+    sizes: list[int], max_frame_bytes: int | None, max_total_bytes: int | None
+) -> str | None:
+    """Frame count and sizes, checked before a byte of the message is parsed."""
+    if not sizes:
+        return "empty message"
+    if len(sizes) > MAX_FRAMES + 1:
+        return f"{len(sizes)} frames; at most {MAX_FRAMES} tensor frames are allowed"
+    if sizes[0] > MAX_HEADER_BYTES:
+        return f"header frame is {sizes[0]} bytes, over {MAX_HEADER_BYTES}"
+    if max_frame_bytes is not None:
+        for i, n in enumerate(sizes):
+            if n > max_frame_bytes:
+                return f"frame {i} is {n} bytes, over the cap of {max_frame_bytes}"
+    if max_total_bytes is not None and sum(sizes) > max_total_bytes:
+        return f"the message is {sum(sizes)} bytes, over the cap of {max_total_bytes}"
+    return None
 
 
 # --- field types ----------------------------------------------------------------------------------

@@ -33,15 +33,14 @@ from fl.aggregation import payload_names
 from fl.airlink import AirTransmitter
 from fl.clocks import apply_clock, modeled_energy_j
 from fl.keys import KeyLayout, node_name
+from fl.messages import MAX_HEADER_BYTES, inbound_frame_cap
 from fl.protocol import (
     COORDINATOR,
-    MAX_HEADER_BYTES,
     Message,
     MsgType,
     SocketLoop,
     complex_to_pairs,
     empty_frame,
-    inbound_frame_cap,
     node_identity,
 )
 

@@ -38,15 +38,17 @@ import zmq
 
 from drivers.errors import ProtocolError
 from fl.admission import Audit, BoundedInbox, PeerRates
-from fl.messages import check_body, load_json
+from fl.messages import (
+    MAX_HEADER_BYTES,
+    check_body,
+    load_json,
+    message_size_problem,
+)
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_NAME = "ma-ota-fl"
 PROTOCOL_VERSION = 1
-MAX_HEADER_BYTES = 1024 * 1024
-# Every message the protocol defines carries at most one tensor frame; a few spare.
-MAX_FRAMES = 4
 COORDINATOR = -1  # the ``node`` field of messages the coordinator sends
 MAX_NODE = 1_000_000
 MAX_ROUND = 10_000_000
@@ -259,34 +261,6 @@ def _buffer(frame: Any) -> memoryview:
     return memoryview(frame)
 
 
-def inbound_frame_cap(shapes: Mapping[str, tuple[int, ...]], configured: int) -> int:
-    """The largest frame a peer of this run needs to send: the adapter (tensor ``shapes``) as
-    one float32 safetensors frame (the biggest tensor frame of any message) plus room for its
-    header, or the header cap; never above the configured ``fl.transport.max_message_bytes``."""
-    reals = sum(math.prod(shape) for shape in shapes.values())
-    need = max(4 * reals + 64 * 1024 + 256 * len(shapes), MAX_HEADER_BYTES)
-    return int(min(configured, need))
-
-
-def message_size_problem(
-    sizes: list[int], max_frame_bytes: int | None, max_total_bytes: int | None
-) -> str | None:
-    """Frame count and sizes, checked before a byte of the message is parsed."""
-    if not sizes:
-        return "empty message"
-    if len(sizes) > MAX_FRAMES + 1:
-        return f"{len(sizes)} frames; at most {MAX_FRAMES} tensor frames are allowed"
-    if sizes[0] > MAX_HEADER_BYTES:
-        return f"header frame is {sizes[0]} bytes, over {MAX_HEADER_BYTES}"
-    if max_frame_bytes is not None:
-        for i, n in enumerate(sizes):
-            if n > max_frame_bytes:
-                return f"frame {i} is {n} bytes, over the cap of {max_frame_bytes}"
-    if max_total_bytes is not None and sum(sizes) > max_total_bytes:
-        return f"the message is {sum(sizes)} bytes, over the cap of {max_total_bytes}"
-    return None
-
-
 def decode(
     frames: list[Any], max_frame_bytes: int | None = None, max_total_bytes: int | None = None
 ) -> Message:
@@ -360,8 +334,32 @@ class SocketLoop:
     sender's rate (``rate_hz`` with ``burst``), the CURVE key its identity is bound to
     (``bound_key(identity)``: a routing id cannot be used with another node's key), then the
     strict decode. A refused message is dropped, counted in ``audit`` and, on a ROUTER, answered
-    with an ERROR (except when its sender is over its rate: a flood gets no echo). The inbox holds
-    at most ``inbox_size`` messages, ``inbox_per_peer`` from any one peer (0: no bound).
+    with an ERROR (except when its sender is over its rate: a flood gets no echo).
+
+    Parameters
+    ----------
+    socket
+        The ROUTER (coordinator) or DEALER (node) socket; this thread alone uses it.
+    router
+        True for a ROUTER: frames start with the peer's routing id.
+    heartbeat_s
+        How often to send a heartbeat to every peer.
+    sender_node
+        The ``node`` field of this side's heartbeats and ERRORs.
+    max_frame_bytes
+        Largest frame accepted (None: no cap beyond ZeroMQ's MAXMSGSIZE).
+    max_total_bytes
+        Largest message, all frames together (None: no cap).
+    rate_hz
+        Messages a second one peer may send, heartbeats included (None: no limit).
+    burst
+        Messages one peer may send at once above the rate.
+    inbox_size
+        Messages waiting in ``inbox``, at most (0: no bound).
+    inbox_per_peer
+        Of which from any one peer, at most (0: no bound).
+    bound_key
+        ``bound_key(identity)``: the CURVE key (z85) that identity must come with, or None.
     """
 
     def __init__(
