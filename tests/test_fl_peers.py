@@ -148,7 +148,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     from fl.coordinator import Coordinator
     from fl.runner import round_robin_planner
 
-    cfg = load_config(None, BASE + ["fl.transport.insecure=true", "fl.transport.clip_norm=1.0"])
+    cfg = load_config(None, BASE + ["fl.transport.insecure=true"])
     coord = Coordinator(cfg, tmp_path_factory.mktemp("peers") / "run", round_robin_planner(cfg))
     coord.bind()
     dealer = _join(coord, 0)
@@ -256,9 +256,13 @@ def test_updates_are_clipped_to_the_configured_norm_and_weighted_by_the_plan(liv
     coord.peers.selected = {0}
     _deliver(coord, _digital(coord, 1e3))  # within physics, but it would poison the model
     plan = RoundPlan(1, [0], 1, 1e-3, {0: 2}, {0: 1e9}, {0: 0.5})
-    agg = coord.strategy.aggregate(1, plan, [0], None)
+    coord.fl.transport.clip_norm = 1.0
+    try:
+        agg = coord.strategy.aggregate(1, plan, [0], None)
+    finally:
+        coord.fl.transport.clip_norm = None
     norm = np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in agg.update.values()))
-    assert norm == pytest.approx(1.0, rel=1e-5)  # fl.transport.clip_norm=1.0
+    assert norm == pytest.approx(1.0, rel=1e-5)
 
 
 class _Air:
