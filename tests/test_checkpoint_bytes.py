@@ -43,7 +43,7 @@ sys.path.insert(0, sys.argv[2])
 from test_checkpoint_bytes import adapter
 from fl.checkpoint import save_checkpoint
 out = Path(sys.argv[1])
-save_checkpoint(out, 3, adapter(), "standard", {"round": 3}, [])
+save_checkpoint(out, 3, adapter(), "standard", {"round": 3})
 print(hashlib.sha256((out / "checkpoints" / "round-0003" / "adapter.safetensors").read_bytes()).hexdigest())
 """
 
@@ -58,6 +58,6 @@ def test_every_process_writes_the_same_bytes(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=120, check=True,
         )  # fmt: skip
         digests.add(out.stdout.strip())
-    save_checkpoint(tmp_path / "here", 3, adapter(), "standard", {"round": 3}, [])
+    save_checkpoint(tmp_path / "here", 3, adapter(), "standard", {"round": 3})
     here = (tmp_path / "here" / "checkpoints" / "round-0003" / "adapter.safetensors").read_bytes()
     assert digests == {hashlib.sha256(here).hexdigest()}

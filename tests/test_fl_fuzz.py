@@ -8,12 +8,18 @@
   node stays in the run and the socket thread stays up.
 - The node: plans and shared statistics with one defect each, stale rounds, messages claiming
   another sender or a type only nodes send are refused and logged, never acted on.
+- Every message type (issue 19) with finite extremes, huge integers, deep nesting, wrong types
+  and odd safetensors headers: decoded or refused, and what decodes neither the coordinator nor
+  a node fails on; and a whole federation's run finishes while a peer sends such garbage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -389,3 +395,182 @@ def test_while_waiting_for_shared_stats_the_node_refuses_other_rounds_and_bad_pl
     got = node._await(MsgType.SHARED_STATS, 5, 5.0)
     assert got is not None and got.round == 5
     assert [r["type"] for r in node.rejected[count:]] == ["shared_stats", "plan"]
+
+
+# --- every message type, with finite extremes, huge integers, deep nesting, wrong types -----------
+_SAMPLES: dict[str, dict[str, Any]] = {
+    "hello": {"capabilities": {"incarnation": "x", "samples": 4}},
+    "welcome": {"run_id": "r", "next_round": 1},
+    "heartbeat": {},
+    "time_report": {"pps_edge_unix_s": 1.0, "radio_time_s": 0.5, "source": "HostClock"},
+    "plan": {
+        "version": 0,
+        "local_steps": 1,
+        "batch": 2,
+        "lr": 1e-3,
+        "clock_hz": 1e9,
+        "selected": [0],
+        "aggregation": "digital",
+        "lora_mode": "ffa",
+        "slot_s": 0.0,
+        "b_k": [1.0, 0.0],
+        "deadline_s": 1.0,
+        "weight": 2.0,
+    },  # fmt: skip
+    "stats": {
+        "weight": 4.0,
+        "groups": ["a"],
+        "mean": [0.0],
+        "var": [1.0],
+        "metrics": {"loss": 1.0, "timing": {"train_s": 0.1}},
+    },  # fmt: skip
+    "shared_stats": {"mean": [0.0], "var": [1.0], "b_k": [1.0, 0.0], "slot_s": 1.0, "num_symbols": 1},
+    "ota": {"slot_s": 1.0, "b_k": [1.0, 0.0], "sent_locally": True},
+    "digital": {"weight": 4.0, "purpose": "update", "metrics": {"update_sq_norm": 1.0}},
+    "result": {"metrics": {"val_loss": 1.0}, "version": 1},
+    "bye": {},
+    "error": {"code": "x", "reason": "y"},
+}
+# Placeholders the encoder swaps for text json.dumps cannot (or Python will not) produce.
+_RAW = {
+    '"@BIG@"': "9" * 4301,
+    '"@NEG_BIG@"': "-" + "9" * 400,
+    '"@INF_LITERAL@"': "1e999",
+    '"@NAN@"': "NaN",
+    '"@DEEP@"': '{"x":' * 500 + "0" + "}" * 500,
+}
+evil_values = st.one_of(
+    st.sampled_from(sorted(_RAW)).map(lambda s: s.strip('"')),
+    st.sampled_from([1e308, -1e308, 3.4e38, -3.4e38, 5e-324, 0.0, -0.0, 2**63, -(2**63), 2**64, 10**30]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=20),
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=5),
+    json_values,
+)
+odd_tensor_entries = st.fixed_dictionaries(
+    {
+        "dtype": st.one_of(st.sampled_from(["F32", "F64", "U8", "BOOL", "X9"]), st.lists(st.text(max_size=3), max_size=2), st.integers()),
+        "shape": st.one_of(
+            st.lists(st.integers(-2, 2**33), max_size=4),
+            st.sampled_from([[2**32, 2**32], [2**16] * 4, [True], [1.5]]),
+            st.text(max_size=3),
+        ),
+        "data_offsets": st.one_of(st.lists(st.integers(-5, 2**40), min_size=0, max_size=3), st.sampled_from([[0, 0], [0, 16]])),
+    }
+)  # fmt: skip
+
+
+@st.composite
+def any_message(draw: st.DrawFn) -> list[bytes]:
+    kind = draw(st.sampled_from(sorted(_SAMPLES)))
+    body = copy.deepcopy(_SAMPLES[kind])
+    for _ in range(draw(st.integers(0, 3))):
+        keys = sorted(body) + ["extra"]
+        body[draw(st.sampled_from(keys))] = draw(evil_values)
+    if isinstance(body.get("metrics"), dict) and draw(st.booleans()):
+        body["metrics"][draw(st.sampled_from(["loss", "update_sq_norm", "timing", "pad"]))] = draw(
+            evil_values
+        )
+    header = {"proto": "ma-ota-fl", "v": 1, "type": kind, "round": draw(st.sampled_from([0, 1, 2, "@BIG@"])),
+              "node": draw(st.sampled_from([0, 1, -1, 7])), "body": body, "manifest": []}  # fmt: skip
+    frames: list[bytes] = []
+    if draw(st.booleans()):
+        text = json.dumps({"t": draw(odd_tensor_entries)}).encode()
+        frame = len(text).to_bytes(8, "little") + text + bytes(draw(st.sampled_from([0, 8, 16])))
+        header["manifest"] = [
+            {"name": draw(st.sampled_from(["update", "symbols", "adapter"])), "bytes": len(frame)}
+        ]
+        frames.append(frame)
+    raw = json.dumps(header)
+    for marker, text in _RAW.items():
+        raw = raw.replace(marker, text)
+    return [raw.encode(), *frames]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=any_message())
+def test_no_message_of_any_type_ends_the_coordinator_or_the_node(
+    live: Any, node: Any, frames: list[bytes]
+) -> None:
+    coord, dealer = live
+    try:
+        msg = P.decode(frames, max_frame_bytes=200_000)
+    except ProtocolError:
+        return
+    # What decodes has every field typed and in range: the coordinator handles it...
+    identity = P.node_identity(0)
+    coord.peers.new_round(1)
+    coord.peers.selected = {0}
+    coord.nodes[0].alive = True  # an earlier example may have said BYE for it
+    coord.loop.last_seen[identity] = time.monotonic()
+    coord.loop.inbox.put((identity, msg))
+    coord.peers.pump(0.0)  # raises if anything escapes
+    assert coord.loop.error is None
+    for value in (msg.body, coord.rejected[-1:] or None):
+        json.dumps(value, allow_nan=False)  # and whatever it records stays plain JSON
+    # ...and so does a node (a PLAN here has no valid adapter, so nothing trains).
+    node.round = 3
+    assert node.handle(msg) in (None, 0, 2)
+
+
+_EVIL = ["@BIG@", "@NEG_BIG@", "@INF_LITERAL@", "@NAN@", "@DEEP@", 1e308, -1e308, 3.4e38, 2**64, -1, 0, "", None,
+         True, [1e308] * 3, {"x": {"y": [None]}}]  # fmt: skip
+
+
+def _garbage(rng: random.Random) -> list[bytes]:
+    """A message of any type with up to three fields set to extremes (the fuzz's, seeded)."""
+    kind = rng.choice(sorted(_SAMPLES))
+    body = copy.deepcopy(_SAMPLES[kind])
+    for _ in range(rng.randint(0, 3)):
+        body[rng.choice([*sorted(body), "extra"])] = rng.choice(_EVIL)
+    header = {"proto": "ma-ota-fl", "v": 1, "type": kind, "round": rng.choice([0, 1, 2]), "node": rng.choice([0, 1]),
+              "body": body, "manifest": []}  # fmt: skip
+    raw = json.dumps(header)
+    for marker, text in _RAW.items():
+        raw = raw.replace(marker, text)
+    return [raw.encode()]
+
+
+@pytest.mark.timeout(240)
+def test_the_honest_nodes_run_finishes_while_a_peer_sends_garbage(tmp_path: Path) -> None:
+    from fl.runner import LocalFederation
+
+    cfg = load_config(
+        None,
+        [*OVERRIDES, "fl.rounds=2", "fl.aggregation=digital", "fl.transport.join_timeout_s=60",
+         "fl.transport.round_deadline_s=60", "fl.transport.max_message_bytes=10000000"],
+    )  # fmt: skip
+    fed = LocalFederation(cfg, tmp_path / "run", node_mode="thread")
+    fed.coordinator.bind()
+    stop = threading.Event()
+
+    def attack() -> None:
+        ctx = zmq.Context()  # its own: the coordinator's context ends with the run
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, b"mallory")
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(fed.coordinator.endpoint)
+        rng = random.Random(0)
+        while not stop.is_set():
+            for _ in range(20):
+                with contextlib.suppress(zmq.Again):
+                    sock.send_multipart(_garbage(rng), zmq.NOBLOCK)
+            time.sleep(0.01)
+        sock.close()
+        ctx.term()
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    try:
+        metrics = fed.run()
+    finally:
+        stop.set()
+        attacker.join(timeout=5)
+    assert [m["round"] for m in metrics] == [1, 2]
+    assert all(m["delivered"] == m["selected"] and not m["dropped"] for m in metrics)
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    refused = [e for e in events if e["event"] in ("refused", "rejected") and e.get("identity") == "mallory"]
+    assert refused  # the garbage was seen, refused and recorded
