@@ -15,7 +15,8 @@ run one after another, each batch safe by the same test; ``policy="refuse"`` rai
 A move that no order makes safe raises ``NoSafeOrder`` (a ``StageLimitError``) naming the two
 stages, the distance they would reach and the clearance, and nothing moves. ``policy="route"``
 then tries one antenna at a time, each straight or along an L-shaped path around the standing
-ones (``route_legs``), every leg checked by the same rules; the lab's arrays use it, so the
+ones (``route_legs``), then along grid paths around them, with an antenna stepping aside first
+where no order works (``route_moves``), every leg checked by the same rules; the lab's arrays use it, so the
 campaign raster, ``testbed run`` and ``testbed stage move`` share one gate and one router (``drivers.stage_axis.StageAxis`` gives
 bluesky the same gate). Homing passes it too (``homing_order``).
 
@@ -38,6 +39,7 @@ from drivers.stage_geometry import (
     box_gap,
     point_segment_distance,
     route_legs,
+    route_moves,
     segment_distance,
 )
 
@@ -238,7 +240,17 @@ class StageArray:
         goal = {**here, **self._targets(positions)}
         legs = route_legs(here, goal, self.min_spacing_m)
         if legs is None:
-            raise NoSafeOrder(f"{blocked}; no one-at-a-time L-shaped detour avoids it either") from None
+            # around the others on a grid of D/2, stepping one aside first where no order works
+            boxes = {}
+            for n, stage in self.stages.items():
+                (ox, oy), (tx, ty) = self.origins_m[n], stage.limits.travel_m
+                boxes[n] = ((ox, oy), (ox + tx, oy + ty))
+            legs = route_moves(here, goal, self.min_spacing_m, boxes)
+        if legs is None:
+            raise NoSafeOrder(
+                f"{blocked}; no one-at-a-time route around the others (with up to two antennas stepping "
+                "aside) avoids it either"
+            ) from None
         log.info("no straight move order keeps the clearance (%s); routing one antenna at a time", blocked)
         # Re-check every leg from where the antennas will then stand (travel, speed, spacing).
         where = dict(here)

@@ -192,6 +192,21 @@ def _plot_breakdown(rounds: list[dict[str, Any]], out: Path) -> Path | None:
     return _save(fig, out / "time_breakdown.png")
 
 
+def off_plan_rounds(rounds: list[dict[str, Any]], tol_m: float = 1e-3) -> list[tuple[int, float]]:
+    """The rounds whose antennas did not reach the plan (the move gate refused the move, or a
+    stage stopped short): (round, the largest distance of an antenna from its planned spot, m)."""
+    off = []
+    for r in rounds:
+        planned, reached = r.get("planned_positions_m"), r.get("positions_m")
+        if planned is None or reached is None:
+            continue
+        p, q = np.asarray(planned, dtype=float), np.asarray(reached, dtype=float)
+        gap = float(np.max(np.linalg.norm(p - q, axis=-1))) if p.shape == q.shape else float("inf")
+        if not gap <= tol_m:
+            off.append((int(r.get("round", 0)), gap))
+    return off
+
+
 def participation_counts(rounds: list[dict[str, Any]], num_clients: int) -> np.ndarray:
     counts = np.zeros(num_clients, dtype=int)
     for r in rounds:
@@ -393,6 +408,15 @@ def write_report(run_dir: str | Path, channel_map: dict[str, Any] | None = None)
         lines += ["Median round time breakdown (largest first):", "", *breakdown_table(median), ""]
     if counts.size and counts.any():
         lines.append(f"Participation per client: {counts.tolist()} (Jain's index {jain_index(counts):.3f})")
+        lines.append("")
+    if any(r.get("planned_positions_m") is not None for r in rounds):
+        off = off_plan_rounds(rounds)
+        if off:
+            where = ", ".join(f"round {k} ({gap * 1e3:.1f} mm off)" for k, gap in off)
+            lines.append(f"**Antennas off the plan** in {len(off)} of {len(rounds)} rounds: {where}; those rounds "
+                         "ran where the antennas stood (run.log says why).")  # fmt: skip
+        else:
+            lines.append("Every round's antennas reached their planned positions.")
         lines.append("")
     for title, path in figures.items():
         lines.append(f"## {title}")

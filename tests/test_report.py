@@ -85,3 +85,18 @@ def test_report_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (rec.run_dir / "report" / "report.md").exists()
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_flags_every_round_whose_antennas_missed_the_plan(tmp_path: Path) -> None:
+    """Issue 18 point 25: a round the move gate refused ran where the antennas stood; the report
+    names each such round and how far off it was."""
+    rec = RunRecorder.create(tmp_path, "r", "", fsync=False)
+    rec.start(num_clients=4, region_m=0.5)
+    plan = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1]])
+    for t in range(1, 5):
+        reached = plan + (0.02 if t in (2, 4) else 0.0)  # rounds 2 and 4 stayed 28.3 mm away
+        rec.event("round", round=t, selected=[0], dropped=[], positions_m=reached, planned_positions_m=plan)
+    rec.stop("success")
+    rec.close()
+    text = write_report(rec.run_dir).read_text()
+    assert "**Antennas off the plan** in 2 of 4 rounds: round 2 (28.3 mm off), round 4 (28.3 mm off)" in text

@@ -13,6 +13,7 @@ from stage_kit import WAIT_S, make_rig
 from drivers.errors import StageError, StageLimitError
 from drivers.positioner import MoveStatus, StageState, wait_all
 from drivers.stage_array import NoSafeOrder, StageArray, point_segment_distance, segment_distance
+from drivers.stage_geometry import route_moves
 
 D = 0.0625  # lambda / 2 at 2.4 GHz
 ORIGINS = {"a": (0.0, 0.0), "b": (0.1, 0.0), "c": (0.3, 0.0)}  # homed corners, region frame
@@ -177,12 +178,35 @@ def test_route_detours_one_antenna_when_no_straight_order_is_safe(array, rigs):
     wait_all(statuses, WAIT_S)
     assert status_a.success and array.positions()["a"] == pytest.approx((0.2, 0.0))
     assert [(pytest.approx(xy), done) for xy, done in legs] == [((0.2, 0.1), False), ((0.2, 0.0), False)]
-    # A swap along one line has no detour either: refused, nothing sent.
+
+
+def test_route_goes_around_where_no_l_shaped_detour_does(array, rigs):
+    """Issue 18 point 25: a swap along one line has no straight order and no L-shaped detour (the
+    gate used to refuse it, and the round ran where the antennas stood); routed on the grid, one
+    antenna goes around the other, every leg keeping D from the standing antennas."""
     wait_all(array.move_all({"a": (0.15, 0.1), "b": (0.15, 0.3)}, route=True), WAIT_S)
-    before = _sent(rigs)
-    with pytest.raises(NoSafeOrder, match="no one-at-a-time L-shaped detour avoids it either"):
-        array.move_all({"a": (0.15, 0.3), "b": (0.15, 0.1)}, route=True)
-    assert _sent(rigs) == before
+    goal = {"a": (0.15, 0.3), "b": (0.15, 0.1)}
+    legs = [leg for batch in array.route(goal) for leg in batch]
+    where = dict(array.positions())
+    for name, xy in legs:
+        for other, p in where.items():
+            if other != name:
+                assert point_segment_distance(p, where[name], xy) >= D - 1e-9
+        where[name] = xy
+    assert where["a"] == pytest.approx(goal["a"]) and where["b"] == pytest.approx(goal["b"])
+    wait_all(array.move_all(goal, route=True), WAIT_S)
+    assert array.positions() == {**{n: pytest.approx(p) for n, p in ORIGINS.items()},
+                                 **{n: pytest.approx(p) for n, p in goal.items()}}  # fmt: skip
+
+
+def test_route_moves_finds_none_in_a_corridor_swap():
+    """Two antennas confined to one line (a zero-width travel box) cannot pass each other."""
+    box = ((0.0, 0.0), (0.5, 0.0))
+    start, goal = {"a": (0.1, 0.0), "b": (0.3, 0.0)}, {"a": (0.3, 0.0), "b": (0.1, 0.0)}
+    assert route_moves(start, goal, D, {"a": box, "b": box}) is None
+    wide = ((0.0, 0.0), (0.5, 0.3))
+    legs = route_moves(start, goal, D, {"a": wide, "b": wide})
+    assert legs is not None and legs[-1][1] in (goal["a"], goal["b"])
 
 
 def test_move_status_repr_says_why_it_failed():
