@@ -4,9 +4,28 @@ Reads ``events.jsonl`` (``round`` events of experiments, ``plan`` events, ``poin
 campaigns) and ``summary.json``; writes PNGs and ``report/report.md``. A plot whose data the run
 does not have is left out, and the report says so, rather than drawn empty.
 
-Round events carry (any may be missing): round, selected, dropped, train_loss, val_loss,
-val_ppl, nmse_db, nmse_fpa_db, nmse_theory_db, snr_db, positions_m, latency_model_s,
-latency_wall_s, energy_model_j, energy_measured_j, num_clients, time_breakdown_s (slice -> s).
+A ``round`` event's data (any key may be missing; ``*_db`` in dB, ``*_s`` seconds, ``*_j`` joules):
+
+    round, scheme              the round number (from 1) and whose plan drove it
+    selected, dropped          the clients planned to send, and those that did not deliver
+    train_loss, val_loss, val_ppl   mean local train loss; validation loss and perplexity after it
+    nmse_db                    the aggregate's NMSE against the error-free sum (-inf: digital)
+    nmse_live_symbols_db       the same, measured on the symbols of this round's air
+    nmse_fpa_db                the NMSE the fixed half-wavelength array gets for the same updates
+    nmse_theory_db, nmse_fpa_theory_db   the analytic NMSE of each (system model, section 3)
+    effective_snr_db           the aggregate's effective SNR
+    positions_m, planned_positions_m     the antennas' positions read back, and as planned (N x 2)
+    latency_model_s, energy_model_j      the round's modelled latency and energy (the budgets')
+    latency_wall_s, energy_measured_j    measured wall time and energy (NVML; null without a GPU)
+    move_model_s, move_wall_s, plan_wall_s   modelled and measured movement, planner wall time
+    mse_predicted, eta, clocks_hz        the plan's predicted MSE, its OTA scale, the clients' clocks
+    cycles_per_sample, cost_model        how the round's compute was priced (fl/cost.py)
+    bound_constants            each constant of the bound with its source
+    jain_fairness, num_clients Jain's index of participation so far; U
+    update_sq_norms, aggregate_sq_norm   each client's and the aggregate's update energy
+    time_breakdown_s           where the round's wall time went: slice -> s (they add up)
+    node_timing_s              each node's own slices (load, train, update)
+    memory_plans               per node: 4-bit and gradient checkpointing as chosen, and why
 Plots are drawn on the Agg canvas (no pyplot) and cached by a hash of their data in
 ``report/.plots.json``: rewriting a report redraws only the plots whose data changed.
 """

@@ -22,6 +22,8 @@ from pathlib import Path
 import dryrun_kit
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs"))
+
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "docs" / "tutorials"
 NOT_RUN = re.compile(r"<!-- not run by the tests: (.+?) -->\s*$")
@@ -143,6 +145,15 @@ def test_tutorial_1_the_first_dry_run(tmp_path: Path) -> None:
     assert "initial val loss (before round 1)" in report and "| slice | median (ms) | share |" in report
     assert "_No data" not in report
     assert re.search(r"round 2: round_done", out)
+    # The record formats page documents every key a real round record has.
+    import hooks  # docs/hooks.py (tests/test_docs.py puts docs/ on the path too)
+
+    records = hooks.records_page()
+    for line in (run / "events.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        if doc.get("kind") == "round":
+            missing = [k for k in doc["data"] if not re.search(rf"\b{k}\b", records)]
+            assert not missing, f"round keys missing from the record formats page: {missing}"
 
 
 @pytest.mark.slow
@@ -195,4 +206,4 @@ def test_tutorial_5_watch_stop_and_resume(tmp_path: Path) -> None:
         if '"doc": "stop"' in line
     ]
     assert [s["status"] for s in stops] == ["stopped", "success"]
-    assert json.loads((run / "summary.json").read_text())["rounds"] == 20
+    assert json.loads((run / "summary.json").read_text())["rounds"] == 12
