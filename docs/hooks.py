@@ -54,7 +54,7 @@ def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Literal:
-        return "one of " + ", ".join(f"`{a}`" for a in args)
+        return ("one of " if len(args) > 1 else "") + ", ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if origin is typing.Annotated:

@@ -47,7 +47,10 @@ def test_the_config_reference_has_every_field_with_type_default_limits_and_descr
         row
         == "| `lab.stages.<name>.travel_m` | float | `0.5` | <= 5.0, > 0, finite | usable travel along X and Y |"
     )
-    assert "one of `sim`, `grbl`, `zaber`" in page
+    assert "one of `sim`, `grbl`, `zaber`" in page and "| bool or `auto` |" in page
+    # Every field says what it is: in its model's description (or an example config's comment).
+    undescribed = [line for line in page.splitlines() if line.startswith("| `") and line.endswith("|  |")]
+    assert not undescribed, undescribed
     assert "| `lab.stages` | map of name to StageSection | `ma0`, `ma1`, `ma2`, `ma3` |" in page
 
 

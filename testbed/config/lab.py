@@ -22,7 +22,9 @@ from testbed.config.base import (
 class StageSection(Section):
     """One XY stage carrying one receive antenna."""
 
-    backend: Literal["sim", "grbl", "zaber"] = "sim"
+    backend: Literal["sim", "grbl", "zaber"] = Field(
+        "sim", description="sim: a GRBL emulator in process; grbl or zaber: the controller on `port`"
+    )
     port: str = Field("", description="pyserial URL: /dev/ttyUSB0, socket://host:port, or '' for sim")
     travel_m: PositiveFloat = Field(0.5, le=5.0, description="usable travel along X and Y")
     origin_m: tuple[FiniteFloat, FiniteFloat] = Field(
@@ -31,10 +33,12 @@ class StageSection(Section):
     max_speed_m_s: PositiveFloat = Field(0.05, le=2.0)
     accel_m_s2: PositiveFloat = Field(0.5, le=50.0)
     home_on_start: bool = True
-    homing_timeout_s: PositiveFloat = 120.0
-    command_timeout_s: PositiveFloat = 2.0
+    homing_timeout_s: PositiveFloat = Field(120.0, description="the longest a homing cycle may take")
+    command_timeout_s: PositiveFloat = Field(
+        2.0, description="the longest wait for the controller's reply to one command"
+    )
     settle_s: NonNegFloat = 0.05
-    zaber_address: int = Field(1, ge=1, le=99)
+    zaber_address: int = Field(1, ge=1, le=99, description="zaber: the device's address on its daisy chain")
     sim_time_scale: PositiveFloat = Field(
         20.0, description="sim only: the emulator's clock runs this many times faster than real time"
     )
@@ -67,18 +71,26 @@ class ArraySection(Section):
 
 # --- radios and clients -------------------------------------------------------------------------
 class RadioSection(Section):
-    backend: Literal["sim", "usrp"] = "sim"
+    backend: Literal["sim", "usrp"] = Field(
+        "sim",
+        description="sim: a simulated radio on the simulated medium; usrp: a USRP behind a radio server",
+    )
     args: str = Field("", description="UHD device args, e.g. 'type=b200,serial=31A7F0B'")
     server: str = Field("", description="ZeroMQ address of the radio server; '' runs it in-process (sim)")
-    frequency_hz: PositiveFloat = 2.4e9
-    rate_sps: PositiveFloat = Field(1e6, le=200e6)
-    tx_gain_db: FiniteFloat = Field(50.0, ge=0, le=100)
-    rx_gain_db: FiniteFloat = Field(30.0, ge=0, le=100)
+    frequency_hz: PositiveFloat = Field(2.4e9, description="carrier frequency")
+    rate_sps: PositiveFloat = Field(1e6, le=200e6, description="sample rate")
+    tx_gain_db: FiniteFloat = Field(50.0, ge=0, le=100, description="TX gain, at most max_tx_gain_db")
+    rx_gain_db: FiniteFloat = Field(30.0, ge=0, le=100, description="RX gain")
     max_tx_gain_db: FiniteFloat = Field(70.0, ge=0, le=100, description="TX gain cap, enforced in the driver")
-    clock_source: Literal["internal", "external", "gpsdo"] = "internal"
-    time_source: Literal["internal", "external", "gpsdo"] = "internal"
-    tx_antenna: str = "TX/RX"
-    rx_antenna: str = "RX2"
+    clock_source: Literal["internal", "external", "gpsdo"] = Field(
+        "internal",
+        description="10 MHz reference; external: the lab's, shared by every radio for the timed OTA burst",
+    )
+    time_source: Literal["internal", "external", "gpsdo"] = Field(
+        "internal", description="PPS source; external: the lab's, shared by every radio"
+    )
+    tx_antenna: str = Field("TX/RX", description="the USRP port that transmits")
+    rx_antenna: str = Field("RX2", description="the USRP port that receives")
     client_key: str = Field(
         "", description="CURVE: this caller's NAME.key_secret; '' = plain text (loopback only)"
     )
@@ -106,7 +118,7 @@ class RadioSection(Section):
 class ClientsSection(Section):
     """The U single-antenna clients (FL nodes with their radios)."""
 
-    count: int = Field(4, ge=1, le=256)
+    count: int = Field(4, ge=1, le=256, description="U, the number of clients (FL nodes)")
     tx_power_w: PositiveFloat = Field(0.1, le=10.0, description="P_k, the per-client power budget")
     distance_m: tuple[PositiveFloat, PositiveFloat] = Field(
         (20.0, 80.0), description="sim: clients' distances to the receiver are drawn in this range"
@@ -132,23 +144,33 @@ class ClientsSection(Section):
 class ImpairmentsSection(Section):
     """Hardware effects of the simulated medium; each can be switched off."""
 
-    awgn: bool = True
-    cfo_hz_max: NonNegFloat = 200.0
-    phase_drift_rad_s: NonNegFloat = 0.5
-    timing_offset_samples_max: NonNegFloat = 0.3
-    random_lo_phase: bool = True
-    dac_clipping: bool = True
-    dac_full_scale: PositiveFloat = 1.0
+    awgn: bool = Field(True, description="add the receiver's noise")
+    cfo_hz_max: NonNegFloat = Field(
+        200.0, description="each radio's residual carrier frequency offset is drawn up to this"
+    )
+    phase_drift_rad_s: NonNegFloat = Field(0.5, description="the LO phase's drift rate")
+    timing_offset_samples_max: NonNegFloat = Field(
+        0.3, description="each burst's residual timing offset is drawn up to this (fractional samples)"
+    )
+    random_lo_phase: bool = Field(
+        True, description="a fresh random LO phase at every retune, as real radios have"
+    )
+    dac_clipping: bool = Field(True, description="clip samples above dac_full_scale, as a DAC does")
+    dac_full_scale: PositiveFloat = Field(1.0, description="the DAC's full-scale amplitude")
 
 
 class MediumSection(Section):
     """The simulated air: field-response channels (docs/explanation/system-model.md section 2) plus impairments."""
 
     paths: int = Field(10, ge=1, le=64, description="L, paths per client")
-    rician_k: NonNegFloat = 0.0
-    path_loss_exponent: PositiveFloat = Field(2.8, le=6.0)
+    rician_k: NonNegFloat = Field(
+        0.0, description="kappa, the Rician factor of each client's first path (0: Rayleigh)"
+    )
+    path_loss_exponent: PositiveFloat = Field(
+        2.8, le=6.0, description="sets each client's large-scale path loss beta_k from its distance"
+    )
     ref_loss_db: FiniteFloat = Field(40.0, description="path loss at 1 m")
-    noise_power_dbm: FiniteFloat = Field(-90.0, le=0)
+    noise_power_dbm: FiniteFloat = Field(-90.0, le=0, description="sigma^2, the receiver's noise power")
     tx_gain_ref_db: FiniteFloat = Field(
         60.0, description="sim calibration: the TX gain at which a unit-modulus sample radiates 1 W"
     )

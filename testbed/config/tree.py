@@ -17,9 +17,18 @@ from testbed.config.lab import LabSection
 
 
 class RunSection(Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
-    seed: int = Field(0, ge=0)
-    output_dir: Path = Path("runs")
+    name: str = Field(
+        "run",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=64,
+        description="the run's name: its folder is <output_dir>/<name>-<UTC time>",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="seeds the data split, initial weights, channels and noise (each round draws from seed and round)",
+    )
+    output_dir: Path = Field(Path("runs"), description="where run, campaign and compare folders are made")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="the run.log file's level"
     )
