@@ -374,22 +374,28 @@ def _summary_keys() -> str:
 
 # --- the paper's results ------------------------------------------------------------------------
 def paper_results(paper_dir: Path = DOCS / "paper") -> str:
-    """What ``make paper`` wrote into docs/paper/, as markdown; a note while it has not run."""
+    """What ``make paper`` wrote into docs/paper/, as markdown; a note while it has not run.
+
+    Its markdown files come first, their relative links pointed into paper/; then each figure
+    they do not show themselves; then the JSON as it is."""
     files = sorted(p for p in paper_dir.glob("*") if p.is_file()) if paper_dir.is_dir() else []
-    shown = [p for p in files if p.suffix in {".png", ".md", ".json"}]
-    if not shown:
+    markdown = [p for p in files if p.suffix == ".md"]
+    if not any(p.suffix in {".png", ".md", ".json"} for p in files):
         return (
             '!!! note "Not generated yet"\n'
             "    `make paper` runs the sweep and writes the figure, the table and the JSON into\n"
             "    `docs/paper/`; the next `make docs` shows them here.\n"
         )
-    out = []
-    for p in shown:
-        if p.suffix == ".png":
+    out: list[str] = []
+    for p in markdown:
+        text = p.read_text(encoding="utf-8").strip()
+        # Links written relative to docs/paper/ must resolve from this page, one folder up.
+        out += [re.sub(r"(\]\()(?![a-z]+:|/|#)", r"\1paper/", text), ""]
+    shown = "\n".join(out)
+    for p in files:
+        if p.suffix == ".png" and f"paper/{p.name}" not in shown:
             out += [f"![{p.stem}](paper/{p.name})", ""]
-        elif p.suffix == ".md":
-            out += [p.read_text(encoding="utf-8").strip(), ""]
-    for p in shown:
+    for p in files:
         if p.suffix == ".json":
             out += [f"`{p.name}`:", "", "```json", p.read_text(encoding="utf-8").strip(), "```", ""]
     return "\n".join(out)

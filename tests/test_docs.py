@@ -87,6 +87,10 @@ def test_the_paper_page_shows_bench_papers_files_or_says_how_to_make_them(tmp_pa
     assert "![figure](paper/figure.png)" in shown
     assert "| 1 | -3.2% |" in shown and '{"wall_s": 812.5}' in shown
     assert "make paper" not in shown
+    # A table that embeds its own figure, relative to docs/paper/: pointed into paper/, shown once.
+    (tmp_path / "table.md").write_text("![K panels](figure.png)\n\n| K | change |\n|---|---|\n")
+    shown = hooks.paper_results(tmp_path)
+    assert shown.count("paper/figure.png") == 1 and "![K panels](paper/figure.png)" in shown
 
 
 def test_the_readme_is_short_and_its_links_resolve() -> None:
