@@ -86,8 +86,9 @@ class SimNode:
     tx_amplitude: float = 0.0
     rx_amplitude: float = 1.0
     clock_offset_s: float = 0.0  # local time = medium time + offset (set_time_next_pps)
-    drift: np.ndarray = field(default_factory=lambda: np.zeros(0))  # phase per block
+    drift: np.ndarray = field(default_factory=lambda: np.zeros(0))  # phase per block from drift_origin
     drift_rates: np.ndarray = field(default_factory=lambda: np.zeros(0))  # rate per knot, rad/s
+    drift_origin: int = 0  # the block the drift starts from (0 at power-up; a round's start after reseed)
 
 
 def fractional_delay_taps(frac: float) -> np.ndarray:
@@ -159,10 +160,11 @@ class Oscillators:
         return rot[lead : lead + n]
 
     def drift(self, node: SimNode, b0: int, b1: int) -> np.ndarray:
-        """The node's drift phase at blocks [b0, b1), generated forward as needed."""
+        """The node's drift phase at blocks [b0, b1), generated forward from its origin as needed."""
+        origin = node.drift_origin
         have = node.drift.size
-        if b1 > have:
-            grow = max(b1 - have, 1024)
+        if b1 - origin > have:
+            grow = max(b1 - origin - have, 1024)
             block_s = self.block / self.rate_sps
             times = (have + np.arange(grow)) * block_s
             knots_needed = int(times[-1] // DRIFT_KNOT_S) + 2
@@ -177,8 +179,14 @@ class Oscillators:
             rates = np.interp(times / DRIFT_KNOT_S, np.arange(node.drift_rates.size), node.drift_rates)
             last = node.drift[-1] if have else 0.0
             node.drift = np.concatenate([node.drift, last + np.cumsum(rates * block_s)])
-        lo = max(b0, 0)
-        out = node.drift[lo:b1]
-        if b0 < 0:  # before time zero the drift is held at its start
-            out = np.concatenate([np.zeros(-b0), out])
+        lo = max(b0 - origin, 0)
+        out = node.drift[lo : b1 - origin] if b1 > origin else np.zeros(0)
+        if b0 < origin:  # before its origin the drift is held at its start
+            out = np.concatenate([np.zeros(min(origin, b1) - b0), out])
         return out
+
+    def restart_drift(self, node: SimNode, block: int) -> None:
+        """Start the node's drift afresh at ``block`` (drawn from ``node.rng`` from then on)."""
+        node.drift = np.zeros(0)
+        node.drift_rates = np.zeros(0)
+        node.drift_origin = int(block)

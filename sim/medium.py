@@ -34,6 +34,7 @@ keeps the nodes, the virtual clock, the scheduled bursts and the timed captures.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -47,6 +48,11 @@ from sim.channel import FieldResponseChannel, draw_lab_channel
 from sim.impairments import Impairments, Oscillators, PositionSource, SimNode
 from sim.links import FieldResponseLinks, LinkModel
 from sim.mixing import DELAY_REACH, AirMixer, Burst
+
+log = logging.getLogger(__name__)
+
+# Medium time between round starts (``Medium.start_round``): far more air time than a round uses.
+ROUND_EPOCH_S = 3600.0
 
 
 def dbm_to_w(power_dbm: float) -> float:
@@ -234,6 +240,35 @@ class Medium:
         with self._lock:
             self._now = max(self._now, int(round(time_s * self.rate_sps)))
             self._prune()
+
+    def reseed(self, rng: np.random.Generator) -> None:
+        """Draw every stream that runs on from ``rng`` from now on: the noise, and each node's
+        oscillator draws (drift, LO phase at a retune), its drift starting afresh now. A run
+        derives one ``rng`` per round from (seed, stream, round), so a run resumed at a round
+        draws what an uninterrupted run draws (with ``start_round`` for the clock)."""
+        with self._lock:
+            self._mixer.reseed(np.random.Generator(np.random.SFC64(int(rng.integers(2**63)))))
+            block = self._now // self.oscillators.block
+            for name in sorted(self._nodes):
+                node = self._nodes[name]
+                node.rng = np.random.default_rng(int(rng.integers(2**63)))
+                self.oscillators.restart_drift(node, block)
+
+    def start_round(self, round_index: int) -> None:
+        """Move the clock to round ``round_index``'s epoch (``ROUND_EPOCH_S`` apart), so every round
+        starts at the same medium time however the run got there (resumed or not); each node's
+        drift starts afresh there. A round that ran past its epoch's end only logs it."""
+        with self._lock:
+            epoch_s = round_index * ROUND_EPOCH_S
+            if self.time_s() > epoch_s:
+                log.warning(
+                    "medium: round %d starts at %.3f s, past its epoch %.0f s; a resumed run differs",
+                    round_index, self.time_s(), epoch_s,
+                )  # fmt: skip
+            self.advance_to(epoch_s)
+            block = self._now // self.oscillators.block
+            for node in self._nodes.values():
+                self.oscillators.restart_drift(node, block)
 
     def local_time_s(self, name: str) -> float:
         return self.time_s() + self.node(name).clock_offset_s

@@ -49,6 +49,10 @@ class AirMixer:
         self._noise_rng = noise_rng
         self._buffers: dict[str, np.ndarray] = {}
 
+    def reseed(self, noise_rng: np.random.Generator) -> None:
+        """Draw the noise from ``noise_rng`` from now on."""
+        self._noise_rng = noise_rng
+
     def render(
         self, rx: SimNode, bursts: list[Burst], links: LinkModel, noise_power_w: float, start: int, n: int
     ) -> np.ndarray:

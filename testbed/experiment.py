@@ -226,6 +226,10 @@ class Experiment:
         assert self.lab is not None
         seed = self.config.run.seed
         for stream, air in ((21, self.lab.air), (22, self.lab.fixed_air)):
+            # the IQ medium's clock: each round starts at its own epoch, resumed or not
+            start_round = getattr(air, "start_round", None)
+            if start_round is not None:
+                start_round(r)
             reseed = getattr(air, "reseed", None)
             if reseed is not None:
                 reseed(np.random.default_rng([seed, stream, r]))

@@ -111,9 +111,12 @@ def _adapter(run_dir: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_killed_after_round_2_and_resumed_equals_a_run_left_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("airlink", ["symbol", "radio"])
+def test_killed_after_round_2_and_resumed_equals_a_run_left_alone(tmp_path: Path, airlink: str) -> None:
+    """Both airs: the symbol-level one, and the IQ medium behind sim radios (issue 18 point 20:
+    its noise, oscillators and clock are keyed by round, so a resumed run draws the same air)."""
     config = str(ROOT / "configs" / "dryrun.yaml")
-    sets = [a for s in SHRINK for a in ("--set", s)]
+    sets = [a for s in [*SHRINK, f"fl.airlink={airlink}"] for a in ("--set", s)]
     alone, crashed = tmp_path / "alone", tmp_path / "crashed"
     for out in (alone, crashed):
         out.mkdir()

@@ -300,3 +300,28 @@ def test_medium_client_reports_bad_requests_and_a_missing_server() -> None:
     with pytest.raises(RadioError, match="medium server"):
         gone.info()
     assert time.monotonic() - start < 3.0  # a clear error, never a hang
+
+
+def test_a_round_draws_the_same_air_whether_resumed_or_not() -> None:
+    """Issue 18 point 20: the noise, the oscillators' drift and the clock are keyed by round
+    (``start_round`` + ``reseed`` with a (seed, stream, round) generator), so round 3 of a medium
+    that ran rounds 1 and 2 captures exactly what round 3 of a fresh one (a resumed run) does."""
+    imp = Impairments(
+        cfo_hz_max=100, phase_drift_rad_s=2.0, timing_offset_samples_max=0.3, random_lo_phase=True
+    )
+
+    def rounds(which: list[int]) -> np.ndarray:
+        medium, _ = _air(imp, seed=11, noise_w=1e-14)
+        tx, rx = _pair(medium, np.zeros((2, 2)))
+        got = None
+        for r in which:
+            medium.start_round(r)
+            medium.reseed(np.random.default_rng([11, 21, r]))
+            for _ in range(3 if r < 3 else 1):  # earlier rounds use the air more than once
+                t = rx.time_now() + 0.5
+                tx.transmit(_tone(300), t)
+                got = rx.receive(400, t - 50 / RATE).samples
+        assert got is not None
+        return got
+
+    np.testing.assert_array_equal(rounds([1, 2, 3]), rounds([3]))

@@ -209,6 +209,11 @@ class RadioAirReceiver:
         self._estimates.update(out)
         return out
 
+    def forget(self) -> None:
+        """Drop every estimate: the next pilots start afresh (a round of a reseeded air)."""
+        self._estimates.clear()
+        self._moved.clear()
+
     def antennas_moved(self) -> None:
         """The receive antennas moved: the estimates so far describe other channels, so the
         next pilot round of each client starts afresh (no phase hold, no CFO over the move)."""
@@ -255,6 +260,7 @@ class RadioAirLink:
         position_sink: Callable[[np.ndarray], None] | None = None,
         closers: Sequence[Callable[[], None]] = (),
         frame_symbols: int | None = None,
+        medium: Any = None,
     ) -> None:
         if frame_symbols is not None and frame_symbols < 1:
             raise ValueError(f"frame_symbols must be >= 1 or None (got {frame_symbols})")
@@ -265,6 +271,21 @@ class RadioAirLink:
         self._position_sink = position_sink
         self._closers = list(closers)
         self._pending: dict[int, dict[int, tuple[np.ndarray, complex]]] = {}
+        self._medium = medium  # the simulated air (sim.medium.Medium), or None with real radios
+
+    def reseed(self, rng: np.random.Generator) -> None:
+        """Sim: the medium draws its noise and oscillators from ``rng`` from now on (a run passes
+        one per round, keyed by (seed, stream, round)), and the pilots start afresh, so a resumed
+        run draws what an uninterrupted one does. Real radios: nothing to do."""
+        if self._medium is not None:
+            self._medium.reseed(rng)
+            self.receiver.forget()
+
+    def start_round(self, round_index: int) -> None:
+        """Sim: the medium's clock moves to the round's epoch (``Medium.start_round``)."""
+        if self._medium is not None:
+            self._medium.start_round(round_index)
+            self.receiver.forget()
 
     def set_positions(self, positions_m: np.ndarray) -> None:
         """The stages moved the antennas. In sim the medium is told (unless it reads the stages
@@ -403,6 +424,7 @@ def open_radio_airlink(
         position_sink=sink,
         closers=[r.close for r in radios],
         frame_symbols=frame_symbols or (2000 if unlocked else 20000),
+        medium=medium,
     )
 
 
