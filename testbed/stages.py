@@ -194,11 +194,16 @@ def probe_stage(name: str, section: StageSection) -> str:
         banner = getattr(stage, "banner", None)
         where = section.port or "emulator"
         who = f"{banner.strip()} " if banner else ""
+        # a board that restarts whenever its port opens loses its position to every command
+        restarted = "; it restarted when its port opened" if getattr(stage, "reset_at_open", False) else ""
         try:
             x, y = stage.position()
         except StageNotHomed:
-            return f"{who}on {where}: {stage.state.value}, position unknown until homed"
-        return f"{who}on {where}: {stage.state.value} at ({x * 1e3:.2f}, {y * 1e3:.2f}) mm"
+            settings = getattr(stage, "settings", None)
+            switchless = isinstance(settings, dict) and not settings.get(22)
+            until = "accepted (testbed stage accept-position)" if switchless else "homed"
+            return f"{who}on {where}: {stage.state.value}, position unknown until {until}{restarted}"
+        return f"{who}on {where}: {stage.state.value} at ({x * 1e3:.2f}, {y * 1e3:.2f}) mm{restarted}"
     finally:
         stage.close()
         for cleanup in cleanups:
