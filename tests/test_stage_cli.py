@@ -82,12 +82,11 @@ def test_bad_input_gives_clear_errors(config, capsys, argv, words):
             "spacing limit: targets put ma0 at (0.0, -0.25) and ma1 at (0.0, -0.25), 0.00 mm apart",
         ),
         (("-0.03", "-0.24"), "and ma1 at (0.0, -0.25), 31.62 mm apart; the minimum spacing is 62.46 mm"),
-        (("0.1", "-0.25"), "moving ma0 from (-0.25, -0.25) to (0.1, -0.25) would pass 0.00 mm from ma1"),
     ],
 )
 def test_move_onto_another_antenna_is_refused_before_any_byte(config, capsys, monkeypatch, target, words):
-    """`testbed stage move` passes the array's gate: ma0 onto, next to or through ma1 never
-    reaches a driver (the last one ends 100 mm from ma1 but its path runs through it)."""
+    """`testbed stage move` passes the array's gate: ma0 onto or next to ma1 never reaches a
+    driver."""
     from drivers.serial_stage import SerialStage
 
     sent = []
@@ -106,3 +105,34 @@ def test_move_onto_another_antenna_is_refused_before_any_byte(config, capsys, mo
         main(["stage", "move", "-0.2", "0.1", "--stage", "ma0", "--config", config]) == 0
     )  # a clear one goes
     assert sent == [pytest.approx((0.05, 0.35))]
+
+
+def test_move_through_another_antenna_goes_around_it(config, capsys, monkeypatch):
+    """ma0 to (0.1, -0.25) ends 100 mm from ma1, but the straight path runs through it: the gate
+    routes ma0 around (issue 18 point 25), every leg keeping the spacing from ma1."""
+    import math
+
+    from drivers.serial_stage import SerialStage
+    from drivers.stage_geometry import point_segment_distance
+
+    sent = []
+    real = SerialStage.move_to
+
+    def spy(self, xy, speed=None):
+        sent.append((self.name, xy))
+        return real(self, xy, speed)
+
+    monkeypatch.setattr(SerialStage, "move_to", spy)
+    assert main(["stage", "move", "0.1", "-0.25", "--stage", "ma0", "--config", config, "--json"]) == 0
+    (row,) = _json_rows(capsys.readouterr().out)
+    assert row["region_m"] == pytest.approx([0.1, -0.25])
+    legs = [(x - 0.25, y - 0.25) for name, (x, y) in sent if name == "ma0"]  # region frame
+    assert len(legs) >= 2 and all(name == "ma0" for name, _ in sent)
+    from testbed.config import load_config
+
+    spacing = load_config(config).lab.array.min_spacing_m
+    here, ma1 = (-0.25, -0.25), (0.0, -0.25)
+    for leg in legs:
+        assert point_segment_distance(ma1, here, leg) >= spacing - 1e-9
+        here = leg
+    assert math.dist(here, (0.1, -0.25)) < 1e-9
