@@ -270,7 +270,7 @@ def positions_figure(
         mesh = ax.pcolormesh(
             channel_map["x_m"], channel_map["y_m"], channel_map["gain_db"], shading="auto", cmap="viridis"
         )
-        fig.colorbar(mesh, ax=ax, label=channel_map.get("label", "channel gain (dB)"))
+        fig.colorbar(mesh, ax=ax, label=channel_map.get("label", "gain summed over the clients (dB)"))
     if tracks:
         stacked = np.stack(tracks)  # (rounds, N, 2)
         for n in range(stacked.shape[1]):
