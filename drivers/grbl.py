@@ -244,8 +244,11 @@ class GrblStage(GrblWire):
         # (DTR held low, socket://) answers '?' at once. A '?' lost in the bootloader is harmless.
         grace = min(OPEN_GRACE_S, boot_timeout_s)
         if not self._wait_banner(0, grace, raise_=False):
-            self._link.write_raw(RT_STATUS)
-            self._pump(lambda: self._banner_seq > 0 or self._status_seq > 0, boot_timeout_s - grace)
+            try:
+                self._link.write_raw(RT_STATUS)
+                self._pump(lambda: self._banner_seq > 0 or self._status_seq > 0, boot_timeout_s - grace)
+            except StageLinkError:
+                raise self._lost_at_banner() from None
         self.reset_at_open = self._banner_seq > 0
         if not self.reset_at_open:
             # Running since before we opened: a soft reset flushes whatever an earlier program left

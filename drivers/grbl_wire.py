@@ -538,13 +538,25 @@ class GrblWire(SerialStage):
             )
         raise StageTimeout(f"{self._where}: no reply to {line!r} within {timeout_s:g} s; {self._heard()}")
 
+    def _lost_at_banner(self) -> StageLinkError:
+        """The link went while a banner was awaited: say what was last heard (a bridge's "busy")."""
+        hint = ""
+        if self._last_line is None and self.port_url.startswith("socket://"):
+            # a serial-over-TCP bridge closes a second client's connection at once
+            hint = " (the bridge closed the connection: is another program, e.g. a running experiment, connected?)"
+        return StageLinkError(
+            f"{self._where}: link lost while waiting for the GRBL banner; {self._heard()}{hint}"
+        )
+
     def _wait_banner(self, seq: int, timeout_s: float, raise_: bool = True) -> bool:
         try:
             ok = self._pump(lambda: self._banner_seq > seq, timeout_s)
         except StageLinkError:
             ok = False
         if self._state == StageState.DISCONNECTED:
-            raise StageLinkError(f"{self._where}: link lost while waiting for the GRBL banner")
+            raise StageLinkError(
+                f"{self._where}: link lost while waiting for the GRBL banner; {self._heard()}"
+            )
         if not ok and raise_:
             raise StageTimeout(
                 f"{self._where}: no 'Grbl 1.1' banner within {timeout_s:g} s "

@@ -18,12 +18,14 @@ does) leaves it running, as on a board whose adapter does not pulse DTR in open(
 other processes (or a GUI sender such as UGS/bCNC) can talk to it;
 ``python -m sim.serial_url grbl --port 23000 --scale 1`` runs one from the shell, with the travel
 ``configs/lab.yaml`` ships (``--travel-mm``, ``--no-homing``, ``--no-reset``: see ``--help``). A
-client that connects while another is served waits until it leaves (one client at a time).
+client that connects while another is served is told the port is busy and let go (one client
+at a time, as a serial-over-TCP bridge).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import sys
 import threading
@@ -282,6 +284,7 @@ class EmulatorTcpServer:
         self.close()
 
     def _serve(self) -> None:
+        busy = threading.Lock()
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
@@ -289,10 +292,29 @@ class EmulatorTcpServer:
                 continue
             except OSError:
                 return
-            with conn:
-                if self.reset_on_connect:
-                    self.device.power_cycle()
-                self._pump(conn)
+            if not busy.acquire(blocking=False):
+                # one client at a time, as a serial-over-TCP bridge: a second is told and let go
+                # (a moment after it connects: pyserial's socket open drops what is there already)
+                threading.Thread(target=self._turn_away, args=(conn,), daemon=True).start()
+                continue
+
+            def serve_one(conn: socket.socket = conn) -> None:
+                try:
+                    with conn:
+                        if self.reset_on_connect:
+                            self.device.power_cycle()
+                        self._pump(conn)
+                finally:
+                    busy.release()
+
+            threading.Thread(target=serve_one, name=f"emulator-tcp-client-{self.port}", daemon=True).start()
+
+    @staticmethod
+    def _turn_away(conn: socket.socket) -> None:
+        time.sleep(0.2)
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"port busy: another client is connected to this emulator\r\n")
+            time.sleep(0.2)
 
     def _pump(self, conn: socket.socket) -> None:
         done = threading.Event()

@@ -250,3 +250,16 @@ def test_second_opener_in_one_process_is_told_the_port_is_locked():
             first.close()
     finally:
         os.close(master)
+
+
+def test_busy_emulator_port_over_tcp_says_so():
+    """The TCP emulator serves one client at a time, as a serial-over-TCP bridge: a second stage
+    opening it (a `testbed stage` command beside a running run) is told the port is busy,
+    instead of waiting out a 'no banner' timeout."""
+    from sim.serial_url import serve
+
+    with serve("grbl", scale=50.0) as server, GrblStage(server.url, LIMITS, name="first") as first:
+        assert first.banner is not None
+        with pytest.raises(StageLinkError, match="port busy: another client is connected"):
+            GrblStage(server.url, LIMITS, name="second", boot_timeout_s=1.0, command_timeout_s=1.0)
+        assert first.query_status().state == "Alarm"  # the first client is still served
