@@ -112,7 +112,7 @@ def _reset_words(name: str, section: StageSection, stage: Positioner) -> str | N
     settings = getattr(stage, "settings", {})
     then = "until it is homed" if settings.get(22) else "until you accept it (testbed stage accept-position)"
     if section.backend == "sim":
-        return f"{name}: a fresh GRBL emulator (backend sim: each command starts its own); its position is unknown {then}"
+        return f"{name}: a fresh GRBL emulator (backend sim: every run or command starts its own); its position is unknown {then}"
     return (
         f"{name}: the controller restarted when its port opened (its USB adapter pulsed DTR although the "
         f"driver held it low); its position is lost {then}. A 10 uF capacitor between RESET and GND "
