@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "coordinator": "start the FL coordinator (parameter server) of a lab run",
     "node": "start one FL edge node (client) of a lab run",
     "check": "validate a config and probe each configured device",
-    "stage": "jog the antenna stages by hand: status, home, move X Y, stop",
+    "stage": "jog the antenna stages by hand: status, home, move X Y, stop, accept-position",
     "keys": "make CurveZMQ key pairs for the coordinator, nodes and radio servers",
     "report": "write the plots and report.md of a run directory",
     "watch": "follow a run, campaign or compare live in the terminal (--once: one frame)",
