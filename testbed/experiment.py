@@ -194,6 +194,9 @@ class Experiment:
             "latency_model_s": rp.move_s + rp.compute_s + rp.air_s,
             "energy_model_j": rp.energy_j,
             "move_model_s": rp.move_s,
+            # The latency's parts: the compare report prices each round's work at the top clock.
+            "air_model_s": rp.air_s,
+            "compute_model_s": rp.compute_s,
             "move_wall_s": move_wall_s,
             "plan_wall_s": time.monotonic() - t0,
             "mse_predicted": rp.mse,

@@ -63,9 +63,22 @@ def test_schemes_share_seed_and_config_within_a_grid_point_and_seed() -> None:
         (["--grid", "lab.medium.noise_power_dbm=-90,5"], ["noise_power_dbm", "must be <= 0", "5"]),
         (
             ["--grid", "allocation.clients_per_round=1,9"],
-            ["clients_per_round=9", "exceeds lab.clients.count=4"],
+            ["clients_per_round=9", "cells g1-s0-ours ... g1-s0-digital", "exceeds lab.clients.count=4"],
         ),
         (["--seeds", "0"], ["--seeds", ">= 1"]),
+        # A combination of values: K=4 is fine with 4 clients, not with 2; the cells are named.
+        (
+            ["--grid", "allocation.clients_per_round=1,4", "--grid", "lab.clients.count=2,4", "--seeds", "2"],
+            [
+                "grid point 2, cells g2-s0-ours ... g2-s1-digital",
+                "clients_per_round=4 exceeds lab.clients.count=2",
+            ],
+        ),
+        # Budgets that pay fl.rounds at K=1 but not at K=2 (each run's first check, made up front).
+        (
+            ["--grid", "allocation.clients_per_round=1,2", *sets("allocation.energy_budget_j=0.08")],
+            ["grid point 1, cells g1-s0-ours ... g1-s0-digital", "allocation.energy_budget_j=0.08"],
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(

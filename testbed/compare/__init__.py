@@ -109,12 +109,16 @@ def run_compare(
     log.info("compare %s: %d cells, %d finished, %d to run", compare_dir, len(cells), finished, len(todo))
     if progress is not None:
         progress(finished, len(cells))
+    configs = {c.cell_id: cell_config(spec, c, cells_dir) for c in todo}
+    # Longest first: a cell's training grows with K x rounds, and a long cell started last would
+    # leave the other workers idle at the end (at K = 1..8 that tail is a K=8 cell's minute).
+    todo.sort(key=lambda c: -configs[c.cell_id].allocation.clients_per_round * configs[c.cell_id].fl.rounds)
     jobs = [
         {
             "cell_id": c.cell_id,
             "scheme": c.scheme,
             "cell_dir": str(cells_dir / c.cell_id),
-            "config_yaml": to_yaml(cell_config(spec, c, cells_dir)),
+            "config_yaml": to_yaml(configs[c.cell_id]),
         }
         for c in todo
     ]

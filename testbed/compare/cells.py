@@ -190,8 +190,6 @@ def parse_grid(options: list[str], data: dict[str, Any], source: str) -> list[Gr
                 raise ConfigError(f"--grid {key}: value {item!r} is not valid YAML ({exc})") from None
             if value is None:
                 raise ConfigError(f"--grid {key}: an empty value in {raw!r}; give v1,v2,...")
-            # Validate now, before anything runs: the config's own rules name what is allowed.
-            validate(apply_overrides(data, [f"{key}={json.dumps(value)}"]), f"{source} (--grid {key}={item})")
             values.append(value)
         if len(set(map(json.dumps, values))) < len(values):
             raise ConfigError(f"--grid {key}: a value is given twice (got {raw!r})")
@@ -219,12 +217,48 @@ def build_spec(
         raise ConfigError(f"--seeds: must be >= 1 (got {seeds})")
     axes = parse_grid(grid, data, source)
     spec = CompareSpec(to_yaml(base), names, axes, seeds)
+    check_cells(spec, source)
+    return spec
+
+
+def check_cells(spec: CompareSpec, source: str) -> None:
+    """Every cell's config must be valid and its rounds payable, before anything runs.
+
+    The error names the cells (every seed and scheme of the grid point) and the field: a value
+    invalid on its own (e.g. K above the clients), a combination of values (K <= U across two
+    axes), or budgets that cannot pay ``fl.rounds`` at a point (the check each run makes first).
+    """
     resolved = yaml.safe_load(spec.config_yaml)
-    for p, values in enumerate(itertools.product(*[a.values for a in axes]) if axes else [()]):
+    axes = spec.grid
+    points = list(itertools.product(*[a.values for a in axes])) if axes else [()]
+
+    def cells_at(p: int) -> str:
+        first, last = f"g{p}-s0-{spec.schemes[0]}", f"g{p}-s{spec.seeds - 1}-{spec.schemes[-1]}"
+        return first if first == last else f"cells {first} ... {last}"
+
+    for j, a in enumerate(axes):
+        for v in a.values:
+            at = [p for p, values in enumerate(points) if values[j] == v]
+            where = f"{source} (--grid {a.key}={json.dumps(v)}: {', '.join(cells_at(p) for p in at)})"
+            validate(apply_overrides(resolved, [f"{a.key}={json.dumps(v)}"]), where)
+    costs: dict[str, Any] = {}
+    for p, values in enumerate(points):
         # Every grid point together must be valid too (e.g. K <= U across two axes).
         pairs = [f"{a.key}={json.dumps(v)}" for a, v in zip(axes, values, strict=True)]
-        validate(apply_overrides(resolved, pairs), f"{source} (grid point {p}: {', '.join(pairs)})")
-    return spec
+        where = f"{source} (grid point {p}, {cells_at(p)}: {', '.join(pairs) or 'the base config'})"
+        config = validate(apply_overrides(resolved, pairs), where)
+        if config.fl.model.source != "tiny":
+            # A pretrained model's files may live only where the cells run (a Dask cluster).
+            continue
+        from fl.cost import check_rounds, workload_cost
+
+        key = config.fl.model_dump_json() + str(config.run.seed) + str(config.allocation.cycles_per_sample)
+        if key not in costs:
+            costs[key] = workload_cost(config)
+        try:
+            check_rounds(config, costs[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def cell_config(spec: CompareSpec, cell: Cell, cells_dir: Path) -> TestbedConfig:

@@ -1,10 +1,11 @@
 """``compare.md`` and its plots, from the finished cells of a compare directory.
 
 - validation perplexity against round, cumulative (modelled) energy and cumulative latency, per
-  scheme: the mean over seeds, with the min-max spread as a band;
-- a table per cell: final perplexity, mean NMSE, and the rounds and energy that cell needed to
-  reach non_ma's final perplexity (same grid point and seed);
-- the relative perplexity change against non_ma beside the paper's figures;
+  scheme, one panel per grid point: the mean over seeds, with the min-max spread as a band;
+- a table per cell: final perplexity, mean NMSE, and the rounds, energy and latency that cell
+  needed to reach non_ma's final perplexity (same grid point and seed);
+- the relative perplexity change against non_ma beside the paper's figures, participation
+  fairness (Jain's index) per scheme and point, and where MA helped and why (``paper``);
 - with a TX-power or noise-power grid: the iso-learning link budget of each scheme (final
   validation loss within 1% of digital FedAvg's) and MA's saving in dB.
 """
@@ -19,10 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from testbed.compare.paper import (
+    OTA_SCHEMES,
+    PAPER_PPL_CHANGE,
+    paper_numbers,
+    paper_sentences,
+    verdicts,
+)
 from testbed.records import read_events
 
-# The paper's relative perplexity change of MA-OTA against non-MA (arXiv:2506.00011), by K.
-PAPER_PPL_CHANGE = {1: {"Alpaca": -17.4, "Dolly": -54.4}, 2: {"Alpaca": -14.2, "Dolly": -13.7}}
 ISO_LOSS_TOLERANCE = 0.01  # "within 1% of digital's final validation loss"
 POWER_KEY, NOISE_KEY = "lab.clients.tx_power_w", "lab.medium.noise_power_dbm"
 
@@ -39,17 +45,48 @@ def cell_series(run_dir: str | Path) -> dict[str, Any]:
         return np.array([float(r.get(key)) if r.get(key) is not None else np.nan for r in rows])
 
     nmse = col("nmse_db")
+    clock_max = _clock_max(run_dir)
     return {
         "round": np.array([r["round"] for r in rows], dtype=int),
         "val_ppl": col("val_ppl"),
         "val_loss": col("val_loss"),
         "energy_j": np.cumsum(np.nan_to_num(col("energy_model_j"))),
-        "latency_s": np.cumsum(np.nan_to_num(col("latency_model_s"))),
+        "latency_s": np.cumsum([_latency_needed(r, clock_max) for r in rows]),
+        "selected": [list(r.get("selected") or []) for r in rows],
+        "num_clients": int(rows[0].get("num_clients") or 0) if rows else 0,
         "nmse_db": nmse,
         "mean_nmse_db": float(np.mean(nmse))
         if nmse.size and np.all(np.isneginf(nmse))
         else _finite_mean(nmse),
     }
+
+
+def _clock_max(run_dir: Path) -> float | None:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    return float(((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("allocation") or {}).get(
+        "clock_max_hz", 0.0
+    )) or None  # fmt: skip
+
+
+def _latency_needed(row: dict[str, Any], clock_max_hz: float | None) -> float:
+    """The round's latency at the top clock: move + air + its slowest client's compute at f_max.
+
+    The planner gives every round an equal share of the latency budget and slows the clocks to
+    fill it (it saves energy), so the planned latency is the same for every scheme; what differs is
+    the work: the batches, the antennas' travel and (digital) the TDMA airtime. A round planned at
+    clock f_k to finish its compute in T takes T f_k / f_max at the top clock. Older records
+    without the parts give the planned latency.
+    """
+    parts = [row.get(k) for k in ("move_model_s", "air_model_s", "compute_model_s")]
+    clocks = row.get("clocks_hz") or []
+    if any(v is None for v in parts) or not clocks or not clock_max_hz:
+        return float(row.get("latency_model_s") or 0.0)
+    move, air, compute = (float(v) for v in parts)
+    return move + air + compute * max(float(f) for f in clocks) / clock_max_hz
 
 
 def _finite_mean(x: np.ndarray) -> float:
@@ -59,11 +96,13 @@ def _finite_mean(x: np.ndarray) -> float:
 
 def rounds_to(series: dict[str, Any], target_ppl: float) -> tuple[int | None, float | None]:
     """First round whose validation perplexity is <= target, and the energy spent by then."""
+    i = _first_hit(series, target_ppl)
+    return (None, None) if i is None else (int(series["round"][i]), float(series["energy_j"][i]))
+
+
+def _first_hit(series: dict[str, Any], target_ppl: float) -> int | None:
     hit = np.nonzero(series["val_ppl"] <= target_ppl * (1 + 1e-9))[0]
-    if not hit.size:
-        return None, None
-    i = int(hit[0])
-    return int(series["round"][i]), float(series["energy_j"][i])
+    return int(hit[0]) if hit.size else None
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -78,10 +117,12 @@ def analyse(cells: list[dict[str, Any]]) -> dict[str, Any]:
             float(ref["series"]["val_ppl"][-1]) if ref is not None and ref["series"]["val_ppl"].size else None
         )
         r, e = rounds_to(s, target) if target is not None else (None, None)
+        hit = _first_hit(s, target) if target is not None else None
         rows.append(
             {
                 "cell": cell["cell_id"],
                 "scheme": cell["scheme"],
+                "point": cell["point"],
                 "grid": cell["grid"],
                 "seed": cell["seed"],
                 "rounds": int(s["round"].size),
@@ -92,6 +133,7 @@ def analyse(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 "nonma_final_ppl": target,
                 "rounds_to_nonma": r,
                 "energy_to_nonma_j": e,
+                "latency_to_nonma_s": None if hit is None else float(s["latency_s"][hit]),
             }
         )
     # Relative perplexity change against non_ma, per grid point and scheme, over seeds.
@@ -105,7 +147,7 @@ def analyse(cells: list[dict[str, Any]]) -> dict[str, Any]:
         p: {s: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for s, v in d.items()}
         for p, d in change.items()
     }
-    return {"rows": rows, "ppl_change_vs_nonma": rel}
+    return {"rows": rows, "ppl_change_vs_nonma": rel, **paper_numbers(cells, rows)}
 
 
 def iso_learning(cells: list[dict[str, Any]], axes: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -194,7 +236,7 @@ def _plot(cells: list[dict[str, Any]], points: list[int], labels: dict[int, str]
     for xkey, xlabel, name in [
         ("round", "round", "ppl_vs_round.png"),
         ("energy_j", "cumulative energy (model) [J]", "ppl_vs_energy.png"),
-        ("latency_s", "cumulative latency (model) [s]", "ppl_vs_latency.png"),
+        ("latency_s", "cumulative latency at the top clock (model) [s]", "ppl_vs_latency.png"),
     ]:
         fig, axs = plt.subplots(1, len(points), figsize=(5 * len(points), 3.8), squeeze=False)
         for ax, p in zip(axs[0], points, strict=True):
@@ -215,6 +257,7 @@ def _plot(cells: list[dict[str, Any]], points: list[int], labels: dict[int, str]
             xs = [x for line in ax.get_lines() for x in line.get_xdata() if x > 0]
             if xkey == "energy_j" and xs and max(xs) / min(xs) > 20:  # max-clock energy dwarfs the rest
                 ax.set_xscale("log")
+                ax.set_xlabel(f"{xlabel}, log scale")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -246,16 +289,22 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
     numbers = analyse(cells)
     iso = iso_learning(cells, axes)
     figures = _plot(cells, points, labels, out_dir) if cells else []
+    seeds = sorted({c["cell"]["seed"] for c in cells})
     lines = [
         "# Scheme comparison",
         "",
-        f"Schemes: {', '.join(spec['schemes'])}; seeds per point: {spec['seeds']}; grid: "
+        f"Schemes: {', '.join(spec['schemes'])}; seeds per point: {spec['seeds']}"
+        + (f" (run.seed {', '.join(map(str, seeds))})" if seeds else "")
+        + "; grid: "
         + ("; ".join(f"`{a['key']}` = {a['values']}" for a in axes) or "none")
         + f". Cells: {len(cells)}. Every cell is a full FL run; within a grid point and seed every "
         "scheme has the same data split, initial weights, channel draw and seeds.",
         "",
-        "Energy and latency are the allocation model's (compute at the planned clocks plus air), "
-        "summed over rounds; perplexity is measured on the validation split.",
+        "Energy is the allocation model's (compute at the planned clocks plus air), summed over rounds. "
+        "Latency is the model's time for each round's work at the top clock (movement, air, the slowest "
+        "client's compute): the planner stretches every round to its equal share of the latency budget "
+        "to save energy, so the planned latency alone would be the same for every scheme. Perplexity is "
+        "measured on the validation split.",
         "",
     ]
     for fig in figures:
@@ -263,16 +312,17 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
     lines += [
         "## Per cell",
         "",
-        "| cell | scheme | grid | seed | final ppl | final loss | mean NMSE [dB] | energy [J] | "
-        "non_ma final ppl | rounds to it | energy to it [J] |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | scheme | grid | run.seed | final ppl | final loss | mean NMSE [dB] | energy [J] | "
+        "non_ma final ppl | rounds to it | energy to it [J] | latency to it [s] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in numbers["rows"]:
         grid = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["grid"].items()) or "-"
         lines.append(
             f"| {r['cell']} | {r['scheme']} | {grid} | {r['seed']} | {_fmt(r['final_ppl'])} | "
             f"{_fmt(r['final_loss'])} | {_fmt(r['mean_nmse_db'], '.1f')} | {_fmt(r['energy_j'])} | "
-            f"{_fmt(r['nonma_final_ppl'])} | {_fmt(r['rounds_to_nonma'])} | {_fmt(r['energy_to_nonma_j'])} |"
+            f"{_fmt(r['nonma_final_ppl'])} | {_fmt(r['rounds_to_nonma'])} | {_fmt(r['energy_to_nonma_j'])} | "
+            f"{_fmt(r['latency_to_nonma_s'])} |"
         )
     lines += ["", "## Relative perplexity change against non_ma", ""]
     rel = numbers["ppl_change_vs_nonma"]
@@ -291,7 +341,9 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
                 lines.append(
                     f"| {labels[p]} | {scheme} | {v['mean']:+.1f} +- {v['std']:.1f} (n={v['n']}) | {ref} |"
                 )
-        lines += ["", _paper_note(rel, cells)]
+        ks = {p: _clients_per_round(cells, p) for p in rel}
+        lines += ["", " ".join([*paper_sentences(rel, ks, labels), KIND_NOTE])]
+    _paper_sections(numbers, labels, lines)
     lines += ["", "## Iso-learning transmit power", ""]
     if iso is None:
         lines.append(
@@ -331,43 +383,61 @@ def write_compare_report(out_dir: Path, spec: dict[str, Any], cells: list[dict[s
     return path
 
 
+KIND_NOTE = (
+    "Our runs differ from the paper's in kind: a tiny random Llama fine-tuned on a generated instruction "
+    "set (not OpenLLaMA-3B on Alpaca/Dolly), a simulated field-response channel, and far fewer rounds; "
+    "a figure here says how much the aggregation noise of each scheme costs this task, not the paper's."
+)
+
+
+def _paper_sections(numbers: dict[str, Any], labels: dict[int, str], lines: list[str]) -> None:
+    """Fairness, the cost to reach non_ma, ours-not-beaten and where MA helped (``paper``)."""
+
+    def ms(v: dict[str, Any], spec: str = ".3g") -> str:
+        return "-" if v["mean"] is None else f"{v['mean']:{spec}} +- {v['std']:{spec}}"
+
+    lines += ["", "## Participation fairness", "",
+              "Jain's index over the clients' selection counts at the end of each run (1: every client "
+              "equally often; 1/U: one client always), mean +- std over the seeds.", "",
+              "| grid point | " + " | ".join(OTA_AND_DIGITAL) + " |",
+              "|---|" + "---|" * len(OTA_AND_DIGITAL)]  # fmt: skip
+    for p, d in sorted(numbers["jain"].items()):
+        lines.append(
+            f"| {labels[p]} | " + " | ".join(ms(d[s]) if s in d else "-" for s in OTA_AND_DIGITAL) + " |"
+        )
+    lines += ["", "## Cost to reach non_ma's final perplexity", "",
+              "Per scheme and point, over the seeds that got there (never: seeds that did not): rounds, "
+              "energy and latency (at the top clock) until the validation perplexity first fell to non_ma's "
+              "final one (same point and seed).", "",
+              "| grid point | scheme | rounds | energy [J] | latency [s] | never |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for p, d in sorted(numbers["to_target"].items()):
+        for scheme, v in d.items():
+            lines.append(
+                f"| {labels[p]} | {scheme} | {ms(v['rounds'])} | {ms(v['energy_j'])} | "
+                f"{ms(v['latency_s'])} | {v['never']} of {v['seeds']} |"
+            )
+    nb = numbers["not_beaten"]
+    lines += ["", "## Where MA helped", ""]
+    if nb["share"] is not None:
+        lost = {k: v for k, v in nb["beaten_by"].items() if v}
+        lines.append(
+            f"Ours' final perplexity is below, or within the seed spread of, every other over-the-air "
+            f"scheme's at {nb['share']:.0%} of the (point, seed) pairs"
+            + (": beaten at " + "; ".join(f"{k} by {', '.join(v)}" for k, v in lost.items()) if lost else "")
+            + "."
+        )
+        lines.append("")
+    lines += [f"- {v}" for v in verdicts(numbers["ppl_change_vs_nonma"], numbers["rows"], labels)]
+
+
+OTA_AND_DIGITAL = (*OTA_SCHEMES, "digital")
+
+
 def _clients_per_round(cells: list[dict[str, Any]], point: int) -> int | None:
     for c in cells:
         if c["cell"]["point"] == point:
             return c.get("clients_per_round")
     return None
-
-
-def _paper_note(rel: dict[int, dict[str, Any]], cells: list[dict[str, Any]]) -> str:
-    """Say plainly where our figure differs from the paper's."""
-    notes = []
-    for p, d in sorted(rel.items()):
-        k = _clients_per_round(cells, p)
-        if "ours" not in d or k not in PAPER_PPL_CHANGE:
-            continue
-        ours, paper = d["ours"], PAPER_PPL_CHANGE[k]
-        spread = ours["std"]
-        spread_text = f"seed spread {spread:.1f}" if ours["n"] > 1 else "one seed: no spread measured"
-        beyond = ours["mean"] < 0 and (ours["n"] < 2 or abs(ours["mean"]) > spread)
-        lo, hi = sorted((paper["Alpaca"], paper["Dolly"]))
-        where = (
-            "between the paper's two figures"
-            if lo <= ours["mean"] <= hi
-            else "a larger reduction than either of the paper's"
-            if ours["mean"] < lo
-            else "a smaller reduction than either of the paper's"
-        )
-        notes.append(
-            f"At K={k} ours changes perplexity by {ours['mean']:+.1f}% ({spread_text}), against the "
-            f"paper's {paper['Alpaca']:+.1f}% (Alpaca) and {paper['Dolly']:+.1f}% (Dolly): "
-            + (f"a reduction, {where}." if beyond else "no reduction beyond the seed spread.")
-        )
-    notes.append(
-        "Our runs differ from the paper's in kind: a tiny random Llama fine-tuned on a generated instruction "
-        "set (not OpenLLaMA-3B on Alpaca/Dolly), a simulated field-response channel, and far fewer rounds; "
-        "a figure here says how much the aggregation noise of each scheme costs this task, not the paper's."
-    )
-    return " ".join(notes)
 
 
 def _rounds(value: float | None) -> str:
