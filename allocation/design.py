@@ -164,13 +164,17 @@ SELECTIONS: dict[str, Callable[[RoundContext], Selection]] = {
 
 
 # --- positions variants -------------------------------------------------------------------------
-Placed = tuple[np.ndarray, dict[str, list[float]]]
+# The positions, the search's traces, and its combiner (None: the round optimises one for them).
+Placed = tuple[np.ndarray, dict[str, list[float]], np.ndarray | None]
 
 
 def _place_ma(ctx: RoundContext, demand: np.ndarray, hint: np.ndarray | None) -> Placed:
     problem = ctx.problem
     starts = [ctx.start] + ([hint] if hint is not None else [])
     n_starts = problem.position_starts if ctx.position_starts is None else ctx.position_starts
+    # Drawn before the random starts, so every start's beamformer restarts are the same however
+    # many starts follow (more starts never give a worse answer).
+    seed = int(ctx.rng.integers(2**32))
     if not any(np.array_equal(s, ctx.grid) for s in starts):
         starts.append(ctx.grid)
     while len(starts) < n_starts:
@@ -179,24 +183,22 @@ def _place_ma(ctx: RoundContext, demand: np.ndarray, hint: np.ndarray | None) ->
                 ctx.rng, problem.num_antennas, problem.half_region_m, problem.min_spacing_m
             )
         )
-    # Re-planning on the round's critical path polishes only the best MM run.
-    polished = 1 if ctx.position_starts is not None else 2
-    best = ma_positions(problem, starts[: max(n_starts, 1)], demand, polished=polished)
-    return best.positions_m, {"position_objective": list(best.trace)}
+    best = ma_positions(problem, starts[: max(n_starts, 1)], demand, beamformer_starts=3, seed=seed)
+    return best.positions_m, {"position_objective": list(best.trace)}, best.beamformer.combiner
 
 
 def _place_fixed(ctx: RoundContext, demand: np.ndarray, hint: np.ndarray | None) -> Placed:
-    return ctx.grid, {}
+    return ctx.grid, {}, None
 
 
 def _place_random_best(ctx: RoundContext, demand: np.ndarray, hint: np.ndarray | None) -> Placed:
     pos, _ = best_random_placement(ctx.problem, demand, ctx.rng, ctx.strategy.random_placements)
-    return pos, {}
+    return pos, {}, None
 
 
 def _place_grid_search(ctx: RoundContext, demand: np.ndarray, hint: np.ndarray | None) -> Placed:
     pos, _ = grid_coordinate_search(ctx.problem, demand)
-    return pos, {}
+    return pos, {}, None
 
 
 PLACEMENTS: dict[str, Callable[[RoundContext, np.ndarray, np.ndarray | None], Placed]] = {
@@ -257,11 +259,14 @@ def design_round(
     demand[selected] = 1.0
     pkey = ("pos", strategy.positions, tuple(selected), ctx.previous_key)
     if pkey not in ctx.cache:
-        pos, more = PLACEMENTS[strategy.positions](ctx, demand, choice.positions_hint)
+        pos, more, combiner = PLACEMENTS[strategy.positions](ctx, demand, choice.positions_hint)
         traces.update(more)
-        h_eff = problem.effective_channels(pos)
-        bf = optimize_beamformer(h_eff, demand, solver=problem.beamformer_solver, starts=3, rng=rng)
-        ctx.cache[pkey] = (pos, bf.combiner / np.linalg.norm(bf.combiner))
+        if combiner is None:
+            h_eff = problem.effective_channels(pos)
+            combiner = optimize_beamformer(
+                h_eff, demand, solver=problem.beamformer_solver, starts=3, rng=rng
+            ).combiner
+        ctx.cache[pkey] = (pos, combiner / np.linalg.norm(combiner))
     pos, m = ctx.cache[pkey]
     return finish_design(problem, strategy, selected, pos, m, traces)
 
