@@ -19,6 +19,12 @@ From them:
   out). Beside it: the same per single seed (their mean), with the slowest scheme's final
   loss as the target (``_all_reach``), and over the sweep and the quiet levels together
   (``_with_quiet``): the bound's two known limits (``bound_check``'s docstring) show there;
+- bound_rank_agreement_heldout: the same rule on held-out points the calibration never saw:
+  HELDOUT_POINTS noise levels drawn uniformly in HELDOUT_RANGE_DBM and a run.seed per point (its
+  3 seeds: s, s+1, s+2), all from np.random.default_rng(HELDOUT_SEED); the noise curvature probed
+  on the sweep's runs only. Beside it its 95% Wilson interval (points) and a bootstrap interval
+  over points (pairs). The rule (bound_check's pair rule, interpolation, target and probe) was
+  fixed before any held-out cell ran; ``rule_sha256`` fingerprints its source;
 - ours_not_beaten: the fraction of the 20 seeded allocation problems where no feasible baseline
   has a lower bound than ours;
 - iso_loss_power_saving_db: how much more noise (= less TX power per client) ours tolerates
@@ -45,12 +51,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from testbed.compare import build_spec, load_cells, open_compare_dir, run_compare  # noqa: E402
-from testbed.compare.bound_check import bound_vs_measurement, points_from_cells  # noqa: E402
+from testbed.compare.bound_check import bound_vs_measurement, held_out, points_from_cells  # noqa: E402
 from testbed.compare.report import NOISE_KEY, iso_learning  # noqa: E402
 
 EDGE = ROOT / "configs" / "edge.yaml"
 NOISE_LEVELS_DBM = (-106, -98, -90, -82)  # 8 dB steps; -90 is edge.yaml's own
 QUIET_LEVELS_DBM = (-122, -114)
+# The held-out set, fixed before it was run: 8 points, each its own noise level and seeds, across
+# the range where the air's error costs learning at edge.yaml (from every scheme reaching
+# digital's half-way loss, -106 dBm, to only ours reaching it, about -94 dBm in the sweep).
+HELDOUT_SEED = 20
+HELDOUT_POINTS = 8
+HELDOUT_RANGE_DBM = (-110.0, -92.0)
 BASE_NOISE_DBM = -90
 SEEDS = 3
 
@@ -61,6 +73,41 @@ def _run(schemes: str, grid: list[str], seeds: int, out: Path, workers: int) -> 
     resume = out if (out / "compare.json").is_file() else None
     run_compare(spec, open_compare_dir(spec, None if resume else out, resume), workers=workers)
     return load_cells(out, spec)
+
+
+def heldout_points() -> list[tuple[float, int]]:
+    """(noise level in dBm, first run.seed) of each held-out point, from the seeded generator.
+    Levels to 0.1 dB; seeds from 100 up, clear of edge.yaml's 3-5 the sweep uses."""
+    rng = np.random.default_rng(HELDOUT_SEED)
+    levels = np.round(rng.uniform(*HELDOUT_RANGE_DBM, HELDOUT_POINTS), 1)
+    seeds = rng.choice(np.arange(100, 10_000, SEEDS), HELDOUT_POINTS, replace=False)
+    return [(float(v), int(s)) for v, s in zip(levels, seeds, strict=True)]
+
+
+def run_heldout(out: Path, workers: int) -> dict[str, dict]:
+    """Each held-out point as its own compare (its own seeds): {label: its cells}."""
+    cells = {}
+    for i, (level, seed) in enumerate(heldout_points()):
+        spec = build_spec(
+            EDGE, [f"run.seed={seed}", f"{NOISE_KEY}={level}"], "ours,fpa,non_ma,digital", [], SEEDS
+        )
+        where = out / f"p{i}"
+        resume = where if (where / "compare.json").is_file() else None
+        run_compare(spec, open_compare_dir(spec, None if resume else where, resume), workers=workers)
+        cells[f"{NOISE_KEY}={level} (seeds {seed}-{seed + SEEDS - 1})"] = load_cells(where, spec)
+    return cells
+
+
+def rule_fingerprint() -> str:
+    """sha256 of the rule's source: the pair rule, the interpolation, the prediction, the probe."""
+    import hashlib
+    import inspect
+
+    from testbed.compare import bound_check as bc
+
+    parts = [bc.pair_agreement, bc.first_round_at, bc.predict_point, bc.pick_probe, bc.noise_probe]
+    source = "".join(inspect.getsource(f) for f in parts) + repr((bc.RESOLUTION_ROUNDS, bc.LOSS_RESOLUTION))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def _final(cells: list[dict], scheme: str, seed: int, key: str = "val_ppl") -> np.ndarray | None:
@@ -171,6 +218,7 @@ def main() -> int:
     quiet = _run(
         "ours,fpa,non_ma,digital", [f"{NOISE_KEY}={quiet_levels}"], SEEDS, out / "quiet", args.workers
     )
+    heldout_cells = run_heldout(out / "heldout", args.workers)
     t_runs = time.monotonic() - t0
 
     learning = learning_figures(sweep)
@@ -186,12 +234,21 @@ def main() -> int:
         bound_vs_measurement(points_from_cells([c for c in sweep if c["cell"]["seed"] == seed], NOISE_KEY))
         for seed in sorted({c["cell"]["seed"] for c in sweep})
     ]
+    held = {}
+    for label, cells in heldout_cells.items():
+        # One point per compare: its runs under the compare's label (level and seeds).
+        (runs,) = points_from_cells(cells, NOISE_KEY).values()
+        held[label] = runs
+    heldout = held_out(points, held)
+    heldout_all_reach = held_out(points, held, target="all_reach")
     energy, energy_detail = energy_ratio_vs_fpa()
     not_beaten, source = ours_not_beaten()
     wall = time.monotonic() - t0
 
+    n_held = sum(len(c) for c in heldout_cells.values())
     print(
-        f"cells: {len(sweep)} (noise sweep) + {len(quiet)} (quiet levels), {SEEDS} seeds each; runs {t_runs:.0f} s"
+        f"cells: {len(sweep)} (noise sweep) + {len(quiet)} (quiet levels) + {n_held} (held out), {SEEDS} seeds "
+        f"each; runs {t_runs:.0f} s"
     )
     print(f"per point (noise dBm): final ppl / mean NMSE dB, means over the {SEEDS} seeds")
     for level in (*QUIET_LEVELS_DBM, *NOISE_LEVELS_DBM):
@@ -241,6 +298,30 @@ def main() -> int:
         )
         + ")"
     )
+
+    def ci(interval: tuple | None) -> str:
+        return "-" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
+
+    informative = sum(
+        sum(r is not None for s, r in v["measured_rounds"].items() if s != "digital") >= 2
+        for v in heldout["points"].values()
+    )
+    print(
+        f"held out (rule {rule_fingerprint()} fixed before these ran; probe from the sweep: "
+        f"{heldout['probe']['point']} {heldout['probe']['scheme']}): "
+        + "; ".join(
+            f"{k}: measured {_rounds(v['measured_rounds'])} predicted {_rounds(v['predicted_rounds'])} "
+            f"{'agree' if v['agree'] else 'DISAGREE'}"
+            for k, v in heldout["points"].items()
+        )
+    )
+    print(
+        f"agreement in-sample {check['point_agreement']} (pairs {check['pair_agreement']:.2f}) vs held out "
+        f"{heldout['point_agreement']:.2f} 95% {ci(heldout['point_interval'])} over {len(heldout['points'])} points "
+        f"({informative} with two or more OTA schemes reaching the target), pairs {heldout['pair_agreement']:.2f} "
+        f"{ci(heldout['pair_interval'])}; all-reach target: {heldout_all_reach['point_agreement']:.2f} "
+        f"{ci(heldout_all_reach['point_interval'])}"
+    )
     print(
         f"energy to fpa's bound, same search: {energy_detail}; ours_not_beaten from {source}; wall {wall:.0f} s"
     )
@@ -256,6 +337,14 @@ def main() -> int:
                 "bound_rank_agreement_per_seed": float(np.mean([c["point_agreement"] for c in per_seed])),
                 "bound_rank_agreement_all_reach": all_reach["point_agreement"],
                 "bound_rank_agreement_with_quiet": with_quiet["point_agreement"],
+                "bound_rank_agreement_heldout": heldout["point_agreement"],
+                "bound_rank_agreement_heldout_ci95": heldout["point_interval"],
+                "bound_pair_agreement_heldout": heldout["pair_agreement"],
+                "bound_pair_agreement_heldout_ci95": heldout["pair_interval"],
+                "bound_rank_agreement_heldout_all_reach": heldout_all_reach["point_agreement"],
+                "heldout_points": len(heldout["points"]),
+                "heldout_informative_points": informative,
+                "rule_sha256": rule_fingerprint(),
                 "ours_not_beaten": not_beaten,
                 "iso_loss_power_saving_db": saving,
                 "iso_loss_power_saving_db_grid": saving_grid,

@@ -20,12 +20,15 @@ from allocation.errors import AllocationError
 from testbed.compare import build_spec, load_cells, open_compare_dir, run_compare
 from testbed.compare.bound_check import (
     LOSS_RESOLUTION,
+    bootstrap_pairs,
     bound_vs_measurement,
     clean_update_energies,
     first_round_at,
+    held_out,
     noise_probe,
     pair_agreement,
     points_from_cells,
+    wilson_interval,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +85,50 @@ def test_clean_update_energies_take_the_air_error_out_of_the_applied_norm(tmp_pa
     assert clean_update_energies(tmp_path) == pytest.approx([50.0, 10.0], rel=1e-4)
 
 
+def test_wilson_and_bootstrap_intervals() -> None:
+    lo, hi = wilson_interval(8, 8)
+    assert hi == 1.0 and lo == pytest.approx(0.6756, abs=1e-3)  # 8 of 8 is no proof of 100%
+    assert wilson_interval(0, 8) == (0.0, pytest.approx(0.3244, abs=1e-3))
+    assert wilson_interval(5, 10) == (pytest.approx(0.2366, abs=1e-3), pytest.approx(0.7634, abs=1e-3))
+    assert wilson_interval(0, 0) is None
+    assert bootstrap_pairs([[True] * 6] * 4) == (1.0, 1.0)
+    lo, hi = bootstrap_pairs([[True] * 6, [False] * 6, [True] * 3 + [False] * 3, [True] * 6])
+    assert 0.0 < lo < 0.625 < hi <= 1.0  # around the pooled 15 of 24
+
+
+def _curve_run(seed: int, losses: np.ndarray, nmse_db: float, client: int = 0) -> dict:
+    rounds = losses.size
+    first = {"selected": [client], "update_sq_norms": {str(client): 1.0}, "aggregate_sq_norm": 1.0}
+    return {"seed": seed, "val_loss": losses, "nmse_db": np.full(rounds, nmse_db), "first_round": first,
+            "update_sq": np.geomspace(1.0, 0.2, rounds)}  # fmt: skip
+
+
+def test_held_out_points_use_the_calibration_probe_only() -> None:
+    t = np.arange(1, 13)
+    clean = 3.0 + 2.0 * 0.8**t
+
+    def point(slow: float, probe_excess: float) -> dict:
+        runs: dict = {"digital": [], "ours": [], "fpa": []}
+        for seed in (0, 1):
+            runs["digital"].append(_curve_run(seed, clean, -np.inf))
+            runs["ours"].append(_curve_run(seed, 3.0 + 2.0 * (0.8 + slow / 2) ** t + probe_excess, -10.0))
+            runs["fpa"].append(_curve_run(seed, 3.0 + 2.0 * (0.8 + slow) ** t + probe_excess, 5.0))
+        return runs
+
+    calibration = {"a": point(0.02, 0.01), "b": point(0.04, 0.02)}
+    held = {"x": point(0.03, 0.0), "y": point(0.05, 0.0)}
+    result = held_out(calibration, held)
+    assert result["probe"]["point"] in calibration  # never a held-out run
+    assert set(result["points"]) == {"x", "y"}
+    for p in result["points"].values():
+        assert p["noise_curvature"] == pytest.approx(result["probe"]["curvature"])
+    lo, hi = result["point_interval"]
+    assert lo <= result["point_agreement"] <= hi
+    with pytest.raises(ValueError, match="no clean noise probe"):
+        held_out({"a": {"digital": calibration["a"]["digital"]}}, held)
+
+
+@pytest.mark.timeout(900)  # 48 cells of 12 rounds: minutes on a busy 2-core machine
 def test_bound_ordering_agrees_with_real_runs_at_four_noise_levels(tmp_path: Path) -> None:
     levels = (-106, -98, -90, -82)
     spec = build_spec(

@@ -319,6 +319,60 @@ def bound_vs_measurement(
     }
 
 
+def held_out(
+    calibration: dict[str, Runs], held: dict[str, Runs], target: str = "digital_half"
+) -> dict[str, Any]:
+    """The same rule on points the calibration never saw: the noise curvature is the one probe
+    picked from the ``calibration`` points' runs (``pick_probe``), and each ``held`` point is
+    predicted with it (its own digital run fits c and Delta0, as at every point). Returns the
+    per-point results, the agreement and a 95% interval for each (``wilson_interval`` on the
+    points; on the pairs a bootstrap over points, since a point's pairs share its runs)."""
+    probe = pick_probe(calibration)
+    if probe is None:
+        raise ValueError("the calibration points hold no clean noise probe")
+    per_point = {
+        label: {**predict_point(runs, probe["curvature"], target), "probe": probe}
+        for label, runs in held.items()
+        if "digital" in runs
+    }
+    agree = [p["agree"] for p in per_point.values()]
+    pairs = [p["pairs_agree"] for p in per_point.values()]
+    return {
+        "points": per_point,
+        "target": target,
+        "probe": probe,
+        "point_agreement": float(np.mean(agree)) if agree else None,
+        "point_interval": wilson_interval(sum(agree), len(agree)),
+        "pair_agreement": float(np.mean([ok for ps in pairs for ok in ps])) if pairs else None,
+        "pair_interval": bootstrap_pairs(pairs),
+    }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of a binomial proportion (95% at z = 1.96); None for n = 0.
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0 of n or n of n."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_pairs(pairs: list[list[bool]], draws: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """A 95% percentile interval of the pair agreement, resampling whole points (seeded)."""
+    if not pairs or not any(pairs):
+        return None
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(pairs), len(pairs))
+        flat = [ok for i in pick for ok in pairs[i]]
+        stats.append(float(np.mean(flat)) if flat else math.nan)
+    lo, hi = np.nanpercentile(stats, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
 def points_from_cells(cells: list[dict[str, Any]], key: str) -> dict[str, Runs]:
     """Group finished compare cells (``testbed.compare.load_cells``) by their value of ``key``,
     every seed's run of a scheme under its point's label."""
