@@ -64,9 +64,10 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The paper's figure in simulation: bench_paper runs the sweep and writes the figure, the table and
-# the JSON into docs/paper/, which the guide's "Reproducing the paper's figure" page includes.
+# the JSON into docs/paper/, which the guide's "Reproducing the paper's figure" page includes
+# (60 full FL runs: about 20 minutes on 2 idle cores).
 paper: setup
-	$(PY) benchmarks/bench_paper.py
+	$(PY) benchmarks/bench_paper.py --docs docs/paper
 
 format: setup
 	$(VENV)/bin/ruff format .
