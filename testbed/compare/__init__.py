@@ -86,6 +86,7 @@ def load_cells(compare_dir: Path, spec: CompareSpec) -> list[dict[str, Any]]:
                 "series": cell_series(done["run_dir"]),
                 "summary": done["summary"],
                 "run_dir": done["run_dir"],
+                "cpu_s": done.get("cpu_s"),
                 "clients_per_round": config.allocation.clients_per_round,
             }
         )

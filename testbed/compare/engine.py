@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,6 +49,9 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(cell_dir)
     cell_dir.mkdir(parents=True)
     config = validate(yaml.safe_load(job["config_yaml"]), f"cell {job['cell_id']}")
+    # The cell's own CPU time (every thread of this worker: the coordinator and its nodes): on a
+    # shared machine the wall time says how busy the host was, this what the cell cost.
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     try:
         run_dir, summary = run_experiment(
             config, scheme=job["scheme"], node_mode="thread", whole_run_plan=False, report=False
@@ -55,7 +59,9 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
         # The failure comes back as data (no done.json: a resume runs the cell again).
         return {"cell_id": job["cell_id"], "error": f"{type(exc).__name__}: {exc}"}
-    done = {"cell_id": job["cell_id"], "run_dir": str(run_dir), "summary": summary}
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    done = {"cell_id": job["cell_id"], "run_dir": str(run_dir), "summary": summary, "cpu_s": cpu_s}
     tmp = cell_dir / (DONE + ".tmp")
     tmp.write_text(json.dumps(done, default=str), encoding="utf-8")
     tmp.replace(cell_dir / DONE)  # atomic: the marker is all or nothing
