@@ -153,6 +153,9 @@ def markdown(result: dict, numbers: dict, cells: list[dict], nmse: dict[int, flo
         f"<!-- written by benchmarks/bench_paper.py ({result['cells']} cells, {result['wall_s']:.0f} s); "
         "regenerate with `make paper`, do not edit -->",
         "",
+        "![Validation perplexity against round, one panel per K: the mean over the seeds, the band their "
+        "min-max](ppl_vs_round.png)",
+        "",
         "Final validation perplexity (mean +- std over the seeds), per K:",
         "",
         "| K | " + " | ".join(schemes) + " |",
