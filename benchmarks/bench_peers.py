@@ -93,8 +93,6 @@ def _scenario(mode: str, rounds: int, out: Any) -> None:
         str(ROOT / "configs" / "dryrun.yaml"),
         [
             f"fl.rounds={rounds}",
-            "fl.training.local_steps=2",
-            "fl.data.num_samples=120",
             "allocation.max_rounds=" + str(rounds),
             "fl.transport.round_deadline_s=60",
         ],

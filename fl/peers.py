@@ -176,7 +176,11 @@ class Peers:
         """Handle one inbound message (or none within ``timeout_s``) and check liveness."""
         assert self.loop is not None
         if self.loop.error is not None:
-            raise FLError(f"the coordinator's socket thread died: {self.loop.error}")
+            who = self.loop.error_peer
+            raise FLError(
+                f"the coordinator's socket thread died: {type(self.loop.error).__name__}: {self.loop.error}"
+                + (f" (handling a message from {who!r})" if who is not None else "")
+            )
         # What is waiting, up to a bound: one message per pump could not keep up with a busy
         # inbox (the timeout applies to the first only).
         for i in range(PUMP_BATCH):

@@ -403,6 +403,7 @@ class SocketLoop:
         self._last_log: dict[tuple[bytes, str], float] = {}
         self._current: bytes | None = None
         self.error: BaseException | None = None
+        self.error_peer: bytes | None = None  # whose message the thread was handling when it died
 
     def start(self) -> SocketLoop:
         self._thread.start()
@@ -449,6 +450,7 @@ class SocketLoop:
             peer = self._current
             if peer is not None:
                 exc.add_note(f"while handling a message from {peer!r}")
+            self.error_peer = peer
             self.error = exc
             log.exception("socket loop failed (last peer %r)", peer)
 
@@ -468,11 +470,8 @@ class SocketLoop:
                     os.read(self._wake_r, 65536)
             if events.get(self.socket):
                 for _ in range(256):  # drain, but let sends and beats run too
-                    try:
-                        frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                    if not self._recv_one():
                         break
-                    self._receive(frames)
             while True:
                 try:
                     self._pending.append(self._outbox.get_nowait())
@@ -505,11 +504,33 @@ class SocketLoop:
                 return False
             raise
 
-    def _receive(self, frames: list[zmq.Frame]) -> None:
-        identity = b""
+    def _recv_one(self) -> bool:
+        """Take one message off the socket (False: none is waiting). A ROUTER reads the sender's
+        routing id first; a sender over its rate has the rest of its message read and dropped
+        as plain bytes, so a flood costs a counter per message, not a parse."""
+        sock = self.socket
+        if not self.router:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            self._receive(b"", frames)
+            return True
+        try:
+            identity = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        # The parts of a message arrive together: what follows the routing id is there now.
+        if not self.rates.allow(identity):
+            while sock.rcvmore:
+                sock.recv(zmq.NOBLOCK)
+            self._refuse(identity, None, "rate_limited", "over the per-peer message rate", False)
+            return True
+        self._receive(identity, sock.recv_multipart(zmq.NOBLOCK, copy=False) if sock.rcvmore else [])
+        return True
+
+    def _receive(self, identity: bytes, frames: list[zmq.Frame]) -> None:
         peer_key = None
-        if self.router:
-            identity, frames = frames[0].bytes, frames[1:]
         if frames:
             with contextlib.suppress(zmq.ZMQError):  # no ZAP handler (plain sockets): no key
                 peer_key = frames[0].get("User-Id") or None
@@ -529,8 +550,6 @@ class SocketLoop:
         )
         if problem is not None:
             raise _Refused("too_big", problem)
-        if not self.rates.allow(identity):
-            raise _Refused("rate_limited", "over the per-peer message rate", reply=False)
         if self.bound_key is not None:
             want = self.bound_key(identity)
             if want is not None and peer_key != want:

@@ -171,12 +171,14 @@ def _join(coord: Any, k: int, incarnation: str = "a") -> zmq.Socket:
         info = coord.nodes.get(k)
         return info is not None and info.alive and info.capabilities.get("incarnation") == incarnation
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not joined():
         dealer.send_multipart(hello)
         for _ in range(5):
             coord.peers.pump(0.02)
-    assert joined()
+    if not joined():
+        dealer.close()  # an open socket would hang the context's teardown
+        raise AssertionError(f"node {k} ({incarnation}) did not join within 30 s")
     return dealer
 
 
