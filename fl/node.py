@@ -122,10 +122,31 @@ class Node:
         workload: Any = None,
         rejoin_timeout_s: float | None = None,
     ) -> None:
-        """``rejoin_timeout_s``: how long to keep saying HELLO after the coordinator has been
-        silent for heartbeat_s x heartbeat_misses (0: exit at once, as a node of a local
-        federation must, whose coordinator cannot come back; None: fl.transport.join_timeout_s,
-        for a remote node that waits for a resumed coordinator)."""
+        """
+        Parameters
+        ----------
+        config
+            A ``TestbedConfig`` (read by attribute): ``lab.clients`` and all of ``fl``.
+        node
+            This node's id, 0..lab.clients.count-1 (its routing id is ``node-<id>``).
+        connect
+            The coordinator's ZeroMQ endpoint, e.g. ``tcp://10.0.0.2:5555``.
+        transmitter
+            The node's own radio (an ``AirTransmitter``) for its OTA bursts; None sends them to
+            the coordinator to put on the air (``CoordinatorRelay``, a dry run).
+        time_source
+            Where the radio time at a PPS edge comes from (``TIME_REPORT``); default the host clock.
+        apply_clocks
+            Set the CPU/GPU clocks the plan assigns (a lab node with the rights to); else only
+            record them.
+        workload
+            A built ``fl.training`` workload to share (tests, thread nodes); None builds its own.
+        rejoin_timeout_s
+            How long to keep saying HELLO after the coordinator has been silent for heartbeat_s x
+            heartbeat_misses (0: exit at once, as a node of a local federation must, whose
+            coordinator cannot come back; None: fl.transport.join_timeout_s, for a remote node
+            that waits for a resumed coordinator).
+        """
         if rejoin_timeout_s is not None and not (rejoin_timeout_s >= 0 and math.isfinite(rejoin_timeout_s)):
             raise FLError(f"rejoin_timeout_s={rejoin_timeout_s!r}; allowed a finite number of seconds >= 0")
         self.config = config

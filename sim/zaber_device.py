@@ -130,6 +130,25 @@ class ZaberDevice(EmulatorEndpoint):
         start_mm: tuple[float, float] = (0.0, 0.0),
         name: str = "zaber",
     ) -> None:
+        """
+        Parameters
+        ----------
+        time_scale
+            How much faster than real time the emulated motion runs (1: real time).
+        travel_mm
+            Each axis's travel, which its ``limit.max`` reports (mm).
+        microstep_m
+            One microstep's length; positions are counted in microsteps, as the device does.
+        max_speed_mm_s, accel_mm_s2
+            The axes' ``maxspeed`` and ``accel`` at power-up.
+        address, addresses
+            The device address (1..99) of a single controller, or every controller's on the
+            chain, in cable order (``renumber`` counts along it).
+        start_mm
+            Where both axes stand at power-up (mm).
+        name
+            The port's name in logs and errors.
+        """
         super().__init__(name, time_scale)
         chain = tuple(addresses) if addresses is not None else (address,)
         if not chain or len(set(chain)) != len(chain) or not all(1 <= a <= 99 for a in chain):
