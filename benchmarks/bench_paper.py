@@ -54,11 +54,14 @@ BEFORE_CUT = [
 ]
 
 
-def run_sweep(out: Path, workers: int, overrides: list[str], seeds: int, ks: tuple[int, ...]) -> list[dict]:
+def run_sweep(
+    out: Path, workers: int, overrides: list[str], seeds: int, ks: tuple[int, ...]
+) -> tuple[list[dict], list[str]]:
+    """The sweep's finished cells, and those run now (an --out holding the sweep is resumed)."""
     spec = build_spec(CONFIG, overrides, SCHEMES, [f"{K_KEY}={','.join(map(str, ks))}"], seeds)
-    resume = out if (out / "compare.json").is_file() else None  # an --out holding it is resumed
-    run_compare(spec, open_compare_dir(spec, None if resume else out, resume), workers=workers)
-    return load_cells(out, spec)
+    resume = out if (out / "compare.json").is_file() else None
+    _, ran = run_compare(spec, open_compare_dir(spec, None if resume else out, resume), workers=workers)
+    return load_cells(out, spec), ran
 
 
 def time_split(cells: list[dict]) -> dict[str, float]:
@@ -211,13 +214,26 @@ def main() -> int:
         "--set", dest="overrides", action="append", default=[], help="config override (a quick try)"
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the speed baseline's two cells")
+    parser.add_argument(
+        "--timing-from",
+        type=Path,
+        default=None,
+        help="a resumed sweep that ran no cell: take wall_s, cells_cpu_s and the speed cut from this earlier "
+        "paper.json (the run that measured them) instead of re-timing",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_paper-"))
     ks = tuple(int(k) for k in args.ks.split(","))
     t0 = time.monotonic()
-    cells = run_sweep(out / "sweep", args.workers, args.overrides, args.seeds, ks)
+    cells, ran = run_sweep(out / "sweep", args.workers, args.overrides, args.seeds, ks)
     wall = time.monotonic() - t0
+    earlier = None
+    if args.timing_from is not None:
+        if ran:
+            parser.error(f"--timing-from: this sweep ran {len(ran)} cells; its own timing stands")
+        earlier = json.loads(args.timing_from.read_text(encoding="utf-8"))
+        wall = float(earlier["wall_s"])
     result, numbers = figures(cells)
     split = time_split(cells)
     busy = sum(split.values())
@@ -227,6 +243,8 @@ def main() -> int:
           f"{wall:.0f} s = {wall / TARGET_S:.2f}x the 20-minute target")  # fmt: skip
     cpu = [c.get("cpu_s") for c in cells]
     cpu_total = sum(cpu) if cpu and all(v is not None for v in cpu) else None
+    if earlier is not None:
+        cpu_total = earlier.get("cells_cpu_s")
     if cpu_total is not None:
         # On a shared host the wall time counts the other jobs too; the cells' own CPU time over
         # the workers is what the sweep costs when the machine is its own.
@@ -264,7 +282,7 @@ def main() -> int:
     ):
         print(line)
     speed = None
-    if not args.no_baseline:
+    if not args.no_baseline and earlier is None:
         speed = speed_baseline(out / "speed", 2)
         print(
             f"speed cut, one cell (ours, K=2, seed 0, 30 rounds): {speed['after_s']:.1f} s against "
@@ -278,7 +296,9 @@ def main() -> int:
         **result,
         "time_split": {k: round(v / busy, 4) for k, v in split.items()} if busy else {},
         "fixed_nmse_db_per_client_k1": {k: round(v, 2) for k, v in nmse.items()},
-        "speed_cut_ratio": None if speed is None else round(speed["after_s"] / speed["before_s"], 3),
+        "speed_cut_ratio": (earlier or {}).get("speed_cut_ratio")
+        if speed is None
+        else round(speed["after_s"] / speed["before_s"], 3),
     }
     if args.docs is not None:
         args.docs.mkdir(parents=True, exist_ok=True)

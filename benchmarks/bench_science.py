@@ -98,6 +98,30 @@ def run_heldout(out: Path, workers: int) -> dict[str, dict]:
     return cells
 
 
+def strict_pairs(result: dict) -> tuple[int, int, int]:
+    """A diagnostic beside the rule, not the rule: pairs (and points) whose predicted order is the
+    measured one exactly, without the rule's one-round tolerance ("never" as infinitely many).
+    Returns (points agreeing on every pair, pairs agreeing, pairs)."""
+    import itertools
+
+    def rounds(v: float | None) -> float:
+        return math.inf if v is None else float(v)
+
+    points = good = total = 0
+    for p in result["points"].values():
+        m, q = p["measured_rounds"], p["predicted_rounds"]
+        ok = [
+            np.sign(rounds(m[a]) - rounds(m[b])) == np.sign(rounds(q[a]) - rounds(q[b]))
+            if math.isfinite(rounds(m[a]) - rounds(m[b])) or math.isfinite(rounds(q[a]) - rounds(q[b]))
+            else True
+            for a, b in itertools.combinations(sorted(m), 2)
+        ]
+        points += all(ok)
+        good += sum(ok)
+        total += len(ok)
+    return points, good, total
+
+
 def rule_fingerprint() -> str:
     """sha256 of the rule's source: the pair rule, the interpolation, the prediction, the probe."""
     import hashlib
@@ -322,6 +346,12 @@ def main() -> int:
         f"{ci(heldout['pair_interval'])}; all-reach target: {heldout_all_reach['point_agreement']:.2f} "
         f"{ci(heldout_all_reach['point_interval'])}"
     )
+    strict_in, strict_held = strict_pairs(check), strict_pairs(heldout)
+    print(
+        f"without the one-round tolerance (exact order, a diagnostic): in-sample {strict_in[0]}/{len(check['points'])} "
+        f"points, {strict_in[1]}/{strict_in[2]} pairs; held out {strict_held[0]}/{len(heldout['points'])} points, "
+        f"{strict_held[1]}/{strict_held[2]} pairs"
+    )
     print(
         f"energy to fpa's bound, same search: {energy_detail}; ours_not_beaten from {source}; wall {wall:.0f} s"
     )
@@ -343,6 +373,11 @@ def main() -> int:
                 "bound_pair_agreement_heldout_ci95": heldout["pair_interval"],
                 "bound_rank_agreement_heldout_all_reach": heldout_all_reach["point_agreement"],
                 "heldout_points": len(heldout["points"]),
+                "bound_pair_agreement_heldout_exact_order": strict_held[1] / strict_held[2]
+                if strict_held[2]
+                else None,
+                "bound_rank_agreement_heldout_exact_order": strict_held[0] / len(heldout["points"]),
+                "bound_pair_agreement_exact_order": strict_in[1] / strict_in[2] if strict_in[2] else None,
                 "heldout_informative_points": informative,
                 "rule_sha256": rule_fingerprint(),
                 "ours_not_beaten": not_beaten,

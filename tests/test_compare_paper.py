@@ -117,12 +117,17 @@ def test_paper_sentences_name_the_point_not_k() -> None:
 
 
 def test_latency_at_the_top_clock_differs_by_the_work() -> None:
-    # Both rounds planned to the same 300 s share; one ran its compute at half the top clock.
-    slow = {"move_model_s": 2.0, "air_model_s": 8.0, "compute_model_s": 290.0, "clocks_hz": [1e9, 0.5e9]}
-    fast = {**slow, "clocks_hz": [2e9]}
-    assert _latency_needed({**slow, "latency_model_s": 300.0}, 2e9) == pytest.approx(10 + 145)
-    assert _latency_needed({**fast, "latency_model_s": 300.0}, 2e9) == pytest.approx(300)
-    assert _latency_needed({"latency_model_s": 300.0}, 2e9) == 300.0  # an older record: planned
+    # Both rounds planned to the same 300 s share: 290 s of compute for tau c = 8 x 1e9 cycles a
+    # sample. At 0.5 GHz a client runs batch floor(0.5e9 x 290 / 8e9) = 18 -> capped at 8; at
+    # 0.2 GHz batch 7 -> 7 x 8e9 / 2e9 = 28 s at the top clock.
+    work = {"clock_max_hz": 2e9, "local_steps": 8.0, "batch_cap": 8.0}
+    row = {"move_model_s": 2.0, "air_model_s": 8.0, "compute_model_s": 290.0, "cycles_per_sample": 1e9,
+           "latency_model_s": 300.0}  # fmt: skip
+    slow = _latency_needed({**row, "clocks_hz": [0.2e9, 0.1e9]}, work)
+    assert slow == pytest.approx(10 + 28)
+    # A max-clock plan (f_max, the largest batch that fits): its batch is capped at 8, 32 s.
+    assert _latency_needed({**row, "clocks_hz": [2e9]}, work) == pytest.approx(10 + 32)
+    assert _latency_needed({"latency_model_s": 300.0}, work) == 300.0  # an older record: planned
 
 
 def test_report_holds_the_paper_sections(tmp_path: Path) -> None:

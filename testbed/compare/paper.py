@@ -170,7 +170,7 @@ def verdicts(rel: dict[int, dict[str, Any]], rows: list[dict[str, Any]], labels:
         if not reasons:
             reasons.append(f"the lower error ({air}) did not show in the loss")
         out.append(
-            f"At {label} MA did not help: perplexity {change} against non_ma{fpa_text}; "
+            f"At {label} MA did not help: perplexity {change} against non_ma{fpa_text} ({air}); "
             + "; ".join(reasons)
             + "."
         )

@@ -45,13 +45,13 @@ def cell_series(run_dir: str | Path) -> dict[str, Any]:
         return np.array([float(r.get(key)) if r.get(key) is not None else np.nan for r in rows])
 
     nmse = col("nmse_db")
-    clock_max = _clock_max(run_dir)
+    work = _work_model(run_dir)
     return {
         "round": np.array([r["round"] for r in rows], dtype=int),
         "val_ppl": col("val_ppl"),
         "val_loss": col("val_loss"),
         "energy_j": np.cumsum(np.nan_to_num(col("energy_model_j"))),
-        "latency_s": np.cumsum([_latency_needed(r, clock_max) for r in rows]),
+        "latency_s": np.cumsum([_latency_needed(r, work) for r in rows]),
         "selected": [list(r.get("selected") or []) for r in rows],
         "num_clients": int(rows[0].get("num_clients") or 0) if rows else 0,
         "nmse_db": nmse,
@@ -61,32 +61,43 @@ def cell_series(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def _clock_max(run_dir: Path) -> float | None:
+def _work_model(run_dir: Path) -> dict[str, float] | None:
+    """What pricing a round's work needs from the run's config: f_max, tau and the batch cap."""
     import yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    return float(((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("allocation") or {}).get(
-        "clock_max_hz", 0.0
-    )) or None  # fmt: skip
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    alloc, training = data.get("allocation") or {}, (data.get("fl") or {}).get("training") or {}
+    try:
+        return {
+            "clock_max_hz": float(alloc["clock_max_hz"]),
+            "local_steps": float(training["local_steps"]),
+            "batch_cap": float(min(alloc["batch_max"], training["batch_size"])),
+        }
+    except (KeyError, TypeError):
+        return None
 
 
-def _latency_needed(row: dict[str, Any], clock_max_hz: float | None) -> float:
+def _latency_needed(row: dict[str, Any], work: dict[str, float] | None) -> float:
     """The round's latency at the top clock: move + air + its slowest client's compute at f_max.
 
-    The planner gives every round an equal share of the latency budget and slows the clocks to
-    fill it (it saves energy), so the planned latency is the same for every scheme; what differs is
-    the work: the batches, the antennas' travel and (digital) the TDMA airtime. A round planned at
-    clock f_k to finish its compute in T takes T f_k / f_max at the top clock. Older records
-    without the parts give the planned latency.
+    The planner gives every round an equal share of the latency budget and fits the work to it
+    (slower clocks to save energy, or at f_max the largest batch that fits), so the planned latency
+    is the same for every scheme; what differs is the work: the batches, the antennas' travel and
+    (digital) the TDMA airtime. A client at clock f_k with compute time T runs batch
+    b_k = min(cap, floor(f_k T / (tau c))), which takes tau c b_k / f_max at the top clock. Older
+    records without the parts give the planned latency.
     """
-    parts = [row.get(k) for k in ("move_model_s", "air_model_s", "compute_model_s")]
+    parts = [row.get(k) for k in ("move_model_s", "air_model_s", "compute_model_s", "cycles_per_sample")]
     clocks = row.get("clocks_hz") or []
-    if any(v is None for v in parts) or not clocks or not clock_max_hz:
+    if any(v is None for v in parts) or not clocks or not work:
         return float(row.get("latency_model_s") or 0.0)
-    move, air, compute = (float(v) for v in parts)
-    return move + air + compute * max(float(f) for f in clocks) / clock_max_hz
+    move, air, compute, cycles = (float(v) for v in parts)
+    tau_c = work["local_steps"] * cycles
+    batches = [min(work["batch_cap"], math.floor(float(f) * compute / tau_c + 1e-6)) for f in clocks]
+    return move + air + tau_c * max(batches) / work["clock_max_hz"]
 
 
 def _finite_mean(x: np.ndarray) -> float:
