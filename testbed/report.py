@@ -18,6 +18,7 @@ A ``round`` event's data (any key may be missing; ``*_db`` in dB, ``*_s`` second
     latency_model_s, energy_model_j      the round's modelled latency and energy (the budgets')
     latency_wall_s, energy_measured_j    measured wall time and energy (NVML; null without a GPU)
     move_model_s, move_wall_s, plan_wall_s   modelled and measured movement, planner wall time
+    air_model_s, compute_model_s         the modelled latency's airtime and compute (planned clocks)
     mse_predicted, eta, clocks_hz        the plan's predicted MSE, its OTA scale, the clients' clocks
     cycles_per_sample, cost_model        how the round's compute was priced (fl/cost.py)
     bound_constants            each constant of the bound with its source
