@@ -232,6 +232,16 @@ def _digital(coord: Any, value: float, k: int = 0, round_: int = 1) -> Message:
     return P.decode(P.encode(Message(MsgType.DIGITAL, round_, k, body, {"update": update})))
 
 
+def _still_joined(coord: Any, k: int) -> None:
+    """Node ``k`` of the shared fixture is in the federation: an earlier test's pumps may have
+    outlived its heartbeat window, so it says HELLO again (as a node that was dropped does)."""
+    if not coord.nodes[k].alive:
+        hello = Message(MsgType.HELLO, 0, k, {"capabilities": dict(coord.nodes[k].capabilities)})
+        coord.loop.inbox.put((P.node_identity(k), hello))
+        coord.peers.pump(0.0)
+    assert coord.nodes[k].alive
+
+
 def _deliver(coord: Any, msg: Message, k: int = 0) -> None:
     coord.loop.last_seen[P.node_identity(k)] = time.monotonic()
     coord.loop.inbox.put((P.node_identity(k), msg))
@@ -541,6 +551,7 @@ def test_a_node_restarted_mid_round_is_not_waited_for(live: Any) -> None:
 
 def test_uploads_for_a_round_the_node_was_not_selected_for_and_duplicates_are_refused(live: Any) -> None:
     coord, _ = live
+    _still_joined(coord, 0)
     coord.peers.new_round(1)
     coord.peers.selected = set()
     _deliver(coord, _digital(coord, 0.01))
