@@ -53,12 +53,19 @@ def docs_of(run_dir: Path, kind: str) -> list[dict]:
     return [d["data"] for d in read_events(run_dir / "events.jsonl") if d.get("kind") == kind]
 
 
+def trained(nodes_doc: dict) -> bool:
+    return any((n.get("tokens_per_s") or 0) > 0 for n in nodes_doc["nodes"])
+
+
 def test_watch_once_shows_the_current_round_and_phase_of_a_live_run(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     proc = start_run(out, rounds=RUN_ROUNDS)
     try:
         run_dir = wait_for(lambda: run_dir_in(out), 120, "the run directory", proc)
         wait_for(lambda: docs_of(run_dir, "round"), 240, "round 1's record", proc)
+        # The node table is rate-limited (one document a second), so the first one to carry a
+        # trained node's tokens/s may follow round 1's record by up to that second.
+        wait_for(lambda: any(trained(d) for d in docs_of(run_dir, "nodes")), 60, "a trained node's row", proc)
         frame = json.loads(cli("watch", str(run_dir), "--once", "--json").stdout)
         text = cli("watch", str(run_dir), "--once").stdout
         assert proc.poll() is None, "the run must still be going for this test to mean anything"
