@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from drivers.grbl import GrblStage
 from drivers.positioner import StageLimits
@@ -51,3 +54,20 @@ def make_rig(kind: str, scale: float = SCALE, **device_kw: Any) -> Rig:
         scheme = "zabersim"
     url = register(scheme, key, device)
     return Rig(kind, device, url, scheme, key)
+
+
+# The Zaber tests' own rig: one emulated Zaber stage, at a slower clock than the default (so the
+# driver's polls see each move); imported by a test module, these replace conftest's ``rig`` there.
+@pytest.fixture(name="rig")
+def zaber_rig() -> Iterator[Rig]:
+    r = make_rig("zaber", scale=50.0)
+    yield r
+    r.close()
+
+
+@pytest.fixture(name="stage")
+def homed_zaber_stage(rig: Rig) -> Iterator[GrblStage | ZaberStage]:
+    s = rig.open()
+    s.home().wait(WAIT_S)
+    yield s
+    s.close()

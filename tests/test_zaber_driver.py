@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from stage_kit import COMMAND_TIMEOUT_S, LIMITS, WAIT_S, make_rig
+from stage_kit import COMMAND_TIMEOUT_S, LIMITS, WAIT_S, homed_zaber_stage, make_rig, zaber_rig  # noqa: F401 - the two fixtures
 
 from drivers.errors import StageAlarm, StageError, StageNotHomed
 from drivers.positioner import StageState, wait_all
@@ -16,21 +16,6 @@ from sim.serial_url import EmulatorTcpServer, register, unregister
 from sim.zaber_device import ZaberDevice
 from testbed.config import validate
 from testbed.stages import open_stages
-
-
-@pytest.fixture
-def rig():
-    r = make_rig("zaber", scale=50.0)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def stage(rig):
-    s = rig.open()
-    s.home().wait(WAIT_S)
-    yield s
-    s.close()
 
 
 def _lands(stage: ZaberStage, xy: tuple[float, float]) -> None:

@@ -6,26 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from stage_kit import WAIT_S, make_rig
+from stage_kit import WAIT_S, homed_zaber_stage, make_rig, zaber_rig  # noqa: F401 - the two fixtures
 from test_stage_transcripts import ScriptedPort
 
 from drivers.errors import StageAlarm, StageCommandError, StageError
 from drivers.zaber import ChecksumError, MoveInterrupted, ZaberChain, lrc, parse_reply
-
-
-@pytest.fixture
-def rig():
-    r = make_rig("zaber", scale=50.0)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def stage(rig):
-    s = rig.open()
-    s.home().wait(WAIT_S)
-    yield s
-    s.close()
 
 
 def _ask(device, line: str) -> str:
