@@ -18,6 +18,7 @@ import numpy as np
 from drivers.errors import RadioError
 from drivers.radio import TxResult
 from drivers.usrp_metadata import enum_name, tx_event_code
+from drivers.usrp_stream import StreamSide
 from drivers.usrp_timing import DeviceClock, TimingLog, check_schedule
 
 # How long after a burst's end its burst_ack may take before it is a timeout.
@@ -106,7 +107,7 @@ class BurstTracker:
             log.report("timeout", at_s, "no burst_ack from the device in time")
 
 
-class TxBursts:
+class TxBursts(StreamSide):
     """The transmit side of a ``UsrpRadio``: timed bursts on its TX streamer, and their verdicts.
 
     ``transmit`` hands a burst over and returns; ``poll`` reads the verdicts already here and
@@ -124,23 +125,10 @@ class TxBursts:
         wait_for_ack: bool,
         totals: dict[str, int],
     ) -> None:
-        self._uhd = uhd
-        self.clock = clock
-        self.num_channels = num_channels
+        super().__init__(uhd, clock, num_channels, min_lead_s, totals)
         self.name = name
-        self.min_lead_s = min_lead_s
         self.wait_for_ack = wait_for_ack
-        self.totals = totals
         self.tracker = BurstTracker(num_channels, name)
-        self.streamer: Any = None
-        self.max_per_packet = 0
-        self.rate_sps = math.nan
-
-    def attach(self, streamer: Any, rate_sps: float) -> None:
-        """Send on ``streamer`` from now on (made anew whenever the sample rate changes)."""
-        self.streamer = streamer
-        self.max_per_packet = int(streamer.get_max_num_samps())
-        self.rate_sps = rate_sps
 
     @property
     def pending(self) -> int:

@@ -8,16 +8,15 @@ radio made.
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any
 
 import numpy as np
 
 from drivers.errors import RadioError
 from drivers.radio import RxResult
 from drivers.usrp_metadata import enum_name, rx_code
-from drivers.usrp_timing import DeviceClock, TimingLog, check_schedule
+from drivers.usrp_stream import StreamSide
+from drivers.usrp_timing import TimingLog, check_schedule
 
 # Samples reach the host a little after their air time.
 RX_TRANSPORT_MARGIN_S = 0.1
@@ -98,27 +97,9 @@ class RxAssembler:
         return RxResult(samples=self.samples, start_time_s=start, warnings=dict(self.log.warnings))
 
 
-class RxCaptures:
+class RxCaptures(StreamSide):
     """The receive side of a ``UsrpRadio``: timed captures on its RX streamer (every channel the
     radio uses), with the warnings a capture tolerated added to ``totals``."""
-
-    def __init__(
-        self, uhd: Any, clock: DeviceClock, num_channels: int, min_lead_s: float, totals: dict[str, int]
-    ) -> None:
-        self._uhd = uhd
-        self.clock = clock
-        self.num_channels = num_channels
-        self.min_lead_s = min_lead_s
-        self.totals = totals
-        self.streamer: Any = None
-        self.max_per_packet = 0
-        self.rate_sps = math.nan
-
-    def attach(self, streamer: Any, rate_sps: float) -> None:
-        """Receive on ``streamer`` from now on (made anew whenever the sample rate changes)."""
-        self.streamer = streamer
-        self.max_per_packet = int(streamer.get_max_num_samps())
-        self.rate_sps = rate_sps
 
     def receive(
         self, num_samples: int, at_s: float, picked: list[int], timeout_s: float, log: TimingLog
