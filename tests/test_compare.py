@@ -138,7 +138,7 @@ def test_a_killed_compare_resumes_only_its_unfinished_cells(tmp_path: Path) -> N
     assert set(after) == {"g0-s0-ours", "g0-s0-digital"}
     for cell, mtime in before.items():
         assert after[cell] == mtime  # the finished cell was left alone
-    # Each cell holds exactly one run directory: the partial one was removed before the rerun.
+    # Each cell holds exactly one run directory: the partial one was resumed, not started anew.
     for cell in after:
         assert len([p for p in (out / "cells" / cell).iterdir() if p.is_dir()]) == 1
     assert "g0-s0-ours" in report.read_text() and (out / "ppl_vs_round.png").is_file()

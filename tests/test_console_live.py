@@ -215,3 +215,40 @@ def test_stop_lets_a_compare_finish_its_running_cell_and_start_no_other(tmp_path
     assert len(ran) == 1 and not running_info(out)
     _, ran_after = run_compare(spec, out, workers=1)
     assert set(ran) | set(ran_after) == {"g0-s0-ours", "g0-s0-digital"} and not set(ran) & set(ran_after)
+
+
+def test_stop_now_interrupts_a_compares_running_cell_and_resume_continues_it(tmp_path: Path) -> None:
+    cmp_dir = tmp_path / "cmp"
+    args = sets(*FAST, "fl.training.local_steps=6", "fl.rounds=10", "allocation.max_rounds=10",
+                f"run.output_dir={tmp_path}")  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testbed.cli", "compare", DRYRUN, "-q", *args, "--schemes", "ours,digital",
+         "--workers", "1", "--out", str(cmp_dir)],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=hears_ctrl_c,
+    )  # fmt: skip
+    try:
+        first = wait_for(
+            lambda: next(iter(cmp_dir.glob("cells/*/*/events.jsonl")), None), 180, "a cell", proc
+        )
+        wait_for(lambda: docs_of(first.parent, "round"), 240, "the cell's round 1", proc)
+        stopped = cli("stop", str(cmp_dir), "--now", "--wait", "--timeout", "120")
+    finally:
+        proc.wait(timeout=300)
+    assert stopped.returncode == 0 and "interrupted the compare's running cells" in stopped.stdout
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    # The running cell was interrupted mid-run (not finished), and the other one never started.
+    run_dir = first.parent
+    docs = read_events(run_dir / "events.jsonl")
+    rounds_then = len(docs_of(run_dir, "round"))
+    assert docs[-1]["doc"] == "stop" and docs[-1]["status"] == "interrupted" and 1 <= rounds_then < 10
+    assert not (run_dir.parent / "done.json").exists() and len(list(cmp_dir.glob("cells/*"))) == 1
+    assert (cmp_dir / "compare.md").is_file() and running_info(cmp_dir) is None
+
+    resumed = cli("compare", DRYRUN, "-q", *args, "--schemes", "ours,digital", "--workers", "1",
+                  "--resume", str(cmp_dir), timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # The same run went on from its last checkpointed round: one record of each round, 1..10.
+    assert [d["round"] for d in docs_of(run_dir, "round")] == list(range(1, 11))
+    starts = [d for d in read_events(run_dir / "events.jsonl") if d["doc"] == "start"]
+    assert len(starts) == 2 and starts[1].get("resumed") is True
+    assert len(list(cmp_dir.glob("cells/*/done.json"))) == 2

@@ -4,7 +4,10 @@ Without ``--now`` the run stops at the end of the round it is in (a campaign aft
 compare once its running cells finish and no new one starts): the last round is checkpointed,
 the stop record says who asked, the process exits 0, and ``--resume`` continues it as after
 Ctrl-C. ``--now`` also sends the process SIGINT, which stops the stages and ends the round at
-once, as Ctrl-C does. ``--wait`` returns once the process has stopped.
+once, as Ctrl-C does. On a compare, ``--now`` interrupts each running cell's run instead (a cell
+on another host stops after its round); the compare starts no new cell, writes its report and
+exits 0, and ``--resume`` continues the interrupted cells from their last checkpointed round.
+``--wait`` returns once the process has stopped.
 
 Exit status: 0 asked (and with ``--wait``, stopped); 1 nothing is running there (nothing is
 changed); 2 not a run, campaign or compare directory.
@@ -45,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     by = f"{getpass.getuser()}@{here} (pid {os.getpid()})"
     request_stop(folder.path, args.now, by)
     where = f"pid {info['pid']} on {info.get('host')}"
-    if args.now:
+    if args.now and folder.kind == "compare":
+        _interrupt_cells(folder.path, here, by)
+        print(f"testbed stop: interrupted the compare's running cells ({where}); --resume continues them")
+    elif args.now:
         if info.get("host") != here:
             print(
                 f"testbed stop: {folder.path} runs on {info.get('host')}; asked it to stop after this round"
@@ -66,3 +72,18 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print(f"testbed stop: the {folder.kind} has stopped")
     return 0
+
+
+def _interrupt_cells(compare_dir: Path, here: str, by: str) -> None:
+    """SIGINT to each running cell's run on this host; a cell elsewhere is asked to stop after its
+    round (its worker's host is not this one)."""
+    from testbed.console.control import RUNNING, request_stop, running_info
+
+    for marker in sorted(compare_dir.glob(f"cells/*/*/{RUNNING}")):
+        cell_info = running_info(marker.parent)
+        if cell_info is None:
+            continue
+        if cell_info.get("host") == here:
+            os.kill(int(cell_info["pid"]), signal.SIGINT)
+        else:
+            request_stop(marker.parent, now=False, by=by)

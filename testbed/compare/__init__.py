@@ -132,6 +132,9 @@ def run_compare(
             failed[result["cell_id"]] = result["error"]
             log.error("cell %s failed: %s", result["cell_id"], result["error"])
             return
+        if "stopped" in result:
+            log.warning("cell %s stopped (%s); --resume continues it", result["cell_id"], result["stopped"])
+            return
         finished += 1
         ran.append(result["cell_id"])
         log.info("cell %s done (%d/%d)", result["cell_id"], finished, len(cells))

@@ -1,8 +1,9 @@
 """Where the cells run: local processes (default) or a Dask ``distributed`` cluster.
 
 A cell is finished when its ``cells/<id>/done.json`` exists: it is written atomically after the
-run's summary, so a compare killed at any moment leaves each cell either finished (kept) or not
-(its partial run directory is removed and the cell runs again from the start). Each cell runs in
+run's summary, so a compare killed at any moment leaves each cell either finished (kept) or not.
+A cell not finished resumes its run from the last checkpointed round, as ``testbed run --resume``
+does (a cell with no run record yet starts again from nothing). Each cell runs in
 a worker process (local or Dask) with one torch thread, its FL nodes as
 threads of that process: a cell costs one CPU core.
 """
@@ -14,6 +15,8 @@ import logging
 import os
 import resource
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,12 @@ def read_done(cells_dir: Path, cell_id: str) -> dict[str, Any]:
     return json.loads((cells_dir / cell_id / DONE).read_text(encoding="utf-8"))
 
 
+def resumable_run(cell_dir: Path) -> Path | None:
+    """The cell's run directory if its record has begun (a ``--resume`` can continue it), else None."""
+    runs = [p for p in cell_dir.glob("*/events.jsonl") if p.stat().st_size > 0] if cell_dir.is_dir() else []
+    return runs[0].parent if len(runs) == 1 and (runs[0].parent / "config.yaml").is_file() else None
+
+
 def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     """Run one cell (in a worker process): ``job`` holds the config YAML, scheme and paths."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -45,20 +54,36 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     cell_dir = Path(job["cell_dir"])
-    if cell_dir.exists():  # a cell killed half-way starts again from nothing
+    resume_dir = resumable_run(cell_dir)
+    if resume_dir is None and cell_dir.exists():  # killed before its run's record began
         shutil.rmtree(cell_dir)
-    cell_dir.mkdir(parents=True)
-    config = validate(yaml.safe_load(job["config_yaml"]), f"cell {job['cell_id']}")
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    # A resumed cell runs on the config its run recorded (the scheme's own settings applied).
+    config_yaml = job["config_yaml"] if resume_dir is None else (resume_dir / "config.yaml").read_text()
+    config = validate(yaml.safe_load(config_yaml), f"cell {job['cell_id']}")
     # The cell's own CPU time (every thread of this worker: the coordinator and its nodes): on a
     # shared machine the wall time says how busy the host was, this what the cell cost.
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    # Ctrl-C (or `testbed stop --now`) interrupts the cell's run, never the worker between cells
+    # (a Dask worker runs cells on its threads, and leaves signals to its own main thread).
+    own_signals = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, signal.default_int_handler) if own_signals else None
     try:
         run_dir, summary = run_experiment(
-            config, scheme=job["scheme"], node_mode="thread", whole_run_plan=False, report=False
-        )
+            config, resume_dir=resume_dir, scheme=job["scheme"], node_mode="thread", whole_run_plan=False,
+            report=False,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        # The run recorded "interrupted" and kept its checkpoints: a resume continues it.
+        return {"cell_id": job["cell_id"], "stopped": "interrupted"}
     except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
         # The failure comes back as data (no done.json: a resume runs the cell again).
         return {"cell_id": job["cell_id"], "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if own_signals:
+            signal.signal(signal.SIGINT, before)
+    if "stopped" in summary:  # `testbed stop` on the cell's own run: checkpointed, not finished
+        return {"cell_id": job["cell_id"], "stopped": summary["stopped"]}
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     done = {"cell_id": job["cell_id"], "run_dir": str(run_dir), "summary": summary, "cpu_s": cpu_s}
@@ -86,7 +111,8 @@ def run_local(
 
     ctx = multiprocessing.get_context("spawn")  # no forked torch/zmq state from this process
     queue = list(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # A worker hears Ctrl-C only while it runs a cell (run_cell): idle, it would die of it.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_ctrl_c) as pool:
         # At most one cell per worker is handed over at a time: a cell the pool has taken cannot
         # be called back, and a stop must leave the cells not yet started alone.
         running = {pool.submit(run_cell, queue.pop(0)) for _ in range(min(workers, len(queue)))}
@@ -98,6 +124,10 @@ def run_local(
                 queue.clear()
             while queue and len(running) < workers:
                 running.add(pool.submit(run_cell, queue.pop(0)))
+
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_dask(
