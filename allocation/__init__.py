@@ -14,6 +14,7 @@ from allocation.bound import (
 )
 from allocation.core import min_energy_to_target, solve_with
 from allocation.design import Strategy
+from allocation.errors import BudgetError
 from allocation.method import solve
 from allocation.plan import Plan, RoundPlan
 from allocation.problem import AllocationError, BoundConstants, Problem
@@ -23,6 +24,7 @@ __all__ = [
     "BASELINES",
     "AllocationError",
     "BoundConstants",
+    "BudgetError",
     "Plan",
     "Problem",
     "RoundPlan",

@@ -30,8 +30,8 @@ from allocation.problem import (
     Problem,
     air_energy_j,
     airtime_s,
-    compute_energy_j,
     lambda_half_grid,
+    round_energy_j,
 )
 from allocation.selection import (
     enumerate_select,
@@ -336,10 +336,6 @@ def to_round_plan(
     air_s: float,
 ) -> RoundPlan:
     """The plan of round design ``des`` run with these batches and clocks; energy is compute plus air."""
-    cyc = problem.cycles[des.selected]
-    comp_e = float(
-        np.sum(compute_energy_j(problem.switched_capacitance, problem.local_steps, cyc, batches, clocks_hz))
-    )
     return RoundPlan(
         round_index=round_index,
         selected=[int(v) for v in des.selected],
@@ -353,5 +349,6 @@ def to_round_plan(
         move_s=move_s,
         compute_s=compute_s,
         air_s=air_s,
-        energy_j=comp_e + float(np.sum(des.air_energy_j)),
+        energy_j=round_energy_j(problem, des.selected, batches, clocks_hz, des.air_energy_j),
+        air_energy_j=float(np.sum(des.air_energy_j)),
     )

@@ -40,6 +40,8 @@ class RoundPlan:
     compute_s: float
     air_s: float
     energy_j: float
+    # The transmit part of energy_j (the digital baseline's TDMA air, say, has no b_k to price it by).
+    air_energy_j: float = 0.0
 
     def combiner_array(self) -> np.ndarray:
         return pairs_to_complex(self.combiner)

@@ -254,6 +254,20 @@ def air_energy_j(payload_reals: int, bandwidth_hz: float, tx_power_w: np.ndarray
     return math.ceil(payload_reals / 2) / bandwidth_hz * np.asarray(tx_power_w)
 
 
+def round_energy_j(
+    problem: Problem, selected: np.ndarray, batches: np.ndarray, clocks_hz: np.ndarray, air_j: np.ndarray
+) -> float:
+    """One round's energy: compute at each client's batch and clock, plus its transmit energy.
+
+    The one cost model a round is planned with (``to_round_plan``) and charged with (a run's
+    accountant, on what the round really ran): a budget spent by one and checked by the other
+    must be priced alike.
+    """
+    cyc = problem.cycles[np.asarray(selected, dtype=int)]
+    comp = compute_energy_j(problem.switched_capacitance, problem.local_steps, cyc, batches, clocks_hz)
+    return float(np.sum(comp)) + float(np.sum(air_j))
+
+
 def movement_time_s(previous_m: np.ndarray | None, new_m: np.ndarray, speed_m_s: float) -> float:
     """T_mov = max_n ||r_n(t) - r_n(t-1)|| / v_stage (all stages move at once)."""
     if previous_m is None:

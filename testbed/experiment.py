@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from drivers.errors import PlanError, StageAlarm, StageLimitError
 from fl.phases import PhaseClock
 from testbed.air.comparison import FixedArrayComparison, db, optimal_precoding
+from testbed.budgets import PlannerState, round_charge_j
 from testbed.config import TestbedConfig
 from testbed.console.control import RunningMarker, stop_requested
 from testbed.lab import Lab, build_lab
@@ -43,29 +43,6 @@ from testbed.schemes import UpdateNorms, resumed_scheme, scheme_config, scheme_s
 from testbed.whole_run_plan import WholeRunPlan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PlannerState:
-    """What the per-round planner carries between rounds (rebuilt from events on resume)."""
-
-    counts: np.ndarray
-    positions_m: np.ndarray | None = None
-    latency_spent_s: float = 0.0
-    energy_spent_j: float = 0.0
-    pending: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def from_rounds(cls, num_clients: int, rounds: list[dict[str, Any]]) -> PlannerState:
-        state = cls(counts=np.zeros(num_clients, dtype=int))
-        for r in sorted(rounds, key=lambda r: r["round"]):
-            for k in r.get("selected", []):
-                state.counts[k] += 1
-            if r.get("positions_m") is not None:
-                state.positions_m = np.asarray(r["positions_m"], dtype=float)
-            state.latency_spent_s += float(r.get("latency_model_s") or 0.0)
-            state.energy_spent_j += float(r.get("energy_model_j") or 0.0)
-        return state
 
 
 class Experiment:
@@ -125,35 +102,65 @@ class Experiment:
         self.live = LiveFeed(recorder)
         self._idle_phases = PhaseClock()  # the planner's clock before a federation exists
         self.stopped: str | None = None  # why the run stopped early (``testbed stop``), if it did
+        self.budget_end: str | None = None  # why the budgets left could not pay the next round
+        self.unpayable: str | None = None  # why no budget pays a round at the calibrated cost
         self.whole_run: WholeRunPlan | None = None  # the whole-run plan and its baselines, solving
         self.done_rounds = {r["round"] for r in rounds}
 
     # --- the per-round planner the coordinator calls ------------------------------------------
+    def _plan_round(self, r: int, rng: np.random.Generator) -> Any:
+        """Round ``r`` planned on what is left of the budgets (raises ``allocation.BudgetError``
+        when the round's share cannot pay it)."""
+        from allocation import plan_round
+
+        alloc = self.config.allocation
+        # Each re-plan sees the bound's constants with G^2 and zeta^2 as estimated so far.
+        self.problem.bound = self.norms.constants(self.base_constants)
+        return plan_round(
+            self.problem,
+            r,
+            self.state.counts,
+            self.state.positions_m,
+            alloc.latency_budget_s - self.state.latency_spent_s,
+            alloc.energy_budget_j - self.state.energy_spent_j,
+            max(1, self.config.fl.rounds - r + 1),
+            rng,
+            strategy=self.strategy,
+        )
+
+    def _budgets_end_before(self, r: int) -> str | None:
+        """Why what is left of the budgets cannot pay round ``r`` (None: it can). Asked before the
+        round starts, so a run that has spent its budgets ends between rounds, cleanly."""
+        from allocation import BudgetError
+
+        if self.unpayable is not None:
+            return f"the budgets cannot pay round {r}: {self.unpayable}"
+        try:
+            # The rng round r's plan will draw from: the same plan, without touching the airs.
+            self._plan_round(r, np.random.default_rng([self.config.run.seed, 11, r]))
+        except BudgetError as exc:
+            return f"the budgets cannot pay round {r}: allocation.{exc}"
+        return None
+
+    def _refuse_unpayable(self) -> None:
+        """Before anything moves or trains: what is left of the budgets must pay the first round."""
+        first = min(set(range(1, self.config.fl.rounds + 1)) - self.done_rounds, default=None)
+        cannot = None if first is None else self._budgets_end_before(first)
+        if cannot is not None:
+            raise PlanError(cannot)
+
     def plan(self, r: int, _channels: np.ndarray | None, available: list[int]) -> Any:
-        from allocation import AllocationError, plan_round
+        from allocation import AllocationError
         from fl.coordinator import RoundPlan
         from fl.training import cosine_lr
 
         assert self.lab is not None and self.comparison is not None
-        cfg, alloc = self.config, self.config.allocation
+        cfg = self.config
         t0 = time.monotonic()
         rng = self._reseed_round(r)
-        remaining = max(1, cfg.fl.rounds - r + 1)
-        # Each re-plan sees the bound's constants with G^2 and zeta^2 as estimated so far.
-        self.problem.bound = self.norms.constants(self.base_constants)
         try:
-            rp = plan_round(
-                self.problem,
-                r,
-                self.state.counts,
-                self.state.positions_m,
-                alloc.latency_budget_s - self.state.latency_spent_s,
-                alloc.energy_budget_j - self.state.energy_spent_j,
-                remaining,
-                rng,
-                strategy=self.strategy,
-            )
-        except AllocationError as exc:  # e.g. the budgets are spent: stop cleanly, say why
+            rp = self._plan_round(r, rng)
+        except AllocationError as exc:  # asked between rounds already: this is not the budgets' end
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
         plan_s = time.monotonic() - t0
         phases = self.phases
@@ -178,21 +185,29 @@ class Experiment:
         move_wall_s = phases.slices["move_s"] + phases.slices["settle_s"]
         batch_of = dict(zip(rp.selected, rp.batches, strict=True))
         clock_of = dict(zip(rp.selected, rp.clocks_hz, strict=True))
-        batch = {
-            k: int(min(batch_of.get(k, cfg.fl.training.batch_size), cfg.fl.training.batch_size))
-            for k in selected
-        }
+        # A spare takes the slot (batch, clock) of the planned node it stands in for, so the round
+        # costs what its plan reserved of the budgets.
+        downs, spares = sorted(set(rp.selected) - set(selected)), sorted(set(selected) - set(rp.selected))
+        for down, spare in zip(downs, spares, strict=False):  # fewer spares than downs: slots stay empty
+            batch_of[spare], clock_of[spare] = batch_of[down], clock_of[down]
+        batch = {k: int(min(batch_of[k], cfg.fl.training.batch_size)) for k in selected}
         weights = {k: float(batch[k]) for k in selected}
         power = np.full(len(selected), cfg.lab.clients.tx_power_w)
         with phases.during("estimate"):
             h = self.lab.air.estimate_channels(selected)  # at the positions the stages reached
         m, b, eta = optimal_precoding(h, power, np.array([weights[k] for k in selected]))
         self.comparison.weights = weights
+        clocks = [float(clock_of[k]) for k in selected]
         self.state.pending[r] = {
             "positions_m": reached.tolist(),
             "planned_positions_m": rp.positions_m,
             "latency_model_s": rp.move_s + rp.compute_s + rp.air_s,
-            "energy_model_j": rp.energy_j,
+            # The budget is charged what the round runs (batches, clocks, the b_k sent), priced
+            # as the plan was; the plan reserved the transmit energy at the power cap.
+            "energy_model_j": round_charge_j(
+                self.problem, rp, selected, [batch[k] for k in selected], clocks, b, cfg.fl.aggregation
+            ),
+            "energy_planned_j": rp.energy_j,
             "move_model_s": rp.move_s,
             # The latency's parts: the compare report prices each round's work at the top clock.
             "air_model_s": rp.air_s,
@@ -203,7 +218,7 @@ class Experiment:
             "cycles_per_sample": float(np.mean(self.problem.cycles)),  # what this round was priced at
             "bound_constants": self.problem.bound.to_record(),
             "eta": eta,
-            "clocks_hz": [clock_of.get(k, alloc.clock_max_hz) for k in selected],
+            "clocks_hz": clocks,
         }
         return RoundPlan(
             round=r,
@@ -211,7 +226,7 @@ class Experiment:
             local_steps=cfg.fl.training.local_steps,
             lr=cosine_lr(r, cfg.fl.rounds, cfg.fl.training.lr, cfg.fl.training.lr_min),
             batch=batch,
-            clock_hz={k: float(clock_of.get(k, alloc.clock_max_hz)) for k in selected},
+            clock_hz=dict(zip(selected, clocks, strict=True)),
             weights=weights,
             combiner=m,
             b_k=dict(zip(selected, b, strict=True)),
@@ -261,10 +276,12 @@ class Experiment:
         return federation.coordinator.phases if federation is not None else self._idle_phases
 
     def _should_stop(self) -> str | None:
-        """Asked after every round: a ``testbed stop`` request, recorded once, as the reason."""
+        """Asked after every round but the last: a ``testbed stop`` request, recorded once, as the
+        reason; else whether the budgets left can pay the next round (``budget_end`` says why not)."""
         request = stop_requested(self.recorder.run_dir)
         if request is None:
-            return None
+            self.budget_end = self._budgets_end_before(max(self.done_rounds, default=0) + 1)
+            return self.budget_end
         self.recorder.event("stop_request", now=bool(request.get("now")), by=str(request.get("by", "")))
         return f"testbed stop ({request.get('by', 'unknown')}): stopped after a checkpointed round"
 
@@ -366,6 +383,7 @@ class Experiment:
                     backends=self.lab.describe(),
                 )
                 self.recorder.event("cost_model", **self.cost.to_record(), **self.cost_floor)
+                self._refuse_unpayable()
                 self._home()
                 self.recorder.event("homed", positions_m=self.lab.antenna_positions().tolist())
                 if self.whole_run_plan:
@@ -385,6 +403,7 @@ class Experiment:
                     stages=self.lab.stages.names,
                     backends=self.lab.describe(),
                 )
+                self._refuse_unpayable()
                 self._home()
                 if self.state.positions_m is not None:
                     # The antennas go back where the last completed round left them, as if never stopped.
@@ -421,7 +440,9 @@ class Experiment:
         else:
             self._whole_run_finish()
             self.live.flush()
-            self.recorder.stop("success")
+            if self.budget_end is not None:
+                summary["budget_end"] = self.budget_end
+            self.recorder.stop("success", reason=self.budget_end or "")
         self.recorder.write_summary(summary)
         return summary
 
@@ -479,7 +500,8 @@ class Experiment:
                 if process.poll() is None:
                     process.kill()
                     process.wait(timeout=10)
-        self.stopped = federation.coordinator.stopped
+        # The budgets' end is a finished run, not a stop that --resume continues.
+        self.stopped = None if self.budget_end is not None else federation.coordinator.stopped
 
     # --- the cost model of the model that trains (fl.cost) -------------------------------------
     def _price_workload(self) -> None:
@@ -507,9 +529,16 @@ class Experiment:
         """Fold the nodes' measured tokens/s into the cost model; the next plan prices with it."""
         import dataclasses
 
+        from allocation import AllocationError
+
         self.cost = self.cost.calibrated(nodes.values(), self.config.allocation.clock_max_hz)
-        if self.cost.cycles_per_sample != self.problem.cycles_per_sample:
-            self.problem = dataclasses.replace(self.problem, cycles_per_sample=self.cost.cycles_per_sample)
+        c = self.cost.cycles_per_sample
+        if c != self.problem.cycles_per_sample:
+            try:
+                self.problem = dataclasses.replace(self.problem, cycles_per_sample=c)
+            except AllocationError as exc:
+                # The whole budget cannot pay a round at the measured cost, so what is left cannot.
+                self.unpayable = f"priced at the nodes' measured {c:.4g} cycles/sample, allocation.{exc}"
         return self.cost.to_record()
 
     def summarize(self, wall_s: float) -> dict[str, Any]:

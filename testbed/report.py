@@ -15,7 +15,9 @@ A ``round`` event's data (any key may be missing; ``*_db`` in dB, ``*_s`` second
     nmse_theory_db, nmse_fpa_theory_db   the analytic NMSE of each (system model, section 3)
     effective_snr_db           the aggregate's effective SNR
     positions_m, planned_positions_m     the antennas' positions read back, and as planned (N x 2)
-    latency_model_s, energy_model_j      the round's modelled latency and energy (the budgets')
+    latency_model_s, energy_model_j      the round's modelled latency and energy (the budgets'; the
+                               energy priced on what the round ran: batches, clocks, b_k sent)
+    energy_planned_j           the energy the round's plan predicted (testbed/budgets.py)
     latency_wall_s, energy_measured_j    measured wall time and energy (NVML; null without a GPU)
     move_model_s, move_wall_s, plan_wall_s   modelled and measured movement, planner wall time
     air_model_s, compute_model_s         the modelled latency's airtime and compute (planned clocks)
