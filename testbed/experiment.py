@@ -136,11 +136,15 @@ class Experiment:
         if self.unpayable is not None:
             return f"the budgets cannot pay round {r}: {self.unpayable}"
         try:
-            # The rng round r's plan will draw from: the same plan, without touching the airs.
-            self._plan_round(r, np.random.default_rng([self.config.run.seed, 11, r]))
+            # Drawn from round r's own planner stream: the very plan round r will run, kept for it.
+            rp = self._plan_round(r, self._plan_rng(r))
         except BudgetError as exc:
             return f"the budgets cannot pay round {r}: allocation.{exc}"
+        self.state.keep(r, self.problem, rp)
         return None
+
+    def _plan_rng(self, r: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.run.seed, 11, r])
 
     def _refuse_unpayable(self) -> None:
         """Before anything moves or trains: what is left of the budgets must pay the first round."""
@@ -159,7 +163,8 @@ class Experiment:
         t0 = time.monotonic()
         rng = self._reseed_round(r)
         try:
-            rp = self._plan_round(r, rng)
+            # The budgets' check before this round planned it already (an optimizer solve per round).
+            rp = self.state.take(r, self.problem) or self._plan_round(r, rng)
         except AllocationError as exc:  # asked between rounds already: this is not the budgets' end
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
         plan_s = time.monotonic() - t0
@@ -251,7 +256,7 @@ class Experiment:
             reseed = getattr(air, "reseed", None)
             if reseed is not None:
                 reseed(np.random.default_rng([seed, stream, r]))
-        return np.random.default_rng([seed, 11, r])
+        return self._plan_rng(r)
 
     def _move_or_stay(self, r: int, positions_m: np.ndarray) -> np.ndarray:
         """Move the antennas to the plan's positions; where the stages find no collision-free
@@ -359,6 +364,7 @@ class Experiment:
                 self.live.close()
 
     def _run(self) -> dict[str, Any]:
+        from fl.cost import costed_config
         from testbed.planning import build_problem
 
         cfg = self.config
@@ -366,7 +372,8 @@ class Experiment:
         self._price_workload()  # before any device opens: can fl.rounds be paid for at all?
         self.lab = build_lab(cfg, self.rng)
         try:
-            self.problem = build_problem(self._costed_config(), self.lab.channel)
+            # The planner prices this workload: cycles/sample of the model, tau of fl.training.
+            self.problem = build_problem(costed_config(self.config, self.cost), self.lab.channel)
             self.base_constants = self.problem.bound
             if not self.resume:
                 self.recorder.start(
@@ -518,12 +525,6 @@ class Experiment:
             self.recorder.stop("failed", reason=f"{type(exc).__name__}: {exc}")
             raise
         self.cost_floor = floor  # recorded once the run's start document is written
-
-    def _costed_config(self) -> TestbedConfig:
-        """The config the planner sees: cycles/sample of this workload, tau of fl.training."""
-        from fl.cost import costed_config
-
-        return costed_config(self.config, self.cost)
 
     def _calibrate(self, nodes: dict[str, Any]) -> dict[str, Any]:
         """Fold the nodes' measured tokens/s into the cost model; the next plan prices with it."""

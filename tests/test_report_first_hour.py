@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from process_kit import hears_ctrl_c
 
 from testbed.campaign.report import is_campaign, write_campaign_report
 from testbed.commands.plan import channel_source
@@ -209,7 +210,7 @@ def test_measure_says_its_run_directory_first_and_how_to_resume_after_ctrl_c(tmp
     proc = subprocess.Popen(
         [sys.executable, "-m", "testbed.cli", *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=hears_ctrl_c,
     )  # fmt: skip
     first = proc.stdout.readline()
     assert first.startswith("run directory: "), first

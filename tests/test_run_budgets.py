@@ -93,3 +93,24 @@ def test_a_budget_that_cannot_pay_the_next_round_ends_the_run_cleanly(
     assert stop["doc"] == "stop" and stop["status"] == "success"
     assert stop["reason"].startswith("the budgets cannot pay round 2: " + why)
     assert summary["budget_end"] == stop["reason"] and summary["rounds"] == 1 and "stopped" not in summary
+
+
+def test_each_round_is_planned_once_though_its_budgets_are_checked_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check between rounds plans the next round; that round then runs the kept plan, not a
+    second optimizer solve (ours solves for seconds a round at the paper's scale)."""
+    import allocation
+
+    calls: list[int] = []
+    real = allocation.plan_round
+
+    def counted(problem, r, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(r)
+        return real(problem, r, *args, **kw)
+
+    monkeypatch.setattr(allocation, "plan_round", counted)
+    config = load_config(DRYRUN, [*FAST, "fl.rounds=3", f"run.output_dir={tmp_path}"])
+    run_dir, _ = run_experiment(config, scheme="ours", whole_run_plan=False, report=False)
+    rounds = [d["data"]["round"] for d in read_events(run_dir / "events.jsonl") if d.get("kind") == "round"]
+    assert rounds == [1, 2, 3] and calls == [1, 2, 3]
