@@ -52,7 +52,7 @@ from fl.protocol import (
     SocketLoop,
     build_frame,
 )
-from fl.round_plan import Planner, RoundPlan
+from fl.round_plan import Planner, RoundPlan, RunEnds
 from fl.strategies import RoundAggregate, RoundContext, round_strategy
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,12 @@ class Coordinator:
                 )
                 self._event("initial_eval", val_loss=self.initial_val_loss)
             for r in range(self.start_round, self.fl.rounds + 1):
-                self._run_round(r)
+                try:
+                    self._run_round(r)
+                except RunEnds as end:  # the planner's word: round r does not run
+                    self.stopped = str(end)
+                    self._event("stopped", before_round=r, why=self.stopped)
+                    break
                 reason = self.should_stop() if self.should_stop is not None and r < self.fl.rounds else None
                 if reason is not None:
                     self.stopped = reason

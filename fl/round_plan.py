@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 
 
+class RunEnds(Exception):  # noqa: N818 - an outcome the run ends on, not an error
+    """The planner's word that the run ends before this round, cleanly (the message says why:
+    e.g. the budgets left cannot pay it). The round before it is the run's last."""
+
+
 @dataclass
 class RoundPlan:
     """What the planner decides for one round (the allocation plan, as the FL layer needs it)."""
@@ -43,5 +48,6 @@ class RoundPlan:
 
 # planner(round, channels (U x N, or None without an air), available node ids) -> RoundPlan.
 # A planner that moves the antennas enters the "move", "settle" and "estimate" phases on the
-# coordinator's ``phases`` clock while it does (fl.phases).
+# coordinator's ``phases`` clock while it does (fl.phases). A planner that finds the round
+# cannot run (its budgets cannot pay it) raises ``RunEnds`` before it moves anything.
 Planner = Callable[[int, "np.ndarray | None", list[int]], RoundPlan]

@@ -129,22 +129,20 @@ class Experiment:
         )
 
     def _budgets_end_before(self, r: int) -> str | None:
-        """Why what is left of the budgets cannot pay round ``r`` (None: it can). Asked before the
-        round starts, so a run that has spent its budgets ends between rounds, cleanly."""
-        from allocation import BudgetError
+        """Why what is left of the budgets cannot pay round ``r`` (None: it can): round r planned
+        on its own planner stream, the plan kept for it (``PlannerState.take``)."""
+        from allocation import AllocationError, BudgetError
 
         if self.unpayable is not None:
             return f"the budgets cannot pay round {r}: {self.unpayable}"
         try:
-            # Drawn from round r's own planner stream: the very plan round r will run, kept for it.
-            rp = self._plan_round(r, self._plan_rng(r))
+            rp = self._plan_round(r, np.random.default_rng([self.config.run.seed, 11, r]))
         except BudgetError as exc:
             return f"the budgets cannot pay round {r}: allocation.{exc}"
+        except AllocationError as exc:
+            raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
         self.state.keep(r, self.problem, rp)
         return None
-
-    def _plan_rng(self, r: int) -> np.random.Generator:
-        return np.random.default_rng([self.config.run.seed, 11, r])
 
     def _refuse_unpayable(self) -> None:
         """Before anything moves or trains: what is left of the budgets must pay the first round."""
@@ -154,19 +152,21 @@ class Experiment:
             raise PlanError(cannot)
 
     def plan(self, r: int, _channels: np.ndarray | None, available: list[int]) -> Any:
-        from allocation import AllocationError
         from fl.coordinator import RoundPlan
+        from fl.round_plan import RunEnds
         from fl.training import cosine_lr
 
         assert self.lab is not None and self.comparison is not None
         cfg = self.config
         t0 = time.monotonic()
-        rng = self._reseed_round(r)
-        try:
-            # The budgets' check before this round planned it already (an optimizer solve per round).
-            rp = self.state.take(r, self.problem) or self._plan_round(r, rng)
-        except AllocationError as exc:  # asked between rounds already: this is not the budgets' end
-            raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
+        self._reseed_round(r)
+        # The first round was planned already, by the check before anything moved.
+        rp = self.state.take(r, self.problem)
+        if rp is None:
+            self.budget_end = self._budgets_end_before(r)  # plans round r, and keeps the plan
+            if self.budget_end is not None:  # the run ends after the round before, within budget
+                raise RunEnds(self.budget_end)
+            rp = self.state.take(r, self.problem)
         plan_s = time.monotonic() - t0
         phases = self.phases
         selected = [k for k in rp.selected if k in available]
@@ -242,9 +242,10 @@ class Experiment:
             },
         )
 
-    def _reseed_round(self, r: int) -> np.random.Generator:
-        """Every random draw of round ``r`` (the planner's starts, both airs' noise) comes from
-        generators derived from (seed, stream, r), not from streams carried across rounds: a run
+    def _reseed_round(self, r: int) -> None:
+        """Every random draw of round ``r`` (both airs' noise here, the planner's starts in
+        ``_budgets_end_before``) comes from generators derived from (seed, stream, r), not from
+        streams carried across rounds: a run
         resumed at round r then draws exactly what an uninterrupted run draws."""
         assert self.lab is not None
         seed = self.config.run.seed
@@ -256,7 +257,6 @@ class Experiment:
             reseed = getattr(air, "reseed", None)
             if reseed is not None:
                 reseed(np.random.default_rng([seed, stream, r]))
-        return self._plan_rng(r)
 
     def _move_or_stay(self, r: int, positions_m: np.ndarray) -> np.ndarray:
         """Move the antennas to the plan's positions; where the stages find no collision-free
@@ -282,11 +282,10 @@ class Experiment:
 
     def _should_stop(self) -> str | None:
         """Asked after every round but the last: a ``testbed stop`` request, recorded once, as the
-        reason; else whether the budgets left can pay the next round (``budget_end`` says why not)."""
+        reason (the budgets' end is the planner's word, ``RunEnds``)."""
         request = stop_requested(self.recorder.run_dir)
         if request is None:
-            self.budget_end = self._budgets_end_before(max(self.done_rounds, default=0) + 1)
-            return self.budget_end
+            return None
         self.recorder.event("stop_request", now=bool(request.get("now")), by=str(request.get("by", "")))
         return f"testbed stop ({request.get('by', 'unknown')}): stopped after a checkpointed round"
 

@@ -98,8 +98,8 @@ def test_a_budget_that_cannot_pay_the_next_round_ends_the_run_cleanly(
 def test_each_round_is_planned_once_though_its_budgets_are_checked_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The check between rounds plans the next round; that round then runs the kept plan, not a
-    second optimizer solve (ours solves for seconds a round at the paper's scale)."""
+    """The budgets' check is the round's own plan (round 1's made before anything moves), not a
+    second optimizer solve of the same plan."""
     import allocation
 
     calls: list[int] = []
