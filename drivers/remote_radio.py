@@ -93,7 +93,11 @@ class RemoteRadio:
         self._closed = False
         # Device time tracking: (device time, local monotonic time) at the last time_now reply.
         self._clock: tuple[float, float] | None = None
-        hello = self._call("hello", {})[0]
+        try:
+            hello = self._call("hello", {})[0]
+        except BaseException:
+            self.close()  # a client that never came up holds no socket
+            raise
         self.name: str = str(hello["name"])
         self.backend: str = str(hello.get("backend", ""))
         self._num_rx = int(hello["num_rx_channels"])

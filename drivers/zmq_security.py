@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,9 @@ def harden_router(socket: zmq.Socket, heartbeat_s: float, misses: int, inbound_h
     socket.setsockopt(zmq.RCVHWM, int(inbound_hwm))
 
 
+_WATCH_IDS = itertools.count()
+
+
 class HandshakeWatch:
     """Watches a client socket's connection and ZMTP handshake (a ZeroMQ socket monitor), so a
     failed connect can say why: no server at all, or a server whose handshake never completed,
@@ -171,7 +175,10 @@ class HandshakeWatch:
 
     def __init__(self, socket: zmq.Socket) -> None:
         self._socket = socket
-        self._monitor: zmq.Socket | None = socket.get_monitor_socket(self.EVENTS)
+        # Its own address: pyzmq's default names it by the socket's file descriptor, which the OS
+        # hands to the next socket while a closed one's monitor may still hold that name.
+        address = f"inproc://handshake-watch-{next(_WATCH_IDS)}"
+        self._monitor: zmq.Socket | None = socket.get_monitor_socket(self.EVENTS, addr=address)
         self.seen: set[int] = set()
 
     def _drain(self) -> None:

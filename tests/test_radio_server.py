@@ -244,6 +244,28 @@ def test_no_server_and_insecure_off_loopback_are_clear_errors() -> None:
         )
 
 
+def test_a_new_client_socket_can_watch_its_handshake_whatever_closed_before_it() -> None:
+    """pyzmq names a socket monitor by the socket's file descriptor; the OS gives a closed socket's
+    descriptor to the next one while the old monitor may still hold that name (CI saw "Address
+    already in use" from a RemoteRadio made right after a failed one)."""
+    from drivers.zmq_security import HandshakeWatch
+
+    context = zmq.Context()
+    try:
+        for _ in range(300):
+            sock = context.socket(zmq.DEALER)
+            watch = HandshakeWatch(sock)  # raised ZMQError on about one in eight, before
+            sock.connect(f"tcp://127.0.0.1:{free_port()}")
+            sock.close(linger=0)  # the socket first, as a garbage-collected client does
+            watch.close()
+    finally:
+        context.destroy(linger=0)  # closes any socket a failure left open
+    # A client whose server never answers leaves no socket behind for the next one to collide with.
+    for _ in range(3):
+        with pytest.raises(RadioError, match="no connection"):
+            RemoteRadio(f"tcp://127.0.0.1:{free_port()}", rpc_timeout_s=0.1)
+
+
 def test_in_process_server_serves_and_closed_client_refuses() -> None:
     radios = build_sim_radios([("tx0", 1), ("tx1", 1), ("rx", 4)], medium=ideal_medium(5))
     server = RadioServer({r.name: (lambda r=r: r) for r in radios}, "tcp://127.0.0.1:*", insecure=True)
