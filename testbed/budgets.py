@@ -23,8 +23,6 @@ class PlannerState:
     latency_spent_s: float = 0.0
     energy_spent_j: float = 0.0
     pending: dict[int, dict[str, Any]] = field(default_factory=dict)
-    # The plan the budgets' check made for the next round, with what it was made from.
-    checked: tuple[tuple[Any, ...], Any] | None = None
 
     @classmethod
     def from_rounds(cls, num_clients: int, rounds: list[dict[str, Any]]) -> PlannerState:
@@ -37,19 +35,6 @@ class PlannerState:
             state.latency_spent_s += float(r.get("latency_model_s") or 0.0)
             state.energy_spent_j += float(r.get("energy_model_j") or 0.0)
         return state
-
-    def _inputs(self, r: int, problem: Any) -> tuple[Any, ...]:
-        """What round ``r``'s plan depends on: while these are unchanged, the plan is the same."""
-        where = None if self.positions_m is None else self.positions_m.tobytes()
-        return (r, id(problem), self.counts.tobytes(), where, self.latency_spent_s, self.energy_spent_j)
-
-    def keep(self, r: int, problem: Any, plan: Any) -> None:
-        self.checked = (self._inputs(r, problem), plan)
-
-    def take(self, r: int, problem: Any) -> Any | None:
-        """The kept plan, if it was made for round ``r`` from what the planner holds now (once)."""
-        checked, self.checked = self.checked, None
-        return checked[1] if checked is not None and checked[0] == self._inputs(r, problem) else None
 
 
 def round_charge_j(

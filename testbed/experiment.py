@@ -104,52 +104,52 @@ class Experiment:
         self.stopped: str | None = None  # why the run stopped early (``testbed stop``), if it did
         self.budget_end: str | None = None  # why the budgets left could not pay the next round
         self.unpayable: str | None = None  # why no budget pays a round at the calibrated cost
+        # The first round, planned by the budgets' check before anything moved, until it runs.
+        self._first_plan: tuple[int, Any] | None = None
         self.whole_run: WholeRunPlan | None = None  # the whole-run plan and its baselines, solving
         self.done_rounds = {r["round"] for r in rounds}
 
     # --- the per-round planner the coordinator calls ------------------------------------------
-    def _plan_round(self, r: int, rng: np.random.Generator) -> Any:
-        """Round ``r`` planned on what is left of the budgets (raises ``allocation.BudgetError``
-        when the round's share cannot pay it)."""
-        from allocation import plan_round
+    def _plan_round(self, r: int) -> Any:
+        """Round ``r`` planned on what is left of the budgets, from its own planner stream
+        (seed, 11, r); ``RunEnds`` says why when they cannot pay it."""
+        from allocation import AllocationError, BudgetError, plan_round
+        from fl.round_plan import RunEnds
 
+        if self.unpayable is not None:
+            raise RunEnds(f"the budgets cannot pay round {r}: {self.unpayable}")
         alloc = self.config.allocation
         # Each re-plan sees the bound's constants with G^2 and zeta^2 as estimated so far.
         self.problem.bound = self.norms.constants(self.base_constants)
-        return plan_round(
-            self.problem,
-            r,
-            self.state.counts,
-            self.state.positions_m,
-            alloc.latency_budget_s - self.state.latency_spent_s,
-            alloc.energy_budget_j - self.state.energy_spent_j,
-            max(1, self.config.fl.rounds - r + 1),
-            rng,
-            strategy=self.strategy,
-        )
-
-    def _budgets_end_before(self, r: int) -> str | None:
-        """Why what is left of the budgets cannot pay round ``r`` (None: it can): round r planned
-        on its own planner stream, the plan kept for it (``PlannerState.take``)."""
-        from allocation import AllocationError, BudgetError
-
-        if self.unpayable is not None:
-            return f"the budgets cannot pay round {r}: {self.unpayable}"
         try:
-            rp = self._plan_round(r, np.random.default_rng([self.config.run.seed, 11, r]))
+            return plan_round(
+                self.problem,
+                r,
+                self.state.counts,
+                self.state.positions_m,
+                alloc.latency_budget_s - self.state.latency_spent_s,
+                alloc.energy_budget_j - self.state.energy_spent_j,
+                max(1, self.config.fl.rounds - r + 1),
+                np.random.default_rng([self.config.run.seed, 11, r]),
+                strategy=self.strategy,
+            )
         except BudgetError as exc:
-            return f"the budgets cannot pay round {r}: allocation.{exc}"
+            raise RunEnds(f"the budgets cannot pay round {r}: allocation.{exc}") from exc
         except AllocationError as exc:
             raise PlanError(f"round {r}: no feasible plan: {exc}") from exc
-        self.state.keep(r, self.problem, rp)
-        return None
 
     def _refuse_unpayable(self) -> None:
-        """Before anything moves or trains: what is left of the budgets must pay the first round."""
+        """Before anything moves or trains: what is left of the budgets must pay the first round
+        (its plan is kept for it)."""
+        from fl.round_plan import RunEnds
+
         first = min(set(range(1, self.config.fl.rounds + 1)) - self.done_rounds, default=None)
-        cannot = None if first is None else self._budgets_end_before(first)
-        if cannot is not None:
-            raise PlanError(cannot)
+        if first is None:
+            return
+        try:
+            self._first_plan = (first, self._plan_round(first))
+        except RunEnds as end:
+            raise PlanError(str(end)) from None
 
     def plan(self, r: int, _channels: np.ndarray | None, available: list[int]) -> Any:
         from fl.coordinator import RoundPlan
@@ -160,13 +160,12 @@ class Experiment:
         cfg = self.config
         t0 = time.monotonic()
         self._reseed_round(r)
-        # The first round was planned already, by the check before anything moved.
-        rp = self.state.take(r, self.problem)
-        if rp is None:
-            self.budget_end = self._budgets_end_before(r)  # plans round r, and keeps the plan
-            if self.budget_end is not None:  # the run ends after the round before, within budget
-                raise RunEnds(self.budget_end)
-            rp = self.state.take(r, self.problem)
+        kept, self._first_plan = self._first_plan, None
+        try:
+            rp = kept[1] if kept is not None and kept[0] == r else self._plan_round(r)
+        except RunEnds as end:  # the run ends after the round before, within its budgets
+            self.budget_end = str(end)
+            raise
         plan_s = time.monotonic() - t0
         phases = self.phases
         selected = [k for k in rp.selected if k in available]
@@ -244,9 +243,9 @@ class Experiment:
 
     def _reseed_round(self, r: int) -> None:
         """Every random draw of round ``r`` (both airs' noise here, the planner's starts in
-        ``_budgets_end_before``) comes from generators derived from (seed, stream, r), not from
-        streams carried across rounds: a run
-        resumed at round r then draws exactly what an uninterrupted run draws."""
+        ``_plan_round``) comes from generators derived from (seed, stream, r), not from streams
+        carried across rounds: a run resumed at round r then draws exactly what an uninterrupted
+        run draws."""
         assert self.lab is not None
         seed = self.config.run.seed
         for stream, air in ((21, self.lab.air), (22, self.lab.fixed_air)):
